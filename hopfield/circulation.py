@@ -1,0 +1,131 @@
+"""Skew circulation control for one self-attention call (paper section 5, Algorithm 1, eq. 37-42).
+
+Two formulations:
+
+* value space (default): the retrievals are attention outputs softmax(A) V per head (width d);
+  the blend is linear, so without norm matching it equals the paper's input-space blend followed
+  by W_v exactly; with norm matching the per-token norm is taken over the head's d value
+  channels instead of the C input channels. Cost about 3x one attention call, no L x L matrix.
+* input space ("paper-exact"): the retrievals are softmax(A) X over the block input X
+  (width C per head), blended and norm-matched there, then projected by the head's slice of W_v,
+  as in the authors' code. Cost 12-30x one attention call; for validation.
+
+Every coefficient stays a device tensor: nothing here synchronises with the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .blend import blend_retrievals
+from .skew import skew_scaled_attention
+from .symmetry import adaptive_coefficients, aggregate_eta, symmetry_index
+
+
+@dataclass(frozen=True)
+class CirculationSettings:
+    """What a node asks for. ``alpha`` scales M_skew, ``beta`` injects the change."""
+
+    alpha: float = 1.05
+    beta: float = 3.0
+    adaptive: bool = False
+    eta_per_sample: bool = True  # False: one eta-bar per attention call, as in the paper
+    norm_match: bool = True
+
+    def __post_init__(self):
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+    @property
+    def is_identity(self) -> bool:
+        """alpha = 1 (no skew change) or beta = 0 (nothing injected): the model runs unpatched."""
+        return self.alpha == 1.0 or self.beta == 0.0
+
+
+@dataclass
+class CirculationResult:
+    out: torch.Tensor  # [B, H, L, d], the base retrieval's dtype
+    eta_bar: torch.Tensor | None = None  # [B] or [1], fp32, adaptive mode only
+
+
+def _per_sample(value: torch.Tensor | float, ndim: int) -> torch.Tensor | float:
+    """[B] -> [B, 1, ..., 1] so a per-sample coefficient broadcasts over heads, tokens, features."""
+    if isinstance(value, torch.Tensor):
+        return value.reshape(value.shape[0], *([1] * (ndim - 1)))
+    return value
+
+
+def effective_coefficients(
+    q: torch.Tensor, k: torch.Tensor, settings: CirculationSettings
+) -> tuple[torch.Tensor | float, torch.Tensor | float, torch.Tensor | None]:
+    """(alpha_eff, beta_eff, eta_bar): plain floats when static, [B|1, 1, 1, 1] tensors when adaptive."""
+    if not settings.adaptive:
+        return settings.alpha, settings.beta, None
+    eta_bar = aggregate_eta(symmetry_index(q, k), settings.eta_per_sample)
+    alpha_eff, beta_eff = adaptive_coefficients(settings.alpha, settings.beta, eta_bar)
+    return _per_sample(alpha_eff, q.ndim), _per_sample(beta_eff, q.ndim), eta_bar
+
+
+def _select_rows(
+    steered: torch.Tensor, base: torch.Tensor, active: torch.Tensor | None
+) -> torch.Tensor:
+    """Keep the baseline bit for bit on samples the user did not select (e.g. the uncond half)."""
+    if active is None:
+        return steered
+    return torch.where(_per_sample(active, base.ndim), steered, base)
+
+
+def circulate_value_space(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    base: torch.Tensor,
+    settings: CirculationSettings,
+    active: torch.Tensor | None = None,
+) -> CirculationResult:
+    """Steer one attention call. q, k, v, base: [B, H, L, d]; ``base`` is the host's own output.
+
+    ``active``: optional bool [B] of the samples to steer; others get ``base`` back untouched.
+    """
+    if settings.is_identity:
+        return CirculationResult(base)
+    alpha, beta, eta_bar = effective_coefficients(q, k, settings)
+    perturbed = skew_scaled_attention(q, k, v, alpha)
+    blended = blend_retrievals(base, perturbed, beta, norm_match=settings.norm_match)
+    return CirculationResult(_select_rows(blended.to(base.dtype), base, active), eta_bar)
+
+
+def circulate_input_space(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    x: torch.Tensor,
+    w_v: torch.Tensor,
+    b_v: torch.Tensor | None,
+    base: torch.Tensor,
+    settings: CirculationSettings,
+    active: torch.Tensor | None = None,
+) -> CirculationResult:
+    """The authors' formulation: retrieve over the block input, blend there, then apply W_v.
+
+    q, k: [B, H, L, d]; x: [B, L, C] (the normed block input attn1 projects from);
+    w_v: [H * d, C]; b_v: [H * d] or None; base: [B, H, L, d] (the host's output, returned
+    untouched when the settings are the identity or a sample is not selected).
+    """
+    if settings.is_identity:
+        return CirculationResult(base)
+    heads, d = q.shape[1], q.shape[-1]
+    x_heads = x.unsqueeze(1).expand(-1, heads, -1, -1).to(q.dtype)  # a view: no copy per head
+    alpha, beta, eta_bar = effective_coefficients(q, k, settings)
+    retrieved = F.scaled_dot_product_attention(q, k, x_heads)  # [B, H, L, C]
+    retrieved_alpha = skew_scaled_attention(q, k, x_heads, alpha)
+    blended = blend_retrievals(retrieved, retrieved_alpha, beta, norm_match=settings.norm_match)
+    w_heads = w_v.to(blended.dtype).reshape(heads, d, -1)  # [H, d, C]
+    out = torch.einsum("bhlc,hdc->bhld", blended, w_heads)
+    if b_v is not None:
+        out = out + b_v.to(out.dtype).reshape(1, heads, 1, d)
+    return CirculationResult(_select_rows(out.to(base.dtype), base, active), eta_bar)

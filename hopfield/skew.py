@@ -1,0 +1,76 @@
+"""Circulation-scaled retrieval: attention with logits M_sym + alpha * M_skew.
+
+With M = Q K^T / sqrt(d), c1 = (1 + alpha) / 2 and c2 = (1 - alpha) / 2,
+
+    M_sym + alpha * M_skew = (c1 * Q K^T + c2 * K Q^T) / sqrt(d).
+
+That is one standard attention over features of width 2d (the "concat trick"):
+
+    q~ = [q * sqrt|c1|,          k * sqrt|c2|         ]
+    k~ = [k * sign(c1) sqrt|c1|, q * sign(c2) sqrt|c2|]
+
+so q~ k~^T = c1 Q K^T + c2 K Q^T, scaled by 1/sqrt(d) (not 1/sqrt(2d)). The values are
+zero-padded to width 2d so that q, k and v share one head dimension: PyTorch's flash kernels
+(CPU and CUDA) only accept that, and without them the call falls back to a path that
+materialises the L x L matrix. No L x L tensor is built here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Scalar = float | torch.Tensor
+
+
+def as_device_tensor(value: Scalar, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A Python number or tensor as a tensor of ``dtype`` on ``device``, without rounding a
+    Python float through fp32 first (that would cost fp64 references their last digits)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=dtype)
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
+def skew_coefficients(alpha: Scalar, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """c1 = (1 + alpha) / 2 and c2 = (1 - alpha) / 2 as fp32 (fp64 for fp64 input) tensors on ``like``'s device.
+
+    ``alpha`` may be a Python number or a tensor that broadcasts against [B, H, L, d]
+    (per-sample alpha is [B, 1, 1, 1]); it never leaves the device.
+    """
+    dtype = torch.promote_types(like.dtype, torch.float32)  # fp64 inputs keep fp64
+    a = as_device_tensor(alpha, dtype, like.device)
+    return (1 + a) / 2, (1 - a) / 2
+
+
+def concat_features(
+    q: torch.Tensor, k: torch.Tensor, alpha: Scalar
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The width-2d query and key whose plain dot product is c1 Q K^T + c2 K Q^T."""
+    c1, c2 = skew_coefficients(alpha, q)
+    r1, r2 = c1.abs().sqrt(), c2.abs().sqrt()
+    s1, s2 = torch.sign(c1), torch.sign(c2)
+    # fp32 coefficients, cast back so the attention runs in the model's dtype.
+    q_cat = torch.cat([q * r1.to(q.dtype), k * r2.to(q.dtype)], dim=-1)
+    k_cat = torch.cat([k * (s1 * r1).to(k.dtype), q * (s2 * r2).to(k.dtype)], dim=-1)
+    return q_cat, k_cat
+
+
+def skew_scaled_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: Scalar
+) -> torch.Tensor:
+    """softmax((M_sym + alpha M_skew)) V for q, k, v of shape [B, H, L, d]; returns [B, H, L, d_v].
+
+    Needs a square logit matrix (same L for q and k): the decomposition is only defined there.
+    """
+    if q.shape[-2] != k.shape[-2]:
+        raise ValueError(
+            f"skew scaling needs self-attention (query and key lengths equal), got {q.shape[-2]} "
+            f"and {k.shape[-2]}"
+        )
+    d = q.shape[-1]
+    q_cat, k_cat = concat_features(q, k, alpha)
+    width = q_cat.shape[-1]
+    dv = v.shape[-1]
+    v_pad = F.pad(v, (0, width - dv)) if dv < width else v
+    out = F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=d**-0.5)
+    return out[..., :dv] if dv < width else out
