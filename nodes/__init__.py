@@ -1,0 +1,11 @@
+"""The pack's V3 nodes. Thin: each parses its inputs and hands them to ``patching``."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .circulation_nodes import CIRCULATION_NODES
+from .probe_nodes import PROBE_NODES
+
+
+class HopfieldCirculationExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [*CIRCULATION_NODES, *PROBE_NODES]

@@ -1,0 +1,3 @@
+"""Stability Probe nodes (filled in by the probe work)."""
+
+PROBE_NODES = []

@@ -1,0 +1,89 @@
+"""What one self-attention call looks like to this pack's hooks, whatever the model family.
+
+ComfyUI hands an attention override positional and keyword arguments whose layout depends on the
+model (SDXL: q, k, v as [B, L, H*d] with ``heads`` positional; SD3: ``heads=`` keyword and v as
+[B, L, H, d]). ``patching.override`` parses them once into an ``AttentionCall`` in the SDPA layout
+[B, H, L, d] together with where in the model and the schedule the call is, so that the
+circulation and the probe never look at raw arguments.
+
+Observers (the Stability Probe) are registered in ``model_options["transformer_options"]
+[OBSERVERS_KEY]`` as a list of plain functions ``observer(call, out) -> None`` (closures, never
+callable objects: ComfyUI deep-copies model_options on every clone). The *outermost* of this
+pack's overrides notifies them once per attention call with the output the model really uses,
+so a probe sees the blended retrieval whether it sits before or after a circulation node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+OBSERVERS_KEY = "hopfield_circulation_observers"
+# Set in the per-call transformer_options while one of our overrides runs (outermost detection).
+ACTIVE_KEY = "hopfield_circulation_active"
+
+
+@dataclass(frozen=True)
+class LayerId:
+    """Where a self-attention call sits in the model.
+
+    family: "sdxl" (also SD1.x/SD2.x UNets) or "sd3".
+    index:  SDXL: the paper's global attention-module index 0-139 (attn1 modules are even:
+            Down 0-47, Mid 48-67, Up 68-139, counting attn1 and attn2 in diffusers order);
+            SD3: the joint block index 0..depth-1.
+    group:  SDXL "down" | "mid" | "up"; SD3 "early" | "middle" | "late" (thirds of the depth).
+    kind:   "self" (SDXL attn1), "joint" (SD3 [text; image]) or "image_self" (SD3.5-M extra).
+    """
+
+    family: str
+    index: int
+    group: str
+    kind: str
+
+
+@dataclass
+class Steering:
+    """The circulation applied to this call, for observers that want to re-derive it."""
+
+    alpha: torch.Tensor | float  # alpha_eff, [B, 1, 1, 1] tensor when adaptive
+    beta: torch.Tensor | float
+    space: str  # "value" | "input"
+    eta_bar: torch.Tensor | None = None
+
+
+@dataclass
+class AttentionCall:
+    q: torch.Tensor  # [B, H, L, d]
+    k: torch.Tensor  # [B, H, L, d]
+    v: torch.Tensor  # [B, H, L, d]
+    heads: int
+    layer: LayerId | None  # None when the host gave no way to place the call
+    sigma: torch.Tensor | None  # [B_latent] current sigma, as the host passed it
+    percent: float | None  # schedule position 0..1 of this step, when known
+    step: int | None  # index of sigma in the sampler's schedule (nearest), when known
+    cond_or_uncond: list[int]  # one entry per batch chunk: 0 cond, 1 uncond
+    text_tokens: int = 0  # SD3: context tokens come first in the joint sequence
+    token_grid: tuple[int, int] | None = None  # (h, w) of the image tokens, row-major
+    block_input: torch.Tensor | None = None  # SDXL attn1: normed block input X [B, L, C]
+    value_weight: Callable[[], tuple[torch.Tensor, torch.Tensor | None]] | None = None
+    steering: Steering | None = None
+    transformer_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return self.q.shape[0]
+
+    def branch_of_rows(self) -> torch.Tensor:
+        """Per-sample branch (0 cond, 1 uncond) as a [B] long tensor on q's device.
+
+        The batch is split into len(cond_or_uncond) equal chunks, in that order.
+        """
+        chunks = self.cond_or_uncond or [0]
+        per_chunk = self.batch // len(chunks)
+        labels = torch.tensor(chunks, device=self.q.device)
+        return labels.repeat_interleave(per_chunk)
+
+
+Observer = Callable[[AttentionCall, torch.Tensor], None]
