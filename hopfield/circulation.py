@@ -63,7 +63,7 @@ def _per_sample(value: torch.Tensor | float, ndim: int) -> torch.Tensor | float:
 def effective_coefficients(
     q: torch.Tensor, k: torch.Tensor, settings: CirculationSettings
 ) -> tuple[torch.Tensor | float, torch.Tensor | float, torch.Tensor | None]:
-    """(alpha_eff, beta_eff, eta_bar): plain floats when static, [B|1, 1, 1, 1] tensors when adaptive."""
+    """(alpha_eff, beta_eff, eta_bar): floats when static, [B|1, 1, 1, 1] tensors when adaptive."""
     if not settings.adaptive:
         return settings.alpha, settings.beta, None
     eta_bar = aggregate_eta(symmetry_index(q, k), settings.eta_per_sample)

@@ -32,7 +32,8 @@ def as_device_tensor(value: Scalar, dtype: torch.dtype, device: torch.device) ->
 
 
 def skew_coefficients(alpha: Scalar, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """c1 = (1 + alpha) / 2 and c2 = (1 - alpha) / 2 as fp32 (fp64 for fp64 input) tensors on ``like``'s device.
+    """c1 = (1 + alpha) / 2 and c2 = (1 - alpha) / 2 as tensors on ``like``'s device
+    (fp32, or fp64 for fp64 input).
 
     ``alpha`` may be a Python number or a tensor that broadcasts against [B, H, L, d]
     (per-sample alpha is [B, 1, 1, 1]); it never leaves the device.

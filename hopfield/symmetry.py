@@ -19,7 +19,8 @@ ETA_EPS = 1e-20
 
 
 def symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """eta_M per (batch, head) for q, k of shape [B, H, L, d]; returns fp32 (fp64 for fp64 input) [B, H].
+    """eta_M per (batch, head) for q, k of shape [B, H, L, d]; returns [B, H] (fp32, or fp64
+    for fp64 input).
 
     Stays on q's device; a zero logit matrix (|M| = 0) gives eta = 0 instead of NaN.
     """

@@ -15,10 +15,14 @@ so a probe sees the blended retrieval whether it sits before or after a circulat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
+from ..hopfield.circulation import CirculationSettings
+from ..hopfield.symmetry import adaptive_coefficients
 
 OBSERVERS_KEY = "hopfield_circulation_observers"
 # Set in the per-call transformer_options while one of our overrides runs (outermost detection).
@@ -47,10 +51,17 @@ class LayerId:
 class Steering:
     """The circulation applied to this call, for observers that want to re-derive it."""
 
-    alpha: torch.Tensor | float  # alpha_eff, [B, 1, 1, 1] tensor when adaptive
-    beta: torch.Tensor | float
+    settings: CirculationSettings
     space: str  # "value" | "input"
-    eta_bar: torch.Tensor | None = None
+    eta_bar: torch.Tensor | None = None  # [B] or [1], adaptive only
+    active: torch.Tensor | None = None  # bool [B] of steered samples; None: all
+
+    def coefficients(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """(alpha_eff, beta_eff): floats when static, [B|1, 1, 1, 1] tensors when adaptive."""
+        if self.eta_bar is None:
+            return self.settings.alpha, self.settings.beta
+        alpha, beta = adaptive_coefficients(self.settings.alpha, self.settings.beta, self.eta_bar)
+        return alpha.reshape(-1, 1, 1, 1), beta.reshape(-1, 1, 1, 1)
 
 
 @dataclass
@@ -60,14 +71,12 @@ class AttentionCall:
     v: torch.Tensor  # [B, H, L, d]
     heads: int
     layer: LayerId | None  # None when the host gave no way to place the call
-    sigma: torch.Tensor | None  # [B_latent] current sigma, as the host passed it
+    sigma: float | None  # this model call's sigma, read once per call (patching.schedule)
     percent: float | None  # schedule position 0..1 of this step, when known
     step: int | None  # index of sigma in the sampler's schedule (nearest), when known
     cond_or_uncond: list[int]  # one entry per batch chunk: 0 cond, 1 uncond
     text_tokens: int = 0  # SD3: context tokens come first in the joint sequence
     token_grid: tuple[int, int] | None = None  # (h, w) of the image tokens, row-major
-    block_input: torch.Tensor | None = None  # SDXL attn1: normed block input X [B, L, C]
-    value_weight: Callable[[], tuple[torch.Tensor, torch.Tensor | None]] | None = None
     steering: Steering | None = None
     transformer_options: dict[str, Any] = field(default_factory=dict)
 

@@ -1,0 +1,78 @@
+"""Where a model call sits in the sampling schedule, decided once per call outside attention.
+
+The sigma of a model call is a device tensor. Reading it inside every attention layer would
+synchronise the GPU 70 times per step, so an APPLY_MODEL wrapper reads it once per model call and
+leaves a ``StepInfo`` in the call's transformer_options for the attention hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STEP_KEY = "hopfield_circulation_step"
+LATENT_SHAPE_KEY = "hopfield_circulation_latent_shape"
+WRAPPER_KEY = "hopfield_circulation"
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    sigma: float
+    step: int | None  # index into the sampler's schedule; None when the host gave none
+    percent: float | None  # step / (number of steps), 0 at the first step
+
+
+def locate_step(sigma: float, schedule: list[float] | None) -> StepInfo:
+    """Match sigma against the sampler's schedule; substep sigmas (Heun, DPM-2) take the step
+    they fall in (the last schedule entry at or above them)."""
+    if not schedule or len(schedule) < 2:
+        return StepInfo(sigma, None, None)
+    steps = len(schedule) - 1  # the schedule ends with the final sigma (usually 0)
+    for i, s in enumerate(schedule):
+        if abs(s - sigma) <= 1e-4 * max(abs(s), 1e-8):
+            return StepInfo(sigma, i, i / steps)
+    above = [i for i, s in enumerate(schedule[:-1]) if s >= sigma]
+    i = above[-1] if above else 0
+    return StepInfo(sigma, i, i / steps)
+
+
+def in_window(sigma: float, sigma_start: float, sigma_end: float) -> bool:
+    """The SkipLayerGuidance convention: active while sigma_end <= sigma <= sigma_start."""
+    # Relative slack per bound: percent_to_sigma and the sampler's schedule round differently.
+    return sigma_end * (1 - 1e-5) <= sigma <= sigma_start * (1 + 1e-5)
+
+
+def sigma_window(model_patcher, start_percent: float, end_percent: float) -> tuple[float, float]:
+    """(sigma_start, sigma_end) for a percent window, validated."""
+    for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    if start_percent > end_percent:
+        raise ValueError(
+            f"start_percent ({start_percent}) is after end_percent ({end_percent}): no step "
+            "would be steered"
+        )
+    sampling = model_patcher.get_model_object("model_sampling")
+    return sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent)
+
+
+def _apply_model_wrapper(executor, x, t, *args, **kwargs):
+    """Record the latent shape and the step of this model call for the attention hooks."""
+    transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options")
+    if transformer_options is not None:
+        schedule = transformer_options.get("sample_sigmas")
+        schedule = schedule.tolist() if schedule is not None else None
+        # One host read per model call (all rows of a call share one sigma).
+        sigma = float(t.reshape(-1)[0])
+        transformer_options[STEP_KEY] = locate_step(sigma, schedule)
+        transformer_options[LATENT_SHAPE_KEY] = tuple(x.shape)
+    return executor(x, t, *args, **kwargs)
+
+
+def ensure_step_wrapper(model_patcher) -> None:
+    """Install the wrapper once per model, however many of our nodes are stacked."""
+    from comfy.patcher_extension import WrappersMP
+
+    if not model_patcher.get_wrappers(WrappersMP.APPLY_MODEL, WRAPPER_KEY):
+        model_patcher.add_wrapper_with_key(
+            WrappersMP.APPLY_MODEL, WRAPPER_KEY, _apply_model_wrapper
+        )
