@@ -1,0 +1,116 @@
+"""Tiny SDXL and SD3 models built in-process with real ComfyUI classes, for the host tier.
+
+Sizes follow ../shared/notes/comfyui-host.md §5: a 4.5 M-parameter SDXL UNet (transformers at
+two levels plus the middle block) and a 1.1 M-parameter two-block MMDiT. ComfyUI creates layers
+with uninitialised memory, so every parameter is set from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SDXL_UNET = dict(
+    use_checkpoint=False, image_size=32, use_spatial_transformer=True, legacy=False,
+    num_classes="sequential", adm_in_channels=2816, in_channels=4, out_channels=4,
+    model_channels=32, num_res_blocks=[1, 1, 1], channel_mult=[1, 2, 4],
+    transformer_depth=[0, 1, 1], transformer_depth_output=[0, 0, 1, 1, 1, 1],
+    transformer_depth_middle=1, context_dim=64, use_linear_in_transformer=True,
+    use_temporal_resblock=False, use_temporal_attention=False,
+)
+
+SD3_MMDIT = dict(
+    in_channels=16, patch_size=2, out_channels=16, depth=2, input_size=None, adm_in_channels=64,
+    context_embedder_config={
+        "target": "torch.nn.Linear", "params": {"in_features": 64, "out_features": 128}
+    },
+    num_patches=1024, pos_embed_max_size=32, pos_embed_scaling_factor=None,
+    x_block_self_attn_layers=[],
+)
+
+
+def init_weights(module: torch.nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
+            elif name.endswith("weight"):  # norm scales
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+        for name, b in module.named_buffers():  # MMDiT's pos_embed is an uninitialised buffer
+            if name.startswith("diffusion_model.") and b.is_floating_point():
+                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
+
+
+def _patcher(model):
+    import comfy.model_management
+    import comfy.model_patcher
+
+    cpu = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def tiny_sdxl(seed: int = 0):
+    """A ModelPatcher around a tiny ``model_base.SDXL`` (EPS) with 14 self-attention layers."""
+    import comfy.supported_models
+
+    config = comfy.supported_models.SDXL(dict(SDXL_UNET))
+    config.unet_config["num_head_channels"] = 16  # BASE forces 64; 32-64 channels need 16
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    init_weights(model, seed)
+    return _patcher(model)
+
+
+def tiny_sd3(seed: int = 0, x_block_self_attn_layers=()):
+    """A ModelPatcher around a tiny ``model_base.SD3`` (flow, shift 3) with 2 joint blocks."""
+    import comfy.supported_models
+
+    unet = dict(SD3_MMDIT, x_block_self_attn_layers=list(x_block_self_attn_layers))
+    config = comfy.supported_models.SD3(unet)
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    init_weights(model, seed)
+    return _patcher(model)
+
+
+def sdxl_conditioning(seed: int = 1, batch: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    extra = {"pooled_output": torch.randn(batch, 1280, generator=gen), "width": 128, "height": 128}
+    return [[torch.randn(batch, 77, 64, generator=gen), extra]]
+
+
+def sd3_conditioning(seed: int = 1, batch: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, 154, 64, generator=gen),
+             {"pooled_output": torch.randn(batch, 64, generator=gen)}]]
+
+
+def sample(patcher, positive, negative, *, latent_channels: int, batch: int = 1, size: int = 16,
+           steps: int = 2, cfg: float = 2.0, seed: int = 0, sampler: str = "euler"):
+    """Real ComfyUI sampling (comfy.sample.sample) under inference mode, like the server."""
+    import comfy.sample
+
+    latent = torch.zeros(batch, latent_channels, size, size)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        return comfy.sample.sample(
+            patcher, noise, steps, cfg, sampler, "normal", positive, negative, latent,
+            seed=seed, disable_pbar=True,
+        )
+
+
+def sample_sdxl(patcher, **kw):
+    batch = kw.pop("batch", 1)
+    return sample(patcher, sdxl_conditioning(1, batch), sdxl_conditioning(2, batch),
+                  latent_channels=4, batch=batch, **kw)
+
+
+def sample_sd3(patcher, **kw):
+    batch = kw.pop("batch", 1)
+    return sample(patcher, sd3_conditioning(1, batch), sd3_conditioning(2, batch),
+                  latent_channels=16, batch=batch, **kw)
