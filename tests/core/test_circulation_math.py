@@ -1,0 +1,224 @@
+"""The circulation core against literal float64 references (explicit L x L), fresh random inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hopfield_circulation.hopfield import (
+    CirculationSettings,
+    adaptive_coefficients,
+    aggregate_eta,
+    blend_retrievals,
+    circulate_input_space,
+    circulate_value_space,
+    concat_features,
+    skew_scaled_attention,
+    symmetry_index,
+)
+from hopfield_circulation.hopfield import reference as ref
+
+F64 = torch.float64
+ALPHAS = [1.05, 1.2, 2.0, 0.97, 0.9, 0.5, 0.0, 1.0, -0.5, -2.0]  # -0.5, -2: c1 < 0 or c2 > 1
+SHAPES = [(2, 2, 37, 16), (1, 3, 64, 32), (2, 2, 218, 64)]  # odd L, SD3-like 154 + 64
+
+
+def rand(*shape, seed, dtype=F64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def qkv(shape, seed):
+    return rand(*shape, seed=seed), rand(*shape, seed=seed + 1), rand(*shape, seed=seed + 2)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_concat_trick_equals_explicit_skew_attention(alpha, shape):
+    q, k, v = qkv(shape, seed=hash((alpha, shape)) % 10_000)
+    expected = ref.skew_scaled_attention(q, k, v, alpha)
+    torch.testing.assert_close(skew_scaled_attention(q, k, v, alpha), expected, rtol=1e-10,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_concat_logits_are_the_scaled_decomposition(alpha):
+    q, k, _ = qkv((2, 2, 29, 8), seed=3)
+    q_cat, k_cat = concat_features(q, k, alpha)
+    m_sym, m_skew = ref.decompose(ref.logits(q, k))
+    torch.testing.assert_close(q_cat @ k_cat.transpose(-1, -2) / 8**0.5, m_sym + alpha * m_skew)
+
+
+def test_per_sample_alpha_tensor():
+    q, k, v = qkv((3, 2, 41, 16), seed=5)
+    alphas = torch.tensor([1.05, 0.9, -1.0], dtype=F64)
+    out = skew_scaled_attention(q, k, v, alphas.reshape(3, 1, 1, 1))
+    for b, a in enumerate(alphas.tolist()):
+        torch.testing.assert_close(out[b], ref.skew_scaled_attention(q[b], k[b], v[b], a))
+
+
+def test_value_width_other_than_head_dim():
+    q, k = rand(2, 2, 33, 16, seed=7), rand(2, 2, 33, 16, seed=8)
+    for width in (8, 48):  # narrower (zero-padded) and wider (input-space X) than 2d
+        v = rand(2, 2, 33, width, seed=9)
+        torch.testing.assert_close(skew_scaled_attention(q, k, v, 1.3),
+                                   ref.skew_scaled_attention(q, k, v, 1.3))
+
+
+def test_alpha_one_is_plain_attention():
+    q, k, v = qkv((2, 3, 50, 16), seed=11)
+    plain = torch.softmax(ref.logits(q, k), -1) @ v
+    torch.testing.assert_close(skew_scaled_attention(q, k, v, 1.0), plain)
+
+
+def test_alpha_zero_logits_are_symmetric():
+    q, k, _ = qkv((1, 2, 20, 8), seed=12)
+    q_cat, k_cat = concat_features(q, k, 0.0)
+    m = q_cat @ k_cat.transpose(-1, -2)
+    torch.testing.assert_close(m, m.transpose(-1, -2))
+
+
+def test_cross_attention_is_refused():
+    q, k = rand(1, 1, 10, 8, seed=1), rand(1, 1, 12, 8, seed=2)
+    with pytest.raises(ValueError, match="self-attention"):
+        skew_scaled_attention(q, k, k, 1.1)
+
+
+@pytest.mark.parametrize("alpha, beta", [(1.05, 3.0), (1.2, 5.0), (0.95, 3.0), (1.1, -2.0)])
+def test_value_space_matches_reference(alpha, beta):
+    q, k, v = qkv((2, 2, 45, 16), seed=13)
+    base = torch.softmax(ref.logits(q, k), -1) @ v
+    out = circulate_value_space(q, k, v, base, CirculationSettings(alpha, beta)).out
+    expected = ref.blend(base, ref.skew_scaled_attention(q, k, v, alpha), beta)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+
+
+def _layer(seed, batch=2, tokens=40, channels=24, heads=3, d=8):
+    x = rand(batch, tokens, channels, seed=seed)
+    w_q, w_k, w_v = (rand(heads * d, channels, seed=seed + i) / channels**0.5 for i in (1, 2, 3))
+    q, k, v = (torch.einsum("blc,hdc->bhld", x, w.reshape(heads, d, channels))
+               for w in (w_q, w_k, w_v))
+    return x, w_q, w_k, w_v, q, k, v
+
+
+@pytest.mark.parametrize("alpha, beta", [(1.05, 3.0), (1.2, 5.0), (0.9, 3.0), (-0.5, 2.0)])
+def test_input_space_equals_algorithm_2(alpha, beta):
+    x, w_q, w_k, w_v, q, k, v = _layer(seed=17)
+    base = torch.softmax(ref.logits(q, k), -1) @ v
+    out = circulate_input_space(q, k, x, w_v, None, base, CirculationSettings(alpha, beta)).out
+    expected = ref.algorithm2(x, w_q, w_k, w_v, heads=3, alpha=alpha, beta=beta)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_value_space_equals_input_space_without_norm_matching():
+    x, _, _, w_v, q, k, v = _layer(seed=19)
+    base = torch.softmax(ref.logits(q, k), -1) @ v
+    settings = CirculationSettings(1.15, 4.0, norm_match=False)
+    value = circulate_value_space(q, k, v, base, settings).out
+    inp = circulate_input_space(q, k, x, w_v, None, base, settings).out
+    torch.testing.assert_close(value, inp, rtol=1e-10, atol=1e-12)
+
+
+def test_input_space_value_bias_passes_through():
+    x, _, _, w_v, q, k, v = _layer(seed=21)
+    b_v = rand(24, seed=22)
+    base = torch.softmax(ref.logits(q, k), -1) @ (v + b_v.reshape(1, 3, 1, 8))
+    settings = CirculationSettings(1.1, 3.0, norm_match=False)
+    with_bias = circulate_input_space(q, k, x, w_v, b_v, base, settings).out
+    without = circulate_input_space(q, k, x, w_v, None, base, settings).out
+    torch.testing.assert_close(with_bias - without, b_v.reshape(1, 3, 1, 8).expand_as(without))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_eta_from_gram_matrices_equals_explicit(shape):
+    q, k, _ = qkv(shape, seed=23)
+    torch.testing.assert_close(symmetry_index(q, k), ref.symmetry_index(q, k), rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_eta_equals_the_papers_channel_form_without_bias():
+    x, w_q, w_k, _, q, k, _ = _layer(seed=29)
+    torch.testing.assert_close(symmetry_index(q, k),
+                               ref.symmetry_index_weight_form(x, w_q, w_k, heads=3))
+
+
+def test_eta_bounds_and_degenerate_input():
+    q = rand(1, 2, 30, 8, seed=31)
+    torch.testing.assert_close(symmetry_index(q, q), torch.ones(1, 2, dtype=F64))  # symmetric
+    assert torch.equal(symmetry_index(torch.zeros(1, 1, 5, 4), torch.zeros(1, 1, 5, 4)),
+                       torch.zeros(1, 1))
+
+
+def test_adaptive_coefficients_follow_eq_37_to_42():
+    eta = torch.tensor([[0.2, 0.6], [0.7, 0.9]], dtype=F64)
+    per_sample, per_call = aggregate_eta(eta), aggregate_eta(eta, per_sample=False)
+    torch.testing.assert_close(per_sample, torch.tensor([0.4, 0.8], dtype=F64))
+    torch.testing.assert_close(per_call, torch.tensor([0.6], dtype=F64))
+    alpha_eff, beta_eff = adaptive_coefficients(1.2, 5.0, per_sample)
+    torch.testing.assert_close(alpha_eff, 1 + 0.2 * per_sample)
+    torch.testing.assert_close(beta_eff, 5.0 * (1 - per_sample))
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_adaptive_value_space_matches_reference(per_sample):
+    q, k, v = qkv((2, 3, 31, 16), seed=37)
+    base = torch.softmax(ref.logits(q, k), -1) @ v
+    settings = CirculationSettings(1.2, 5.0, adaptive=True, eta_per_sample=per_sample)
+    result = circulate_value_space(q, k, v, base, settings)
+    eta = ref.symmetry_index(q, k)
+    eta_bar = eta.mean(-1) if per_sample else eta.mean().expand(2)
+    for b in range(2):
+        a_eff, b_eff = 1 + 0.2 * eta_bar[b].item(), 5.0 * (1 - eta_bar[b].item())
+        expected = ref.blend(base[b], ref.skew_scaled_attention(q[b], k[b], v[b], a_eff), b_eff)
+        torch.testing.assert_close(result.out[b], expected, rtol=1e-10, atol=1e-12)
+    assert result.eta_bar.shape == ((2,) if per_sample else (1,))
+
+
+def test_identity_settings_return_the_baseline_object():
+    q, k, v = qkv((1, 1, 9, 4), seed=41)
+    base = torch.randn(1, 1, 9, 4, dtype=F64)
+    for settings in (CirculationSettings(1.0, 3.0), CirculationSettings(1.3, 0.0),
+                     CirculationSettings(1.0, 5.0, adaptive=True)):
+        assert circulate_value_space(q, k, v, base, settings).out is base
+        assert circulate_input_space(q, k, q[:, 0], torch.eye(4, dtype=F64), None, base,
+                                     settings).out is base
+
+
+def test_unselected_rows_keep_the_baseline_bitwise():
+    q, k, v = qkv((4, 2, 23, 8), seed=43)
+    base = torch.softmax(ref.logits(q, k), -1) @ v
+    active = torch.tensor([False, True, False, True])
+    out = circulate_value_space(q, k, v, base, CirculationSettings(1.1, 3.0), active).out
+    assert torch.equal(out[~active], base[~active])
+    assert not torch.equal(out[active], base[active])
+
+
+def test_norm_match_is_nan_and_inf_safe():
+    base = torch.zeros(1, 1, 4, 8)
+    perturbed = torch.zeros(1, 1, 4, 8)
+    perturbed[0, 0, 1] = float("inf")
+    out = blend_retrievals(base, perturbed, 3.0)
+    assert torch.isfinite(out).all()
+    assert torch.equal(blend_retrievals(base, base, 3.0), base)  # zero vectors stay zero
+
+
+def test_norm_ratio_is_clamped():
+    base = torch.ones(1, 1, 1, 4, dtype=F64)
+    perturbed = 1.001 * base  # new = base + 3 * 0.001 * base: ratio ~1, no clamp
+    torch.testing.assert_close(blend_retrievals(base, perturbed, 3.0), perturbed)
+    tiny = blend_retrievals(base, -base, 0.5)  # new = 0 -> ratio hits the 4x ceiling, stays 0
+    assert torch.equal(tiny, torch.zeros_like(tiny))
+
+
+def test_low_precision_blend_runs_in_fp32():
+    q, k, v = (t.to(torch.bfloat16) for t in qkv((1, 2, 16, 8), seed=47))
+    base = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    out = circulate_value_space(q, k, v, base, CirculationSettings(1.05, 3.0)).out
+    assert out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1.0"])
+def test_settings_reject_non_finite_values(bad):
+    with pytest.raises(ValueError, match="finite"):
+        CirculationSettings(alpha=bad)
+    with pytest.raises(ValueError, match="finite"):
+        CirculationSettings(beta=bad)
