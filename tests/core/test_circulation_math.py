@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from hopfield_circulation.hopfield import (
     CirculationSettings,
     adaptive_coefficients,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from hopfield_circulation.patching.layers import sd3_layer_map, select_layers, unet_layer_map
 from hopfield_circulation.patching.schedule import in_window, locate_step
 
