@@ -6,10 +6,10 @@ With M = Q K^T / sqrt(d), c1 = (1 + alpha) / 2 and c2 = (1 - alpha) / 2,
 
 That is one standard attention over features of width 2d (the "concat trick"):
 
-    q~ = [q * sqrt|c1|,          k * sqrt|c2|         ]
-    k~ = [k * sign(c1) sqrt|c1|, q * sign(c2) sqrt|c2|]
+    q~ = [c1 * q, c2 * k]        k~ = [k, q]
 
-so q~ k~^T = c1 Q K^T + c2 K Q^T, scaled by 1/sqrt(d) (not 1/sqrt(2d)). The values are
+so q~ k~^T = c1 Q K^T + c2 K Q^T, scaled by 1/sqrt(d) (not 1/sqrt(2d)); signed coefficients
+make alpha < -1 or alpha > 1 (c1 or c2 negative) need no special case. The values are
 zero-padded to width 2d so that q, k and v share one head dimension: PyTorch's flash kernels
 (CPU and CUDA) only accept that, and without them the call falls back to a path that
 materialises the L x L matrix. No L x L tensor is built here.
@@ -46,13 +46,19 @@ def skew_coefficients(alpha: Scalar, like: torch.Tensor) -> tuple[torch.Tensor, 
 def concat_features(
     q: torch.Tensor, k: torch.Tensor, alpha: Scalar
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The width-2d query and key whose plain dot product is c1 Q K^T + c2 K Q^T."""
+    """The width-2d query and key whose plain dot product is c1 Q K^T + c2 K Q^T.
+
+    Written straight into preallocated halves: no temporaries beyond the two outputs.
+    """
     c1, c2 = skew_coefficients(alpha, q)
-    r1, r2 = c1.abs().sqrt(), c2.abs().sqrt()
-    s1, s2 = torch.sign(c1), torch.sign(c2)
-    # fp32 coefficients, cast back so the attention runs in the model's dtype.
-    q_cat = torch.cat([q * r1.to(q.dtype), k * r2.to(q.dtype)], dim=-1)
-    k_cat = torch.cat([k * (s1 * r1).to(k.dtype), q * (s2 * r2).to(k.dtype)], dim=-1)
+    d = q.shape[-1]
+    q_cat = q.new_empty(*q.shape[:-1], 2 * d)
+    k_cat = k.new_empty(*k.shape[:-1], 2 * d)
+    # fp32 coefficients, cast so the attention runs in the model's dtype.
+    torch.mul(q, c1.to(q.dtype), out=q_cat[..., :d])
+    torch.mul(k, c2.to(q.dtype), out=q_cat[..., d:])
+    k_cat[..., :d] = k
+    k_cat[..., d:] = q
     return q_cat, k_cat
 
 
@@ -72,6 +78,10 @@ def skew_scaled_attention(
     q_cat, k_cat = concat_features(q, k, alpha)
     width = q_cat.shape[-1]
     dv = v.shape[-1]
-    v_pad = F.pad(v, (0, width - dv)) if dv < width else v
+    if dv < width:
+        v_pad = v.new_zeros(*v.shape[:-1], width)
+        v_pad[..., :dv] = v
+    else:
+        v_pad = v
     out = F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=d**-0.5)
     return out[..., :dv] if dv < width else out
