@@ -74,6 +74,7 @@ class AttentionCall:
     sigma: float | None  # this model call's sigma, read once per call (patching.schedule)
     percent: float | None  # schedule position 0..1 of this step, when known
     step: int | None  # index of sigma in the sampler's schedule (nearest), when known
+    model_call: int  # id of the model call this attention call belongs to (-1: unknown)
     cond_or_uncond: list[int]  # one entry per batch chunk: 0 cond, 1 uncond
     text_tokens: int = 0  # SD3: context tokens come first in the joint sequence
     token_grid: tuple[int, int] | None = None  # (h, w) of the image tokens, row-major

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..hopfield import CirculationSettings, circulate_input_space, circulate_value_space
+from .block_input import install_block_input_stash, take_block_input
 from .call import AttentionCall, Steering
 from .family import layer_map_of, model_family, unet_attn1
 from .layers import select_layers
@@ -21,23 +22,6 @@ def active_rows(call: AttentionCall, branch: str) -> torch.Tensor | None:
         return None
     wanted = 0 if branch == "cond" else 1
     return call.branch_of_rows() == wanted
-
-
-def _block_input_stash():
-    """An attn1_patch that keeps the normed block input X for the input-space mode.
-
-    attn1 patches run right before attn1 in the same block, so the override of that call finds
-    X here. A closure (not a dict in model_options): ComfyUI copies those on every call.
-    """
-    stash = {}
-
-    def keep_block_input(n, context_attn1, value_attn1, extra_options, **kwargs):
-        block = tuple(extra_options.get("block") or ())
-        stash["key"] = (block, extra_options.get("block_index", 0))
-        stash["x"] = n
-        return n, context_attn1, value_attn1
-
-    return stash, keep_block_input
 
 
 def patch_circulation(
@@ -65,8 +49,7 @@ def patch_circulation(
     sigma_start, sigma_end = sigma_window(m, start_percent, end_percent)
     stash = None
     if space == "input" and not settings.is_identity:
-        stash, keep_block_input = _block_input_stash()
-        m.set_model_attn1_patch(keep_block_input)
+        stash = install_block_input_stash(m)
 
     selected = select_layers(layers, layer_map_of(m))
 
@@ -89,13 +72,7 @@ def patch_circulation(
 
 def _steer_input_space(model_patcher, stash, call, base, settings, active):
     options = call.transformer_options
-    key = (tuple(options.get("block") or ()), options.get("block_index", 0))
-    if stash.get("key") != key or "x" not in stash:
-        raise RuntimeError(
-            "input space: the block input of this attention layer was not captured (another "
-            "node replaced attn1 here?); use space='value'"
-        )
-    x = stash.pop("x")
+    x = take_block_input(stash, options)
     attn1 = unet_attn1(model_patcher, options["block"], options.get("block_index", 0))
     w_v, b_v = _effective_weight(attn1.to_v, x)
     return circulate_input_space(call.q, call.k, x, w_v, b_v, base, settings, active)

@@ -96,6 +96,7 @@ def parse_call(layer_map: LayerMap, args: tuple, kwargs: dict) -> AttentionCall 
         sigma=step.sigma if step else None,
         percent=step.percent if step else None,
         step=step.step if step else None,
+        model_call=step.model_call if step else -1,
         cond_or_uncond=list(options.get("cond_or_uncond") or [0]),
         text_tokens=text_tokens,
         token_grid=grid,

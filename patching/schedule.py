@@ -7,6 +7,7 @@ leaves a ``StepInfo`` in the call's transformer_options for the attention hooks.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 STEP_KEY = "hopfield_circulation_step"
@@ -14,11 +15,15 @@ LATENT_SHAPE_KEY = "hopfield_circulation_latent_shape"
 WRAPPER_KEY = "hopfield_circulation"
 
 
+_MODEL_CALLS = itertools.count()
+
+
 @dataclass(frozen=True)
 class StepInfo:
     sigma: float
     step: int | None  # index into the sampler's schedule; None when the host gave none
     percent: float | None  # step / (number of steps), 0 at the first step
+    model_call: int = -1  # increases with every model call (tells guidance re-runs apart)
 
 
 def locate_step(sigma: float, schedule: list[float] | None) -> StepInfo:
@@ -63,7 +68,10 @@ def _apply_model_wrapper(executor, x, t, *args, **kwargs):
         schedule = schedule.tolist() if schedule is not None else None
         # One host read per model call (all rows of a call share one sigma).
         sigma = float(t.reshape(-1)[0])
-        transformer_options[STEP_KEY] = locate_step(sigma, schedule)
+        step = locate_step(sigma, schedule)
+        transformer_options[STEP_KEY] = StepInfo(
+            step.sigma, step.step, step.percent, next(_MODEL_CALLS)
+        )
         transformer_options[LATENT_SHAPE_KEY] = tuple(x.shape)
     return executor(x, t, *args, **kwargs)
 
