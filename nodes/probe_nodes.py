@@ -1,3 +1,165 @@
-"""Stability Probe nodes (filled in by the probe work)."""
+"""Stability Probe (records during sampling) and Stability Report (shows and saves it)."""
 
-PROBE_NODES = []
+from __future__ import annotations
+
+import dataclasses
+
+from comfy_api.latest import io, ui
+
+from ..patching.probe import (
+    BASES,
+    PROBE_BRANCHES,
+    ProbeSettings,
+    find_run,
+    patch_probe,
+    probe_state,
+)
+from ..patching.probe_report import (
+    block_align,
+    chart_payload,
+    heatmap_images,
+    overlay_images,
+    save_report,
+    summarise,
+    text_report,
+)
+
+CATEGORY = "Hopfield Circulation/diagnostics"
+Probe = io.Custom("HOPFIELD_PROBE")
+
+
+class StabilityProbe(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HopfieldCirculation_StabilityProbe",
+            display_name="Stability Probe",
+            category=CATEGORY,
+            description=(
+                "Records the paper's Hopfield stability measures (energy E_X, instability "
+                "fraction r_X, alignment Align_X, symmetry η_M and the per-token map λ_X) on "
+                "the sampler's own passes, without changing the image. Place it anywhere on the "
+                "MODEL path, before or after circulation nodes; read it with Stability Report."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to probe (SDXL, SD1.x/2.x or SD3)."),
+                io.Combo.Input(
+                    "basis", options=list(BASES), default="value",
+                    tooltip="value: features are the attention output's channels per head "
+                    "(any model, cheap). input: the paper's basis, the retrieval over the block "
+                    "input X (SDXL only; see channels).",
+                ),
+                io.Int.Input(
+                    "channels", default=64, min=0, max=4096,
+                    tooltip="input basis only: how many of the block input's channels to probe "
+                    "(a fixed random subset, for speed); 0 = all channels, the exact value.",
+                ),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="First point of the schedule that is recorded."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Last point of the schedule that is recorded."),
+                io.Combo.Input(
+                    "branch", options=list(PROBE_BRANCHES), default="cond",
+                    tooltip="Which CFG branch to record: the positive prediction (cond, as in "
+                    "the paper), the negative one, or both (reported separately).",
+                ),
+                io.String.Input(
+                    "layers", default="all",
+                    tooltip="Layers to record, same syntax as the circulation nodes: 'all', "
+                    "'down'/'mid'/'up' or the paper's 0–139 index (SDXL), 'early'/'middle'/"
+                    "'late' or block indices (SD3).",
+                ),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The same model, now recording; connect it to the "
+                                "sampler."),
+                Probe.Output(display_name="probe", tooltip="Handle to the recordings; connect "
+                             "it to Stability Report."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, basis, channels, start_percent, end_percent, branch,
+                layers) -> io.NodeOutput:
+        settings = ProbeSettings(basis, channels, start_percent, end_percent, branch, layers)
+        probed, handle = patch_probe(model, settings)
+        return io.NodeOutput(probed, handle)
+
+
+class StabilityReport(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HopfieldCirculation_StabilityReport",
+            display_name="Stability Report",
+            category=CATEGORY,
+            description=(
+                "Shows what a Stability Probe recorded for the sampler that produced LATENT: "
+                "λ_X heatmaps (red = conflict, blue = reinforcement), their overlay on the "
+                "image, Align_X per block, a per-layer chart and a text report; optionally "
+                "saves every series to a .safetensors file in the output folder."
+            ),
+            inputs=[
+                Probe.Input("probe", tooltip="The probe output of a Stability Probe."),
+                io.Latent.Input("latent", tooltip="The LATENT of the sampler that used the "
+                                "probed model (also makes this node run after it)."),
+                io.Image.Input("image", optional=True, tooltip="Optional decoded image of "
+                               "that LATENT, for the overlay."),
+                io.Boolean.Input("save_file", default=False, tooltip="Also write the "
+                                 "per-layer, per-step series and maps as .safetensors."),
+                io.String.Input("filename_prefix", default="hopfield/stability",
+                                tooltip="Where the .safetensors file goes, under ComfyUI's "
+                                "output folder."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="heatmaps", tooltip="λ_X maps per sample and "
+                                "block group (Down, Mid, Up, All; SD3: early, middle, late, "
+                                "All): red where retrieval conflicts with its field."),
+                io.Image.Output(display_name="overlay", tooltip="The heatmaps over the image "
+                                "(the heatmaps alone when no image is given)."),
+                io.Float.Output(display_name="align_down", tooltip="Align_X of the Down "
+                                "blocks (SD3: early third), first sample."),
+                io.Float.Output(display_name="align_mid", tooltip="Align_X of the Mid block "
+                                "(SD3: middle third), first sample."),
+                io.Float.Output(display_name="align_up", tooltip="Align_X of the Up blocks "
+                                "(SD3: late third), first sample."),
+                io.Float.Output(display_name="align_all", tooltip="Align_X over all probed "
+                                "layers, first sample."),
+                io.String.Output(display_name="report", tooltip="E_X, r_X, Align_X and η_M "
+                                 "per block and sample, as text."),
+            ],
+            is_output_node=True,
+            not_idempotent=True,
+        )
+
+    @classmethod
+    def execute(cls, probe, latent, save_file, filename_prefix, image=None) -> io.NodeOutput:
+        run = find_run(probe, latent["samples"])
+        state = probe_state(probe)
+        summary = summarise(state, run)
+        heat, _ = heatmap_images(summary)
+        over = overlay_images(heat, summary, image) if image is not None else heat
+        text = text_report(summary, run)
+        if save_file:
+            path = _output_path(filename_prefix)
+            save_report(path, summary, run, dataclasses.asdict(state.settings))
+            text += f"\nSaved: {path}"
+        align = block_align(summary)
+        preview = ui.PreviewImage(over if image is not None else heat, cls=cls).as_dict()
+        ui_payload = {**preview, "hopfield_align_chart": [chart_payload(summary)],
+                      "text": [text]}
+        return io.NodeOutput(heat, over, align["down"], align["mid"], align["up"], align["all"],
+                             text, ui=ui_payload)
+
+
+def _output_path(filename_prefix: str) -> str:
+    import os
+
+    import folder_paths
+
+    output_dir = folder_paths.get_output_directory()
+    folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
+    return os.path.join(folder, f"{name}_{counter:05}_.safetensors")
+
+
+PROBE_NODES = [StabilityProbe, StabilityReport]
