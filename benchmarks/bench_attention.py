@@ -16,9 +16,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ def _import_core():
 
 
 hopfield = _import_core()
-from hopfield_circulation.hopfield import reference  # noqa: E402
+from hopfield_circulation.hopfield import reference, stability  # noqa: E402
 
 
 @dataclass
@@ -78,6 +78,19 @@ def explicit_lxl(i: Inputs):
     return reference.blend(base, pert, 3.0)
 
 
+def probe_value(i: Inputs):
+    return stability.layer_stability(i.q, i.k, i.base), hopfield.symmetry_index(i.q, i.k)
+
+
+SUBSET = stability.channel_subset(640, 64)
+
+
+def probe_input(i: Inputs):
+    x = i.x.index_select(-1, SUBSET).unsqueeze(1).expand(-1, i.q.shape[1], -1, -1)
+    retrieved = F.scaled_dot_product_attention(i.q, i.k, x)
+    return stability.layer_stability(i.q, i.k, retrieved), hopfield.symmetry_index(i.q, i.k)
+
+
 # name -> (what it measures, function of the inputs). Baseline first: ratios divide by it.
 VARIANTS: dict[str, tuple[str, Callable[[Inputs], object]]] = {
     "baseline": ("one attention call, F.scaled_dot_product_attention",
@@ -96,6 +109,9 @@ VARIANTS: dict[str, tuple[str, Callable[[Inputs], object]]] = {
     "explicit_LxL": ("both retrievals through explicit L x L logits", explicit_lxl),
     "eta_gram": ("eta_M from d x d Gram matrices (adaptive mode's extra work)",
                  lambda i: hopfield.symmetry_index(i.q, i.k)),
+    "probe_value": ("Stability Probe's extra work per layer, value basis", probe_value),
+    "probe_input_m64": ("Stability Probe's extra work per layer, input basis, m = 64",
+                        probe_input),
 }
 
 

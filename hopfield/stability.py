@@ -40,10 +40,14 @@ class LayerStability:
 
 
 def local_field(q: torch.Tensor, k: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-    """h = M_sym(centred) xi for q, k [B, H, L, d] and features xi [B, H, L, m] -> [B, H, L, m]."""
-    qc = q - q.mean(dim=-2, keepdim=True)
-    kc = k - k.mean(dim=-2, keepdim=True)
-    field = qc @ (kc.transpose(-1, -2) @ xi) + kc @ (qc.transpose(-1, -2) @ xi)
+    """h = M_sym(centred) xi for q, k [B, H, L, d] and centred features xi [B, H, L, m].
+
+    Since xi sums to zero over tokens, Kc^T xi = K^T xi and Qc^T xi = Q^T xi, and centring Q and
+    K on the left only subtracts each column's mean: so the field of the raw q, k, centred over
+    tokens, is the centred field, without copying q and k.
+    """
+    field = q @ (k.transpose(-1, -2) @ xi) + k @ (q.transpose(-1, -2) @ xi)
+    field = field - field.mean(dim=-2, keepdim=True)
     return field / (2 * math.sqrt(q.shape[-1]))
 
 

@@ -6,7 +6,12 @@ import math
 
 import torch
 from hopfield_circulation.hopfield.heatmap import diverging_colors, tokens_to_grid
-from hopfield_circulation.hopfield.stability import channel_subset, layer_stability, local_field
+from hopfield_circulation.hopfield.stability import (
+    channel_subset,
+    layer_stability,
+    local_field,
+    normalised_features,
+)
 
 F64 = torch.float64
 
@@ -66,7 +71,7 @@ def test_field_equals_the_papers_channel_form_up_to_sqrt_d():
     b_q, b_k = rand(heads * d, seed=10), rand(heads * d, seed=11)
     q = (x @ w_q.T + b_q).reshape(1, tokens, heads, d).transpose(1, 2)
     k = (x @ w_k.T + b_k).reshape(1, tokens, heads, d).transpose(1, 2)
-    xi = rand(1, heads, tokens, 4, seed=12)
+    xi = normalised_features(rand(1, heads, tokens, 4, seed=12))  # centred, as the probe uses
     xc = x - x.mean(-2, keepdim=True)
     w = w_q.reshape(heads, d, channels).transpose(-1, -2) @ w_k.reshape(heads, d, channels)
     s = (w + w.transpose(-1, -2)) / 2  # [H, C, C]
