@@ -57,6 +57,13 @@ export function groupBands(layers) {
   return bands;
 }
 
+// Axis labels at the ends and at zero, leaving out a zero that would overprint an end label.
+export function yTickValues(lo, hi) {
+  const ticks = [lo, hi];
+  if (Math.min(Math.abs(lo), Math.abs(hi)) > 0.12 * (hi - lo)) ticks.push(0);
+  return ticks;
+}
+
 // Everything the renderer needs, in pixel coordinates of a width x height canvas.
 export function layout(chart, width, height) {
   const margin = { left: 38, right: 10, top: 16, bottom: 30 };
@@ -81,6 +88,6 @@ export function layout(chart, width, height) {
                                value: s.groups?.[b.group] ?? null,
                                y: Number.isFinite(s.groups?.[b.group]) ? y(s.groups[b.group]) : null })),
   }));
-  return { margin, plotW, plotH, bands, series, zeroY: y(0), yTicks: [y0, 0, y1].map((v) => ({ v, y: y(v) })),
+  return { margin, plotW, plotH, bands, series, zeroY: y(0), yTicks: yTickValues(y0, y1).map((v) => ({ v, y: y(v) })),
            xLabels: layers.map((l, i) => ({ text: String(l.index), x: x(i) })) };
 }

@@ -109,7 +109,7 @@ def branch(g, column, title, model_source, model_slot, shared, sd3=False, patch=
     """One labelled column: optional patch node, KSampler (same seed), VAE decode."""
     loader, pos, neg, latent = shared
     x = 420 + column * 380
-    g.group(title, x - 10, -40, 360, 760)
+    g.group(title, x - 10, -75, 360, 795)  # title bar clear of the first node
     source, slot = model_source, model_slot
     if patch is not None:
         kind, widgets = patch

@@ -46,3 +46,9 @@ test("layout places bands, points and group means inside the canvas", () => {
   assert.equal(s.means.find((m) => m.group === "mid").value, 0.2);
   assert.ok(L.series[0].points[0][1] < L.zeroY); // positive align above the zero line
 });
+
+test("y ticks never overprint", async () => {
+  const { yTickValues } = await import("../../js/chart_model.js");
+  assert.deepEqual(yTickValues(-1, 1), [-1, 1, 0]);
+  assert.deepEqual(yTickValues(-0.04, 0.001), [-0.04, 0.001]);
+});
