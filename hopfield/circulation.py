@@ -24,6 +24,8 @@ from .blend import blend_retrievals
 from .skew import skew_scaled_attention
 from .symmetry import adaptive_coefficients, aggregate_eta, symmetry_index
 
+KERNELS = ("auto", "fused", "two_call")
+
 
 @dataclass(frozen=True)
 class CirculationSettings:
@@ -34,12 +36,15 @@ class CirculationSettings:
     adaptive: bool = False
     eta_per_sample: bool = True  # False: one eta-bar per attention call, as in the paper
     norm_match: bool = True
+    kernel: str = "auto"  # "auto": fused Triton kernel on CUDA when it fits; "fused"; "two_call"
 
     def __post_init__(self):
         for name in ("alpha", "beta"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
 
     @property
     def is_identity(self) -> bool:
@@ -80,24 +85,51 @@ def _select_rows(
     return torch.where(_per_sample(active, base.ndim), steered, base)
 
 
+def needs_baseline(q, k, v, settings: CirculationSettings, active=None) -> bool:
+    """Whether circulate_value_space needs the host's baseline output: always, except on the
+    fused path with every sample steered (the kernel computes its own baseline in the same
+    pass, so the host's attention call can be skipped: 2x instead of 3x one call)."""
+    return settings.is_identity or active is not None or not _use_fused(q, k, v, settings.kernel)
+
+
 def circulate_value_space(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    base: torch.Tensor,
+    base: torch.Tensor | None,
     settings: CirculationSettings,
     active: torch.Tensor | None = None,
 ) -> CirculationResult:
-    """Steer one attention call. q, k, v, base: [B, H, L, d]; ``base`` is the host's own output.
+    """Steer one attention call. q, k, v, base: [B, H, L, d]; ``base`` is the host's own output
+    (None is allowed where ``needs_baseline`` says so).
 
     ``active``: optional bool [B] of the samples to steer; others get ``base`` back untouched.
     """
+    if base is None and needs_baseline(q, k, v, settings, active):
+        raise ValueError("circulate_value_space: this path needs the baseline output")
     if settings.is_identity:
         return CirculationResult(base)
     alpha, beta, eta_bar = effective_coefficients(q, k, settings)
-    perturbed = skew_scaled_attention(q, k, v, alpha)
-    blended = blend_retrievals(base, perturbed, beta, norm_match=settings.norm_match)
-    return CirculationResult(_select_rows(blended.to(base.dtype), base, active), eta_bar)
+    if _use_fused(q, k, v, settings.kernel):
+        from .fused_triton import fused_skew_circulation
+
+        blended = fused_skew_circulation(q, k, v, alpha, beta, norm_match=settings.norm_match)
+    else:
+        perturbed = skew_scaled_attention(q, k, v, alpha)
+        blended = blend_retrievals(base, perturbed, beta, norm_match=settings.norm_match)
+    dtype = q.dtype if base is None else base.dtype
+    return CirculationResult(_select_rows(blended.to(dtype), base, active), eta_bar)
+
+
+def _use_fused(q, k, v, kernel: str) -> bool:
+    """auto: the single-pass kernel on CUDA when Triton is there and the shapes fit."""
+    if kernel == "two_call":
+        return False
+    from . import fused_triton
+
+    if kernel == "fused":
+        return True  # fused_skew_circulation explains what does not fit
+    return q.is_cuda and fused_triton.supports(q, k, v) and fused_triton.available()
 
 
 def circulate_input_space(

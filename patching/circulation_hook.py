@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 from ..hopfield import CirculationSettings, circulate_input_space, circulate_value_space
+from ..hopfield.circulation import needs_baseline
 from .block_input import install_block_input_stash, take_block_input
 from .call import AttentionCall, Steering
 from .family import layer_map_of, model_family, unet_attn1
 from .layers import select_layers
-from .override import install_attention_hook, record_steering
+from .override import HostBaseline, install_attention_hook, record_steering
 from .schedule import in_window, sigma_window
 
 BRANCHES = ("both", "cond", "uncond")
@@ -53,16 +54,19 @@ def patch_circulation(
 
     selected = select_layers(layers, layer_map_of(m))
 
-    def steer(call: AttentionCall, base: torch.Tensor) -> torch.Tensor | None:
+    def steer(call: AttentionCall, baseline: HostBaseline) -> torch.Tensor | None:
         if settings.is_identity or call.layer.index not in selected:
             return None
         if call.sigma is not None and not in_window(call.sigma, sigma_start, sigma_end):
             return None
         active = active_rows(call, branch)
         if space == "value":
+            wanted = baseline.chained or needs_baseline(call.q, call.k, call.v, settings, active)
+            base = baseline.heads(call.heads) if wanted else None  # fused: one pass, no host call
             result = circulate_value_space(call.q, call.k, call.v, base, settings, active)
         else:
-            result = _steer_input_space(m, stash, call, base, settings, active)
+            result = _steer_input_space(m, stash, call, baseline.heads(call.heads), settings,
+                                        active)
         record_steering(call, Steering(settings, space, result.eta_bar, active))
         return result.out
 

@@ -27,8 +27,33 @@ OVERRIDE_KEY = "optimized_attention_override"
 BLOCK_KEY = "hopfield_circulation_block"  # SD3: the joint block index, published per block
 STEERING_KEY = "hopfield_circulation_steering"  # set by the circulation hook for observers
 
-# handler(call, base) -> new output [B, H, L, d], or None to keep the baseline
-Handler = Callable[[AttentionCall, torch.Tensor], "torch.Tensor | None"]
+class HostBaseline:
+    """The host's own output for this call, computed at most once and only when asked for.
+
+    ``chained``: another override was installed before ours; it must then see every call, so
+    the baseline is never skipped.
+    """
+
+    def __init__(self, previous, func, args, kwargs):
+        self.previous, self.func, self.args, self.kwargs = previous, func, args, kwargs
+        self.chained = previous is not None
+        self._output = None
+
+    def output(self) -> torch.Tensor:
+        if self._output is None:
+            if self.previous is not None:
+                self._output = self.previous(self.func, *self.args, **self.kwargs)
+            else:
+                self._output = self.func(*self.args, **self.kwargs)
+        return self._output
+
+    def heads(self, heads: int) -> torch.Tensor:
+        out = self.output()
+        return out if self.kwargs.get("skip_output_reshape") else _heads_first(out, heads)
+
+
+# handler(call, baseline) -> new output [B, H, L, d], or None to keep the baseline
+Handler = Callable[[AttentionCall, HostBaseline], "torch.Tensor | None"]
 
 
 def _heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -104,11 +129,11 @@ def parse_call(layer_map: LayerMap, args: tuple, kwargs: dict) -> AttentionCall 
     )
 
 
-def _to_host_layout(out: torch.Tensor, like: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    """[B, H, L, d] back to the layout the host's attention function returns."""
+def _to_host_layout(out: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """[B, H, L, d] back to the layout the host's attention function returns ([B, L, H*d])."""
     if kwargs.get("skip_output_reshape"):
         return out
-    return out.transpose(1, 2).reshape(like.shape)
+    return out.transpose(1, 2).flatten(2)
 
 
 def _notify(observers: list, call: AttentionCall, out_heads: torch.Tensor) -> None:
@@ -133,22 +158,21 @@ def install_attention_hook(model_patcher, handler: Handler | None = None) -> Lay
         if outermost:
             call_options[ACTIVE_KEY] = True
         try:
-            if previous is not None:
-                base = previous(func, *args, **kwargs)
-            else:
-                base = func(*args, **kwargs)
+            baseline = HostBaseline(previous, func, args, kwargs)
             observers = call_options.get(OBSERVERS_KEY) if outermost else None
             if handler is None and not observers:
-                return base
+                return baseline.output()
             call = parse_call(layer_map, args, kwargs)
             if call is None:
-                return base
-            reshaped = kwargs.get("skip_output_reshape")
-            base_heads = base if reshaped else _heads_first(base, call.heads)
-            out_heads = handler(call, base_heads) if handler is not None else None
-            out = base if out_heads is None else _to_host_layout(out_heads, base, kwargs)
+                return baseline.output()
+            out_heads = handler(call, baseline) if handler is not None else None
+            if out_heads is None:
+                out, out_heads = baseline.output(), None
+            else:
+                out = _to_host_layout(out_heads, kwargs)
             if observers:
-                _notify(observers, call, base_heads if out_heads is None else out_heads)
+                _notify(observers, call, baseline.heads(call.heads) if out_heads is None
+                        else out_heads)
             return out
         finally:
             if outermost:
