@@ -63,11 +63,30 @@ def delta_error(q, k, v, alpha, dtype, path):
     return ((out.double() - base64 - delta).norm() / delta.norm()).item()
 
 
+def bench(name, q, k, v, dtype):
+    settings = hopfield.CirculationSettings(1.05, 3.0, kernel="two_call")
+    paths = {
+        "baseline": lambda: F.scaled_dot_product_attention(q, k, v),
+        "two_call": lambda: hopfield.circulate_value_space(
+            q, k, v, F.scaled_dot_product_attention(q, k, v), settings),
+        "fused": lambda: fused_skew_circulation(q, k, v, 1.05, 3.0),
+    }
+    base_ms = None
+    for path, fn in paths.items():
+        ms = timed(fn)
+        base_ms = base_ms or ms
+        errs = ("", "") if path == "baseline" else tuple(
+            f"{delta_error(q, k, v, a, dtype, path):.4f}" for a in (0.97, 1.05))
+        print(f"| {name} | {str(dtype)[6:]} | {path} | {ms:.3f} | {ms / base_ms:.2f} | "
+              f"{peak_extra(fn):.0f} | {errs[0]} | {errs[1]} |")
+
+
 def main():
     if not torch.cuda.is_available():
         sys.exit("bench_gpu: no CUDA device here; run it on a GPU machine")
     print(f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
-    print("| shape | dtype | path | ms | × baseline | peak extra MiB | Δ err α 0.97 | Δ err α 1.05 |")
+    print("| shape | dtype | path | ms | × baseline | peak extra MiB | Δ err α 0.97 "
+          "| Δ err α 1.05 |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     with torch.inference_mode():
         for name, (b, h, length, d) in SHAPES.items():
@@ -75,21 +94,7 @@ def main():
                 gen = torch.Generator(device="cuda").manual_seed(0)
                 q, k, v = (torch.randn(b, h, length, d, device="cuda", dtype=dtype,
                                        generator=gen) for _ in range(3))
-                settings = hopfield.CirculationSettings(1.05, 3.0, kernel="two_call")
-                paths = {
-                    "baseline": lambda: F.scaled_dot_product_attention(q, k, v),
-                    "two_call": lambda: hopfield.circulate_value_space(
-                        q, k, v, F.scaled_dot_product_attention(q, k, v), settings),
-                    "fused": lambda: fused_skew_circulation(q, k, v, 1.05, 3.0),
-                }
-                base_ms = None
-                for path, fn in paths.items():
-                    ms = timed(fn)
-                    base_ms = base_ms or ms
-                    errs = ("", "") if path == "baseline" else tuple(
-                        f"{delta_error(q, k, v, a, dtype, path):.4f}" for a in (0.97, 1.05))
-                    print(f"| {name} | {str(dtype)[6:]} | {path} | {ms:.3f} | "
-                          f"{ms / base_ms:.2f} | {peak_extra(fn):.0f} | {errs[0]} | {errs[1]} |")
+                bench(name, q, k, v, dtype)
 
 
 if __name__ == "__main__":
