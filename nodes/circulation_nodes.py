@@ -52,6 +52,13 @@ def _shared_inputs(alpha: float, beta: float) -> list:
     ]
 
 
+def _patched(model, settings, start_percent, end_percent, layers, branch, space):
+    return io.NodeOutput(patch_circulation(
+        model, settings, start_percent=start_percent, end_percent=end_percent, layers=layers,
+        branch=branch, space=space,
+    ))
+
+
 MODEL_OUT = io.Model.Output(tooltip="The model with circulation control on its self-attention.")
 
 
@@ -77,11 +84,7 @@ class SkewCirculation(io.ComfyNode):
         cls, model, alpha, beta, start_percent, end_percent, layers, branch, space
     ) -> io.NodeOutput:
         settings = CirculationSettings(alpha=alpha, beta=beta)
-        patched = patch_circulation(
-            model, settings, start_percent=start_percent, end_percent=end_percent,
-            layers=layers, branch=branch, space=space,
-        )
-        return io.NodeOutput(patched)
+        return _patched(model, settings, start_percent, end_percent, layers, branch, space)
 
 
 ETA_AGGREGATIONS = {"per sample": True, "per call": False}
@@ -123,11 +126,7 @@ class AdaptiveCirculation(io.ComfyNode):
             alpha=alpha, beta=beta, adaptive=True,
             eta_per_sample=ETA_AGGREGATIONS[eta_aggregation],
         )
-        patched = patch_circulation(
-            model, settings, start_percent=start_percent, end_percent=end_percent,
-            layers=layers, branch=branch, space=space,
-        )
-        return io.NodeOutput(patched)
+        return _patched(model, settings, start_percent, end_percent, layers, branch, space)
 
 
 CIRCULATION_NODES = [SkewCirculation, AdaptiveCirculation]
