@@ -37,11 +37,11 @@ def blend_retrievals(
     dtype = torch.promote_types(base.dtype, torch.float32)  # fp64 inputs keep fp64
     base32 = base.to(dtype)
     pert32 = perturbed.to(dtype)
-    b = as_device_tensor(beta, dtype, base.device)
-    new = base32 + b * (pert32 - base32)
+    weight = beta if isinstance(beta, (int, float)) else as_device_tensor(beta, dtype, base.device)
+    new = torch.lerp(base32, pert32, weight)  # base + beta (perturbed - base), one pass
     if not norm_match:
         return new
     ref = torch.linalg.vector_norm(pert32, dim=-1, keepdim=True).clamp_min(NORM_EPS)
     cur = torch.linalg.vector_norm(new, dim=-1, keepdim=True).clamp_min(NORM_EPS)
-    out = new * (ref / cur).clamp(ratio_min, ratio_max)
-    return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    new.mul_(ref.div_(cur).clamp_(ratio_min, ratio_max))  # in place: new is ours
+    return torch.nan_to_num_(new, nan=0.0, posinf=0.0, neginf=0.0)
