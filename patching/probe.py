@@ -37,6 +37,7 @@ PROBE_BRANCHES = {"cond": (0,), "uncond": (1,), "both": (0, 1)}
 BRANCH_NAMES = {0: "cond", 1: "uncond"}
 MEASURES = ("energy", "instability", "align", "eta")
 RUNS_KEPT = 8
+PROBES_KEPT = 32  # each Stability Probe execution registers one; old ones are dropped
 WRAPPER_KEY = "hopfield_circulation_probe"
 
 
@@ -133,6 +134,8 @@ def patch_probe(model_patcher, settings: ProbeSettings):
         probe_id = f"probe-{next(_IDS)}"
         state = ProbeState(probe_id, family, layer_map, settings)
         _REGISTRY[probe_id] = state
+        while len(_REGISTRY) > PROBES_KEPT:  # bounded memory over a long session
+            _REGISTRY.pop(next(iter(_REGISTRY)))
     branches = PROBE_BRANCHES[settings.branch]
 
     def record_stability(call: AttentionCall, out: torch.Tensor) -> None:
