@@ -1,7 +1,8 @@
 """A real ComfyUI server for the end-to-end tier, on a free loopback port, in a fresh base dir.
 
 The pack is linked into custom_nodes (as ComfyUI-Manager or git clone would place it), next to
-a test-only pack; tiny checkpoints are written into models/checkpoints at start.
+a test-only pack; tiny SDXL and SD3 checkpoints are written into models/checkpoints at start.
+The user directory is fresh and pre-seeded (no first-run dialog); the server is stopped by PID.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .tiny_checkpoints import write_tiny_checkpoints
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACK_DIR_NAME = "hopfield-circulation"
-TINY_SD3 = "tiny_sd3_hopfield_test.safetensors"
 
 
 def free_port() -> int:
@@ -36,9 +38,11 @@ class ComfyServer:
         self.process = None
         self.log_path = base / "server.log"
 
-    def prepare(self) -> None:
-        from host.tiny_models import write_tiny_sd3_checkpoint
+    @property
+    def user_dir(self) -> Path:
+        return self.base / "user"
 
+    def prepare(self) -> None:
         nodes = self.base / "custom_nodes"
         nodes.mkdir(parents=True, exist_ok=True)
         link = nodes / PACK_DIR_NAME
@@ -47,11 +51,8 @@ class ComfyServer:
         test_pack = nodes / "hc_test_nodes"
         if not test_pack.exists():
             test_pack.symlink_to(Path(__file__).parent / "test_nodes", target_is_directory=True)
-        checkpoints = self.base / "models" / "checkpoints"
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        if not (checkpoints / TINY_SD3).exists():
-            write_tiny_sd3_checkpoint(checkpoints / TINY_SD3)
-        settings = self.base / "user" / "default" / "comfy.settings.json"
+        write_tiny_checkpoints(self.base / "models" / "checkpoints")
+        settings = self.user_dir / "default" / "comfy.settings.json"
         settings.parent.mkdir(parents=True, exist_ok=True)
         if not settings.exists():
             settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
@@ -60,12 +61,14 @@ class ComfyServer:
         self.prepare()
         args = [sys.executable, str(Path(__file__).parent / "launch_comfyui.py"),
                 str(self.comfy_root), "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
+                "--base-directory", str(self.base), "--user-directory", str(self.user_dir),
+                "--database-url", "sqlite:///:memory:",
                 "--disable-auto-launch", "--disable-api-nodes"]
         if self.front_end_root:
             args += ["--front-end-root", self.front_end_root]
         log = open(self.log_path, "w")  # noqa: SIM115 - closed by the process lifetime
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+        env = {**os.environ, "HC_E2E_PARENT_PID": str(os.getpid())}
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
