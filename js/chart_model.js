@@ -11,7 +11,19 @@ export const GROUP_COLORS = {
   late: "rgba(90, 200, 120, 0.13)",
 };
 
+export const GROUP_TITLES = { down: "Down", mid: "Mid", up: "Up", early: "early",
+                              middle: "middle", late: "late" };
+
 export const SERIES_COLORS = ["#4fa3ff", "#ff7a59", "#7bd88f", "#d68fff", "#ffd166", "#5ce1e6"];
+
+const FONT_PX = 10;
+const LINE = 12; // text row height
+const MAX_LEGEND_ROWS = 2;
+
+// Width of a 10 px sans-serif string; the renderer passes ctx.measureText instead.
+export function approxTextWidth(text) {
+  return 5.6 * String(text).length;
+}
 
 // Validate and normalise the `hopfield_align_chart` payload; returns null if unusable.
 export function readChart(payload) {
@@ -22,14 +34,14 @@ export function readChart(payload) {
     .map((s) => ({
       label: String(s.label ?? ""),
       layers: s.layers
-        .filter((l) => Number.isFinite(l.index))
-        .map((l) => ({ index: l.index, group: String(l.group), kind: l.kind ?? "self",
+        .filter((l) => l && Number.isFinite(l.index))
+        .map((l) => ({ index: l.index, group: String(l.group), kind: String(l.kind ?? "self"),
                        align: Number.isFinite(l.align) ? l.align : null }))
         .sort((a, b) => a.index - b.index || a.kind.localeCompare(b.kind)),
-      groups: s.groups ?? {},
+      groups: s.groups && typeof s.groups === "object" ? s.groups : {},
     }));
   if (samples.every((s) => s.layers.length === 0)) return null;
-  return { family: chart.family ?? "", note: chart.note ?? "", samples };
+  return { family: String(chart.family ?? ""), note: String(chart.note ?? ""), samples };
 }
 
 // Value range of the y axis: always includes 0, padded a little, never empty.
@@ -64,9 +76,48 @@ export function yTickValues(lo, hi) {
   return ticks;
 }
 
+// Legend entries flowed left to right into at most MAX_LEGEND_ROWS rows; the rest is summarised.
+export function legendLayout(labels, x0, width, measure = approxTextWidth) {
+  const entries = [];
+  let row = 0, x = x0, hidden = 0;
+  labels.forEach((label, k) => {
+    const w = 14 + measure(label) + 10; // swatch, text, gap
+    if (x > x0 && x + w > x0 + width) { row += 1; x = x0; }
+    if (row >= MAX_LEGEND_ROWS) { hidden += 1; return; }
+    entries.push({ label, k, x, row });
+    x += w;
+  });
+  return { entries, rows: Math.min(row + 1, MAX_LEGEND_ROWS), hidden };
+}
+
+// Spread labels so none is closer than `gap` to the next, inside [lo, hi] (when they fit):
+// push down from the top, then back up from the bottom.
+export function spreadLabels(ys, gap, lo, hi) {
+  const order = ys.map((y, i) => [Math.min(Math.max(y, lo), hi), i]).sort((a, b) => a[0] - b[0]);
+  const v = order.map(([y]) => y);
+  for (let j = 1; j < v.length; j++) v[j] = Math.max(v[j], v[j - 1] + gap);
+  if (v.length) v[v.length - 1] = Math.min(v[v.length - 1], hi);
+  for (let j = v.length - 2; j >= 0; j--) v[j] = Math.min(v[j], v[j + 1] - gap);
+  const out = new Array(ys.length);
+  order.forEach(([, i], j) => { out[i] = Math.max(lo, v[j]); });
+  return out;
+}
+
+// Every x label whose index is a multiple of `step`, with `step` large enough not to overprint.
+export function xLabelStep(count, plotW, widest) {
+  const slot = plotW / Math.max(1, count);
+  return Math.max(1, Math.ceil((widest + 6) / Math.max(slot, 1e-9)));
+}
+
 // Everything the renderer needs, in pixel coordinates of a width x height canvas.
-export function layout(chart, width, height) {
-  const margin = { left: 38, right: 10, top: 16, bottom: 30 };
+export function layout(chart, width, height, measure = approxTextWidth) {
+  const left = 44, right = 10; // the left margin holds the y tick labels and the y title
+  const legend = legendLayout(chart.samples.map((s) => s.label), left, width - left - right,
+                              measure);
+  const legendTop = 3;
+  // rows: legend, then block titles, then the plot
+  const bandTitleY = legendTop + legend.rows * LINE + FONT_PX;
+  const margin = { left, right, top: bandTitleY + 5, bottom: 30 };
   const plotW = Math.max(1, width - margin.left - margin.right);
   const plotH = Math.max(1, height - margin.top - margin.bottom);
   const layers = chart.samples.reduce((a, s) => (s.layers.length > a.length ? s.layers : a), []);
@@ -74,20 +125,47 @@ export function layout(chart, width, height) {
   const [y0, y1] = yRange(chart);
   const x = (i) => margin.left + ((i + 0.5) / n) * plotW;
   const y = (v) => margin.top + (1 - (v - y0) / (y1 - y0)) * plotH;
-  const bands = groupBands(layers).map((b) => ({
-    ...b,
-    x0: margin.left + (b.start / n) * plotW,
-    x1: margin.left + ((b.end + 1) / n) * plotW,
-    color: GROUP_COLORS[b.group] ?? "rgba(160,160,160,0.12)",
-  }));
+  const bands = groupBands(layers).map((b) => {
+    const x0 = margin.left + (b.start / n) * plotW;
+    const x1 = margin.left + ((b.end + 1) / n) * plotW;
+    const title = GROUP_TITLES[b.group] ?? b.group;
+    return { ...b, x0, x1, title, color: GROUP_COLORS[b.group] ?? "rgba(160,160,160,0.12)",
+             // a title that does not fit its band is left out rather than overprinted
+             showTitle: measure(title) + 4 <= x1 - x0 };
+  });
   const series = chart.samples.map((s, k) => ({
     label: s.label,
     color: SERIES_COLORS[k % SERIES_COLORS.length],
     points: s.layers.map((l, i) => (l.align === null ? null : [x(i), y(l.align)])),
-    means: bands.map((b) => ({ group: b.group, x0: b.x0, x1: b.x1,
-                               value: s.groups?.[b.group] ?? null,
-                               y: Number.isFinite(s.groups?.[b.group]) ? y(s.groups[b.group]) : null })),
   }));
-  return { margin, plotW, plotH, bands, series, zeroY: y(0), yTicks: yTickValues(y0, y1).map((v) => ({ v, y: y(v) })),
-           xLabels: layers.map((l, i) => ({ text: String(l.index), x: x(i) })) };
+  // group means: a dashed line per series over its band, labelled at the band's right end
+  const means = [];
+  for (const b of bands) {
+    const rows = chart.samples
+      .map((s, k) => ({ k, value: s.groups?.[b.group] }))
+      .filter((m) => Number.isFinite(m.value));
+    const labelYs = spreadLabels(rows.map((m) => y(m.value) - 3), FONT_PX + 1,
+                                 margin.top + FONT_PX, margin.top + plotH - 2);
+    rows.forEach((m, j) => {
+      const text = m.value.toFixed(3);
+      means.push({ group: b.group, k: m.k, color: series[m.k].color, x0: b.x0, x1: b.x1,
+                   value: m.value, y: y(m.value), text,
+                   labelX: Math.max(b.x0 + 2, b.x1 - measure(text) - 3), labelY: labelYs[j] });
+    });
+  }
+  const widest = Math.max(...layers.map((l) => measure(String(l.index))), 0);
+  const step = xLabelStep(layers.length, plotW, widest);
+  const xLabels = layers
+    .map((l, i) => ({ text: String(l.index), x: x(i), i }))
+    .filter((l) => l.i % step === 0)
+    .map(({ text, x: px }) => ({ text, x: px - measure(text) / 2 }));
+  return {
+    margin, plotW, plotH, bands, series, means, xLabels,
+    zeroY: y(0),
+    yTicks: yTickValues(y0, y1).map((v) => ({ v, y: y(v) })),
+    legend: { ...legend, y: legendTop + FONT_PX },
+    bandTitleY,
+    xTitle: { text: "layer index", y: height - 4 },
+    yTitle: { text: "Align_X", x: 2, y: legendTop + FONT_PX },
+  };
 }
