@@ -105,26 +105,31 @@ def common(g, ckpt, prompt, negative, sd3=False):
     return loader, pos, neg, latent
 
 
-def branch(g, column, title, model_source, model_slot, shared, sd3=False, patch=None):
+ROW_PITCH = 820  # one branch column is 795 tall with its group title
+
+
+def branch(g, column, title, model_source, model_slot, shared, sd3=False, patch=None, row=0,
+           top=0):
     """One labelled column: optional patch node, KSampler (same seed), VAE decode."""
     loader, pos, neg, latent = shared
     x = 420 + column * 380
-    g.group(title, x - 10, -75, 360, 795)  # title bar clear of the first node
+    y = row * ROW_PITCH + top
+    g.group(title, x - 10, y - 75, 360, 795 - top)  # title bar clear of the first node
     source, slot = model_source, model_slot
     if patch is not None:
         kind, widgets = patch
-        node = g.node(kind, (x, 0), widgets, size=(340, 250))
+        node = g.node(kind, (x, y), widgets, size=(340, 250))
         g.link(source, slot, node, "model")
         source, slot = node, 0
     sampler = "euler"
     scheduler = "sgm_uniform" if sd3 else "normal"
-    ks = g.node("KSampler", (x, 270), [SEED, "fixed", 30, 5.0, sampler, scheduler, 1.0],
+    ks = g.node("KSampler", (x, y + 270), [SEED, "fixed", 30, 5.0, sampler, scheduler, 1.0],
                 title=f"KSampler: {title}", size=(340, 262))
     g.link(source, slot, ks, "model")
     g.link(pos, 0, ks, "positive")
     g.link(neg, 0, ks, "negative")
     g.link(latent, 0, ks, "latent_image")
-    dec = g.node("VAEDecode", (x, 560), size=(340, 50))
+    dec = g.node("VAEDecode", (x, y + 560), size=(340, 50))
     g.link(ks, 0, dec, "samples")
     g.link(loader, 2, dec, "vae")
     return dec
@@ -206,43 +211,55 @@ def sdxl_probe():
     probe = g.node(PROBE, (420, 0), ["value", 64, 0.0, 1.0, "cond", "all"],
                    size=(340, 230))
     g.link(loader, 0, probe, "model")
-    dec = branch(g, 0, "Probed generation", probe, 0, shared)
+    # top=40: the probe sits above the sampler, taller in Nodes 2.0 than in the classic canvas
+    dec = branch(g, 0, "Probed generation", probe, 0, shared, top=40)
     g.groups.pop()  # one column only: no branch box
-    report = g.node(REPORT, (820, 0), [False, "hopfield/stability"], size=(520, 560))
+    report = g.node(REPORT, (820, 0), [False, "hopfield/stability"], size=(520, 640))
     g.link(probe, 1, report, "probe")
     ksampler = next(n for n in g.nodes if n["type"] == "KSampler")
     g.link(ksampler, 0, report, "latent")
     g.link(dec, 0, report, "image")
-    heat = g.node("PreviewImage", (1380, 0), title="λ_X heatmaps (Down, Mid, Up, All)",
+    for i, name in enumerate(("align_down", "align_mid", "align_up", "align_all")):
+        shown = g.node("PreviewAny", (1380, 40 + 175 * i), title=name, size=(220, 130))
+        g.link(report, 2 + i, shown, "source")
+    heat = g.node("PreviewImage", (1640, 0), title="λ_X heatmaps (Down, Mid, Up, All)",
                   size=(400, 420))
     g.link(report, 0, heat, "images")
-    over = g.node("PreviewImage", (1800, 0), title="Heatmaps over the image", size=(400, 420))
+    over = g.node("PreviewImage", (2080, 0), title="Heatmaps over the image", size=(400, 420))
     g.link(report, 1, over, "images")
-    for i, name in enumerate(("align_down", "align_mid", "align_up", "align_all")):
-        shown = g.node("PreviewAny", (1380 + 210 * i, 460), title=name, size=(200, 90))
-        g.link(report, 2 + i, shown, "source")
     g.note("Stability Probe records the paper's Hopfield measures during sampling without "
            "changing the image. In the heatmaps red marks tokens whose retrieval conflicts "
            "with its local field (λ_X < 0), blue where it is reinforced. Higher Align_X is "
            "more stable: the paper's stable samples averaged 0.690, unstable ones 0.650 (table "
-           "2). The chart on the report node plots Align_X per layer.", (0, 680))
+           "2). The chart on the report node plots Align_X per layer, Down/Mid/Up shaded, "
+           "block means dashed. Put a Skew Circulation node before the probe to see Align_X "
+           "drop as circulation grows (table 3).", (0, 680), size=(420, 230))
     return g
 
 
+TABLE3 = {1.05: (5.0, 6.0, 7.5), 1.10: (4.0, 5.0, 6.0), 1.15: (3.0, 4.0)}
+
+
 def sdxl_grid():
+    """Rows by α, columns by β, as table 3 lays them out; the baseline heads the first row."""
     g = Graph()
     shared = common(g, SDXL_CKPT, SDXL_PROMPT, NEGATIVE)
     loader = shared[0]
-    points = [(1.05, 5.0), (1.05, 6.0), (1.05, 7.5), (1.10, 4.0), (1.10, 5.0), (1.10, 6.0),
-              (1.15, 3.0), (1.15, 4.0)]
     decoded = [branch(g, 0, "Baseline", loader, 0, shared)]
-    for i, (a, b) in enumerate(points, start=1):
-        decoded.append(branch(g, i, f"α {a:.2f}, β {b:g}", loader, 0, shared,
-                              patch=(SKEW, skew_widgets(a, b))))
-    stitch_all(g, decoded, 420 + 380 * len(decoded))
-    g.note("The paper's table 3 operating grid (SDXL, COCO-1K): the aesthetic score rises with "
-           "α and β, ImageReward peaks at (1.05, 5) and falls beyond; the stability measures "
-           "drop as circulation grows. Same seed on every column.", (0, 680))
+    for row, (a, betas) in enumerate(TABLE3.items()):
+        for col, b in enumerate(betas, start=1):
+            decoded.append(branch(g, col, f"α {a:.2f}, β {b:g}", loader, 0, shared, row=row,
+                                  patch=(SKEW, skew_widgets(a, b))))
+    stitch_all(g, decoded, 420 + 380 * (1 + max(len(b) for b in TABLE3.values())),
+               title="Side by side: baseline, then table 3 left to right")
+    g.note("The paper's table 3 operating grid (SDXL, COCO-1K, CFG 5, 30 steps): rows α = "
+           "1.05 / 1.10 / 1.15, columns their β values. The aesthetic score rises with α and β "
+           "(best 1.10, 6); ImageReward peaks at (1.05, 5) and falls beyond; the stability "
+           "measures (Align_X, -E_X) drop as circulation grows. On the baseline's worst 20 % by "
+           "each metric, every point improved that metric (table 3b). Same seed in every "
+           "column; the stitched "
+           "image runs baseline, (1.05, 5), (1.05, 6), (1.05, 7.5), (1.10, 4) ... (1.15, 4).",
+           (420, ROW_PITCH - 75), size=(340, 330))
     return g
 
 
