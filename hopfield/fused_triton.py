@@ -1,37 +1,58 @@
 """Single-pass skew-circulation attention in Triton (value space, one launch, no L x L memory).
 
-Each program owns one query tile i of one (batch, head) and streams the key tiles j once. It
-holds Q_i and K_i; per key tile it loads K_j, Q_j, V_j and keeps two online softmaxes:
+Each program owns one query tile i (BLOCK_M rows) of one (batch, head) and streams the key
+tiles j (BLOCK_N rows) once. It holds Q_i and K_i; per key tile it loads K_j, Q_j, V_j and
+keeps two online softmaxes over the same tiles:
 
     S1 = Q_i K_j^T * s                  the baseline logits M_ij
     A  = c1 * S1 + c2 * (K_i Q_j^T * s) M_sym + alpha M_skew, since (K Q^T)_ij = M_ji
 
-accumulating P1 V_j and P2 V_j in fp32. The epilogue blends and norm-matches in fp32 (the same
-semantics as hopfield.blend.blend_retrievals) and writes one output in the input dtype. That is
-2x the matmul FLOPs and exps of one flash-attention call with the same HBM traffic; the two-call
-path costs 3x and rounds both retrievals to the model dtype before their (small) difference is
-amplified by beta, which is what loses accuracy in bf16.
+accumulating P1 V_j and P2 V_j in fp32. The epilogue blends and norm-matches in fp32 with the
+semantics of hopfield.blend.blend_retrievals (reference norm = the perturbed retrieval's, ratio
+clamped to [0.25, 4], eps 1e-6, non-finite -> 0) and writes one output in the input dtype.
 
-alpha and beta are per-sample device tensors (adaptive mode): nothing here syncs with the host.
-Import is lazy: the pack works without Triton; ``available()`` says whether this path can run.
+Cost: 2x the matmul FLOPs and exps of one flash-attention call with the same compulsory HBM
+traffic (the K side streams three tiles instead of two). The two-call path costs 3x and rounds
+both retrievals to the model dtype before their small difference is amplified by beta, which
+is what loses accuracy in bf16 (benchmarks/precision.py).
+
+What runs in fp32: logits (tensor-core dot products accumulate in fp32), the running maxima and
+sums, both P V accumulators and the whole epilogue. P is rounded for the P V product, as in
+every flash-attention kernel: to fp16 for fp16 inputs, and to fp16 as well for bf16 inputs,
+with V converted to fp16 (scaled by a power of two per head when its max exceeds 2^14): bf16's
+8-bit mantissa on P would cost 2-3x the unavoidable output-rounding error on Δ at alpha near 1,
+fp16 costs 1.05x (benchmarks/precision.py). fp32 inputs use tf32 tensor-core dot products
+(fp16-grade logits): "tf32x3" or "ieee" would need more registers than Hopper has per thread
+(0.3-15 KB of spills, benchmarks/compile_hopper.py), so ``kernel="auto"`` sends fp32 models to
+the exact two-call path and uses this kernel for fp16 and bf16 only.
+
+alpha and beta are Python numbers (passed by value) or per-sample device tensors (adaptive
+mode, [B] or [1] after flattening, any dtype): nothing here syncs with the host. The import is
+lazy: the pack works without Triton; ``available()`` says whether this path can run.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634
+AUTO_DTYPES = (torch.float16, torch.bfloat16)  # fp32 runs here only when asked (tf32 products)
+FP32_DOT_PRECISION = "tf32"
+MAX_GRID_Y = 65535  # CUDA's limit on the second grid axis, which runs over batch x heads
 
 
 def interpreting() -> bool:
+    """True under Triton's CPU interpreter (TRITON_INTERPRET=1): tests and CPU studies only."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def available() -> bool:
+    """Whether Triton can be imported (it is an optional dependency of the pack)."""
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -40,136 +61,122 @@ def available() -> bool:
 
 
 def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Shapes and dtypes the kernel handles (self-attention, equal head dims)."""
+    """Shapes and dtypes the kernel handles: self-attention [B, H, L, d], one dtype, d 64/128."""
     return (
-        q.ndim == 4 and q.shape == k.shape and v.shape == q.shape
-        and q.shape[-1] in SUPPORTED_HEAD_DIMS and q.dtype in SUPPORTED_DTYPES
-        and k.dtype == q.dtype and v.dtype == q.dtype
+        q.ndim == 4 and q.shape == k.shape == v.shape
+        and q.shape[-1] in SUPPORTED_HEAD_DIMS and q.shape[-2] > 0
+        and q.shape[0] * q.shape[1] <= MAX_GRID_Y
+        and q.dtype in SUPPORTED_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype
+        and k.device == q.device and v.device == q.device
     )
+
+
+def auto_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether ``kernel="auto"`` takes this kernel: compiled on CUDA, fp16/bf16, shapes fit.
+    Never under the interpreter (it would run CUDA tensors at interpreter speed)."""
+    return (q.is_cuda and q.dtype in AUTO_DTYPES and supports(q, k, v) and not interpreting()
+            and available())
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    block_m: int  # query rows per program
+    block_n: int  # key rows per streamed tile
+    num_warps: int
+    num_stages: int  # software-pipelining depth of the K_j, Q_j, V_j loads
+
+
+# Per (head dim, dtype class). Picked for Hopper (H100/H200) from an sm_90a compile of every
+# candidate with Triton 3.9 (benchmarks/compile_hopper.py --sweep: wgmma on all four dot
+# products, no register spills for fp16/bf16, shared memory under the 227 KB per block), not yet
+# from timings: a GPU session should confirm with `benchmarks/bench_gpu.py --sweep`. Two fp32
+# accumulators of BLOCK_M x d plus two BLOCK_M x BLOCK_N score tiles live in registers, double
+# a flash kernel's, which is why d = 128 takes the smaller query tile (BLOCK_N = 128 spills).
+DEFAULT_CONFIGS = {
+    (64, "half"): LaunchConfig(128, 64, 8, 3),
+    (128, "half"): LaunchConfig(64, 64, 4, 3),
+    (64, "fp32"): LaunchConfig(64, 32, 4, 2),
+    (128, "fp32"): LaunchConfig(64, 32, 4, 2),  # 24 B of spills; fp32 is not the auto path
+}
+
+
+def default_config(d: int, dtype: torch.dtype) -> LaunchConfig:
+    return DEFAULT_CONFIGS[(d, "fp32" if dtype == torch.float32 else "half")]
 
 
 _KERNEL = None
 
 
-def _build_kernel():
-    import triton
-    import triton.language as tl
+def _kernel():
+    """The jit'ed kernel, imported on first use. Whether it runs compiled or interpreted is fixed
+    by TRITON_INTERPRET when Triton is first imported in the process."""
+    global _KERNEL
+    if _KERNEL is None:
+        from .fused_triton_kernel import skew_circulation_fwd
 
-    @triton.jit
-    def skew_circulation_fwd(
-        Q, K, V, Out, C1, C2, BETA,
-        sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sob, soh, sol, sod,
-        heads, length, scale_log2,
-        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        NORM_MATCH: tl.constexpr,
-    ):
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        b = pid_bh // heads
-        h = pid_bh % heads
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        dims = tl.arange(0, D)
-        row_ok = rows < length
-        q_base = Q + b * sqb + h * sqh
-        k_base = K + b * skb + h * skh
-        v_base = V + b * svb + h * svh
-        q_i = tl.load(q_base + rows[:, None] * sql + dims[None, :] * sqd,
-                      mask=row_ok[:, None], other=0.0)
-        k_i = tl.load(k_base + rows[:, None] * skl + dims[None, :] * skd,
-                      mask=row_ok[:, None], other=0.0)
-        c1 = tl.load(C1 + b)
-        c2 = tl.load(C2 + b)
-        beta = tl.load(BETA + b)
-
-        m1 = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        m2 = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l1 = tl.zeros([BLOCK_M], tl.float32)
-        l2 = tl.zeros([BLOCK_M], tl.float32)
-        acc1 = tl.zeros([BLOCK_M, D], tl.float32)
-        acc2 = tl.zeros([BLOCK_M, D], tl.float32)
-        for start in range(0, length, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            col_ok = cols < length
-            k_j = tl.load(k_base + cols[:, None] * skl + dims[None, :] * skd,
-                          mask=col_ok[:, None], other=0.0)
-            q_j = tl.load(q_base + cols[:, None] * sql + dims[None, :] * sqd,
-                          mask=col_ok[:, None], other=0.0)
-            v_j = tl.load(v_base + cols[:, None] * svl + dims[None, :] * svd,
-                          mask=col_ok[:, None], other=0.0)
-            # logits in log2 units (exp2 is the fast path on NVIDIA parts)
-            s1 = tl.dot(q_i, tl.trans(k_j)) * scale_log2
-            s2 = tl.dot(k_i, tl.trans(q_j)) * scale_log2
-            a = c1 * s1 + c2 * s2
-            s1 = tl.where(col_ok[None, :], s1, float("-inf"))
-            a = tl.where(col_ok[None, :], a, float("-inf"))
-
-            m1_new = tl.maximum(m1, tl.max(s1, 1))
-            p1 = tl.exp2(s1 - m1_new[:, None])
-            r1 = tl.exp2(m1 - m1_new)
-            l1 = l1 * r1 + tl.sum(p1, 1)
-            acc1 = acc1 * r1[:, None] + tl.dot(p1.to(v_j.dtype), v_j)
-            m1 = m1_new
-
-            m2_new = tl.maximum(m2, tl.max(a, 1))
-            p2 = tl.exp2(a - m2_new[:, None])
-            r2 = tl.exp2(m2 - m2_new)
-            l2 = l2 * r2 + tl.sum(p2, 1)
-            acc2 = acc2 * r2[:, None] + tl.dot(p2.to(v_j.dtype), v_j)
-            m2 = m2_new
-
-        base = acc1 / l1[:, None]
-        pert = acc2 / l2[:, None]
-        new = base + beta * (pert - base)
-        if NORM_MATCH:
-            ref = tl.maximum(tl.sqrt(tl.sum(pert * pert, 1)), 1e-6)
-            cur = tl.maximum(tl.sqrt(tl.sum(new * new, 1)), 1e-6)
-            ratio = tl.minimum(tl.maximum(ref / cur, 0.25), 4.0)
-            new = new * ratio[:, None]
-            finite = (new == new) & (tl.abs(new) < float("inf"))
-            new = tl.where(finite, new, 0.0)
-        o_ptr = Out + b * sob + h * soh + rows[:, None] * sol + dims[None, :] * sod
-        tl.store(o_ptr, new.to(Out.dtype.element_ty), mask=row_ok[:, None])
-
-    return skew_circulation_fwd
+        _KERNEL = skew_circulation_fwd
+    return _KERNEL
 
 
-def _per_sample(value, batch: int, device) -> torch.Tensor:
-    """alpha or beta (float, [B|1, 1, 1, 1] or [B]) as a contiguous fp32 [B] device tensor."""
-    t = torch.as_tensor(value, dtype=torch.float32, device=device).reshape(-1)
-    return t.expand(batch).contiguous() if t.numel() == 1 else t.contiguous()
+def _coefficient(value, batch: int, name: str):
+    """(tensor or None, stride, value): a per-sample tensor stays on the device as it is."""
+    if isinstance(value, torch.Tensor):
+        flat = value.reshape(-1)  # [B, 1, 1, 1] and [B] are views, no copy
+        if flat.numel() not in (1, batch):
+            raise ValueError(f"fused kernel: {name} has {flat.numel()} values for batch {batch}")
+        return flat, (0 if flat.numel() == 1 else flat.stride(0)), 0.0
+    return None, 0, float(value)
 
 
 def fused_skew_circulation(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha, beta, *,
-    norm_match: bool = True, block_m: int | None = None, block_n: int | None = None,
+    norm_match: bool = True, config: LaunchConfig | None = None,
 ) -> torch.Tensor:
-    """Blended, norm-matched output [B, H, L, d] for q, k, v [B, H, L, d] (any strides)."""
-    global _KERNEL
+    """Blended, norm-matched output [B, H, L, d] (contiguous, q's dtype) for q, k, v of shape
+    [B, H, L, d] with any strides. ``alpha``/``beta``: numbers, or tensors of B or 1 values
+    (e.g. [B, 1, 1, 1]) on q's device. ``config`` overrides the tile sizes (tests, sweeps)."""
     if not supports(q, k, v):
         raise ValueError(
-            f"fused kernel: needs q, k, v of one shape [B, H, L, d] with d in "
-            f"{SUPPORTED_HEAD_DIMS} and dtype fp16/bf16/fp32; got {tuple(q.shape)}, "
-            f"{tuple(k.shape)}, {tuple(v.shape)}, {q.dtype}"
-        )
+            f"fused kernel: needs q, k, v of one shape [B, H, L, d] on one device with d in "
+            f"{SUPPORTED_HEAD_DIMS}, one dtype of fp16/bf16/fp32 and B*H <= {MAX_GRID_Y}; got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, {q.dtype}/{k.dtype}/"
+            f"{v.dtype}; use kernel='two_call' for other shapes")
+    if not available():
+        raise RuntimeError("fused kernel: Triton is not installed (pip install triton, or "
+                           "triton-windows on Windows); use kernel='auto' or 'two_call'")
     if not q.is_cuda and not interpreting():
-        raise RuntimeError("fused kernel: needs a CUDA device (or TRITON_INTERPRET=1 for tests)")
+        raise RuntimeError("fused kernel: needs CUDA tensors (on the CPU it runs only under "
+                           "Triton's interpreter, TRITON_INTERPRET=1, for tests); use "
+                           "kernel='auto' or 'two_call'")
     import triton
 
-    if _KERNEL is None:
-        _KERNEL = _build_kernel()
     batch, heads, length, d = q.shape
-    alpha_t = _per_sample(alpha, batch, q.device)
-    c1, c2 = (1 + alpha_t) / 2, (1 - alpha_t) / 2
-    beta_t = _per_sample(beta, batch, q.device)
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    block_m = block_m or (64 if d <= 64 else 32 if q.dtype == torch.float32 else 64)
-    block_n = block_n or 64
-    grid = (triton.cdiv(length, block_m), batch * heads)
-    _KERNEL[grid](
-        q, k, v, out, c1, c2, beta_t,
+    alpha_t, alpha_stride, alpha_value = _coefficient(alpha, batch, "alpha")
+    beta_t, beta_stride, beta_value = _coefficient(beta, batch, "beta")
+    for name, t in (("alpha", alpha_t), ("beta", beta_t)):
+        if t is not None and t.device != q.device:
+            raise ValueError(f"fused kernel: {name} is on {t.device}, q on {q.device}")
+    cfg = config or default_config(d, q.dtype)
+    # The interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest even), which
+    # would double the output's rounding error: there the kernel writes fp32 and torch rounds.
+    emulate_bf16 = interpreting() and q.dtype == torch.bfloat16
+    out = torch.empty(q.shape, dtype=torch.float32 if emulate_bf16 else q.dtype, device=q.device)
+    pv_fp16 = q.dtype == torch.bfloat16
+    # Per (batch, head) max |V|, one small reduction on the device (no copy, no sync): the
+    # kernel scales V by a power of two when it would not fit fp16.
+    v_max = torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1)) if pv_fp16 else out
+    grid = (triton.cdiv(length, cfg.block_m), batch * heads)
+    _kernel()[grid](
+        q, k, v, out, alpha_t if alpha_t is not None else out,
+        beta_t if beta_t is not None else out, v_max,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        heads, length, (d ** -0.5) * LOG2E,
-        D=d, BLOCK_M=block_m, BLOCK_N=block_n, NORM_MATCH=norm_match,
-        num_warps=4 if d <= 64 else 8, num_stages=2,
+        alpha_stride, beta_stride, alpha_value, beta_value,
+        heads, length, d**-0.5 * LOG2E,
+        D=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        ALPHA_PER_SAMPLE=alpha_t is not None, BETA_PER_SAMPLE=beta_t is not None,
+        NORM_MATCH=norm_match, PV_FP16=pv_fp16,
+        UPCAST=emulate_bf16,
+        PRECISION=FP32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",  # else ignored
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out
+    return out.to(q.dtype) if emulate_bf16 else out

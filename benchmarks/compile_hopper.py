@@ -1,0 +1,130 @@
+"""Compile the fused kernel for Hopper (sm_90a) on any machine, no GPU needed, and print what
+the compiler made of each launch configuration.
+
+    python benchmarks/compile_hopper.py             # the default configs
+    python benchmarks/compile_hopper.py --sweep     # candidate tile sizes too
+
+Triton's wheel carries ptxas and cuobjdump, so the whole pipeline (TTIR, TTGIR, PTX, cubin)
+runs on a CPU box. Per config it reports registers per thread, spill bytes (stack/local),
+shared memory per program, and how many HGMMA (Hopper warpgroup tensor-core) instructions the
+SASS holds: a kernel without them would be on the slow mma.sync path. This is a static check:
+it says the kernel fits the chip, not how fast it runs (benchmarks/bench_gpu.py times it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile for real
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's default, without its warning
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_attention import hopfield  # noqa: E402,F401  (registers the pack's package)
+from hopfield_circulation.hopfield import fused_triton  # noqa: E402
+from hopfield_circulation.hopfield.fused_triton import DEFAULT_CONFIGS, LaunchConfig  # noqa: E402
+
+TYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
+SWEEP = [LaunchConfig(bm, bn, w, s) for bm, bn, w in
+         [(128, 64, 8), (128, 128, 8), (64, 64, 4), (64, 128, 4), (128, 32, 8), (64, 32, 4)]
+         for s in (2, 3)]
+
+
+def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, heads=10,
+                   length=4096):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = fused_triton._kernel()
+    strides = {"b": heads * length * d, "h": length * d, "l": d}
+    values = {}
+    for t in "qkvo":
+        values.update({f"s{t}b": strides["b"], f"s{t}h": strides["h"], f"s{t}l": strides["l"],
+                       f"s{t}d": 1})
+    values.update(alpha_stride=1, beta_stride=1, heads=heads, length=length)
+    signature, constexprs, attrs = {}, {}, {}
+    constants = {"D": d, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+                 "ALPHA_PER_SAMPLE": True, "BETA_PER_SAMPLE": False, "NORM_MATCH": True,
+                 "PV_FP16": dtype == "bf16",
+                 "UPCAST": False, "PRECISION": fp32_precision if dtype == "fp32" else "tf32"}
+    for index, name in enumerate(kernel.arg_names):
+        if name in constants:
+            signature[name], constexprs[name] = "constexpr", constants[name]
+        elif name in ("Q", "K", "V", "Out"):
+            signature[name] = "*" + TYPES[dtype]
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif name in ("ALPHA", "BETA", "VMAX"):  # VMAX: read for bf16 only, of v's dtype
+            signature[name] = "*" + (TYPES[dtype] if name == "VMAX" else "fp32")
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif name in ("alpha_value", "beta_value", "scale_log2"):
+            signature[name] = "fp32"
+        elif values[name] == 1:  # what the JIT does with an int argument equal to 1
+            signature[name], constexprs[name] = "constexpr", 1
+        else:
+            signature[name] = "i32"
+            if values[name] % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        usage = subprocess.run([tools / "cuobjdump", "--dump-resource-usage", cubin],
+                               capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([tools / "cuobjdump", "--dump-sass", cubin],
+                              capture_output=True, text=True, check=True).stdout
+
+    def field(key):
+        found = re.search(rf"\b{key}:(\d+)", usage)
+        return int(found.group(1)) if found else -1
+
+    return {"regs": field("REG"), "stack": field("STACK"), "local": field("LOCAL"),
+            "shared_kb": compiled.metadata.shared / 1024, "hgmma": sass.count("HGMMA"),
+            "mufu_ex2": sass.count("MUFU.EX2")}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep", action="store_true", help="also compile candidate tiles")
+    parser.add_argument("--dtype", choices=sorted(TYPES), action="append",
+                        help="only these dtypes (repeatable); default all")
+    parser.add_argument("--fp32-precision", default=fused_triton.FP32_DOT_PRECISION,
+                        help="tl.dot input_precision for fp32 inputs (tf32, tf32x3, ieee)")
+    args = parser.parse_args()
+    rows = []
+    for (d, kind), cfg in DEFAULT_CONFIGS.items():
+        for dtype in (["fp16", "bf16"] if kind == "half" else ["fp32"]):
+            if args.dtype and dtype not in args.dtype:
+                continue
+            rows.append((dtype, d, cfg, "default"))
+            if args.sweep:
+                rows += [(dtype, d, c, "") for c in SWEEP if c != cfg]
+    print("Fused kernel compiled for sm_90a (Hopper) by Triton", end=" ")
+    import triton
+
+    print(triton.__version__)
+    print("| dtype | d | BLOCK_M | BLOCK_N | warps | stages | regs/thread | spill (stack+local B) "
+          "| shared KB | HGMMA | MUFU.EX2 | |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for dtype, d, cfg, note in rows:
+        try:
+            r = compile_config(dtype, d, cfg, args.fp32_precision)
+        except Exception as error:  # a config that does not fit is a finding, not a crash
+            print(f"| {dtype} | {d} | {cfg.block_m} | {cfg.block_n} | {cfg.num_warps} | "
+                  f"{cfg.num_stages} | failed: {type(error).__name__} | | | | | {note} |")
+            continue
+        print(f"| {dtype} | {d} | {cfg.block_m} | {cfg.block_n} | {cfg.num_warps} | "
+              f"{cfg.num_stages} | {r['regs']} | {r['stack'] + r['local']} | "
+              f"{r['shared_kb']:.0f} | {r['hgmma']} | {r['mufu_ex2']} | {note} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The Triton code of the fused skew-circulation kernel (the design is in hopfield/fused_triton.py).
+
+Importing this module imports Triton; hopfield/fused_triton.py does so only when the kernel
+first runs, so the pack imports fine without Triton.
+"""
+
+import triton
+import triton.language as tl
+
+# bf16 inputs: V is scaled by a power of two until |V| <= this, then multiplied in fp16.
+FP16_SAFE_MAX = tl.constexpr(16384.0)
+
+
+@triton.jit
+def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    # UPCAST: the CPU interpreter multiplies bf16 tiles as raw uint16 (numpy has no bf16);
+    # fp32 products of bf16/fp16 values are exact, so fp32 matches the tensor cores' result.
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _attend_key_tile(
+    acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
+    sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PV_FP16: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    cols = start + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, D)
+    # K_j^T and Q_j^T are loaded transposed ([D, BLOCK_N]) straight into dot layout.
+    kt_ptrs = k_base + cols[None, :] * skl + dims[:, None] * skd
+    qt_ptrs = q_base + cols[None, :] * sql + dims[:, None] * sqd
+    v_ptrs = v_base + cols[:, None] * svl + dims[None, :] * svd
+    if MASKED:  # only the last, partial key tile pays for bounds checks
+        col_ok = cols < length
+        k_jt = tl.load(kt_ptrs, mask=col_ok[None, :], other=0.0)
+        q_jt = tl.load(qt_ptrs, mask=col_ok[None, :], other=0.0)
+        v_j = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+    else:
+        k_jt = tl.load(kt_ptrs)
+        q_jt = tl.load(qt_ptrs)
+        v_j = tl.load(v_ptrs)
+    if PV_FP16:  # bf16 inputs: P V in fp16, see hopfield/fused_triton.py
+        v_j = (v_j.to(tl.float32) * v_inv_scale).to(tl.float16)
+
+    # Raw logits (no 1/sqrt(d) yet): S1 = Q_i K_j^T and A = c1 S1 + c2 K_i Q_j^T.
+    s1 = _dot(q_i, k_jt, UPCAST, PRECISION)
+    a = c1 * s1 + c2 * _dot(k_i, q_jt, UPCAST, PRECISION)
+    if MASKED:
+        s1 = tl.where(col_ok[None, :], s1, float("-inf"))
+        a = tl.where(col_ok[None, :], a, float("-inf"))
+
+    # Online softmax 1, the baseline. Maxima are kept in log2 units of the scaled logits, so
+    # each probability is one FMA and one exp2 (MUFU.EX2, the hardware exponential). Every tile
+    # has a valid column, so the maxima are finite from the first tile on.
+    m_b_new = tl.maximum(m_b, tl.max(s1, 1) * scale_log2)
+    p_b = tl.exp2(s1 * scale_log2 - m_b_new[:, None])
+    rescale_b = tl.exp2(m_b - m_b_new)
+    l_b = l_b * rescale_b + tl.sum(p_b, 1)
+    acc_b = acc_b * rescale_b[:, None] + _dot(p_b.to(v_j.dtype), v_j, UPCAST, PRECISION)
+
+    # Online softmax 2, the circulation-scaled logits.
+    m_a_new = tl.maximum(m_a, tl.max(a, 1) * scale_log2)
+    p_a = tl.exp2(a * scale_log2 - m_a_new[:, None])
+    rescale_a = tl.exp2(m_a - m_a_new)
+    l_a = l_a * rescale_a + tl.sum(p_a, 1)
+    acc_a = acc_a * rescale_a[:, None] + _dot(p_a.to(v_j.dtype), v_j, UPCAST, PRECISION)
+    return acc_b, l_b, m_b_new, acc_a, l_a, m_a_new
+
+
+@triton.jit
+def skew_circulation_fwd(
+    Q, K, V, Out, ALPHA, BETA, VMAX,
+    sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sob, soh, sol, sod,
+    alpha_stride, beta_stride, alpha_value, beta_value,
+    heads, length, scale_log2,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALPHA_PER_SAMPLE: tl.constexpr, BETA_PER_SAMPLE: tl.constexpr,
+    NORM_MATCH: tl.constexpr, PV_FP16: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # Axis 0 runs over query tiles of one (batch, head): neighbouring programs stream the
+    # same K, Q, V, which then come from L2.
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads
+    h = pid_bh % heads
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, D)
+    row_ok = rows < length
+    q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+    k_base = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+    q_i = tl.load(q_base + rows[:, None] * sql + dims[None, :] * sqd,
+                  mask=row_ok[:, None], other=0.0)
+    k_i = tl.load(k_base + rows[:, None] * skl + dims[None, :] * skd,
+                  mask=row_ok[:, None], other=0.0)
+    if ALPHA_PER_SAMPLE:
+        alpha = tl.load(ALPHA + b * alpha_stride).to(tl.float32)
+    else:
+        alpha = alpha_value
+    if BETA_PER_SAMPLE:
+        beta = tl.load(BETA + b * beta_stride).to(tl.float32)
+    else:
+        beta = beta_value
+    c1 = (1.0 + alpha) * 0.5
+    c2 = (1.0 - alpha) * 0.5
+    v_scale = 1.0
+    if PV_FP16:
+        # A power of two, so scaling is exact: 1 unless this head's max |V| exceeds 2^14.
+        v_max = tl.load(VMAX + pid_bh).to(tl.float32)
+        v_scale = tl.exp2(tl.maximum(tl.ceil(tl.log2(v_max / FP16_SAFE_MAX)), 0.0))
+    v_inv_scale = 1.0 / v_scale
+
+    m_b = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    m_a = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_b = tl.zeros([BLOCK_M], tl.float32)
+    l_a = tl.zeros([BLOCK_M], tl.float32)
+    acc_b = tl.zeros([BLOCK_M, D], tl.float32)
+    acc_a = tl.zeros([BLOCK_M, D], tl.float32)
+    full_end = (length // BLOCK_N) * BLOCK_N
+    for start in range(0, full_end, BLOCK_N):
+        acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile(
+            acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
+            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+            D, BLOCK_N, False, PV_FP16, UPCAST, PRECISION)
+    if full_end < length:
+        acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile(
+            acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, full_end,
+            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+            D, BLOCK_N, True, PV_FP16, UPCAST, PRECISION)
+
+    # Epilogue, all fp32: the two retrievals never round before their difference is taken.
+    base = acc_b * (v_scale / l_b)[:, None]
+    pert = acc_a * (v_scale / l_a)[:, None]
+    new = base + beta * (pert - base)
+    if NORM_MATCH:
+        ref = tl.maximum(tl.sqrt(tl.sum(pert * pert, 1)), 1e-6)
+        cur = tl.maximum(tl.sqrt(tl.sum(new * new, 1)), 1e-6)
+        ratio = tl.minimum(tl.maximum(ref / cur, 0.25), 4.0)
+        new = new * ratio[:, None]
+        finite = (new == new) & (tl.abs(new) < float("inf"))
+        new = tl.where(finite, new, 0.0)
+    o_base = Out + b.to(tl.int64) * sob + h.to(tl.int64) * soh
+    o_ptrs = o_base + rows[:, None] * sol + dims[None, :] * sod
+    tl.store(o_ptrs, new.to(Out.dtype.element_ty), mask=row_ok[:, None])

@@ -1,0 +1,223 @@
+"""Cases for the fused Triton kernel under Triton's CPU interpreter, against float64 references.
+
+Run by tests/core/test_fused_triton.py in a subprocess with TRITON_INTERPRET=1: Triton fixes
+interpreted-or-compiled when it is first imported (its own library functions are jit'ed at that
+moment), so the interpreter gets a process of its own and nothing leaks into GPU use elsewhere in
+a test session. To run them directly:
+
+    TRITON_INTERPRET=1 python -m pytest tests/core/fused_kernel_cases.py
+
+CI has no GPU, so this is where the kernel's math is checked; the interpreter runs the same
+kernel source on CPU tensors. It is slow, hence small shapes and small tiles. Compilation for
+Hopper is checked statically by benchmarks/compile_hopper.py and timed by
+benchmarks/bench_gpu.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs TRITON_INTERPRET=1 before Triton is imported (test_fused_triton.py runs "
+                "this module that way)", allow_module_level=True)
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from hopfield_circulation.hopfield import (  # noqa: E402
+    CirculationSettings,
+    circulate_value_space,
+    fused_triton,
+)
+from hopfield_circulation.hopfield import reference as ref  # noqa: E402
+from hopfield_circulation.hopfield.circulation import needs_baseline  # noqa: E402
+from hopfield_circulation.hopfield.fused_triton import (  # noqa: E402
+    LaunchConfig,
+    fused_skew_circulation,
+)
+
+F64 = torch.float64
+SMALL = LaunchConfig(16, 16, 1, 1)  # several key tiles plus a partial one at these lengths
+WIDE = LaunchConfig(64, 32, 4, 1)  # fewer interpreter steps for the longer sequences
+
+
+def rand(*shape, seed, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=F64) * scale
+
+
+def qkv(batch, heads, length, d, seed, dtype=F64, logit_std=1.6):
+    """Inputs whose logits have about ``logit_std`` standard deviation, rounded to ``dtype``;
+    returned with their exact float64 values (the reference sees what the kernel sees)."""
+    scale = logit_std**0.5
+    q, k = (rand(batch, heads, length, d, seed=seed + i, scale=scale) for i in (0, 1))
+    v = rand(batch, heads, length, d, seed=seed + 2)
+    low = tuple(t.to(dtype) for t in (q, k, v))
+    return low, tuple(t.double() for t in low)
+
+
+def expected(q, k, v, alpha, beta, norm_match=True):
+    """Literal float64: softmax(M) V, softmax(M_sym + alpha M_skew) V, blend, norm match."""
+    base = torch.softmax(ref.logits(q, k), -1) @ v
+    return ref.blend(base, ref.skew_scaled_attention(q, k, v, alpha), beta, norm_match), base
+
+
+@pytest.mark.parametrize("length, d, alpha, config", [
+    (1, 64, 1.05, SMALL),
+    (37, 64, 1.05, SMALL),
+    (37, 64, 0.9, SMALL),  # alpha < 1
+    (37, 64, 0.0, SMALL),  # purely symmetric logits
+    (37, 64, -1.5, SMALL),  # c1 < 0
+    (37, 64, 3.0, SMALL),  # c2 < 0, large
+    (77, 128, 1.05, SMALL),  # 64 + 13
+    (77, 128, -1.5, SMALL),
+    (218, 64, 0.95, WIDE),  # SD3-like: 154 text + 64 image tokens, one joint sequence
+    (218, 128, 1.2, WIDE),
+])
+def test_fp32_matches_float64_reference(length, d, alpha, config):
+    (q, k, v), (q64, k64, v64) = qkv(2, 2, length, d, seed=length + d, dtype=torch.float32)
+    got = fused_skew_circulation(q, k, v, alpha, 3.0, config=config)
+    assert got.dtype == torch.float32 and got.shape == q.shape
+    torch.testing.assert_close(got.double(), expected(q64, k64, v64, alpha, 3.0)[0],
+                               rtol=1e-4, atol=2e-5)
+
+
+def test_peaky_logits_stay_stable():
+    """Logits with std ~25: the online softmax must rescale, not overflow."""
+    (q, k, v), (q64, k64, v64) = qkv(1, 2, 45, 64, seed=5, dtype=torch.float32, logit_std=25.0)
+    got = fused_skew_circulation(q, k, v, 1.1, 3.0, config=SMALL)
+    torch.testing.assert_close(got.double(), expected(q64, k64, v64, 1.1, 3.0)[0],
+                               rtol=1e-4, atol=5e-5)
+
+
+# Relative error of the steering change Δ = out - baseline against float64, at alpha = 0.97
+# (the hard case: Δ is a few % of the output). The floor is the float64 result rounded to the
+# dtype: no kernel that writes its output in that dtype can do better. fp16: P rounded to fp16
+# for P V (as in flash attention) adds about as much again. bf16: P V runs in fp16 too, so the
+# result sits at the floor (P rounded to bf16 would be 2-3x the floor). Under the interpreter
+# bf16 products run in fp32, exactly what the tensor cores compute.
+@pytest.mark.parametrize("length, d, config", [(96, 64, LaunchConfig(32, 32, 1, 1)),
+                                               (77, 128, SMALL)])
+@pytest.mark.parametrize("dtype, floor_factor, limit", [
+    (torch.float16, 3.0, 0.01),
+    (torch.bfloat16, 1.3, 0.04),
+])
+def test_low_precision_keeps_the_steering_change(dtype, floor_factor, limit, length, d, config):
+    (q, k, v), (q64, k64, v64) = qkv(1, 2, length, d, seed=8, dtype=dtype)
+    want, base = expected(q64, k64, v64, 0.97, 3.0)
+    delta = want - base
+    got = fused_skew_circulation(q, k, v, 0.97, 3.0, config=config)
+    assert got.dtype == dtype
+    err = ((got.double() - want).norm() / delta.norm()).item()
+    floor = ((want.to(dtype).double() - want).norm() / delta.norm()).item()
+    assert err < floor_factor * floor and err < limit, (
+        f"{dtype}: Δ error {err:.4f}, rounding floor {floor:.4f}")
+
+
+def test_bf16_values_beyond_fp16_range_are_scaled_not_clipped():
+    """bf16 P V runs in fp16: a head whose |V| reaches 1e6 is scaled by a power of two first."""
+    (q, k, v), (q64, k64, v64) = qkv(1, 2, 40, 64, seed=9, dtype=torch.bfloat16)
+    v = v.clone()
+    v[0, 1] *= 1e6  # head 1 only: head 0 keeps scale 1
+    v64 = v.double()
+    got = fused_skew_circulation(q, k, v, 1.1, 3.0, config=SMALL)
+    want = expected(q64, k64, v64, 1.1, 3.0)[0]
+    assert torch.isfinite(got).all()
+    for h in range(2):
+        rel = (got[0, h].double() - want[0, h]).norm() / want[0, h].norm()
+        assert rel < 4e-3, f"head {h}: relative error {rel:.2e}"
+
+
+def test_per_sample_coefficients():
+    """Adaptive mode: alpha and beta are [B, 1, 1, 1] device tensors, read in the kernel."""
+    (q, k, v), (q64, k64, v64) = qkv(3, 2, 29, 64, seed=4, dtype=torch.float32)
+    alphas = torch.tensor([1.05, 0.9, -1.5]).reshape(3, 1, 1, 1)
+    betas = torch.tensor([3.0, 2.0, 5.0]).reshape(3, 1, 1, 1)
+    got = fused_skew_circulation(q, k, v, alphas, betas, config=SMALL)
+    for b in range(3):
+        want = expected(q64[b:b + 1], k64[b:b + 1], v64[b:b + 1], alphas[b].item(),
+                        betas[b].item())[0]
+        torch.testing.assert_close(got[b:b + 1].double(), want, rtol=1e-4, atol=2e-5)
+
+
+def test_one_value_tensors_broadcast_and_mix_with_numbers():
+    (q, k, v), (q64, k64, v64) = qkv(2, 1, 20, 64, seed=14, dtype=torch.float32)
+    got = fused_skew_circulation(q, k, v, torch.tensor([1.2]), 4.0, config=SMALL)
+    torch.testing.assert_close(got.double(), expected(q64, k64, v64, 1.2, 4.0)[0], rtol=1e-4,
+                               atol=2e-5)
+    with pytest.raises(ValueError, match="alpha has 3 values for batch 2"):
+        fused_skew_circulation(q, k, v, torch.ones(3), 4.0, config=SMALL)
+
+
+def test_without_norm_match():
+    (q, k, v), (q64, k64, v64) = qkv(1, 2, 29, 64, seed=11, dtype=torch.float32)
+    got = fused_skew_circulation(q, k, v, 1.3, 2.0, norm_match=False, config=SMALL)
+    torch.testing.assert_close(got.double(), expected(q64, k64, v64, 1.3, 2.0, False)[0],
+                               rtol=1e-4, atol=2e-5)
+
+
+def test_non_contiguous_inputs():
+    """SD3 hands q, k, v as strided views of one fused qkv projection: no copies needed."""
+    qkv_proj = rand(2, 33, 3, 2, 64, seed=7).float()  # [B, L, 3, H, d]
+    q, k, v = (qkv_proj[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, L, d] views
+    assert not (q.is_contiguous() or k.is_contiguous() or v.is_contiguous())
+    got = fused_skew_circulation(q, k, v, 1.1, 3.0, config=SMALL)
+    assert got.is_contiguous()
+    want = expected(q.double(), k.double(), v.double(), 1.1, 3.0)[0]
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy on inf
+def test_non_finite_values_become_zero_like_blend_retrievals():
+    (q, k, v), _ = qkv(1, 2, 20, 64, seed=21, dtype=torch.float32)
+    v = v.clone()
+    v[0, 1, 3] = float("inf")  # head 1 retrieves inf/nan everywhere
+    got = fused_skew_circulation(q, k, v, 1.1, 3.0, config=SMALL)
+    two_call = circulate_value_space(q, k, v, torch.nn.functional.scaled_dot_product_attention(
+        q, k, v), CirculationSettings(1.1, 3.0, kernel="two_call")).out
+    assert torch.isfinite(got).all()
+    assert (got[0, 1] == 0).all() and (two_call[0, 1] == 0).all()
+    torch.testing.assert_close(got[0, 0], two_call[0, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_dispatch_through_circulate_value_space():
+    (q, k, v), _ = qkv(2, 2, 24, 64, seed=31, dtype=torch.float32)
+    base = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    for adaptive in (False, True):
+        fused = CirculationSettings(1.1, 3.0, adaptive=adaptive, kernel="fused")
+        assert not needs_baseline(q, k, v, fused)  # one pass computes its own baseline
+        got = circulate_value_space(q, k, v, None, fused)
+        two_call = CirculationSettings(1.1, 3.0, adaptive=adaptive, kernel="two_call")
+        want = circulate_value_space(q, k, v, base, two_call)
+        torch.testing.assert_close(got.out, want.out, rtol=1e-4, atol=1e-5)
+        if adaptive:
+            torch.testing.assert_close(got.eta_bar, want.eta_bar)
+    # Unselected samples get the host's baseline back bit for bit, so the host call is needed.
+    active = torch.tensor([True, False])
+    settings = CirculationSettings(1.1, 3.0, kernel="fused")
+    assert needs_baseline(q, k, v, settings, active)
+    got = circulate_value_space(q, k, v, base, settings, active).out
+    assert torch.equal(got[1], base[1]) and not torch.equal(got[0], base[0])
+
+
+def test_auto_keeps_cpu_and_fp32_on_the_two_call_path():
+    (q, k, v), _ = qkv(1, 1, 20, 64, seed=41, dtype=torch.float32)
+    assert not fused_triton.auto_eligible(q, k, v)  # CPU tensors, and the interpreter is on
+    auto = CirculationSettings(1.1, 3.0)
+    assert needs_baseline(q, k, v, auto)
+    with pytest.raises(ValueError, match="needs the baseline"):
+        circulate_value_space(q, k, v, None, auto)
+
+
+def test_clear_errors(monkeypatch):
+    (q, k, v), _ = qkv(1, 1, 20, 64, seed=51, dtype=torch.float32)
+    with pytest.raises(ValueError, match="d in"):
+        fused_skew_circulation(q[..., :48], k[..., :48], v[..., :48], 1.1, 3.0)
+    with pytest.raises(ValueError, match="one shape"):
+        fused_skew_circulation(q, k[:, :, :10], v[:, :, :10], 1.1, 3.0)  # cross-attention
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        CirculationSettings(kernel="fast")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        circulate_value_space(q, k, v, None, CirculationSettings(1.1, 3.0, kernel="fused"))
