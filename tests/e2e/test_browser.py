@@ -2,8 +2,9 @@
 ComfyUI server, with the classic canvas (frontend 1.27.10) and Nodes 2.0 (frontend 1.58.1).
 
 Screenshots go to test-artifacts/ (git-ignored). With HC_WRITE_THUMBNAILS=1 the classic-mode
-screenshots of the bundled workflows also become their workflows/<name>.jpg thumbnails, and the
-chart screenshot becomes docs/report_chart.png (the README's picture).
+screenshots of the bundled workflows (the graph's 4:3 frame) also become their
+workflows/<name>.jpg thumbnails, and the report node's screenshot becomes docs/report_chart.png
+(the README's picture).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ MODES = {
     "nodes2": {"front_end": "1.58.1", "settings": {"Comfy.VueNodes.Enabled": True}},
 }
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+            "Comfy.Graph.CanvasInfo": False,
             # below this zoom litegraph stops drawing text; screenshots stay readable
             "LiteGraph.Canvas.LowQualityRenderingZoomThreshold": 0.2}
 
@@ -96,11 +98,14 @@ def our_errors(errors: list[str]) -> list[str]:
     return [e for e in errors if OUR_URL in e or "hopfield" in e.lower() or "chart_model" in e]
 
 
-def frame_graph(page, max_scale: float = 0.9, min_scale: float = 0.3) -> None:
-    """Fit the whole graph into the part of the canvas the menus leave visible (not below
+THUMB_BOX = (1320, 990)  # 4:3, the shape of the template browser's cards
+
+
+def frame_graph(page, max_scale: float = 0.9, min_scale: float = 0.3) -> dict:
+    """Fit the whole graph into a 4:3 box of the canvas clear of the menus (not below
     min_scale, so text stays legible; a larger graph shows from its top left, where the flow
-    starts)."""
-    page.evaluate(f"""() => {{
+    starts). Returns that box in page pixels, for a screenshot clip."""
+    return page.evaluate(f"""() => {{
         const app = {APP}; const LG = window.LiteGraph;
         let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
         const grow = (x, y, w, h) => {{ x0 = Math.min(x0, x); y0 = Math.min(y0, y);
@@ -111,12 +116,18 @@ def frame_graph(page, max_scale: float = 0.9, min_scale: float = 0.3) -> None:
             const b = g._bounding ?? g.bounding; grow(b[0], b[1], b[2], b[3]); }}
         // 1.27's canvas sits beside the menus; 1.58's fills the window under them
         const c = app.canvas.canvas.getBoundingClientRect();
-        const left = Math.max(c.x, 64) + 24, top = Math.max(c.y, 80) + 24;
-        const W = window.innerWidth - left - 24, H = window.innerHeight - top - 60;
-        const scale = Math.max({min_scale}, Math.min({max_scale}, W / (x1 - x0), H / (y1 - y0)));
+        const box = {{ x: Math.max(c.x, 64) + 8, y: Math.max(c.y, 80) + 4,
+                      width: {THUMB_BOX[0]}, height: {THUMB_BOX[1]} }};
+        const pad = 16;
+        const scale = Math.max({min_scale}, Math.min({max_scale},
+            (box.width - 2 * pad) / (x1 - x0), (box.height - 2 * pad) / (y1 - y0)));
+        // centred where it fits, from the top left where it does not
+        const dx = Math.max(pad, (box.width - (x1 - x0) * scale) / 2);
+        const dy = Math.max(pad, (box.height - (y1 - y0) * scale) / 2);
         app.canvas.ds.scale = scale;
-        app.canvas.ds.offset = [(left - c.x) / scale - x0, (top - c.y) / scale - y0];
+        app.canvas.ds.offset = [(box.x + dx - c.x) / scale - x0, (box.y + dy - c.y) / scale - y0];
         app.graph.setDirtyCanvas(true, true);
+        return box;
     }}""")
 
 
@@ -164,14 +175,15 @@ def test_bundled_workflow_loads_without_missing_nodes(browser_session, path):
         page.wait_for_function(f"document.querySelectorAll('[data-node-id]').length >= {count}",
                                timeout=15_000)
     page.wait_for_timeout(500)
-    frame_graph(page)
+    box = frame_graph(page)
     page.wait_for_timeout(500)
-    shot = ARTIFACTS / f"{browser_session['mode']}_{path.stem}.png"
-    page.screenshot(path=str(shot))
+    page.screenshot(path=str(ARTIFACTS / f"{browser_session['mode']}_{path.stem}.png"))
+    shot = ARTIFACTS / f"{browser_session['mode']}_{path.stem}_graph.png"
+    page.screenshot(path=str(shot), clip=box)
     if browser_session["mode"] == "classic" and os.environ.get("HC_WRITE_THUMBNAILS"):
         from PIL import Image
 
-        Image.open(shot).convert("RGB").resize((960, 540), Image.LANCZOS).save(
+        Image.open(shot).convert("RGB").resize((800, 600), Image.LANCZOS).save(
             path.with_suffix(".jpg"), quality=88)
     assert not our_errors(browser_session["errors"])
 
