@@ -86,10 +86,13 @@ def _select_rows(
 
 
 def needs_baseline(q, k, v, settings: CirculationSettings, active=None) -> bool:
-    """Whether circulate_value_space needs the host's baseline output: always, except on the
-    fused path with every sample steered (the kernel computes its own baseline in the same
-    pass, so the host's attention call can be skipped: 2x instead of 3x one call)."""
-    return settings.is_identity or active is not None or not _use_fused(q, k, v, settings.kernel)
+    """Whether circulate_value_space needs the host's baseline output: always, except with every
+    sample steered on the fused path (the kernel computes its own baseline in the same pass, so
+    the host's attention call can be skipped: 2x instead of 3x one call) or on the upcast
+    two-call path (it computes its own fp32 baseline, see TWO_CALL_UPCAST)."""
+    if settings.is_identity or active is not None:
+        return True
+    return not (_use_fused(q, k, v, settings.kernel) or q.dtype in TWO_CALL_UPCAST)
 
 
 def circulate_value_space(
@@ -115,21 +118,40 @@ def circulate_value_space(
 
         blended = fused_skew_circulation(q, k, v, alpha, beta, norm_match=settings.norm_match)
     else:
-        perturbed = skew_scaled_attention(q, k, v, alpha)
-        blended = blend_retrievals(base, perturbed, beta, norm_match=settings.norm_match)
+        blended = _two_call(q, k, v, base, alpha, beta, settings.norm_match)
     dtype = q.dtype if base is None else base.dtype
     return CirculationResult(_select_rows(blended.to(dtype), base, active), eta_bar)
 
 
 def _use_fused(q, k, v, kernel: str) -> bool:
-    """auto: the single-pass kernel on CUDA when Triton is there and the shapes fit."""
+    """auto: the single-pass Triton kernel when it is compiled for CUDA and the call fits
+    (fp16/bf16, d 64/128, self-attention); "fused" forces it (it raises on what does not fit)."""
     if kernel == "two_call":
         return False
-    from . import fused_triton
+    from . import fused_triton  # Triton itself is imported only when the kernel runs
 
-    if kernel == "fused":
-        return True  # fused_skew_circulation explains what does not fit
-    return q.is_cuda and fused_triton.supports(q, k, v) and fused_triton.available()
+    return kernel == "fused" or fused_triton.auto_eligible(q, k, v)
+
+
+# The two-call path rounds both retrievals to the model dtype before their small difference is
+# amplified by beta. In bf16 (8-bit mantissa) that costs 6-7x the error of merely rounding the
+# final output to bf16 (12 % of the change at alpha 0.97 where the change is 8 % of the output,
+# benchmarks/precision.py); upcasting only the perturbed call still leaves 2-2.5x, from the
+# host's rounded baseline. So for bf16 both retrievals are recomputed in fp32 here (the host's
+# bf16 baseline then only serves unselected rows): that lands on the output-rounding floor. On
+# the CPU fp32 attention costs what bf16 does; on CUDA this path is the fallback when the fused
+# kernel cannot run. fp16 (11-bit mantissa) keeps the host's call: 0.3-1.6 % of the change.
+TWO_CALL_UPCAST = {torch.bfloat16: torch.float32}
+
+
+def _two_call(q, k, v, base, alpha, beta, norm_match: bool) -> torch.Tensor:
+    """Baseline and concat-trick attention, blended in fp32 (see TWO_CALL_UPCAST)."""
+    upcast = TWO_CALL_UPCAST.get(q.dtype)
+    if upcast is not None:
+        q, k, v = q.to(upcast), k.to(upcast), v.to(upcast)
+        base = F.scaled_dot_product_attention(q, k, v)
+    perturbed = skew_scaled_attention(q, k, v, alpha)
+    return blend_retrievals(base, perturbed, beta, norm_match=norm_match)
 
 
 def circulate_input_space(

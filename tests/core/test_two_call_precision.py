@@ -1,0 +1,62 @@
+"""The two-call path in low precision, against float64 (no Triton needed).
+
+bf16 recomputes both retrievals in fp32 (circulation.TWO_CALL_UPCAST) so the steering change
+Δ = out - baseline is as accurate as a bf16 output can be; fp16 keeps the host's baseline.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hopfield_circulation.hopfield import CirculationSettings, circulate_value_space
+from hopfield_circulation.hopfield import reference as ref
+from hopfield_circulation.hopfield.circulation import needs_baseline
+
+
+def inputs(dtype, seed=3, length=128, d=64, logit_std=2.5):
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(1, 2, length, d, generator=gen, dtype=torch.float64) * logit_std**0.5
+            for _ in range(2))
+    v = torch.randn(1, 2, length, d, generator=gen, dtype=torch.float64)
+    return tuple(t.to(dtype) for t in (q, k, v))
+
+
+def reference_change(q, k, v, alpha, beta):
+    q, k, v = (t.double() for t in (q, k, v))
+    base = torch.softmax(ref.logits(q, k), -1) @ v
+    return ref.blend(base, ref.skew_scaled_attention(q, k, v, alpha), beta), base
+
+
+@pytest.mark.parametrize("alpha", [0.97, 1.05])
+def test_bf16_change_sits_at_the_output_rounding_floor(alpha):
+    q, k, v = inputs(torch.bfloat16)
+    want, base = reference_change(q, k, v, alpha, 3.0)
+    settings = CirculationSettings(alpha, 3.0, kernel="two_call")
+    assert not needs_baseline(q, k, v, settings)  # computes its own fp32 baseline
+    got = circulate_value_space(q, k, v, None, settings).out
+    assert got.dtype == torch.bfloat16
+    delta = (want - base).norm()
+    err = (got.double() - want).norm() / delta
+    floor = (want.to(torch.bfloat16).double() - want).norm() / delta
+    assert err < 1.1 * floor, f"Δ error {err:.4f}, bf16 rounding floor {floor:.4f}"
+
+
+def test_bf16_unselected_rows_keep_the_hosts_baseline():
+    q, k, v = (torch.cat([t, t]) for t in inputs(torch.bfloat16, length=40))
+    host = F.scaled_dot_product_attention(q, k, v)
+    settings = CirculationSettings(1.05, 3.0, kernel="two_call")
+    active = torch.tensor([False, True])
+    assert needs_baseline(q, k, v, settings, active)
+    got = circulate_value_space(q, k, v, host, settings, active).out
+    assert torch.equal(got[0], host[0]) and not torch.equal(got[1], host[1])
+
+
+def test_fp16_keeps_the_hosts_call_and_a_few_percent():
+    q, k, v = inputs(torch.float16)
+    settings = CirculationSettings(0.97, 3.0, kernel="two_call")
+    assert needs_baseline(q, k, v, settings)
+    want, base = reference_change(q, k, v, 0.97, 3.0)
+    got = circulate_value_space(q, k, v, F.scaled_dot_product_attention(q, k, v), settings).out
+    err = (got.double() - want).norm() / (want - base).norm()
+    assert err < 0.03, f"fp16 Δ error {err:.4f}"
