@@ -1,15 +1,32 @@
-"""GPU record: per-call time, peak memory and low-precision accuracy of the steered attention.
+"""GPU record of one steered self-attention call: time, peak memory, Δ accuracy, per path.
 
-    python benchmarks/bench_gpu.py             # needs CUDA and Triton
+    python benchmarks/bench_gpu.py              # needs CUDA and Triton; about a minute
+    python benchmarks/bench_gpu.py --sweep      # also time the fused kernel's tile candidates
+    python benchmarks/bench_gpu.py --quick      # fewer repetitions
 
-Rows per shape and dtype: baseline SDPA, the two-call path (host baseline + concat-trick SDPA +
-fp32 blend) and the fused single-pass Triton kernel; times are medians of CUDA-event timings
-after warm-up, ratios against the baseline of the same run; Δ error is |Δ − Δ_fp64| / |Δ_fp64|
-with Δ = steered output − baseline output, at α = 0.97 (SD3-like, the hard case) and 1.05.
+Shapes: SDXL 64x64 latent level (B 2, H 10, L 4096, d 64) and SD3 at 1024² (B 2, H 24,
+L 4250 = 4096 image + 154 text tokens, d 64; q, k, v are strided views of one qkv projection,
+as in SD3's joint attention). dtypes fp16 and bf16.
+
+Paths, each timed as what the attention override costs per steered call:
+- baseline: torch SDPA (the host's own call; flash attention on CUDA).
+- two_call: the host's baseline plus hopfield.circulate_value_space(kernel="two_call") (concat-
+  trick SDPA with V padded to 2d, fp32 blend); for bf16 the path recomputes both retrievals in
+  fp32 and the override skips the host's call, so that is what is timed.
+- fused: the single-pass Triton kernel (the override skips the host's call).
+
+Columns: median ms over CUDA-event timings after warm-up (first calls compile the kernel); the
+ratio to baseline from the same run; fused TFLOP/s counting 8 L² d per (batch, head) (two
+attention calls' worth of matmuls); peak extra memory over the inputs (output included);
+check: max |out − two-call fp32| / max |two-call fp32| on the full shape (catches a bad
+compile); Δ error: |Δ − Δ_fp64| / |Δ_fp64| at α 0.97 and 1.05 (β 3) on a 1024-token slice, with
+the float64 reference computed from the same rounded inputs, and "floor", the float64 result
+rounded to the dtype (no path that writes that dtype can do better).
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -18,83 +35,172 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_attention import hopfield  # noqa: E402  (imports the pack's core)
-from hopfield_circulation.hopfield import reference  # noqa: E402
-from hopfield_circulation.hopfield.fused_triton import fused_skew_circulation  # noqa: E402
+from bench_attention import hopfield  # noqa: E402  (registers the pack as a package)
+from hopfield_circulation.hopfield import fused_triton, reference  # noqa: E402
 
-SHAPES = {"SDXL 64x64 (B2 H10 L4096 d64)": (2, 10, 4096, 64),
-          "SD3 1024² (B2 H24 L4250 d64)": (2, 24, 4250, 64)}
+SHAPES = {  # name: (batch, heads, tokens, d, joint qkv view)
+    "SDXL 64x64 (B2 H10 L4096 d64)": (2, 10, 4096, 64, False),
+    "SD3 1024² (B2 H24 L4250 d64)": (2, 24, 4250, 64, True),
+}
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+BETA = 3.0
 
 
-def timed(fn, reps=20):
-    for _ in range(3):
+def require_gpu():
+    if not torch.cuda.is_available():
+        sys.exit("bench_gpu: no CUDA device here (torch.cuda.is_available() is False); run it "
+                 "on a machine with an NVIDIA GPU. CPU numbers: benchmarks/bench_attention.py, "
+                 "benchmarks/precision.py")
+    if not fused_triton.available():
+        sys.exit("bench_gpu: Triton is not importable (pip install triton); the fused kernel "
+                 "needs it")
+
+
+def make_qkv(batch, heads, tokens, d, joint, dtype, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    shape = (batch, tokens, 3, heads, d) if joint else (3, batch, heads, tokens, d)
+    # logits with about 2.5 standard deviation, like calibrated real attention
+    qkv = torch.randn(shape, device="cuda", generator=gen, dtype=torch.float32)
+    if joint:  # SD3: one projection, split into strided [B, H, L, d] views (no copies)
+        qkv[:, :, :2] *= 2.5**0.5
+        qkv = qkv.to(dtype)
+        return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
+    qkv[:2] *= 2.5**0.5
+    return tuple(qkv.to(dtype).unbind(0))
+
+
+def paths(q, k, v, alpha=1.05):
+    """name -> callable returning the steered output, as the override would compute it."""
+    two_call = hopfield.CirculationSettings(alpha, BETA, kernel="two_call")
+    fused = hopfield.CirculationSettings(alpha, BETA, kernel="fused")
+
+    def run_two_call():
+        needs = hopfield.circulation.needs_baseline(q, k, v, two_call)
+        base = F.scaled_dot_product_attention(q, k, v) if needs else None
+        return hopfield.circulate_value_space(q, k, v, base, two_call).out
+
+    return {
+        "baseline": lambda: F.scaled_dot_product_attention(q, k, v),
+        "two_call": run_two_call,
+        "fused": lambda: hopfield.circulate_value_space(q, k, v, None, fused).out,
+    }
+
+
+def median_ms(fn, warmup, reps):
+    for _ in range(warmup):
         fn()
+    torch.cuda.synchronize()
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
-        torch.cuda.synchronize()
+        end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
 
 
-def peak_extra(fn):
+def peak_extra_mib(fn):
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
-    fn()
+    out = fn()
     torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
+    peak = torch.cuda.max_memory_allocated() - before
+    del out
+    return peak / 2**20
 
 
-def delta_error(q, k, v, alpha, dtype, path):
-    """Δ error on a slice small enough for the float64 L x L reference."""
+def delta_errors(q, k, v, alpha, dtype):
+    """{path: Δ error} on a slice small enough for the float64 L x L reference."""
     q, k, v = (t[:1, :2, :1024] for t in (q, k, v))
     q64, k64, v64 = (t.double() for t in (q, k, v))
     base64 = torch.softmax(reference.logits(q64, k64), -1) @ v64
-    delta = reference.blend(base64, reference.skew_scaled_attention(q64, k64, v64, alpha),
-                            3.0) - base64
-    qd, kd, vd = (t.to(dtype) for t in (q, k, v))
-    settings = hopfield.CirculationSettings(alpha, 3.0, kernel=path)
-    base = F.scaled_dot_product_attention(qd, kd, vd)
-    out = hopfield.circulate_value_space(qd, kd, vd, base, settings).out
-    return ((out.double() - base64 - delta).norm() / delta.norm()).item()
+    want = reference.blend(base64, reference.skew_scaled_attention(q64, k64, v64, alpha), BETA)
+    scale = (want - base64).norm()
+    errors = {"floor": ((want.to(dtype).double() - want).norm() / scale).item()}
+    for name, fn in paths(q, k, v, alpha).items():
+        if name != "baseline":
+            errors[name] = ((fn().double() - want).norm() / scale).item()
+    return errors
 
 
-def bench(name, q, k, v, dtype):
-    settings = hopfield.CirculationSettings(1.05, 3.0, kernel="two_call")
-    paths = {
-        "baseline": lambda: F.scaled_dot_product_attention(q, k, v),
-        "two_call": lambda: hopfield.circulate_value_space(
-            q, k, v, F.scaled_dot_product_attention(q, k, v), settings),
-        "fused": lambda: fused_skew_circulation(q, k, v, 1.05, 3.0),
-    }
+def full_shape_check(q, k, v, out):
+    """Fused output against the two-call path in fp32 on the full shape."""
+    q32, k32, v32 = (t.float() for t in (q, k, v))
+    settings = hopfield.CirculationSettings(1.05, BETA, kernel="two_call")
+    want = hopfield.circulate_value_space(q32, k32, v32, F.scaled_dot_product_attention(
+        q32, k32, v32), settings).out
+    return ((out.float() - want).abs().max() / want.abs().max()).item()
+
+
+def bench_shape(name, spec, dtype_name, args):
+    batch, heads, tokens, d, joint = spec
+    dtype = DTYPES[dtype_name]
+    q, k, v = make_qkv(batch, heads, tokens, d, joint, dtype)
+    errors = {a: delta_errors(q, k, v, a, dtype) for a in (0.97, 1.05)}
+    flops = 8 * tokens**2 * d * batch * heads
     base_ms = None
-    for path, fn in paths.items():
-        ms = timed(fn)
+    for path, fn in paths(q, k, v).items():
+        ms = median_ms(fn, args.warmup, args.reps)
         base_ms = base_ms or ms
-        errs = ("", "") if path == "baseline" else tuple(
-            f"{delta_error(q, k, v, a, dtype, path):.4f}" for a in (0.97, 1.05))
-        print(f"| {name} | {str(dtype)[6:]} | {path} | {ms:.3f} | {ms / base_ms:.2f} | "
-              f"{peak_extra(fn):.0f} | {errs[0]} | {errs[1]} |")
+        tflops = f"{flops / ms / 1e9:.0f}" if path == "fused" else ""
+        check = f"{full_shape_check(q, k, v, fn()):.1e}" if path == "fused" else ""
+        err = ("", "") if path == "baseline" else tuple(f"{errors[a][path]:.4f}"
+                                                         for a in (0.97, 1.05))
+        print(f"| {name} | {dtype_name} | {path} | {ms:.3f} | {ms / base_ms:.2f} | {tflops} | "
+              f"{peak_extra_mib(fn):.0f} | {check} | {err[0]} | {err[1]} |", flush=True)
+    print(f"| {name} | {dtype_name} | floor | | | | | | {errors[0.97]['floor']:.4f} | "
+          f"{errors[1.05]['floor']:.4f} |", flush=True)
+
+
+def sweep_shape(name, spec, dtype_name, args):
+    from compile_hopper import SWEEP
+
+    batch, heads, tokens, d, joint = spec
+    q, k, v = make_qkv(batch, heads, tokens, d, joint, DTYPES[dtype_name])
+    base_ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v), args.warmup, args.reps)
+    default = fused_triton.default_config(d, q.dtype)
+    for cfg in [default] + [c for c in SWEEP if c != default]:
+        try:
+            ms = median_ms(lambda cfg=cfg: fused_triton.fused_skew_circulation(
+                q, k, v, 1.05, BETA, config=cfg), args.warmup, args.reps)
+        except Exception as error:  # e.g. out of shared memory: a finding, not a crash
+            print(f"| {name} | {dtype_name} | {cfg} | failed: {type(error).__name__} | |")
+            continue
+        mark = " (default)" if cfg == default else ""
+        print(f"| {name} | {dtype_name} | {cfg.block_m}x{cfg.block_n} w{cfg.num_warps} "
+              f"s{cfg.num_stages}{mark} | {ms:.3f} | {ms / base_ms:.2f} |", flush=True)
 
 
 def main():
-    if not torch.cuda.is_available():
-        sys.exit("bench_gpu: no CUDA device here; run it on a GPU machine")
-    print(f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}")
-    print("| shape | dtype | path | ms | × baseline | peak extra MiB | Δ err α 0.97 "
-          "| Δ err α 1.05 |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--sweep", action="store_true", help="time the tile candidates too")
+    args = parser.parse_args()
+    args.warmup, args.reps = (3, 10) if args.quick else (5, 30)
+    require_gpu()
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    print(f"Device: {props.name} ({props.multi_processor_count} SMs, "
+          f"{props.total_memory / 2**30:.0f} GiB); torch {torch.__version__}, CUDA "
+          f"{torch.version.cuda}, Triton {triton.__version__}")
+    print("| shape | dtype | path | ms | × baseline | fused TFLOP/s | peak extra MiB | check "
+          "| Δ err α 0.97 | Δ err α 1.05 |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     with torch.inference_mode():
-        for name, (b, h, length, d) in SHAPES.items():
-            for dtype in (torch.float16, torch.bfloat16):
-                gen = torch.Generator(device="cuda").manual_seed(0)
-                q, k, v = (torch.randn(b, h, length, d, device="cuda", dtype=dtype,
-                                       generator=gen) for _ in range(3))
-                bench(name, q, k, v, dtype)
+        for name, spec in SHAPES.items():
+            for dtype_name in DTYPES:
+                bench_shape(name, spec, dtype_name, args)
+        if args.sweep:
+            print("\nFused kernel tile candidates (ms, × baseline SDPA of the same shape):")
+            print("| shape | dtype | BLOCK_M x BLOCK_N, warps, stages | ms | × baseline |")
+            print("|---|---|---|---:|---:|")
+            for name, spec in SHAPES.items():
+                for dtype_name in DTYPES:
+                    sweep_shape(name, spec, dtype_name, args)
 
 
 if __name__ == "__main__":
