@@ -15,6 +15,7 @@ Every coefficient stays a device tensor: nothing here synchronises with the host
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -114,9 +115,7 @@ def circulate_value_space(
         return CirculationResult(base)
     alpha, beta, eta_bar = effective_coefficients(q, k, settings)
     if _use_fused(q, k, v, settings.kernel):
-        from .fused_triton import fused_skew_circulation
-
-        blended = fused_skew_circulation(q, k, v, alpha, beta, norm_match=settings.norm_match)
+        blended = _fused(q, k, v, base, alpha, beta, settings)
     else:
         blended = _two_call(q, k, v, base, alpha, beta, settings.norm_match)
     dtype = q.dtype if base is None else base.dtype
@@ -131,6 +130,26 @@ def _use_fused(q, k, v, kernel: str) -> bool:
     from . import fused_triton  # Triton itself is imported only when the kernel runs
 
     return kernel == "fused" or fused_triton.auto_eligible(q, k, v)
+
+
+def _fused(q, k, v, base, alpha, beta, settings: CirculationSettings) -> torch.Tensor:
+    """The single-pass kernel; under "auto", a Triton that imports but cannot compile or launch
+    here falls back to the two-call path for the rest of the process, with one warning."""
+    from . import fused_triton
+
+    if settings.kernel == "fused":
+        return fused_triton.fused_skew_circulation(q, k, v, alpha, beta,
+                                                   norm_match=settings.norm_match)
+    try:
+        return fused_triton.fused_skew_circulation(q, k, v, alpha, beta,
+                                                   norm_match=settings.norm_match)
+    except Exception as error:  # any compile or launch failure; reported, then not retried
+        fused_triton.disable_auto(f"{type(error).__name__}: {error}")
+        warnings.warn(f"Hopfield Circulation: the fused Triton kernel failed here ({error!r}); "
+                      "using the two-call path from now on", RuntimeWarning, stacklevel=2)
+    if base is None:  # the host skipped its call because the fused path was expected
+        base = F.scaled_dot_product_attention(q, k, v)
+    return _two_call(q, k, v, base, alpha, beta, settings.norm_match)
 
 
 # The two-call path rounds both retrievals to the model dtype before their small difference is

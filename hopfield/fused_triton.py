@@ -33,6 +33,7 @@ lazy: the pack works without Triton; ``available()`` says whether this path can 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -51,13 +52,24 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+@functools.cache
 def available() -> bool:
-    """Whether Triton can be imported (it is an optional dependency of the pack)."""
+    """Whether Triton imports (an optional dependency of the pack); asked once per process."""
     try:
         import triton  # noqa: F401
-    except ImportError:
+    except Exception:  # ImportError, or a broken install that fails while importing
         return False
     return True
+
+
+_DISABLED: list[str] = []  # why "auto" stopped using the kernel in this process, if it did
+
+
+def disable_auto(reason: str) -> None:
+    """Stop ``kernel="auto"`` from choosing this kernel for the rest of the process (after it
+    failed to compile or launch here: Triton imports but lacks, e.g., a C compiler)."""
+    if not _DISABLED:
+        _DISABLED.append(reason)
 
 
 def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -75,7 +87,7 @@ def auto_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether ``kernel="auto"`` takes this kernel: compiled on CUDA, fp16/bf16, shapes fit.
     Never under the interpreter (it would run CUDA tensors at interpreter speed)."""
     return (q.is_cuda and q.dtype in AUTO_DTYPES and supports(q, k, v) and not interpreting()
-            and available())
+            and not _DISABLED and available())
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,89 @@
+"""Which path circulate_value_space takes (kernel = auto | fused | two_call), without Triton
+being needed: the fused kernel's own math is in fused_kernel_cases.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hopfield_circulation.hopfield import (
+    CirculationSettings,
+    circulate_value_space,
+    circulation,
+    fused_triton,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def qkv(dtype=torch.float32, length=24):
+    gen = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(2, 2, length, 64, generator=gen).to(dtype) for _ in range(3))
+
+
+def test_importing_the_core_does_not_import_triton():
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('hopfield_circulation', "
+        f"{str(REPO_ROOT / '__init__.py')!r}, submodule_search_locations=[{str(REPO_ROOT)!r}])\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['hopfield_circulation'] = module\n"
+        "spec.loader.exec_module(module)\n"
+        "import hopfield_circulation.hopfield as h\n"
+        "import torch\n"
+        "q = torch.randn(1, 1, 8, 64)\n"
+        "h.circulate_value_space(q, q, q, q, h.CirculationSettings(1.1, 3.0))\n"
+        "assert 'triton' not in sys.modules, 'triton was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+def test_settings_validate_the_kernel_name():
+    assert CirculationSettings().kernel == "auto"
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        CirculationSettings(kernel="flash")
+
+
+def test_auto_on_cpu_is_the_two_call_path():
+    q, k, v = qkv()
+    base = F.scaled_dot_product_attention(q, k, v)
+    auto = circulate_value_space(q, k, v, base, CirculationSettings(1.1, 3.0)).out
+    two_call = circulate_value_space(q, k, v, base,
+                                     CirculationSettings(1.1, 3.0, kernel="two_call")).out
+    assert torch.equal(auto, two_call)
+
+
+def test_forcing_fused_without_triton_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(fused_triton, "available", lambda: False)
+    q, k, v = qkv()
+    with pytest.raises(RuntimeError, match="Triton is not installed"):
+        circulate_value_space(q, k, v, None, CirculationSettings(1.1, 3.0, kernel="fused"))
+
+
+def test_auto_falls_back_once_when_the_kernel_cannot_run_here(monkeypatch):
+    """A Triton that imports but cannot compile (e.g. no C compiler): warn, use the two-call
+    path (computing the baseline the host skipped), and stop choosing the kernel."""
+    monkeypatch.setattr(fused_triton, "_DISABLED", [])
+    monkeypatch.setattr(fused_triton, "auto_eligible", lambda q, k, v: not fused_triton._DISABLED)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Failed to find C compiler")
+
+    monkeypatch.setattr(fused_triton, "fused_skew_circulation", broken)
+    q, k, v = qkv(torch.float16)
+    settings = CirculationSettings(1.1, 3.0)
+    assert not circulation.needs_baseline(q, k, v, settings)  # fused: the host skips its call
+    with pytest.warns(RuntimeWarning, match="two-call path from now on"):
+        got = circulate_value_space(q, k, v, None, settings).out
+    host = F.scaled_dot_product_attention(q, k, v)
+    want = circulate_value_space(q, k, v, host, CirculationSettings(1.1, 3.0,
+                                                                    kernel="two_call")).out
+    assert torch.equal(got, want)
+    assert fused_triton._DISABLED and "C compiler" in fused_triton._DISABLED[0]
+    assert circulation.needs_baseline(q, k, v, CirculationSettings(1.1, 3.0, kernel="auto"),
+                                      active=torch.tensor([True, False]))
+    assert circulation.needs_baseline(q, k, v, settings)  # auto has given up: host call again
