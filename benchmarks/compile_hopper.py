@@ -51,7 +51,7 @@ def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, h
     signature, constexprs, attrs = {}, {}, {}
     constants = {"D": d, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                  "ALPHA_PER_SAMPLE": True, "BETA_PER_SAMPLE": False, "NORM_MATCH": True,
-                 "PV_FP16": dtype == "bf16",
+                 "PV_FP16": dtype == "bf16", "HAS_ACTIVE": True,
                  "UPCAST": False, "PRECISION": fp32_precision if dtype == "fp32" else "tf32"}
     for index, name in enumerate(kernel.arg_names):
         if name in constants:
@@ -59,8 +59,8 @@ def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, h
         elif name in ("Q", "K", "V", "Out"):
             signature[name] = "*" + TYPES[dtype]
             attrs[(index,)] = [["tt.divisibility", 16]]
-        elif name in ("ALPHA", "BETA", "VMAX"):  # VMAX: read for bf16 only, of v's dtype
-            signature[name] = "*" + (TYPES[dtype] if name == "VMAX" else "fp32")
+        elif name in ("ALPHA", "BETA", "VMAX", "ACTIVE"):  # VMAX: bf16 only, v's dtype
+            signature[name] = "*" + {"VMAX": TYPES[dtype], "ACTIVE": "u8"}.get(name, "fp32")
             attrs[(index,)] = [["tt.divisibility", 16]]
         elif name in ("alpha_value", "beta_value", "scale_log2"):
             signature[name] = "fp32"

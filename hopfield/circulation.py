@@ -115,7 +115,7 @@ def circulate_value_space(
         return CirculationResult(base)
     alpha, beta, eta_bar = effective_coefficients(q, k, settings)
     if _use_fused(q, k, v, settings.kernel):
-        blended = _fused(q, k, v, base, alpha, beta, settings)
+        blended = _fused(q, k, v, base, alpha, beta, settings, active)
     else:
         blended = _two_call(q, k, v, base, alpha, beta, settings.norm_match)
     dtype = q.dtype if base is None else base.dtype
@@ -132,17 +132,20 @@ def _use_fused(q, k, v, kernel: str) -> bool:
     return kernel == "fused" or fused_triton.auto_eligible(q, k, v)
 
 
-def _fused(q, k, v, base, alpha, beta, settings: CirculationSettings) -> torch.Tensor:
-    """The single-pass kernel; under "auto", a Triton that imports but cannot compile or launch
-    here falls back to the two-call path for the rest of the process, with one warning."""
+def _fused(q, k, v, base, alpha, beta, settings: CirculationSettings, active) -> torch.Tensor:
+    """The single-pass kernel (unselected samples are skipped in it and take the host's rows in
+    _select_rows); under "auto", a Triton that imports but cannot compile or launch here falls
+    back to the two-call path for the rest of the process, with one warning."""
     from . import fused_triton
 
+    def run():
+        return fused_triton.fused_skew_circulation(q, k, v, alpha, beta, active=active,
+                                                   norm_match=settings.norm_match)
+
     if settings.kernel == "fused":
-        return fused_triton.fused_skew_circulation(q, k, v, alpha, beta,
-                                                   norm_match=settings.norm_match)
+        return run()
     try:
-        return fused_triton.fused_skew_circulation(q, k, v, alpha, beta,
-                                                   norm_match=settings.norm_match)
+        return run()
     except Exception as error:  # any compile or launch failure; reported, then not retried
         fused_triton.disable_auto(f"{type(error).__name__}: {error}")
         warnings.warn(f"Hopfield Circulation: the fused Triton kernel failed here ({error!r}); "

@@ -142,11 +142,15 @@ def _coefficient(value, batch: int, name: str):
 
 def fused_skew_circulation(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha, beta, *,
-    norm_match: bool = True, config: LaunchConfig | None = None,
+    norm_match: bool = True, active: torch.Tensor | None = None,
+    config: LaunchConfig | None = None,
 ) -> torch.Tensor:
     """Blended, norm-matched output [B, H, L, d] (contiguous, q's dtype) for q, k, v of shape
     [B, H, L, d] with any strides. ``alpha``/``beta``: numbers, or tensors of B or 1 values
-    (e.g. [B, 1, 1, 1]) on q's device. ``config`` overrides the tile sizes (tests, sweeps)."""
+    (e.g. [B, 1, 1, 1]) on q's device. ``active``: optional bool [B] on q's device; the programs
+    of other samples exit at once and leave those rows unwritten, for the caller to fill (with
+    the host's baseline): steering the cond half of a CFG batch then costs half a pass.
+    ``config`` overrides the tile sizes (tests, sweeps)."""
     if not supports(q, k, v):
         raise ValueError(
             f"fused kernel: needs q, k, v of one shape [B, H, L, d] on one device with d in "
@@ -165,7 +169,12 @@ def fused_skew_circulation(
     batch, heads, length, d = q.shape
     alpha_t, alpha_stride, alpha_value = _coefficient(alpha, batch, "alpha")
     beta_t, beta_stride, beta_value = _coefficient(beta, batch, "beta")
-    for name, t in (("alpha", alpha_t), ("beta", beta_t)):
+    if active is not None:
+        if active.shape != (batch,) or active.dtype != torch.bool:
+            raise ValueError(f"fused kernel: active must be bool [{batch}], got "
+                             f"{active.dtype} {tuple(active.shape)}")
+        active = active.contiguous().view(torch.uint8)
+    for name, t in (("alpha", alpha_t), ("beta", beta_t), ("active", active)):
         if t is not None and t.device != q.device:
             raise ValueError(f"fused kernel: {name} is on {t.device}, q on {q.device}")
     cfg = config or default_config(d, q.dtype)
@@ -180,13 +189,13 @@ def fused_skew_circulation(
     grid = (triton.cdiv(length, cfg.block_m), batch * heads)
     _kernel()[grid](
         q, k, v, out, alpha_t if alpha_t is not None else out,
-        beta_t if beta_t is not None else out, v_max,
+        beta_t if beta_t is not None else out, v_max, active if active is not None else out,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         alpha_stride, beta_stride, alpha_value, beta_value,
         heads, length, d**-0.5 * LOG2E,
         D=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         ALPHA_PER_SAMPLE=alpha_t is not None, BETA_PER_SAMPLE=beta_t is not None,
-        NORM_MATCH=norm_match, PV_FP16=pv_fp16,
+        NORM_MATCH=norm_match, PV_FP16=pv_fp16, HAS_ACTIVE=active is not None,
         UPCAST=emulate_bf16,
         PRECISION=FP32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",  # else ignored
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -72,13 +72,13 @@ def _attend_key_tile(
 
 @triton.jit
 def skew_circulation_fwd(
-    Q, K, V, Out, ALPHA, BETA, VMAX,
+    Q, K, V, Out, ALPHA, BETA, VMAX, ACTIVE,
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sob, soh, sol, sod,
     alpha_stride, beta_stride, alpha_value, beta_value,
     heads, length, scale_log2,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ALPHA_PER_SAMPLE: tl.constexpr, BETA_PER_SAMPLE: tl.constexpr,
-    NORM_MATCH: tl.constexpr, PV_FP16: tl.constexpr,
+    NORM_MATCH: tl.constexpr, PV_FP16: tl.constexpr, HAS_ACTIVE: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # Axis 0 runs over query tiles of one (batch, head): neighbouring programs stream the
@@ -87,6 +87,9 @@ def skew_circulation_fwd(
     pid_bh = tl.program_id(1)
     b = pid_bh // heads
     h = pid_bh % heads
+    if HAS_ACTIVE:  # a sample the caller does not steer: its rows stay unwritten
+        if tl.load(ACTIVE + b) == 0:
+            return
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, D)
     row_ok = rows < length

@@ -193,12 +193,16 @@ def test_dispatch_through_circulate_value_space():
         torch.testing.assert_close(got.out, want.out, rtol=1e-4, atol=1e-5)
         if adaptive:
             torch.testing.assert_close(got.eta_bar, want.eta_bar)
-    # Unselected samples get the host's baseline back bit for bit, so the host call is needed.
+    # Unselected samples get the host's baseline back bit for bit, so the host call is needed;
+    # the kernel skips their programs.
     active = torch.tensor([True, False])
     settings = CirculationSettings(1.1, 3.0, kernel="fused")
     assert needs_baseline(q, k, v, settings, active)
     got = circulate_value_space(q, k, v, base, settings, active).out
-    assert torch.equal(got[1], base[1]) and not torch.equal(got[0], base[0])
+    everyone = circulate_value_space(q, k, v, None, settings).out
+    assert torch.equal(got[1], base[1]) and torch.equal(got[0], everyone[0])
+    with pytest.raises(ValueError, match="active must be bool"):
+        fused_skew_circulation(q, k, v, 1.1, 3.0, active=torch.ones(3, dtype=torch.bool))
 
 
 def test_auto_keeps_cpu_and_fp32_on_the_two_call_path():
