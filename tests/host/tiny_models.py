@@ -116,20 +116,23 @@ def sample_sd3(patcher, **kw):
                   latent_channels=16, batch=batch, **kw)
 
 
-def write_tiny_sd3_checkpoint(path, seed: int = 0) -> None:
-    """A 2-block MMDiT plus a random TAESD VAE as one .safetensors that ComfyUI's
-    CheckpointLoaderSimple detects as SD3 (no text encoder: conditioning comes from a test node).
-    """
+def write_checkpoint(patcher, latent_channels: int, path, seed: int = 0) -> None:
+    """A tiny model's diffusion weights plus a random TAESD VAE as one .safetensors checkpoint
+    (no text encoder: the end-to-end tier's conditioning comes from a test node)."""
     import comfy.taesd.taesd
     from safetensors.torch import save_file
 
-    patcher = tiny_sd3(seed)
     state = {f"model.{k}": v.contiguous() for k, v in patcher.model.state_dict().items()
              if k.startswith("diffusion_model.")}
-    vae = comfy.taesd.taesd.TAESD(latent_channels=16)
+    vae = comfy.taesd.taesd.TAESD(latent_channels=latent_channels)
     init_weights(vae, seed + 1)  # comfy.ops layers start uninitialised
     with torch.no_grad():
         vae.vae_scale.fill_(1.0)
         vae.vae_shift.fill_(0.0)
     state |= {f"first_stage_model.{k}": v.contiguous() for k, v in vae.state_dict().items()}
     save_file(state, str(path))
+
+
+def write_tiny_sd3_checkpoint(path, seed: int = 0) -> None:
+    """The tiny MMDiT, which CheckpointLoaderSimple detects as SD3 as it is."""
+    write_checkpoint(tiny_sd3(seed), 16, path, seed)
