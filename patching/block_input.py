@@ -1,35 +1,94 @@
-"""Capture the normed block input X of SDXL self-attention (for the paper's input space).
+"""Tell a UNet's self-attention (attn1) apart from its cross-attention, and keep attn1's input X.
 
-The attention override only receives q, k, v. An attn1_patch runs right before attn1 in the same
-transformer block and sees X, so it leaves X where that call's hooks can find it. The stash is a
-closure, not a dict in model_options: ComfyUI copies those on every model call.
+The attention override sees only q, k, v and the per-call options, which are the same for attn1
+and attn2 of a transformer block; shapes alone are ambiguous whenever the text context has as
+many tokens as the level has pixels (77 tokens = a 7x11 level). So a pair of block patches
+brackets every attn1 call: the ``attn1_patch`` (run right before attn1) marks the block and keeps
+the tensor attn1 projects its values from (X, for the paper's input space), and the
+``attn1_output_patch`` (run right after, also when another node replaced attn1) clears it. A call
+is attn1 exactly when the mark names its block. Both patches return their inputs untouched.
+
+The marker is a plain object reached only through the patch closures: ComfyUI deep-copies
+model_options on every clone but keeps functions as they are, so the clones of a model share it.
 """
 
 from __future__ import annotations
+
+import torch
+
+MARKER_ATTR = "hopfield_attn1_marker"
+
+
+class Attn1Marker:
+    """Which transformer block's attn1 is running now (None between calls), and its input X."""
+
+    __slots__ = ("key", "x")
+
+    def __init__(self):
+        self.key = None
+        self.x = None
+
+    def is_attn1(self, options: dict) -> bool:
+        return self.key is not None and self.key == block_key(options)
 
 
 def block_key(options: dict) -> tuple:
     return tuple(options.get("block") or ()), options.get("block_index", 0)
 
 
-def install_block_input_stash(model_patcher) -> dict:
-    """Add the attn1_patch to ``model_patcher``; returns the stash it fills ({"key", "x"})."""
-    stash: dict = {}
+def unet_attn1_marker(model_patcher) -> Attn1Marker:
+    """The marker on ``model_patcher``, installing its two patches once per model lineage."""
+    patches = model_patcher.model_options.get("transformer_options", {}).get("patches", {})
+    for patch in patches.get("attn1_patch", ()):
+        marker = getattr(patch, MARKER_ATTR, None)
+        if marker is not None:
+            return marker
+    marker = Attn1Marker()
 
-    def keep_block_input(n, context_attn1, value_attn1, extra_options, **kwargs):
-        stash["key"] = block_key(extra_options)
-        stash["x"] = n
+    def mark_attn1(n, context_attn1, value_attn1, extra_options, **kwargs):
+        marker.key = block_key(extra_options)
+        marker.x = value_attn1 if value_attn1 is not None else n  # what to_v will project
         return n, context_attn1, value_attn1
 
-    model_patcher.set_model_attn1_patch(keep_block_input)
-    return stash
+    def unmark_attn1(n, extra_options, **kwargs):
+        marker.key = marker.x = None  # also drops the reference to X
+        return n
+
+    setattr(mark_attn1, MARKER_ATTR, marker)
+    model_patcher.set_model_attn1_patch(mark_attn1)
+    model_patcher.set_model_attn1_output_patch(unmark_attn1)
+    return marker
 
 
-def take_block_input(stash: dict, options: dict):
-    """X for the attention call described by ``options``; raises if it was not captured."""
-    if stash.get("key") != block_key(options) or "x" not in stash:
+# The probe's name for it: the marker is the stash of block inputs.
+install_block_input_stash = unet_attn1_marker
+
+
+def take_block_input(stash: Attn1Marker, options: dict):
+    """X [B, L, C] of the attn1 call described by ``options``; raises if it was not captured."""
+    if not stash.is_attn1(options) or stash.x is None:
         raise RuntimeError(
             "the block input of this attention layer was not captured (another node replaced "
-            "attn1 here?); use the value space/basis instead"
+            "or reshaped attn1 here?); use the value space/basis instead"
         )
-    return stash["x"]
+    return stash.x
+
+
+def effective_weight(linear, like):
+    """(weight, bias) of a Linear layer as it really applies them to inputs like ``like``: fp8
+    storage, low-VRAM offload and LoRA weight functions (comfy.ops), scaled-fp8 checkpoints
+    and layers that cast themselves (GGUF) included. W_v for the input space."""
+    own_cast = getattr(linear, "cast_bias_weight", None)
+    if callable(own_cast):  # quantised layers from other packs bring their own cast
+        weight, bias = own_cast(like)[:2]
+    elif hasattr(linear, "weight_function"):  # every comfy.ops layer
+        import comfy.ops
+
+        weight, bias = comfy.ops.cast_bias_weight(linear, like)[:2]
+    else:
+        weight = linear.weight.to(like)
+        bias = linear.bias.to(like) if linear.bias is not None else None
+    scale = getattr(linear, "scale_weight", None)  # scaled fp8 stores W / scale
+    if isinstance(scale, torch.Tensor):
+        weight = weight * scale.to(weight)
+    return weight, bias

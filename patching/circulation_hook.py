@@ -6,14 +6,15 @@ import torch
 
 from ..hopfield import CirculationSettings, circulate_input_space, circulate_value_space
 from ..hopfield.circulation import needs_baseline
-from .block_input import install_block_input_stash, take_block_input
+from .block_input import block_key, effective_weight, take_block_input, unet_attn1_marker
 from .call import AttentionCall, Steering
-from .family import layer_map_of, model_family, unet_attn1
+from .family import layer_map_of, model_family, unet_attn1_modules
 from .layers import select_layers
 from .override import HostBaseline, install_attention_hook, record_steering
 from .schedule import in_window, sigma_window
 
 BRANCHES = ("both", "cond", "uncond")
+BRANCH_LABELS = {"cond": 0, "uncond": 1}  # ComfyUI's cond_or_uncond entries
 SPACES = ("value", "input")
 
 
@@ -21,8 +22,13 @@ def active_rows(call: AttentionCall, branch: str) -> torch.Tensor | None:
     """Bool [B] of the samples to steer; None means all of them."""
     if branch == "both":
         return None
-    wanted = 0 if branch == "cond" else 1
-    return call.branch_of_rows() == wanted
+    return call.branch_of_rows() == BRANCH_LABELS[branch]
+
+
+def steers_branch(call: AttentionCall, branch: str) -> bool:
+    """Whether any chunk of this call belongs to the branch (cfg = 1 runs cond alone, and
+    cond and uncond may come in separate calls): decided on the host, no work otherwise."""
+    return branch == "both" or BRANCH_LABELS[branch] in call.cond_or_uncond
 
 
 def patch_circulation(
@@ -48,16 +54,17 @@ def patch_circulation(
         )
     m = model_patcher.clone()
     sigma_start, sigma_end = sigma_window(m, start_percent, end_percent)
-    stash = None
-    if space == "input" and not settings.is_identity:
-        stash = install_block_input_stash(m)
-
     selected = select_layers(layers, layer_map_of(m))
+    input_space = None
+    if space == "input" and not settings.is_identity:
+        input_space = (unet_attn1_marker(m), unet_attn1_modules(m))
 
     def steer(call: AttentionCall, baseline: HostBaseline) -> torch.Tensor | None:
         if settings.is_identity or call.layer.index not in selected:
             return None
         if call.sigma is not None and not in_window(call.sigma, sigma_start, sigma_end):
+            return None
+        if not steers_branch(call, branch):
             return None
         active = active_rows(call, branch)
         if space == "value":
@@ -65,8 +72,8 @@ def patch_circulation(
             base = baseline.heads(call.heads) if wanted else None  # fused: one pass, no host call
             result = circulate_value_space(call.q, call.k, call.v, base, settings, active)
         else:
-            result = _steer_input_space(m, stash, call, baseline.heads(call.heads), settings,
-                                        active)
+            result = _steer_input_space(input_space, call, baseline.heads(call.heads),
+                                        settings, active)
         record_steering(call, Steering(settings, space, result.eta_bar, active))
         return result.out
 
@@ -74,19 +81,15 @@ def patch_circulation(
     return m
 
 
-def _steer_input_space(model_patcher, stash, call, base, settings, active):
+def _steer_input_space(input_space, call, base, settings, active):
+    """The authors' formulation over attn1's input X, projected by the layer's own W_v."""
+    marker, attn1_modules = input_space
     options = call.transformer_options
-    x = take_block_input(stash, options)
-    attn1 = unet_attn1(model_patcher, options["block"], options.get("block_index", 0))
-    w_v, b_v = _effective_weight(attn1.to_v, x)
+    x = take_block_input(marker, options)
+    if x.shape[:2] != (call.batch, call.k.shape[-2]):
+        raise RuntimeError(
+            f"input space: attn1's input X {tuple(x.shape)} does not match its keys "
+            f"{tuple(call.k.shape)} (another node changes attn1's values); use space='value'"
+        )
+    w_v, b_v = effective_weight(attn1_modules[block_key(options)].to_v, x)
     return circulate_input_space(call.q, call.k, x, w_v, b_v, base, settings, active)
-
-
-def _effective_weight(linear, like: torch.Tensor):
-    """W_v as the layer really applies it (fp8, low-VRAM offload and LoRA patches included)."""
-    import comfy.ops
-
-    if hasattr(linear, "weight_function"):  # every comfy.ops layer
-        weight, bias = comfy.ops.cast_bias_weight(linear, like)[:2]
-        return weight, bias
-    return linear.weight.to(like), (linear.bias.to(like) if linear.bias is not None else None)

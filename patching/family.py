@@ -16,7 +16,7 @@ class UnsupportedModelError(ValueError):
 
 def _unet_transformers(unet) -> list[tuple[str, int, object]]:
     """(block name, block number, SpatialTransformer) in forward order."""
-    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.attention import SpatialTransformer, SpatialVideoTransformer
 
     found = []
     for name, blocks in (
@@ -26,6 +26,13 @@ def _unet_transformers(unet) -> list[tuple[str, int, object]]:
     ):
         for number, block in enumerate(blocks):
             for module in block:
+                if isinstance(module, SpatialVideoTransformer):
+                    # Frames ride in the batch and temporal blocks attend across them: neither
+                    # the branch split nor the paper's layer index holds.
+                    raise UnsupportedModelError(
+                        "Hopfield Circulation does not support video UNets (Stable Video "
+                        "Diffusion); use an SDXL, SD1.x/SD2.x or SD3 model"
+                    )
                 if isinstance(module, SpatialTransformer):
                     found.append((name, number, module))
     return found
@@ -56,17 +63,19 @@ def layer_map_of(model_patcher) -> LayerMap:
     family = model_family(model_patcher)
     net = diffusion_model_of(model_patcher)
     if family == "sd3":
-        return sd3_layer_map(len(net.joint_blocks))
+        return sd3_layer_map(len(net.joint_blocks), int(getattr(net, "patch_size", 2)))
     depths = [(n, i, len(t.transformer_blocks)) for n, i, t in _unet_transformers(net)]
     if not depths:
         raise UnsupportedModelError("this UNet has no transformer (self-attention) blocks")
     return unet_layer_map(depths)
 
 
-def unet_attn1(model_patcher, block: tuple[str, int], block_index: int):
-    """The attn1 CrossAttention module at (block, block_index), for the input-space mode."""
+def unet_attn1_modules(model_patcher) -> dict[tuple, object]:
+    """Every attn1 CrossAttention module of a UNet, keyed like ``block_input.block_key``:
+    ((block name, block number), block_index). For the input-space mode's W_v."""
     net = diffusion_model_of(model_patcher)
-    for name, number, transformer in _unet_transformers(net):
-        if (name, number) == tuple(block):
-            return transformer.transformer_blocks[block_index].attn1
-    raise KeyError(f"no transformer at {block}")
+    return {
+        ((name, number), block_index): block.attn1
+        for name, number, transformer in _unet_transformers(net)
+        for block_index, block in enumerate(transformer.transformer_blocks)
+    }

@@ -27,6 +27,7 @@ class LayerMap:
     layers: tuple[LayerId, ...]
     # SDXL: (block name, block number, block_index) -> layer; SD3: (block number,) -> layer
     by_key: dict[tuple, LayerId]
+    patch_size: int = 1  # SD3: latent pixels per image token along each side
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -50,7 +51,7 @@ def unet_layer_map(transformer_depths: list[tuple[str, int, int]]) -> LayerMap:
     return LayerMap("sdxl", tuple(layers), by_key)
 
 
-def sd3_layer_map(depth: int) -> LayerMap:
+def sd3_layer_map(depth: int, patch_size: int = 2) -> LayerMap:
     """Layer map of an MMDiT with ``depth`` joint blocks, grouped into thirds."""
     layers, by_key = [], {}
     for i in range(depth):
@@ -58,7 +59,7 @@ def sd3_layer_map(depth: int) -> LayerMap:
         layer = LayerId("sd3", i, group, "joint")
         layers.append(layer)
         by_key[(i,)] = layer
-    return LayerMap("sd3", tuple(layers), by_key)
+    return LayerMap("sd3", tuple(layers), by_key, patch_size)
 
 
 _TOKEN = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")

@@ -6,7 +6,8 @@
 1. computes the baseline exactly as the host would (the previous override, else ``func``), so
    an untouched call is bit for bit the unpatched model;
 2. for self-attention calls it can place (layer, step, branch), lets ``handler`` replace the
-   output; masked, cross-attention or unplaceable calls are returned untouched;
+   output; masked, cross-attention or unplaceable calls are returned untouched (UNet attn1 is
+   told from attn2 by marker patches around attn1, not by shapes: see block_input.py);
 3. if it is the outermost of our hooks in this call, passes the final output to the observers
    registered on the model (the Stability Probe), so they see what the model really used.
 """
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from .block_input import Attn1Marker, unet_attn1_marker
 from .call import ACTIVE_KEY, OBSERVERS_KEY, AttentionCall, LayerId, Steering
 from .family import layer_map_of
 from .layers import LayerMap
@@ -26,6 +28,7 @@ from .schedule import LATENT_SHAPE_KEY, STEP_KEY, ensure_step_wrapper
 OVERRIDE_KEY = "optimized_attention_override"
 BLOCK_KEY = "hopfield_circulation_block"  # SD3: the joint block index, published per block
 STEERING_KEY = "hopfield_circulation_steering"  # set by the circulation hook for observers
+
 
 class HostBaseline:
     """The host's own output for this call, computed at most once and only when asked for.
@@ -63,34 +66,47 @@ def _heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.transpose(1, 2)
 
 
-def _place_unet(options: dict, layer_map: LayerMap, n_q: int, n_k: int):
+def _place_unet(options: dict, layer_map: LayerMap, marker: Attn1Marker | None, n_q: int,
+                n_k: int):
     block, shape = options.get("block"), options.get("activations_shape")
-    if block is None or shape is None:
-        return None, None
+    if block is None or shape is None or marker is None or not marker.is_attn1(options):
+        return None, None  # attn2 (cross-attention), or a call outside a transformer block
     h, w = int(shape[-2]), int(shape[-1])
-    if not n_q == n_k == h * w:  # attn2 (cross-attention) attends to the text context
+    if not n_q == n_k == h * w:  # tokens merged or tiled by another patch (ToMe, HyperTile)
         return None, None
     layer = layer_map.by_key.get((block[0], block[1], options.get("block_index", 0)))
     return layer, (h, w)
 
 
-def _place_mmdit(options: dict, layer_map: LayerMap, n_q: int):
+def _mmdit_block_index(options: dict) -> int | None:
     index = options.get(BLOCK_KEY)
+    if index is None and options.get("block_type") == "double":  # hosts that publish it
+        index = options.get("block_index")
+    return index
+
+
+def _place_mmdit(options: dict, layer_map: LayerMap, n_q: int):
+    index = _mmdit_block_index(options)
     latent = options.get(LATENT_SHAPE_KEY)
     if index is None or latent is None:
         return None, None, 0
     layer = layer_map.by_key.get((index,))
     if layer is None:
         return None, None, 0
-    grid = (math.ceil(latent[-2] / 2), math.ceil(latent[-1] / 2))  # MMDiT patch size 2
+    patch = layer_map.patch_size
+    grid = (math.ceil(latent[-2] / patch), math.ceil(latent[-1] / patch))  # padded to patches
     image_tokens = grid[0] * grid[1]
     if n_q == image_tokens:  # SD3.5-M's extra image-only self-attention in the same block
         return LayerId("sd3", layer.index, layer.group, "image_self"), grid, 0
-    return layer, grid, n_q - image_tokens
+    if n_q < image_tokens:
+        return None, None, 0
+    return layer, grid, n_q - image_tokens  # [text; image]: the context comes first
 
 
-def parse_call(layer_map: LayerMap, args: tuple, kwargs: dict) -> AttentionCall | None:
-    """The self-attention call in SDPA layout, or None for calls this pack leaves alone."""
+def parse_call(layer_map: LayerMap, args: tuple, kwargs: dict,
+               attn1_marker: Attn1Marker | None = None) -> AttentionCall | None:
+    """The self-attention call in SDPA layout, or None for calls this pack leaves alone
+    (masked, cross-attention, or not placeable in the model). UNets need ``attn1_marker``."""
     q, k, v = args[:3]
     heads = args[3] if len(args) > 3 else kwargs.get("heads")
     mask = args[4] if len(args) > 4 else kwargs.get("mask")
@@ -106,7 +122,7 @@ def parse_call(layer_map: LayerMap, args: tuple, kwargs: dict) -> AttentionCall 
         return None
     text_tokens = 0
     if layer_map.family == "sdxl":
-        layer, grid = _place_unet(options, layer_map, n_q, n_k)
+        layer, grid = _place_unet(options, layer_map, attn1_marker, n_q, n_k)
     else:
         layer, grid, text_tokens = _place_mmdit(options, layer_map, n_q)
     if layer is None:
@@ -145,10 +161,14 @@ def _notify(observers: list, call: AttentionCall, out_heads: torch.Tensor) -> No
 def install_attention_hook(model_patcher, handler: Handler | None = None) -> LayerMap:
     """Install our override on ``model_patcher`` (a clone), chaining the one it already has.
 
-    ``handler=None`` installs a pass-through hook whose only job is to feed the observers.
-    Returns the model's layer map (raises UnsupportedModelError for other model families).
+    ``handler=None`` installs a pass-through hook whose only job is to feed the observers
+    (``add_observer``). Also installs, once per model, what places the calls: the step wrapper
+    (schedule.py), on UNets the attn1 marker patches (block_input.py), on SD3 the block-index
+    replaces. Returns the model's layer map (raises UnsupportedModelError, a ValueError, for
+    other model families).
     """
     layer_map = layer_map_of(model_patcher)
+    marker = unet_attn1_marker(model_patcher) if layer_map.family == "sdxl" else None
     options = model_patcher.model_options.setdefault("transformer_options", {})
     previous = options.get(OVERRIDE_KEY)
 
@@ -162,7 +182,7 @@ def install_attention_hook(model_patcher, handler: Handler | None = None) -> Lay
             observers = call_options.get(OBSERVERS_KEY) if outermost else None
             if handler is None and not observers:
                 return baseline.output()
-            call = parse_call(layer_map, args, kwargs)
+            call = parse_call(layer_map, args, kwargs, marker)
             if call is None:
                 return baseline.output()
             out_heads = handler(call, baseline) if handler is not None else None
