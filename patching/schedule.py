@@ -1,14 +1,18 @@
 """Where a model call sits in the sampling schedule, decided once per call outside attention.
 
 The sigma of a model call is a device tensor. Reading it inside every attention layer would
-synchronise the GPU 70 times per step, so an APPLY_MODEL wrapper reads it once per model call and
-leaves a ``StepInfo`` in the call's transformer_options for the attention hooks.
+synchronise the GPU 70 times per step, so an APPLY_MODEL wrapper reads it (with the schedule, in
+one transfer) once per model call, where the sampler itself already waits for the device each
+step, and leaves a ``StepInfo`` in the call's transformer_options for the attention hooks. The
+step window is then a comparison of Python floats, the SkipLayerGuidance convention.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+
+import torch
 
 STEP_KEY = "hopfield_circulation_step"
 LATENT_SHAPE_KEY = "hopfield_circulation_latent_shape"
@@ -60,14 +64,22 @@ def sigma_window(model_patcher, start_percent: float, end_percent: float) -> tup
     return sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent)
 
 
+def _read_sigma_and_schedule(t, schedule) -> tuple[float, list[float] | None]:
+    """This call's sigma and the sampler's schedule as Python floats, in one device transfer
+    (all rows of a model call share one sigma)."""
+    sigma = t.reshape(-1)[:1]
+    if schedule is None:
+        return float(sigma), None
+    values = torch.cat((sigma.float(), schedule.reshape(-1).to(sigma.device, torch.float32)))
+    values = values.tolist()
+    return values[0], values[1:]
+
+
 def _apply_model_wrapper(executor, x, t, *args, **kwargs):
     """Record the latent shape and the step of this model call for the attention hooks."""
     transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options")
     if transformer_options is not None:
-        schedule = transformer_options.get("sample_sigmas")
-        schedule = schedule.tolist() if schedule is not None else None
-        # One host read per model call (all rows of a call share one sigma).
-        sigma = float(t.reshape(-1)[0])
+        sigma, schedule = _read_sigma_and_schedule(t, transformer_options.get("sample_sigmas"))
         step = locate_step(sigma, schedule)
         transformer_options[STEP_KEY] = StepInfo(
             step.sigma, step.step, step.percent, next(_MODEL_CALLS)
