@@ -13,6 +13,8 @@ SDXL = unet_layer_map(
 
 
 def test_sdxl_groups_follow_the_papers_ranges():
+    assert len(SDXL.layers) == 70  # 70 BasicTransformerBlocks, attn1 of each
+    assert [layer.index for layer in SDXL.layers] == list(range(0, 140, 2))
     assert select_layers("down", SDXL) == frozenset(range(0, 48, 2))
     assert select_layers("mid", SDXL) == frozenset(range(48, 68, 2))
     assert select_layers("up", SDXL) == frozenset(range(68, 140, 2))

@@ -6,64 +6,9 @@ import copy
 
 import pytest
 import torch
+from host.node_calls import adaptive, compare_rows_with_host, record_layers, skew
 
 pytestmark = pytest.mark.host
-
-
-@pytest.fixture(scope="module")
-def nodes(comfy_host):
-    from hopfield_circulation.nodes import circulation_nodes
-
-    return circulation_nodes
-
-
-@pytest.fixture(scope="module")
-def sdxl(comfy_host):
-    from host.tiny_models import tiny_sdxl
-
-    return tiny_sdxl()
-
-
-@pytest.fixture(scope="module")
-def sd3(comfy_host):
-    from host.tiny_models import tiny_sd3
-
-    return tiny_sd3()
-
-
-@pytest.fixture(scope="module")
-def sampling(comfy_host):
-    from host import tiny_models
-
-    return {"sdxl": tiny_models.sample_sdxl, "sd3": tiny_models.sample_sd3}
-
-
-def skew(nodes, model, alpha=1.05, beta=3.0, start=0.0, end=1.0, layers="all",
-         branch="both", space="value"):
-    return nodes.SkewCirculation.execute(
-        model, alpha, beta, start, end, layers, branch, space
-    ).result[0]
-
-
-def adaptive(nodes, model, alpha=1.2, beta=5.0, aggregation="per sample", **kw):
-    return nodes.AdaptiveCirculation.execute(
-        model, alpha, beta, kw.get("start", 0.0), kw.get("end", 1.0), kw.get("layers", "all"),
-        kw.get("branch", "both"), kw.get("space", "value"), aggregation,
-    ).result[0]
-
-
-def record_layers(patcher):
-    """A clone whose observer records (layer index, kind, steered?) of every self-attention call."""
-    from hopfield_circulation.patching.override import add_observer
-
-    seen = []
-
-    def observe(call, out):
-        seen.append((call.layer.index, call.layer.kind, call.steering is not None))
-
-    m = patcher.clone()
-    add_observer(m, observe)
-    return m, seen
 
 
 @pytest.mark.parametrize("family", ["sdxl", "sd3"])
@@ -71,8 +16,7 @@ def record_layers(patcher):
 def test_identity_settings_are_bit_identical(request, nodes, sampling, family, alpha, beta):
     model = request.getfixturevalue(family)
     base = sampling[family](model)
-    patched = skew(nodes, model, alpha=alpha if family == "sdxl" else alpha, beta=beta)
-    assert torch.equal(sampling[family](patched), base)
+    assert torch.equal(sampling[family](skew(nodes, model, alpha=alpha, beta=beta)), base)
     assert torch.equal(sampling[family](adaptive(nodes, model, alpha=alpha, beta=beta)), base)
 
 
@@ -88,15 +32,22 @@ def test_circulation_changes_samples(request, nodes, sampling, family, alpha):
     assert not torch.equal(static, adapted)
 
 
-def test_upstream_model_untouched(nodes, sampling, sdxl):
-    before = copy.copy(sdxl.model_options["transformer_options"])
-    wrappers_before = copy.deepcopy(list(sdxl.wrappers.keys()))
-    base = sampling["sdxl"](sdxl)
-    skew(nodes, sdxl)
-    adaptive(nodes, sdxl)
-    assert sdxl.model_options["transformer_options"] == before
-    assert list(sdxl.wrappers.keys()) == wrappers_before
-    assert torch.equal(sampling["sdxl"](sdxl), base)
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_upstream_model_untouched(request, nodes, sampling, family):
+    model = request.getfixturevalue(family).clone()
+    # Upstream patches of the kinds our hook adds to a clone (attn1 patches, dit replaces).
+    model.set_model_attn1_patch(lambda n, c, v, extra, **kw: (n, c, v))
+    model.set_model_patch_replace(lambda a, e, **kw: e["original_block"](a), "dit",
+                                  "double_block", 0)
+    options_before = copy.deepcopy(model.model_options)  # functions are kept by identity
+    wrappers_before = {k: {k1: list(w) for k1, w in v.items()} for k, v in model.wrappers.items()}
+    base = sampling[family](model)
+    skew(nodes, model, alpha=0.95)
+    adaptive(nodes, model)
+    assert model.model_options == options_before
+    assert {k: {k1: list(w) for k1, w in v.items()} for k, v in model.wrappers.items()} == (
+        wrappers_before)
+    assert torch.equal(sampling[family](model), base)
 
 
 @pytest.mark.parametrize("family", ["sdxl", "sd3"])
@@ -117,8 +68,27 @@ def test_previous_override_is_chained(request, nodes, sampling, family):
     assert torch.equal(sampling[family](identity), base)
     assert len(calls) == n_plain > 0  # every attention call still reaches the earlier override
     calls.clear()
-    sampling[family](skew(nodes, m))
+    sampling[family](skew(nodes, m, alpha=0.95))
     assert len(calls) == n_plain
+
+
+def test_existing_dit_block_replace_is_chained(nodes, sampling, sd3):
+    ran = []
+
+    def earlier_replace(args, extra, **kwargs):
+        ran.append(1)
+        return extra["original_block"](args)
+
+    m = sd3.clone()
+    m.set_model_patch_replace(earlier_replace, "dit", "double_block", 1)
+    base = sampling["sd3"](m)
+    n_plain = len(ran)
+    ran.clear()
+    assert torch.equal(sampling["sd3"](skew(nodes, m, alpha=1.0)), base)
+    steered, seen = record_layers(skew(nodes, m, alpha=0.95))
+    sampling["sd3"](steered)
+    assert len(ran) == 2 * n_plain > 0
+    assert {(0, "joint", True), (1, "joint", True)} == set(seen)  # block 1 still placed
 
 
 def test_stacked_nodes_chain(nodes, sampling, sdxl):
@@ -130,20 +100,31 @@ def test_stacked_nodes_chain(nodes, sampling, sdxl):
 def test_guidance_nodes_chain(nodes, sampling, sdxl, sd3):
     from comfy_extras.nodes_pag import PerturbedAttentionGuidance
     from comfy_extras.nodes_sag import SelfAttentionGuidance
+    from comfy_extras.nodes_sd3 import SkipLayerGuidanceSD3
     from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
 
     steered = skew(nodes, sdxl)
+    plain = sampling["sdxl"](steered)
     for patched in (
         PerturbedAttentionGuidance.execute(steered, 3.0).result[0],
         SelfAttentionGuidance.execute(steered, 0.5, 2.0).result[0],
         skew(nodes, PerturbedAttentionGuidance.execute(sdxl, 3.0).result[0]),
         skew(nodes, SelfAttentionGuidance.execute(sdxl, 0.5, 2.0).result[0]),
     ):
-        assert torch.isfinite(sampling["sdxl"](patched)).all()
-    slg = SkipLayerGuidanceDiT.execute(skew(nodes, sd3, alpha=0.95), 3.0, 0.0, 1.0, "1", "")
-    assert torch.isfinite(sampling["sd3"](slg.result[0])).all()
-    slg_first = SkipLayerGuidanceDiT.execute(sd3, 3.0, 0.0, 1.0, "1", "").result[0]
-    assert torch.isfinite(sampling["sd3"](skew(nodes, slg_first, alpha=0.95))).all()
+        guided = sampling["sdxl"](patched)
+        assert torch.isfinite(guided).all() and not torch.equal(guided, plain)
+    sd3_steered = skew(nodes, sd3, alpha=0.95)
+    plain = sampling["sd3"](sd3_steered)
+    for patched in (
+        SkipLayerGuidanceDiT.execute(sd3_steered, 3.0, 0.0, 1.0, "1", "").result[0],
+        SkipLayerGuidanceSD3.execute(sd3_steered, "0", 3.0, 0.0, 1.0).result[0],
+        skew(nodes, SkipLayerGuidanceDiT.execute(sd3, 3.0, 0.0, 1.0, "1", "").result[0],
+             alpha=0.95),
+        skew(nodes, SkipLayerGuidanceSD3.execute(sd3, "0", 3.0, 0.0, 1.0).result[0],
+             alpha=0.95),
+    ):
+        guided = sampling["sd3"](patched)
+        assert torch.isfinite(guided).all() and not torch.equal(guided, plain)
 
 
 def test_cfg_one_and_branches(nodes, sampling, sdxl):
@@ -154,12 +135,30 @@ def test_cfg_one_and_branches(nodes, sampling, sdxl):
     assert torch.equal(both, sampling["sdxl"](skew(nodes, sdxl, branch="cond"), cfg=1.0))
 
 
+@pytest.mark.parametrize("family, branch", [("sdxl", "cond"), ("sdxl", "uncond"),
+                                            ("sd3", "cond")])
+def test_unselected_branch_rows_are_the_host_output(request, nodes, family, branch):
+    """Batch 2, cond and uncond in one call (uncond first): the other branch's rows of every
+    attention call are the host's output bit for bit; the chosen branch's self-attention is not."""
+    from host import tiny_models
+
+    model = request.getfixturevalue(family)
+    m, rows = compare_rows_with_host(skew(nodes, model, alpha=1.05 if family == "sdxl" else 0.95,
+                                          branch=branch))
+    getattr(tiny_models, f"sample_{family}")(m, batch=2)
+    wanted = 0 if branch == "cond" else 1
+    assert {b for b, _, _ in rows} == {0, 1}
+    assert all(same for b, same, _ in rows if b != wanted)
+    chosen_self = [same for b, same, self_attn in rows if b == wanted and self_attn]
+    assert chosen_self and not any(chosen_self)
+    assert all(same for b, same, self_attn in rows if b == wanted and not self_attn)  # attn2
+
+
 def test_branch_rows_when_batched(nodes, sdxl):
-    """cond and uncond share one call (uncond first); only the chosen half is steered."""
+    from hopfield_circulation.patching.override import add_observer
     from host.tiny_models import sample_sdxl
 
     m, seen_rows = sdxl.clone(), []
-    from hopfield_circulation.patching.override import add_observer
 
     def observe(call, out):
         if call.steering is not None:
@@ -172,6 +171,7 @@ def test_branch_rows_when_batched(nodes, sdxl):
 
 def test_batch_and_split_calls(nodes, sdxl):
     """Batch 2, and cond/uncond of different lengths, which ComfyUI runs as separate calls."""
+    from hopfield_circulation.patching.override import add_observer
     from host.tiny_models import sample, sdxl_conditioning
 
     steered = skew(nodes, sdxl)
@@ -181,14 +181,17 @@ def test_batch_and_split_calls(nodes, sdxl):
     # lcm(77, 385) / 77 = 5 > 4: ComfyUI refuses to pad them into one batch
     long_negative = [[c.repeat(1, 5, 1), extra] for c, extra in sdxl_conditioning(2)]
     chunks = []
-    from hopfield_circulation.patching.override import add_observer
-
     m = steered.clone()
     add_observer(m, lambda call, out: chunks.append(tuple(call.cond_or_uncond)))
     out = sample(m, sdxl_conditioning(1), long_negative, latent_channels=4)
     base = sample(sdxl, sdxl_conditioning(1), long_negative, latent_channels=4)
     assert set(chunks) == {(0,), (1,)}  # separate calls
     assert torch.isfinite(out).all() and not torch.equal(out, base)
+    # uncond-only steering of split calls: the cond calls are left alone, the uncond ones not
+    m, rows = compare_rows_with_host(skew(nodes, sdxl, branch="uncond"))
+    sample(m, sdxl_conditioning(1), long_negative, latent_channels=4)
+    assert all(same for b, same, _ in rows if b == 0)
+    assert not all(same for b, same, self_attn in rows if b == 1 and self_attn)
 
 
 def test_step_window(nodes, sampling, sdxl, sd3):
@@ -202,50 +205,10 @@ def test_step_window(nodes, sampling, sdxl, sd3):
     sampling["sd3"](m, steps=4)
     steered = [s for s in seen if s[2]]
     assert 0 < len(steered) < len(seen)
-
-
-@pytest.mark.parametrize("family, spec", [
-    ("sdxl", "down"), ("sdxl", "mid"), ("sdxl", "up"), ("sdxl", "0-3, 8-13"),
-    ("sdxl", "all"), ("sd3", "1"), ("sd3", "early"), ("sd3", "all"),
-])
-def test_layer_selection_hits_exactly(request, nodes, sampling, family, spec):
-    from hopfield_circulation.patching.family import layer_map_of
-    from hopfield_circulation.patching.layers import select_layers
-
-    model = request.getfixturevalue(family)
-    expected = select_layers(spec, layer_map_of(model))
-    m, seen = record_layers(skew(nodes, model, alpha=1.05 if family == "sdxl" else 0.95,
-                                 layers=spec))
-    sampling[family](m, steps=2)
-    steered = {index for index, _, hit in seen if hit}
-    assert steered == set(expected)
-    per_layer = len(seen) // len(layer_map_of(model).layers)
-    assert len(seen) == per_layer * len(layer_map_of(model).layers)  # every layer, every pass
-
-
-def test_sdxl_layer_map_matches_the_paper_for_full_size_depths():
-    from hopfield_circulation.patching.layers import unet_layer_map
-
-    sdxl = [("input", 4, 2), ("input", 5, 2), ("input", 7, 10), ("input", 8, 10),
-            ("middle", 0, 10)] + [("output", i, 10) for i in range(3)] + [
-        ("output", i, 2) for i in range(3, 6)]
-    layer_map = unet_layer_map(sdxl)
-    groups = {g: [layer.index for layer in layer_map.layers if layer.group == g]
-              for g in ("down", "mid", "up")}
-    assert (min(groups["down"]), max(groups["down"])) == (0, 46)
-    assert (min(groups["mid"]), max(groups["mid"])) == (48, 66)
-    assert (min(groups["up"]), max(groups["up"])) == (68, 138)
-    assert len(layer_map.layers) == 70
-
-
-def test_sd35_image_self_attention_is_steered(nodes, sampling, comfy_host):
-    from host.tiny_models import tiny_sd3
-
-    model = tiny_sd3(x_block_self_attn_layers=[0])
-    m, seen = record_layers(skew(nodes, model, alpha=0.95))
-    out = sampling["sd3"](m)
-    assert {(0, "image_self", True), (0, "joint", True), (1, "joint", True)} <= set(seen)
-    assert torch.isfinite(out).all()
+    # A second-order sampler evaluates between schedule steps: still placed and windowed.
+    m, seen = record_layers(skew(nodes, sdxl, start=0.0, end=0.5))
+    sampling["sdxl"](m, steps=3, sampler="heun")
+    assert 0 < sum(s[2] for s in seen) < len(seen)
 
 
 def test_input_space_sdxl(nodes, sampling, sdxl):
@@ -255,6 +218,8 @@ def test_input_space_sdxl(nodes, sampling, sdxl):
     assert not torch.equal(inp, base) and torch.isfinite(inp).all()
     # Same steering, different norm-matching axis: close to the value-space result, not equal.
     assert (inp - value).norm() < 0.5 * (value - base).norm()
+    identity = sampling["sdxl"](skew(nodes, sdxl, alpha=1.0, space="input"))
+    assert torch.equal(identity, base)
 
 
 def test_input_space_without_norm_match_equals_value_space(comfy_host, sdxl):
@@ -264,15 +229,25 @@ def test_input_space_without_norm_match_equals_value_space(comfy_host, sdxl):
     from host.tiny_models import sample_sdxl
 
     settings = CirculationSettings(alpha=1.1, beta=2.0, norm_match=False)
-    value = sample_sdxl(patch_circulation(sdxl, settings, space="value"))
-    inp = sample_sdxl(patch_circulation(sdxl, settings, space="input"))
-    # Equal up to fp32 rounding (the exact identity is checked in float64 by the core tier).
-    torch.testing.assert_close(inp, value, rtol=1e-3, atol=1e-3)
+    # A LoRA-like weight patch on every attn1.to_v: W_v must be the weight the layer applies.
+    lora = sdxl.clone()
+    gen = torch.Generator().manual_seed(5)
+    diffs = {key: (0.5 * torch.randn(weight.shape, generator=gen),)
+             for key, weight in lora.model.state_dict().items()
+             if key.endswith("attn1.to_v.weight")}
+    assert lora.add_patches(diffs, 1.0)
+    for model in (sdxl, lora):
+        value = sample_sdxl(patch_circulation(model, settings, space="value"))
+        inp = sample_sdxl(patch_circulation(model, settings, space="input"))
+        # Equal up to fp32 rounding (the exact identity is checked in float64 by the core tier).
+        torch.testing.assert_close(inp, value, rtol=1e-3, atol=1e-3)
+    assert not torch.equal(value, sample_sdxl(patch_circulation(sdxl, settings, space="value")))
 
 
 def test_bad_use_fails_clearly(nodes, sdxl, sd3, comfy_host):
     import comfy.model_management
     import comfy.model_patcher
+    from host.tiny_models import tiny_flux
 
     with pytest.raises(ValueError, match="input"):
         skew(nodes, sd3, space="input")
@@ -284,8 +259,14 @@ def test_bad_use_fails_clearly(nodes, sdxl, sd3, comfy_host):
         skew(nodes, sd3, layers="2-30")
     with pytest.raises(ValueError, match="start_percent"):
         skew(nodes, sdxl, start=0.8, end=0.2)
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        skew(nodes, sdxl, end=1.5)
+    with pytest.raises(ValueError, match="alpha must be a finite"):
         skew(nodes, sdxl, alpha=float("nan"))
+    with pytest.raises(ValueError, match="beta must be a finite"):
+        adaptive(nodes, sdxl, beta=float("inf"))
+    with pytest.raises(ValueError, match="supports SDXL.*Flux"):
+        skew(nodes, tiny_flux())
 
     class NotADiffusionModel(torch.nn.Module):
         def __init__(self):
@@ -296,3 +277,31 @@ def test_bad_use_fails_clearly(nodes, sdxl, sd3, comfy_host):
     other = comfy.model_patcher.ModelPatcher(NotADiffusionModel(), cpu, cpu)
     with pytest.raises(ValueError, match="supports SDXL.*Linear"):
         skew(nodes, other)
+
+
+@pytest.mark.parametrize("kind", ["disable_weight_init", "manual_cast", "weight_function",
+                                  "scaled_fp8", "plain"])
+def test_effective_value_weight_is_what_the_layer_applies(comfy_host, kind):
+    """W_v for the input space, whatever the layer type: x W^T + b equals the layer's output."""
+    import comfy.ops
+    from hopfield_circulation.patching.block_input import effective_weight
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 8, generator=gen)
+    if kind == "plain":
+        layer = torch.nn.Linear(8, 6)
+    elif kind == "scaled_fp8":
+        layer = comfy.ops.scaled_fp8_ops().Linear(8, 6, bias=True, dtype=torch.float8_e4m3fn)
+        layer.scale_weight = torch.nn.Parameter(torch.tensor(0.25), requires_grad=False)
+    else:
+        ops = comfy.ops.disable_weight_init if kind == "disable_weight_init" else (
+            comfy.ops.manual_cast)
+        layer = ops.Linear(8, 6, bias=True)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(6, 8, generator=gen).to(layer.weight.dtype))
+        layer.bias.copy_(torch.randn(6, generator=gen))
+    if kind == "weight_function":
+        layer.weight_function = [lambda w: 2 * w + 1]
+        layer.comfy_cast_weights = True
+    weight, bias = effective_weight(layer, x)
+    torch.testing.assert_close(torch.nn.functional.linear(x, weight, bias), layer(x))

@@ -1,8 +1,14 @@
-"""Tiny SDXL and SD3 models built in-process with real ComfyUI classes, for the host tier.
+"""Tiny SDXL, SD1.x, SD3 and Flux models built in-process with real ComfyUI classes, random
+conditioning for them, and tiny checkpoints on disk (no downloaded weights anywhere).
 
 Sizes follow ../shared/notes/comfyui-host.md §5: a 4.5 M-parameter SDXL UNet (transformers at
 two levels plus the middle block) and a 1.1 M-parameter two-block MMDiT. ComfyUI creates layers
 with uninitialised memory, so every parameter is set from a seeded generator.
+
+Checkpoints (`write_tiny_sd3_checkpoint`, `write_tiny_sdxl_checkpoint`) hold the diffusion model
+and a random TAESD VAE, no text encoder. ComfyUI detects the tiny MMDiT as SD3 as it is; it only
+recognises SDXL at full size, so `register_tiny_sdxl_detection()` teaches this process the tiny
+UNet (a test-only model config at the front of comfy.supported_models.models).
 """
 
 from __future__ import annotations
@@ -28,6 +34,31 @@ SD3_MMDIT = dict(
     num_patches=1024, pos_embed_max_size=32, pos_embed_scaling_factor=None,
     x_block_self_attn_layers=[],
 )
+
+
+# SD1.x-style UNet: 768-wide context, no ADM, 8 heads, conv (not linear) transformer projections.
+SD15_UNET = dict(
+    use_checkpoint=False, image_size=32, use_spatial_transformer=True, legacy=False,
+    adm_in_channels=None, in_channels=4, out_channels=4, model_channels=32,
+    num_res_blocks=[1, 1], channel_mult=[1, 2], transformer_depth=[1, 1],
+    transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, context_dim=768,
+    use_linear_in_transformer=False, use_temporal_resblock=False, use_temporal_attention=False,
+)
+
+FLUX = dict(
+    image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32,
+    hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1,
+    axes_dim=[8, 12, 12], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False,
+)
+
+# What detect_unet_config reads from the tiny SDXL checkpoint, reduced to the keys that tell it
+# apart (a model config matches when all of its unet_config items equal the detected ones).
+TINY_SDXL_DETECTED = {
+    "model_channels": 32, "context_dim": 64, "adm_in_channels": 2816,
+    "transformer_depth": [0, 1, 1], "transformer_depth_output": [0, 0, 1, 1, 1, 1],
+    "transformer_depth_middle": 1, "use_linear_in_transformer": True,
+    "use_temporal_attention": False,
+}
 
 
 def init_weights(module: torch.nn.Module, seed: int = 0) -> None:
@@ -78,10 +109,37 @@ def tiny_sd3(seed: int = 0, x_block_self_attn_layers=()):
     return _patcher(model)
 
 
+def tiny_sd15(seed: int = 0):
+    """A ModelPatcher around a tiny ``model_base.BaseModel`` (SD1.x kind, EPS)."""
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15(dict(SD15_UNET))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    init_weights(model, seed)
+    return _patcher(model)
+
+
+def tiny_flux(seed: int = 0):
+    """A ModelPatcher around a tiny ``model_base.Flux``: a family this pack refuses."""
+    import comfy.supported_models
+
+    config = comfy.supported_models.Flux(dict(FLUX))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    init_weights(model, seed)
+    return _patcher(model)
+
+
 def sdxl_conditioning(seed: int = 1, batch: int = 1):
     gen = torch.Generator().manual_seed(seed)
     extra = {"pooled_output": torch.randn(batch, 1280, generator=gen), "width": 128, "height": 128}
     return [[torch.randn(batch, 77, 64, generator=gen), extra]]
+
+
+def sd15_conditioning(seed: int = 1, batch: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, 77, 768, generator=gen), {}]]
 
 
 def sd3_conditioning(seed: int = 1, batch: int = 1):
@@ -107,6 +165,12 @@ def sample(patcher, positive, negative, *, latent_channels: int, batch: int = 1,
 def sample_sdxl(patcher, **kw):
     batch = kw.pop("batch", 1)
     return sample(patcher, sdxl_conditioning(1, batch), sdxl_conditioning(2, batch),
+                  latent_channels=4, batch=batch, **kw)
+
+
+def sample_sd15(patcher, **kw):
+    batch = kw.pop("batch", 1)
+    return sample(patcher, sd15_conditioning(1, batch), sd15_conditioning(2, batch),
                   latent_channels=4, batch=batch, **kw)
 
 
@@ -136,3 +200,25 @@ def write_checkpoint(patcher, latent_channels: int, path, seed: int = 0) -> None
 def write_tiny_sd3_checkpoint(path, seed: int = 0) -> None:
     """The tiny MMDiT, which CheckpointLoaderSimple detects as SD3 as it is."""
     write_checkpoint(tiny_sd3(seed), 16, path, seed)
+
+
+def register_tiny_sdxl_detection() -> None:
+    """Let this process's checkpoint detection load the tiny SDXL UNet as ``model_base.SDXL``
+    (idempotent; test set-up only)."""
+    import comfy.supported_models
+
+    if any(getattr(m, "hc_tiny_sdxl", False) for m in comfy.supported_models.models):
+        return
+
+    class TinySDXLConfig(comfy.supported_models.SDXL):
+        hc_tiny_sdxl = True
+        unet_config = dict(TINY_SDXL_DETECTED)
+        # BASE forces 64 channels per head; the 32-128 channel levels need 16
+        unet_extra_config = {"num_heads": -1, "num_head_channels": 16}
+
+    comfy.supported_models.models.insert(0, TinySDXLConfig)
+
+
+def write_tiny_sdxl_checkpoint(path, seed: int = 0) -> None:
+    """The tiny SDXL UNet; loading it needs ``register_tiny_sdxl_detection()`` first."""
+    write_checkpoint(tiny_sdxl(seed), 4, path, seed)

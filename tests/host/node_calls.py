@@ -1,0 +1,56 @@
+"""Calling the circulation nodes the way ComfyUI does, and watching what they do to each call."""
+
+from __future__ import annotations
+
+import torch
+
+
+def skew(nodes, model, alpha=1.05, beta=3.0, start=0.0, end=1.0, layers="all",
+         branch="both", space="value"):
+    return nodes.SkewCirculation.execute(
+        model, alpha, beta, start, end, layers, branch, space
+    ).result[0]
+
+
+def adaptive(nodes, model, alpha=1.2, beta=5.0, aggregation="per sample", start=0.0, end=1.0,
+             layers="all", branch="both", space="value"):
+    return nodes.AdaptiveCirculation.execute(
+        model, alpha, beta, start, end, layers, branch, space, aggregation
+    ).result[0]
+
+
+def record_layers(patcher):
+    """A clone whose observer records (layer index, kind, steered?) of every self-attention call."""
+    from hopfield_circulation.patching.override import add_observer
+
+    seen = []
+
+    def observe(call, out):
+        seen.append((call.layer.index, call.layer.kind, call.steering is not None))
+
+    m = patcher.clone()
+    add_observer(m, observe)
+    return m, seen
+
+
+def compare_rows_with_host(patcher):
+    """A clone with a foreign override outside ours that also runs the host's own attention on
+    every call. Returns (clone, rows): rows gets (branch, same?, self-attention?) per chunk and
+    call, "same" meaning the chunk of the final output equals the host's output bit for bit."""
+    inner = patcher.model_options["transformer_options"]["optimized_attention_override"]
+    rows = []
+
+    def compare_with_host(func, *args, **kwargs):
+        out = inner(func, *args, **kwargs)
+        host = func(*args, **kwargs)
+        chunks = kwargs["transformer_options"]["cond_or_uncond"]
+        per = out.shape[0] // len(chunks)
+        self_attention = args[0].shape[1] == args[1].shape[1]
+        for i, branch in enumerate(chunks):
+            part = slice(i * per, (i + 1) * per)
+            rows.append((branch, torch.equal(out[part], host[part]), self_attention))
+        return out
+
+    m = patcher.clone()
+    m.model_options["transformer_options"]["optimized_attention_override"] = compare_with_host
+    return m, rows
