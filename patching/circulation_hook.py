@@ -19,10 +19,21 @@ SPACES = ("value", "input")
 
 
 def active_rows(call: AttentionCall, branch: str) -> torch.Tensor | None:
-    """Bool [B] of the samples to steer; None means all of them."""
+    """Bool [B] of the samples to steer; None means all of them.
+
+    The batch holds len(cond_or_uncond) equal chunks in that order. Built from fills on q's
+    device: a tensor made from a Python list would be a host-to-device copy, which waits for
+    the device inside every attention call.
+    """
     if branch == "both":
         return None
-    return call.branch_of_rows() == BRANCH_LABELS[branch]
+    wanted = BRANCH_LABELS[branch]
+    chunks = call.cond_or_uncond or [0]
+    per_chunk = call.batch // len(chunks)
+    return torch.cat([
+        torch.full((per_chunk,), label == wanted, dtype=torch.bool, device=call.q.device)
+        for label in chunks
+    ])
 
 
 def steers_branch(call: AttentionCall, branch: str) -> bool:
