@@ -25,10 +25,10 @@ def active_rows(call: AttentionCall, branch: str) -> torch.Tensor | None:
     device: a tensor made from a Python list would be a host-to-device copy, which waits for
     the device inside every attention call.
     """
-    if branch == "both":
-        return None
-    wanted = BRANCH_LABELS[branch]
+    wanted = BRANCH_LABELS.get(branch)
     chunks = call.cond_or_uncond or [0]
+    if wanted is None or all(label == wanted for label in chunks):
+        return None  # "both", or a call of the chosen branch alone (cfg = 1, split calls)
     per_chunk = call.batch // len(chunks)
     return torch.cat([
         torch.full((per_chunk,), label == wanted, dtype=torch.bool, device=call.q.device)
