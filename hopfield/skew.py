@@ -28,7 +28,8 @@ def as_device_tensor(value: Scalar, dtype: torch.dtype, device: torch.device) ->
     Python float through fp32 first (that would cost fp64 references their last digits)."""
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=dtype)
-    return torch.tensor(value, dtype=dtype, device=device)
+    # torch.full, not torch.tensor: no host-to-device copy (which would wait for the GPU)
+    return torch.full((), value, dtype=dtype, device=device)
 
 
 def skew_coefficients(alpha: Scalar, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

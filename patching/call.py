@@ -85,15 +85,5 @@ class AttentionCall:
     def batch(self) -> int:
         return self.q.shape[0]
 
-    def branch_of_rows(self) -> torch.Tensor:
-        """Per-sample branch (0 cond, 1 uncond) as a [B] long tensor on q's device.
-
-        The batch is split into len(cond_or_uncond) equal chunks, in that order.
-        """
-        chunks = self.cond_or_uncond or [0]
-        per_chunk = self.batch // len(chunks)
-        labels = torch.tensor(chunks, device=self.q.device)
-        return labels.repeat_interleave(per_chunk)
-
 
 Observer = Callable[[AttentionCall, torch.Tensor], None]
