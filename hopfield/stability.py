@@ -7,18 +7,23 @@ For each retrieved feature xi (a column of the retrieval, centred over tokens, u
     r      = mean(lambda < 0)             instability fraction (eq. 28)
     Align  = cos(xi, h)                   alignment score (eq. 29)
 
+and, of the same call, the symmetry index eta_M of the realised logits QK^T / sqrt(d) (eq. 36).
+
 M_sym is the symmetric part of the logits of *centred* queries and keys, Qc Kc^T / sqrt(d):
 
     h = (Qc (Kc^T xi) + Kc (Qc^T xi)) / (2 sqrt(d))                       O(L d) per column
 
-When q = X Wq^T and k = X Wk^T, Qc Kc^T = Xc W Xc^T, so h equals the paper's Xc S Xc^T xi
-divided by sqrt(d): E and lambda are the paper's divided by sqrt(d) (its footnote 1 drops the
-scale); r and Align are scale-free and identical. Centring matters for r and Align (it removes
-the constant shift that biases and mean features add to every logit).
+Scale: when q = X Wq^T and k = X Wk^T (with or without biases), Qc Kc^T = Xc W Xc^T, so h is
+the paper's Xc S Xc^T xi (S = sym(Wq_h^T Wk_h), Algorithm 2) divided by sqrt(d): E and lambda
+are the paper's values divided by sqrt(d) (its footnote 1 drops the scale, see
+../shared/notes/perf-math.md 1(c)); r and Align are scale-free and identical. Centring matters
+for r and Align: it removes the constant shift that biases and mean features add to every logit
+(E does not change, since xi sums to zero). With qk-norm or RoPE (q, k not linear in X) the
+head-space form is the natural generalisation rather than an equal quantity.
 
 Two feature bases: the attention output's d channels per head ("value", any model, cheap), or
 the retrieval over the block input X ("input", the paper's, C channels per head, optionally a
-subset of m channels).
+fixed subset of m channels); this module takes either as ``retrieval`` [B, H, L, m].
 """
 
 from __future__ import annotations
@@ -28,20 +33,25 @@ from dataclasses import dataclass
 
 import torch
 
+EPS = 1e-12
+ETA_EPS = 1e-20
+
 
 @dataclass
 class LayerStability:
     """Per-sample measures of one attention call, averaged over features and heads."""
 
-    energy: torch.Tensor  # [B]
+    energy: torch.Tensor  # [B]  E_X
     instability: torch.Tensor  # [B]  r_X
-    align: torch.Tensor  # [B]
+    align: torch.Tensor  # [B]  Align_X
+    eta: torch.Tensor  # [B]  eta_M, mean over heads
     token_map: torch.Tensor  # [B, L] lambda per token, mean over features and heads
 
 
 def local_field(q: torch.Tensor, k: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
     """h = M_sym(centred) xi for q, k [B, H, L, d] and centred features xi [B, H, L, m].
 
+    The readable per-column form (``layer_stability`` computes the same inside one fused pass).
     Since xi sums to zero over tokens, Kc^T xi = K^T xi and Qc^T xi = Q^T xi, and centring Q and
     K on the left only subtracts each column's mean: so the field of the raw q, k, centred over
     tokens, is the centred field, without copying q and k.
@@ -51,31 +61,65 @@ def local_field(q: torch.Tensor, k: torch.Tensor, xi: torch.Tensor) -> torch.Ten
     return field / (2 * math.sqrt(q.shape[-1]))
 
 
-def normalised_features(retrieval: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def normalised_features(retrieval: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """Columns centred over tokens (axis -2) and scaled to unit norm; zero columns stay zero."""
     centred = retrieval - retrieval.mean(dim=-2, keepdim=True)
     return centred / centred.norm(dim=-2, keepdim=True).clamp_min(eps)
 
 
 def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> LayerStability:
-    """The measures for one call. q, k [B, H, L, d]; retrieval [B, H, L, m] (any basis).
+    """E, r, Align, eta and the lambda map of one call. q, k [B, H, L, d]; retrieval [B, H, L, m]
+    (any basis, any strides). Runs in fp32 (fp64 for fp64 input) whatever the model dtype.
 
-    Runs in fp32 (fp64 for fp64 input) whatever the model dtype.
+    Cost (the probe runs this inside attention): 14 L d^2 multiply-adds per (sample, head) at
+    m = d, i.e. 3.5 d / L of one attention call's matmuls, plus ~10 passes over an [L, m] tensor.
+    How: K, Q and the centred retrieval Xc share one buffer Z = [K | Q | Xc], so two batched
+    matmuls give every Gram needed (K^T [K Q Xc] and Q^T [Q Xc]: eta's Q^T Q, K^T K, K^T Q and
+    the field's K^T Xc, Q^T Xc), a third applies the field. Normalising xi is folded into the
+    small [2d, m] factor (h / |xc| instead of xc / |xc|), Sum(lambda) comes from the Grams, and
+    the centring of h is a rank-1 shift added inside the field's matmul. No host sync.
     """
     dtype = torch.promote_types(retrieval.dtype, torch.float32)
-    q, k, retrieval = q.to(dtype), k.to(dtype), retrieval.to(dtype)
-    xi = normalised_features(retrieval)
-    h = local_field(q, k, xi)
-    lam = xi * h  # [B, H, L, m]
-    total = lam.sum(dim=-2)  # [B, H, m]
-    energy = -0.5 * total
-    instability = (lam < 0).to(dtype).mean(dim=-2)
-    align = total / h.norm(dim=-2).clamp_min(1e-12)  # |xi| = 1
+    b, heads, tokens, d = q.shape
+    m = retrieval.shape[-1]
+    z = torch.empty(b, heads, tokens, 2 * d + m, dtype=dtype, device=q.device)
+    z[..., :d].copy_(k)  # copy_ casts and gathers the host's strided layout in one pass
+    z[..., d:2 * d].copy_(q)
+    centred = z[..., 2 * d:]
+    centred.copy_(retrieval)
+    centred.sub_(centred.mean(dim=-2, keepdim=True))
+
+    z3 = z.view(b * heads, tokens, -1)
+    k3, q3, kq3, x3 = z3[..., :d], z3[..., d:2 * d], z3[..., :2 * d], z3[..., 2 * d:]
+    gram_k = k3.transpose(-1, -2) @ z3  # [BH, d, 2d + m]: K^T K | K^T Q | K^T Xc
+    gram_q = q3.transpose(-1, -2) @ z3[..., d:]  # [BH, d, d + m]: Q^T Q | Q^T Xc
+
+    # eta = <M, M^T> / |M|^2 = tr((K^T Q)^2) / tr(Q^T Q K^T K), as hopfield.symmetry
+    qq, kk, kq = gram_q[..., :d], gram_k[..., :d], gram_k[..., d:2 * d]
+    norm_sq = (qq * kk.transpose(-1, -2)).sum(dim=(-1, -2))
+    eta = (kq * kq.transpose(-1, -2)).sum(dim=(-1, -2)) / norm_sq.clamp_min(ETA_EPS)
+
+    # h / |xc| = [K | Q] [Q^T Xc ; K^T Xc] / (2 sqrt(d) |xc|^2), centred over tokens
+    col_sq = torch.square(x3).sum(dim=-2, keepdim=True)  # [BH, 1, m] = |xc|^2
+    k_x, q_x = gram_k[..., 2 * d:], gram_q[..., d:]
+    weights = torch.cat((q_x, k_x), dim=-2) / (col_sq.clamp_min(EPS) * (2 * math.sqrt(d)))
+    shift = kq3.mean(dim=-2, keepdim=True) @ weights  # [BH, 1, m]: the field's token mean
+    field = torch.baddbmm(shift, kq3, weights, beta=-1)  # h / |xc|, [BH, L, m]
+    field_sq = torch.square(field).sum(dim=-2)  # |h|^2 / |xc|^2
+
+    # sum_l lambda = xi^T h = Xc^T [K | Q] weights (the shift drops out: xc sums to zero)
+    total = (torch.cat((k_x, q_x), dim=-2) * weights).sum(dim=-2)  # [BH, m]
+    lam = field.mul_(x3)  # lambda = xi * h = xc * (h / |xc|), in place
+    negative = lam.clamp(max=0).sign_().sum(dim=-2).neg_()  # count of lambda < 0 (cheap path)
+    align = total / (col_sq.squeeze(-2) * field_sq).sqrt().clamp_min(EPS)  # |xi| |h|
+
+    per_head = (b, heads, m)
     return LayerStability(
-        energy=energy.mean(dim=(-1, -2)),
-        instability=instability.mean(dim=(-1, -2)),
-        align=align.mean(dim=(-1, -2)),
-        token_map=lam.mean(dim=(1, 3)),
+        energy=(-0.5 * total).view(per_head).mean(dim=(1, 2)),
+        instability=(negative / tokens).view(per_head).mean(dim=(1, 2)),
+        align=align.view(per_head).mean(dim=(1, 2)),
+        eta=eta.view(b, heads).mean(dim=-1),
+        token_map=lam.view(b, heads, tokens, m).sum(dim=-1).mean(dim=1) / m,
     )
 
 
@@ -85,3 +129,15 @@ def channel_subset(channels: int, m: int, seed: int = 0) -> torch.Tensor | None:
         return None
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(channels, generator=gen)[:m].sort().values
+
+
+def input_retrieval(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor,
+                    subset: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's retrieval over the block input (Algorithm 2's Hx): softmax(QK^T/sqrt(d)) X
+    per head, [B, H, L, m]. x: [B, L, C]; ``subset``: channel indices (``channel_subset``), None
+    for all C channels (the exact input basis). One attention call of value width m, without
+    an L x L matrix (m = d = 64 makes it flash-eligible)."""
+    if subset is not None:
+        x = x.index_select(-1, subset.to(x.device))
+    x = x.unsqueeze(1).expand(-1, q.shape[1], -1, -1).to(q.dtype)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, x)

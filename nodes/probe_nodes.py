@@ -139,7 +139,7 @@ class StabilityReport(io.ComfyNode):
         summary = summarise(state, run)
         heat, _ = heatmap_images(summary)
         over = overlay_images(heat, summary, image) if image is not None else heat
-        text = text_report(summary, run)
+        text = text_report(summary, run, state.settings)
         if save_file:
             path = _output_path(filename_prefix)
             save_report(path, summary, run, dataclasses.asdict(state.settings))

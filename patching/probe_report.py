@@ -16,12 +16,17 @@ from dataclasses import dataclass
 import torch
 
 from ..hopfield.heatmap import diverging_colors, overlay, upscale
-from .probe import BRANCH_NAMES, MEASURES, ProbeRun, ProbeState
+from .probe import BRANCH_NAMES, MEASURES, ProbeRun, ProbeSettings, ProbeState
 
 SCALE_NOTE = (
     "E and λ are computed from the scaled logits QKᵀ/√d, so they are the paper's X S Xᵀ values "
     "divided by √d (the paper drops the scale, footnote 1); r and Align are scale-free."
 )
+SD3_GROUPS_NOTE = (
+    "SD3: align_down, align_mid and align_up carry the early, middle and late thirds of the "
+    "joint blocks."
+)
+COLOUR_PERCENTILE = 0.99
 
 
 @dataclass
@@ -44,12 +49,16 @@ def summarise(state: ProbeState, run: ProbeRun) -> Summary:
     batch = next(iter(run.sums.values())).shape[1]
     sample_keys = [(b, i) for b in branches for i in range(batch)]
     labels = [f"sample {i} ({BRANCH_NAMES[b]})" for b, i in sample_keys]
+    # One device-to-host copy for all sums (not one per layer).
+    keys = list(run.sums)
+    sums = torch.stack([run.sums[key] for key in keys]).float().cpu()  # [keys, 4, B]
+    means = {key: sums[i] / run.counts[key] for i, key in enumerate(keys)}
     layer_values = torch.full((len(sample_keys), len(layers), len(MEASURES)), math.nan)
     for s, (branch, row) in enumerate(sample_keys):
         for j, (index, kind) in enumerate(layers):
             key = (index, kind, branch)
-            if key in run.sums:
-                layer_values[s, j] = (run.sums[key][:, row] / run.counts[key]).float().cpu()
+            if key in means:
+                layer_values[s, j] = means[key][:, row]
     group_values = torch.full((len(sample_keys), len(groups), len(MEASURES)), math.nan)
     for g, group in enumerate(groups):
         cols = [j for j, (index, _) in enumerate(layers) if group in ("all", group_of[index])]
@@ -77,7 +86,7 @@ def block_align(summary: Summary) -> dict[str, float]:
 
 
 def chart_payload(summary: Summary) -> dict:
-    """The `hopfield_align_chart` UI payload the js chart draws (JSON-able)."""
+    """The `hopfield_align_chart` UI payload the js chart draws (JSON-able; no NaN)."""
     align = MEASURES.index("align")
     samples = []
     for s, label in enumerate(summary.samples):
@@ -98,9 +107,30 @@ def _finite(value: torch.Tensor) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def text_report(summary: Summary, run: ProbeRun) -> str:
+def approximation_notes(settings: ProbeSettings, run: ProbeRun) -> list[str]:
+    """What in this report is an approximation of the paper's measures, said plainly."""
+    notes = []
+    if settings.basis == "value":
+        notes.append("Basis: value (the attention output's channels per head), a different "
+                     "statistic from the paper's input basis; compare runs with each other, "
+                     "and use basis 'input' for the paper's numbers.")
+    elif settings.channels:
+        notes.append(f"Basis: input over a fixed subset of {settings.channels} of X's channels "
+                     "(channels = 0 gives the exact value).")
+    if settings.basis == "input" and run.steering_spaces and (
+            settings.channels or run.steering_spaces != {"input"}):
+        notes.append("A circulation node was active: the input basis re-derived its blend over "
+                     "the probed channels of X, with the norm matched over those channels "
+                     "(approximate; exact only for space 'input' probed with channels = 0).")
+    if run.approximate_match:
+        notes.append("The LATENT matched this run's output only approximately (e.g. a "
+                      "sampler's denoised_output).")
+    return notes
+
+
+def text_report(summary: Summary, run: ProbeRun, settings: ProbeSettings | None = None) -> str:
     lines = [f"Hopfield stability ({summary.family.upper()}), run {run.number}, "
-             f"{len({s[0] for s in run.series})} steps recorded."]
+             f"{run.steps} steps recorded."]
     header = f"{'block':<8}{'E_X':>12}{'r_X':>9}{'Align_X':>10}{'eta_M':>9}"
     for s, label in enumerate(summary.samples):
         lines += ["", label, header]
@@ -109,31 +139,54 @@ def text_report(summary: Summary, run: ProbeRun) -> str:
             lines.append(f"{group:<8}{e:>12.4g}{r:>9.3f}{a:>10.4f}{eta:>9.3f}")
     lines += ["", "Stable retrieval: high Align_X, low r_X, low E_X. The paper's stable top-20 % "
               "of SDXL samples averaged Align_X 0.690, the unstable bottom-20 % 0.650 "
-              "(table 2).", SCALE_NOTE]
+              "(table 2, input basis, cond branch).", SCALE_NOTE]
+    if summary.family == "sd3":
+        lines.append(SD3_GROUPS_NOTE)
+    if settings is not None:
+        lines += approximation_notes(settings, run)
     return "\n".join(lines)
 
 
 def heatmap_images(summary: Summary, pixel_scale: int = 8) -> tuple[torch.Tensor, list[str]]:
-    """IMAGE batch: one coloured lambda map per sample and block group (sample-major)."""
-    images, labels = [], []
+    """IMAGE batch: one coloured lambda map per sample and block group (sample-major).
+
+    The colour range is symmetric and shared by the samples of one block group (its 99th
+    percentile of |lambda|), so samples compare at a glance; groups get their own range, since
+    lambda's scale differs between UNet levels.
+    """
+    images, labels, limits = [], [], []
+    group_limit = {
+        group: torch.quantile(maps.abs().flatten(), COLOUR_PERCENTILE)
+        for group, maps in summary.maps.items()
+    }
     for s, label in enumerate(summary.samples):
         for group in summary.groups:
             if group in summary.maps:
                 images.append(summary.maps[group][s])
                 labels.append(f"{label} {group}")
+                limits.append(group_limit[group])
     if not images:
-        raise RuntimeError("Stability Report: no token maps were recorded for this run")
+        raise RuntimeError(
+            "Stability Report: no token maps were recorded for this run (the layers that ran "
+            "gave no image-token grid)"
+        )
     maps = torch.stack(images)
-    colored = diverging_colors(maps)
+    colored = diverging_colors(maps, torch.stack(limits))
     h, w = maps.shape[-2:]
     return upscale(colored, (h * pixel_scale, w * pixel_scale)), labels
 
 
 def overlay_images(heat: torch.Tensor, summary: Summary, image: torch.Tensor) -> torch.Tensor:
     """Each heatmap over the decoded image of its sample (cycled when fewer images are given)."""
-    per_sample = len(heat) // len(summary.samples)
-    index = torch.tensor([(i // per_sample) % image.shape[0] for i in range(len(heat))])
-    return overlay(image.index_select(0, index).float().cpu(), heat).clamp(0, 1)
+    if image.ndim != 4 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"Stability Report: 'image' must be an IMAGE [B, H, W, 3], got "
+                         f"shape {tuple(image.shape)}")
+    per_sample = len(heat) // len(summary.samples)  # heatmaps are sample-major
+    # sample (branch, row) -> decoded image row: cond and uncond of one row share the image
+    index = torch.tensor([summary.sample_keys[i // per_sample][1] % image.shape[0]
+                          for i in range(len(heat))])
+    picked = image[..., :3].index_select(0, index).float().cpu()
+    return overlay(picked, heat).clamp(0, 1)
 
 
 def save_report(path: str, summary: Summary, run: ProbeRun, settings: dict) -> None:
@@ -145,10 +198,10 @@ def save_report(path: str, summary: Summary, run: ProbeRun, settings: dict) -> N
     tensors |= {f"block_mean/{name}": summary.group_values[..., i].contiguous()
                 for i, name in enumerate(MEASURES)}
     tensors |= {f"map/{group}": m.contiguous() for group, m in summary.maps.items()}
-    series = [(step, sigma, index, kind, branch, values.float().cpu())
-              for step, sigma, index, kind, branch, values in run.series]
+    series = run.series
     if series:
-        tensors["series/values"] = torch.stack([v for *_, v in series])  # [N, 4, B]
+        # one device-to-host copy for the whole series: [N, 4, B]
+        tensors["series/values"] = torch.stack([v for *_, v in series]).float().cpu()
         tensors["series/step"] = torch.tensor([-1 if s is None else s for s, *_ in series])
         tensors["series/sigma"] = torch.tensor([math.nan if s is None else s
                                                 for _, s, *_ in series], dtype=torch.float64)
@@ -158,6 +211,8 @@ def save_report(path: str, summary: Summary, run: ProbeRun, settings: dict) -> N
         "family": summary.family, "samples": summary.samples, "groups": list(summary.groups),
         "layers": [{"index": i, "kind": k, "group": g} for i, k, g in summary.layers],
         "measures": list(MEASURES), "series_kinds": [k for _, _, _, k, _, _ in series],
+        "series_layout": "series/values[n, measure, sample row of the branch]; step, sigma, "
+                         "layer, branch (0 cond, 1 uncond) per n",
         "settings": settings, "run": run.number, "note": SCALE_NOTE,
     }
     directory = os.path.dirname(path) or "."
