@@ -4,9 +4,9 @@
     out = new * clamp(|perturbed| / |new|, r_min, r_max)      per token and head
 
 The reference norm is the *perturbed* retrieval's, as in the authors' released code (the paper's
-text says "baseline feature scale"; the two differ by 5-22 % of the steering change, see
-README). All of it runs in fp32 whatever the model dtype, because the change is a small
-difference of two nearly equal retrievals amplified by beta.
+text says "baseline feature scale"; README says how much the two differ). All of it runs in fp32
+whatever the model dtype, because the change is a small difference of two nearly equal
+retrievals amplified by beta.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Two formulations:
   channels instead of the C input channels. Cost about 3x one attention call, no L x L matrix.
 * input space ("paper-exact"): the retrievals are softmax(A) X over the block input X
   (width C per head), blended and norm-matched there, then projected by the head's slice of W_v,
-  as in the authors' code. Cost 12-30x one attention call; for validation.
+  as in the authors' code. Many times the cost of one attention call (C >> d); for validation.
 
 Every coefficient stays a device tensor: nothing here synchronises with the host.
 """
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .blend import blend_retrievals
+from .input_space import steered_input_retrieval
 from .skew import skew_scaled_attention
 from .symmetry import adaptive_coefficients, aggregate_eta, symmetry_index
 
@@ -57,6 +58,10 @@ class CirculationSettings:
 class CirculationResult:
     out: torch.Tensor  # [B, H, L, d], the base retrieval's dtype
     eta_bar: torch.Tensor | None = None  # [B] or [1], fp32, adaptive mode only
+    # The coefficients really applied (alpha_eff, beta_eff when adaptive): floats, or
+    # [B|1, 1, 1, 1] tensors; None when nothing was applied (identity settings)
+    alpha: torch.Tensor | float | None = None
+    beta: torch.Tensor | float | None = None
 
 
 def _per_sample(value: torch.Tensor | float, ndim: int) -> torch.Tensor | float:
@@ -119,7 +124,7 @@ def circulate_value_space(
     else:
         blended = _two_call(q, k, v, base, alpha, beta, settings.norm_match)
     dtype = q.dtype if base is None else base.dtype
-    return CirculationResult(_select_rows(blended.to(dtype), base, active), eta_bar)
+    return CirculationResult(_select_rows(blended.to(dtype), base, active), eta_bar, alpha, beta)
 
 
 def _use_fused(q, k, v, kernel: str) -> bool:
@@ -156,13 +161,12 @@ def _fused(q, k, v, base, alpha, beta, settings: CirculationSettings, active) ->
 
 
 # The two-call path rounds both retrievals to the model dtype before their small difference is
-# amplified by beta. In bf16 (8-bit mantissa) that costs 6-7x the error of merely rounding the
-# final output to bf16 (12 % of the change at alpha 0.97 where the change is 8 % of the output,
-# benchmarks/precision.py); upcasting only the perturbed call still leaves 2-2.5x, from the
-# host's rounded baseline. So for bf16 both retrievals are recomputed in fp32 here (the host's
-# bf16 baseline then only serves unselected rows): that lands on the output-rounding floor. On
-# the CPU fp32 attention costs what bf16 does; on CUDA this path is the fallback when the fused
-# kernel cannot run. fp16 (11-bit mantissa) keeps the host's call: 0.3-1.6 % of the change.
+# amplified by beta. bf16's 8-bit mantissa makes that error several times the error of merely
+# rounding the final output to bf16, and upcasting only the perturbed call still leaves the
+# host's rounded baseline in the difference. So for bf16 both retrievals are recomputed in fp32
+# here (the host's bf16 baseline then only serves unselected rows), which lands on the
+# output-rounding floor. fp16's 11-bit mantissa keeps the host's call. benchmarks/precision.py
+# prints each variant's error against that floor.
 TWO_CALL_UPCAST = {torch.bfloat16: torch.float32}
 
 
@@ -195,13 +199,10 @@ def circulate_input_space(
     if settings.is_identity:
         return CirculationResult(base)
     heads, d = q.shape[1], q.shape[-1]
-    x_heads = x.unsqueeze(1).expand(-1, heads, -1, -1).to(q.dtype)  # a view: no copy per head
     alpha, beta, eta_bar = effective_coefficients(q, k, settings)
-    retrieved = F.scaled_dot_product_attention(q, k, x_heads)  # [B, H, L, C]
-    retrieved_alpha = skew_scaled_attention(q, k, x_heads, alpha)
-    blended = blend_retrievals(retrieved, retrieved_alpha, beta, norm_match=settings.norm_match)
+    _, blended = steered_input_retrieval(q, k, x, alpha, beta, settings.norm_match)
     w_heads = w_v.to(blended.dtype).reshape(heads, d, -1)  # [H, d, C]
     out = torch.einsum("bhlc,hdc->bhld", blended, w_heads)
     if b_v is not None:
         out = out + b_v.to(out.dtype).reshape(1, heads, 1, d)
-    return CirculationResult(_select_rows(out.to(base.dtype), base, active), eta_bar)
+    return CirculationResult(_select_rows(out.to(base.dtype), base, active), eta_bar, alpha, beta)

@@ -20,11 +20,11 @@ What runs in fp32: logits (tensor-core dot products accumulate in fp32), the run
 sums, both P V accumulators and the whole epilogue. P is rounded for the P V product, as in
 every flash-attention kernel: to fp16 for fp16 inputs, and to fp16 as well for bf16 inputs,
 with V converted to fp16 (scaled by a power of two per head when its max exceeds 2^14): bf16's
-8-bit mantissa on P would cost 2-3x the unavoidable output-rounding error on Δ at alpha near 1,
-fp16 costs 1.05x (benchmarks/precision.py). fp32 inputs use tf32 tensor-core dot products
-(fp16-grade logits): "tf32x3" or "ieee" would need more registers than Hopper has per thread
-(0.3-15 KB of spills, benchmarks/compile_hopper.py), so ``kernel="auto"`` sends fp32 models to
-the exact two-call path and uses this kernel for fp16 and bf16 only.
+8-bit mantissa on P would cost a multiple of the unavoidable output-rounding error on Δ at
+alpha near 1, fp16 barely adds to it (benchmarks/precision.py prints both). fp32 inputs use
+tf32 tensor-core dot products (fp16-grade logits): "tf32x3" or "ieee" would need more registers
+than Hopper has per thread (they spill, benchmarks/compile_hopper.py), so ``kernel="auto"``
+sends fp32 models to the exact two-call path and uses this kernel for fp16 and bf16 only.
 
 alpha and beta are Python numbers (passed by value) or per-sample device tensors (adaptive
 mode, [B] or [1] after flattening, any dtype): nothing here syncs with the host. The import is
@@ -98,10 +98,9 @@ class LaunchConfig:
     num_stages: int  # software-pipelining depth of the K_j, Q_j, V_j loads
 
 
-# Per (head dim, dtype class). Picked for Hopper (H100/H200) from an sm_90a compile of every
-# candidate with Triton 3.9 (benchmarks/compile_hopper.py --sweep: wgmma on all four dot
-# products, no register spills for fp16/bf16, shared memory under the 227 KB per block), not yet
-# from timings: a GPU session should confirm with `benchmarks/bench_gpu.py --sweep`. Two fp32
+# Per (head dim, dtype class), for Hopper (H100/H200): wgmma on all four dot products, no
+# register spills for fp16/bf16 and shared memory under the per-block limit in an sm_90a compile
+# (benchmarks/compile_hopper.py); `benchmarks/bench_gpu.py --sweep` times the candidates. Two fp32
 # accumulators of BLOCK_M x d plus two BLOCK_M x BLOCK_N score tiles live in registers, double
 # a flash kernel's, which is why d = 128 takes the smaller query tile (BLOCK_N = 128 spills).
 DEFAULT_CONFIGS = {

@@ -121,23 +121,3 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -
         eta=eta.view(b, heads).mean(dim=-1),
         token_map=lam.view(b, heads, tokens, m).sum(dim=-1).mean(dim=1) / m,
     )
-
-
-def channel_subset(channels: int, m: int, seed: int = 0) -> torch.Tensor | None:
-    """A fixed-seed subset of m input channels (sorted), or None for all of them."""
-    if m <= 0 or m >= channels:
-        return None
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(channels, generator=gen)[:m].sort().values
-
-
-def input_retrieval(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor,
-                    subset: torch.Tensor | None = None) -> torch.Tensor:
-    """The paper's retrieval over the block input (Algorithm 2's Hx): softmax(QK^T/sqrt(d)) X
-    per head, [B, H, L, m]. x: [B, L, C]; ``subset``: channel indices (``channel_subset``), None
-    for all C channels (the exact input basis). One attention call of value width m, without
-    an L x L matrix (m = d = 64 makes it flash-eligible)."""
-    if subset is not None:
-        x = x.index_select(-1, subset.to(x.device))
-    x = x.unsqueeze(1).expand(-1, q.shape[1], -1, -1).to(q.dtype)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, x)

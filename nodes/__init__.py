@@ -1,4 +1,4 @@
-"""The pack's V3 nodes. Thin: each parses its inputs and hands them to ``patching``."""
+"""The pack's V3 nodes. Thin: each parses its inputs and hands them to a feature package."""
 
 from comfy_api.latest import ComfyExtension, io
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..circulation import patch_circulation
 from ..hopfield import CirculationSettings
-from ..patching.circulation_hook import BRANCHES, SPACES, patch_circulation
+from ..vocabulary import FEATURE_SPACES, STEER_BRANCHES
 
 CATEGORY = "Hopfield Circulation/circulation"
 
@@ -39,12 +40,12 @@ def _shared_inputs(alpha: float, beta: float) -> list:
             "SD3 'early', 'middle', 'late' or joint-block indices (e.g. '0-11').",
         ),
         io.Combo.Input(
-            "branch", options=list(BRANCHES), default="both",
+            "branch", options=list(STEER_BRANCHES), default="both",
             tooltip="Which CFG branch is steered: both (as in the paper), only the positive "
             "(cond) or only the negative (uncond) prediction.",
         ),
         io.Combo.Input(
-            "space", options=list(SPACES), default="value",
+            "space", options=list(FEATURE_SPACES), default="value",
             tooltip="value: blend attention outputs per head (fast, about 3× one attention "
             "call). input: the authors' formulation over the block input, SDXL only, 12–30× "
             "slower; for validation.",

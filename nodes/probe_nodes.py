@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from comfy_api.latest import io, ui
 
-from ..patching.probe import (
-    BASES,
-    PROBE_BRANCHES,
-    ProbeSettings,
-    find_run,
-    patch_probe,
-    probe_state,
-)
-from ..patching.probe_report import (
-    block_align,
-    chart_payload,
-    heatmap_images,
-    overlay_images,
-    save_report,
-    summarise,
-    text_report,
-)
+from ..probe import ProbeSettings, build_report, patch_probe
+from ..vocabulary import FEATURE_SPACES, PROBE_BRANCHES
 
 CATEGORY = "Hopfield Circulation/diagnostics"
 Probe = io.Custom("HOPFIELD_PROBE")
@@ -44,7 +27,7 @@ class StabilityProbe(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model to probe (SDXL, SD1.x/2.x or SD3)."),
                 io.Combo.Input(
-                    "basis", options=list(BASES), default="value",
+                    "basis", options=list(FEATURE_SPACES), default="value",
                     tooltip="value: features are the attention output's channels per head "
                     "(any model, cheap). input: the paper's basis, the retrieval over the block "
                     "input X (SDXL only; see channels).",
@@ -134,32 +117,14 @@ class StabilityReport(io.ComfyNode):
 
     @classmethod
     def execute(cls, probe, latent, save_file, filename_prefix, image=None) -> io.NodeOutput:
-        run = find_run(probe, latent["samples"])
-        state = probe_state(probe)
-        summary = summarise(state, run)
-        heat, _ = heatmap_images(summary)
-        over = overlay_images(heat, summary, image) if image is not None else heat
-        text = text_report(summary, run, state.settings)
-        if save_file:
-            path = _output_path(filename_prefix)
-            save_report(path, summary, run, dataclasses.asdict(state.settings))
-            text += f"\nSaved: {path}"
-        align = block_align(summary)
-        preview = ui.PreviewImage(over if image is not None else heat, cls=cls).as_dict()
-        ui_payload = {**preview, "hopfield_align_chart": [chart_payload(summary)],
-                      "text": [text]}
-        return io.NodeOutput(heat, over, align["down"], align["mid"], align["up"], align["all"],
-                             text, ui=ui_payload)
-
-
-def _output_path(filename_prefix: str) -> str:
-    import os
-
-    import folder_paths
-
-    output_dir = folder_paths.get_output_directory()
-    folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
-    return os.path.join(folder, f"{name}_{counter:05}_.safetensors")
+        report = build_report(probe, latent["samples"], image,
+                              filename_prefix if save_file else None)
+        shown = report.overlay if image is not None else report.heatmaps
+        preview = ui.PreviewImage(shown, cls=cls).as_dict()
+        ui_payload = {**preview, "hopfield_align_chart": [report.chart], "text": [report.text]}
+        align = report.align
+        return io.NodeOutput(report.heatmaps, report.overlay, align["down"], align["mid"],
+                             align["up"], align["all"], report.text, ui=ui_payload)
 
 
 PROBE_NODES = [StabilityProbe, StabilityReport]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hopfield_circulation.patching.call import AttentionCall
-from hopfield_circulation.patching.circulation_hook import active_rows, steers_branch
+from hopfield_circulation.circulation.branches import active_rows, steers_branch
+from hopfield_circulation.hook.call import AttentionCall
 
 
 def call_of(batch: int, cond_or_uncond: list[int]) -> AttentionCall:

@@ -8,9 +8,8 @@ import pytest
 import torch
 from hopfield_circulation.hopfield import reference
 from hopfield_circulation.hopfield.heatmap import diverging_colors, tokens_to_grid
+from hopfield_circulation.hopfield.input_space import channel_subset, input_retrieval
 from hopfield_circulation.hopfield.stability import (
-    channel_subset,
-    input_retrieval,
     layer_stability,
     local_field,
     normalised_features,

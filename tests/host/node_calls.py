@@ -21,12 +21,12 @@ def adaptive(nodes, model, alpha=1.2, beta=5.0, aggregation="per sample", start=
 
 def record_layers(patcher):
     """A clone whose observer records (layer index, kind, steered?) of every self-attention call."""
-    from hopfield_circulation.patching.override import add_observer
+    from hopfield_circulation.hook.override import add_observer
 
     seen = []
 
-    def observe(call, out):
-        seen.append((call.layer.index, call.layer.kind, call.steering is not None))
+    def observe(call, out, steering):
+        seen.append((call.layer.index, call.layer.kind, steering is not None))
 
     m = patcher.clone()
     add_observer(m, observe)

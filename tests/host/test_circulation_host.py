@@ -155,14 +155,14 @@ def test_unselected_branch_rows_are_the_host_output(request, nodes, family, bran
 
 
 def test_branch_rows_when_batched(nodes, sdxl):
-    from hopfield_circulation.patching.override import add_observer
+    from hopfield_circulation.hook.override import add_observer
     from host.tiny_models import sample_sdxl
 
     m, seen_rows = sdxl.clone(), []
 
-    def observe(call, out):
-        if call.steering is not None:
-            seen_rows.append((tuple(call.cond_or_uncond), call.steering.active.tolist()))
+    def observe(call, out, steering):
+        if steering is not None:
+            seen_rows.append((tuple(call.cond_or_uncond), steering.active.tolist()))
 
     add_observer(m, observe)
     sample_sdxl(skew(nodes, m, branch="cond"))
@@ -171,7 +171,7 @@ def test_branch_rows_when_batched(nodes, sdxl):
 
 def test_batch_and_split_calls(nodes, sdxl):
     """Batch 2, and cond/uncond of different lengths, which ComfyUI runs as separate calls."""
-    from hopfield_circulation.patching.override import add_observer
+    from hopfield_circulation.hook.override import add_observer
     from host.tiny_models import sample, sdxl_conditioning
 
     steered = skew(nodes, sdxl)
@@ -182,7 +182,7 @@ def test_batch_and_split_calls(nodes, sdxl):
     long_negative = [[c.repeat(1, 5, 1), extra] for c, extra in sdxl_conditioning(2)]
     chunks = []
     m = steered.clone()
-    add_observer(m, lambda call, out: chunks.append(tuple(call.cond_or_uncond)))
+    add_observer(m, lambda call, out, steering: chunks.append(tuple(call.cond_or_uncond)))
     out = sample(m, sdxl_conditioning(1), long_negative, latent_channels=4)
     base = sample(sdxl, sdxl_conditioning(1), long_negative, latent_channels=4)
     assert set(chunks) == {(0,), (1,)}  # separate calls
@@ -224,8 +224,8 @@ def test_input_space_sdxl(nodes, sampling, sdxl):
 
 def test_input_space_without_norm_match_equals_value_space(comfy_host, sdxl):
     """Through the real hook: with norm matching off, input space + W_v == value space."""
+    from hopfield_circulation.circulation import patch_circulation
     from hopfield_circulation.hopfield import CirculationSettings
-    from hopfield_circulation.patching.circulation_hook import patch_circulation
     from host.tiny_models import sample_sdxl
 
     settings = CirculationSettings(alpha=1.1, beta=2.0, norm_match=False)
@@ -284,7 +284,7 @@ def test_bad_use_fails_clearly(nodes, sdxl, sd3, comfy_host):
 def test_effective_value_weight_is_what_the_layer_applies(comfy_host, kind):
     """W_v for the input space, whatever the layer type: x W^T + b equals the layer's output."""
     import comfy.ops
-    from hopfield_circulation.patching.block_input import effective_weight
+    from hopfield_circulation.families.unet_attn1 import effective_weight
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 8, generator=gen)

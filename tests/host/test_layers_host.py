@@ -17,11 +17,11 @@ pytestmark = pytest.mark.host
     ("sdxl", "all"), ("sd3", "1"), ("sd3", "early"), ("sd3", "all"),
 ])
 def test_layer_selection_hits_exactly(request, nodes, sampling, family, spec):
-    from hopfield_circulation.patching.family import layer_map_of
-    from hopfield_circulation.patching.layers import select_layers
+    from hopfield_circulation.families import adapter_for
+    from hopfield_circulation.hook.layers import select_layers
 
     model = request.getfixturevalue(family)
-    layer_map = layer_map_of(model)
+    layer_map = adapter_for(model).layer_map
     expected = select_layers(spec, layer_map)
     m, seen = record_layers(skew(nodes, model, alpha=1.05 if family == "sdxl" else 0.95,
                                  layers=spec))
@@ -35,7 +35,7 @@ def test_layer_selection_hits_exactly(request, nodes, sampling, family, spec):
 def test_cross_attention_with_as_many_tokens_as_pixels(nodes, sdxl):
     """A 64-token text context at the 8x8 level: attn2 then has attn1's shapes exactly; it must
     still be left alone (the attn1 marker tells them apart, not the shapes)."""
-    from hopfield_circulation.patching.family import layer_map_of
+    from hopfield_circulation.families import adapter_for
     from host.tiny_models import sample, sdxl_conditioning
 
     def conditioning(seed):
@@ -43,7 +43,7 @@ def test_cross_attention_with_as_many_tokens_as_pixels(nodes, sdxl):
 
     m, seen = record_layers(skew(nodes, sdxl))
     sample(m, conditioning(1), conditioning(2), latent_channels=4)
-    layers = layer_map_of(sdxl).layers
+    layers = adapter_for(sdxl).layer_map.layers
     assert Counter(index for index, _, _ in seen) == {layer.index: 2 for layer in layers}
     assert {kind for _, kind, _ in seen} == {"self"}
 
@@ -57,24 +57,24 @@ def test_attn1_replaced_by_guidance_is_not_confused_with_attn2(nodes, sdxl):
     def conditioning(seed):
         return [[c[:, :16], extra] for c, extra in sdxl_conditioning(seed)]
 
-    from hopfield_circulation.patching.family import layer_map_of
+    from hopfield_circulation.families import adapter_for
 
     m, seen = record_layers(PerturbedAttentionGuidance.execute(skew(nodes, sdxl), 3.0).result[0])
     out = sample(m, conditioning(1), conditioning(2), latent_channels=4)
     assert torch.isfinite(out).all()
     # per step: one batched cond+uncond call, then PAG's perturbed cond pass (middle attn1
     # replaced there, so that layer is not seen in it)
-    layers = layer_map_of(sdxl).layers
+    layers = adapter_for(sdxl).layer_map.layers
     assert Counter(index for index, _, _ in seen) == {
         layer.index: 2 if layer.group == "mid" else 4 for layer in layers}
 
 
 def test_sd15_unet_rides_the_sdxl_path(nodes, sampling, comfy_host):
-    from hopfield_circulation.patching.family import layer_map_of
+    from hopfield_circulation.families import adapter_for
     from host.tiny_models import tiny_sd15
 
     model = tiny_sd15()
-    layer_map = layer_map_of(model)
+    layer_map = adapter_for(model).layer_map
     assert layer_map.family == "sdxl" and [layer.index for layer in layer_map.layers] == list(
         range(0, 14, 2))
     base = sampling["sd15"](model)

@@ -39,7 +39,7 @@ def skew(env, model, alpha=1.05):
 
 
 def run_of(handle, latent):
-    from hopfield_circulation.patching.probe import find_run
+    from hopfield_circulation.probe import find_run
 
     return find_run(handle, latent)
 
@@ -75,8 +75,8 @@ def test_overlay_uses_the_image(env):
 def test_batch_samples_and_branches_stay_separate(env):
     probed, handle = probe(env, env["sdxl"], branch="both")
     latent = env["tiny"].sample_sdxl(probed, batch=2)
-    from hopfield_circulation.patching.probe import probe_state
-    from hopfield_circulation.patching.probe_report import summarise
+    from hopfield_circulation.probe import probe_state
+    from hopfield_circulation.probe.summary import summarise
 
     summary = summarise(probe_state(handle), run_of(handle, latent))
     assert summary.samples == ["sample 0 (cond)", "sample 1 (cond)", "sample 0 (uncond)",

@@ -60,18 +60,14 @@ def unet_attn1_marker(model_patcher) -> Attn1Marker:
     return marker
 
 
-# The probe's name for it: the marker is the stash of block inputs.
-install_block_input_stash = unet_attn1_marker
-
-
-def take_block_input(stash: Attn1Marker, options: dict):
+def take_block_input(marker: Attn1Marker, options: dict):
     """X [B, L, C] of the attn1 call described by ``options``; raises if it was not captured."""
-    if not stash.is_attn1(options) or stash.x is None:
+    if not marker.is_attn1(options) or marker.x is None:
         raise RuntimeError(
             "the block input of this attention layer was not captured (another node replaced "
             "or reshaped attn1 here?); use the value space/basis instead"
         )
-    return stash.x
+    return marker.x
 
 
 def effective_weight(linear, like):

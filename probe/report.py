@@ -1,81 +1,22 @@
-"""Turn a recorded ProbeRun into what the Stability Report node shows and saves.
-
-Block means follow the paper: each layer's value is its mean over features, heads and the
-recorded steps; a block's value is the mean over its layers (SDXL Down/Mid/Up/All; SD3 early/
-middle/late thirds and All). Every sample, and each CFG branch asked for, is reported apart.
+"""What the Stability Report node shows: heatmaps, overlay, Align per block, chart and text,
+built from a run's Summary in one call (``build_report``).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 
 import torch
 
 from ..hopfield.heatmap import diverging_colors, overlay, upscale
-from .probe import BRANCH_NAMES, MEASURES, ProbeRun, ProbeSettings, ProbeState
+from ..vocabulary import MEASURES
+from .registry import ProbeRun, ProbeSettings, find_run, probe_state
+from .report_file import output_path, save_report
+from .summary import SCALE_NOTE, Summary, summarise
 
-SCALE_NOTE = (
-    "E and λ are computed from the scaled logits QKᵀ/√d, so they are the paper's X S Xᵀ values "
-    "divided by √d (the paper drops the scale, footnote 1); r and Align are scale-free."
-)
-SD3_GROUPS_NOTE = (
-    "SD3: align_down, align_mid and align_up carry the early, middle and late thirds of the "
-    "joint blocks."
-)
 COLOUR_PERCENTILE = 0.99
-
-
-@dataclass
-class Summary:
-    family: str
-    groups: tuple[str, ...]  # block groups in display order, "all" last
-    samples: list[str]  # labels, e.g. "sample 0 (cond)"
-    sample_keys: list[tuple[int, int]]  # (branch, row in the branch's chunk)
-    layers: list[tuple[int, str, str]]  # (index, kind, group) in index order
-    layer_values: torch.Tensor  # [samples, layers, 4] means over steps (NaN: not recorded)
-    group_values: torch.Tensor  # [samples, groups, 4]
-    maps: dict[str, torch.Tensor]  # group -> [samples, H, W] mean lambda map
-
-
-def summarise(state: ProbeState, run: ProbeRun) -> Summary:
-    groups = (*state.layer_map.group_names, "all")
-    group_of = {layer.index: layer.group for layer in state.layer_map.layers}
-    branches = sorted({key[2] for key in run.counts})
-    layers = sorted({(key[0], key[1]) for key in run.counts})
-    batch = next(iter(run.sums.values())).shape[1]
-    sample_keys = [(b, i) for b in branches for i in range(batch)]
-    labels = [f"sample {i} ({BRANCH_NAMES[b]})" for b, i in sample_keys]
-    # One device-to-host copy for all sums (not one per layer).
-    keys = list(run.sums)
-    sums = torch.stack([run.sums[key] for key in keys]).float().cpu()  # [keys, 4, B]
-    means = {key: sums[i] / run.counts[key] for i, key in enumerate(keys)}
-    layer_values = torch.full((len(sample_keys), len(layers), len(MEASURES)), math.nan)
-    for s, (branch, row) in enumerate(sample_keys):
-        for j, (index, kind) in enumerate(layers):
-            key = (index, kind, branch)
-            if key in means:
-                layer_values[s, j] = means[key][:, row]
-    group_values = torch.full((len(sample_keys), len(groups), len(MEASURES)), math.nan)
-    for g, group in enumerate(groups):
-        cols = [j for j, (index, _) in enumerate(layers) if group in ("all", group_of[index])]
-        if cols:
-            group_values[:, g] = layer_values[:, cols].nanmean(dim=1)
-    maps = {}
-    for group in groups:
-        per_sample = []
-        for branch, row in sample_keys:
-            key = (group, branch)
-            if key in run.maps:
-                per_sample.append((run.maps[key][row] / run.map_counts[key]).float().cpu())
-        if per_sample and len(per_sample) == len(sample_keys):
-            maps[group] = torch.stack(per_sample)
-    layer_list = [(index, kind, group_of[index]) for index, kind in layers]
-    return Summary(state.family, groups, labels, sample_keys, layer_list, layer_values,
-                   group_values, maps)
 
 
 def block_align(summary: Summary) -> dict[str, float]:
@@ -140,8 +81,8 @@ def text_report(summary: Summary, run: ProbeRun, settings: ProbeSettings | None 
     lines += ["", "Stable retrieval: high Align_X, low r_X, low E_X. The paper's stable top-20 % "
               "of SDXL samples averaged Align_X 0.690, the unstable bottom-20 % 0.650 "
               "(table 2, input basis, cond branch).", SCALE_NOTE]
-    if summary.family == "sd3":
-        lines.append(SD3_GROUPS_NOTE)
+    if summary.groups_note:
+        lines.append(summary.groups_note)
     if settings is not None:
         lines += approximation_notes(settings, run)
     return "\n".join(lines)
@@ -189,40 +130,31 @@ def overlay_images(heat: torch.Tensor, summary: Summary, image: torch.Tensor) ->
     return overlay(picked, heat).clamp(0, 1)
 
 
-def save_report(path: str, summary: Summary, run: ProbeRun, settings: dict) -> None:
-    """Every per-layer, per-step series and the maps as .safetensors, written atomically."""
-    from safetensors.torch import save_file
+@dataclass
+class Report:
+    """Everything the Stability Report node outputs, for one sampling run."""
 
-    tensors = {f"layer_mean/{name}": summary.layer_values[..., i].contiguous()
-               for i, name in enumerate(MEASURES)}
-    tensors |= {f"block_mean/{name}": summary.group_values[..., i].contiguous()
-                for i, name in enumerate(MEASURES)}
-    tensors |= {f"map/{group}": m.contiguous() for group, m in summary.maps.items()}
-    series = run.series
-    if series:
-        # one device-to-host copy for the whole series: [N, 4, B]
-        tensors["series/values"] = torch.stack([v for *_, v in series]).float().cpu()
-        tensors["series/step"] = torch.tensor([-1 if s is None else s for s, *_ in series])
-        tensors["series/sigma"] = torch.tensor([math.nan if s is None else s
-                                                for _, s, *_ in series], dtype=torch.float64)
-        tensors["series/layer"] = torch.tensor([i for _, _, i, *_ in series])
-        tensors["series/branch"] = torch.tensor([b for *_, b, _ in series])
-    metadata = {
-        "family": summary.family, "samples": summary.samples, "groups": list(summary.groups),
-        "layers": [{"index": i, "kind": k, "group": g} for i, k, g in summary.layers],
-        "measures": list(MEASURES), "series_kinds": [k for _, _, _, k, _, _ in series],
-        "series_layout": "series/values[n, measure, sample row of the branch]; step, sigma, "
-                         "layer, branch (0 cond, 1 uncond) per n",
-        "settings": settings, "run": run.number, "note": SCALE_NOTE,
-    }
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors.tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"hopfield_circulation": json.dumps(metadata)})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    heatmaps: torch.Tensor  # IMAGE: lambda maps per sample and block group
+    overlay: torch.Tensor  # IMAGE: the heatmaps over the decoded image (heatmaps without one)
+    align: dict[str, float]  # Align_X of the first sample: down, mid, up, all
+    text: str
+    chart: dict  # the js chart's payload
+    saved_path: str | None = None
+
+
+def build_report(handle, latent, image: torch.Tensor | None = None,
+                 filename_prefix: str | None = None) -> Report:
+    """The report of the run behind ``latent`` (a LATENT dict's samples); saved as
+    .safetensors under ComfyUI's output folder when ``filename_prefix`` is given."""
+    run = find_run(handle, latent)
+    state = probe_state(handle)
+    summary = summarise(state, run)
+    heat, _ = heatmap_images(summary)
+    over = overlay_images(heat, summary, image) if image is not None else heat
+    text = text_report(summary, run, state.settings)
+    path = None
+    if filename_prefix is not None:
+        path = output_path(filename_prefix)
+        save_report(path, summary, run, dataclasses.asdict(state.settings))
+        text += f"\nSaved: {path}"
+    return Report(heat, over, block_align(summary), text, chart_payload(summary), path)

@@ -1,0 +1,68 @@
+"""Patch a model with skew circulation: the handler behind Skew and Adaptive Circulation."""
+
+from __future__ import annotations
+
+from ..families import adapter_for
+from ..hook.call import AttentionCall, Steering
+from ..hook.layers import select_layers
+from ..hook.override import HostBaseline, Steered, install_attention_hook
+from ..hook.schedule import in_window, sigma_window
+from ..hopfield import CirculationSettings, circulate_input_space, circulate_value_space
+from ..hopfield.circulation import needs_baseline
+from ..vocabulary import FEATURE_SPACES, STEER_BRANCHES, FeatureSpace, SteerBranch, check_choice
+from .branches import active_rows, steers_branch
+
+
+def patch_circulation(
+    model_patcher,
+    settings: CirculationSettings,
+    *,
+    start_percent: float = 0.0,
+    end_percent: float = 1.0,
+    layers: str = "all",
+    branch: SteerBranch = "both",
+    space: FeatureSpace = "value",
+):
+    """A clone of ``model_patcher`` whose selected self-attention layers are steered."""
+    check_choice("branch", branch, STEER_BRANCHES)
+    check_choice("space", space, FEATURE_SPACES)
+    adapter = adapter_for(model_patcher)
+    adapter.require_space(space)
+    m = model_patcher.clone()
+    sigma_start, sigma_end = sigma_window(m, start_percent, end_percent)
+    selected = select_layers(layers, adapter.layer_map)
+    input_space = adapter.input_space(m) if space == "input" else None
+
+    def steer(call: AttentionCall, baseline: HostBaseline) -> Steered | None:
+        if settings.is_identity or call.layer.index not in selected:
+            return None
+        if call.sigma is not None and not in_window(call.sigma, sigma_start, sigma_end):
+            return None
+        if not steers_branch(call, branch):
+            return None
+        active = active_rows(call, branch)
+        if input_space is None:
+            wanted = baseline.chained or needs_baseline(call.q, call.k, call.v, settings, active)
+            base = baseline.heads(call.heads) if wanted else None  # fused: one pass, no host call
+            result = circulate_value_space(call.q, call.k, call.v, base, settings, active)
+        else:
+            result = _steer_input_space(input_space, call, baseline.heads(call.heads),
+                                        settings, active)
+        steering = Steering(space, result.alpha, result.beta, settings.norm_match, active)
+        return Steered(result.out, steering)
+
+    install_attention_hook(m, steer, adapter)
+    return m
+
+
+def _steer_input_space(input_space, call, base, settings, active):
+    """The authors' formulation over the block input X, projected by the layer's own W_v."""
+    options = call.transformer_options
+    x = input_space.block_input(options)
+    if x.shape[:2] != (call.batch, call.k.shape[-2]):
+        raise RuntimeError(
+            f"input space: attn1's input X {tuple(x.shape)} does not match its keys "
+            f"{tuple(call.k.shape)} (another node changes attn1's values); use space='value'"
+        )
+    w_v, b_v = input_space.value_projection(options, x)
+    return circulate_input_space(call.q, call.k, x, w_v, b_v, base, settings, active)

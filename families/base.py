@@ -1,0 +1,84 @@
+"""The one interface every model family implements, so the hook core and the features never
+ask which family a model is: detection, the layer map, what must be installed on a model to
+place its attention calls, how a call is placed, and which feature spaces it supports.
+
+Adding a family is one module here with a class implementing ``FamilyAdapter`` (and its tests),
+listed in ``families.ADAPTERS``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..hook.layers import LayerId, LayerMap
+from ..vocabulary import FeatureSpace
+
+
+class UnsupportedModelError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a self-attention call sits: its layer and where its image tokens are."""
+
+    layer: LayerId
+    token_grid: tuple[int, int]  # (h, w) of the image tokens, row-major
+    text_tokens: int = 0  # joint attention: context tokens come first in the sequence
+
+
+class InputSpace(ABC):
+    """The paper's input space of a self-attention layer: the block input X its values are
+    projected from, and that projection as the layer applies it."""
+
+    @abstractmethod
+    def block_input(self, options: dict) -> torch.Tensor:
+        """X [B, L, C] of the call described by ``options``; raises when it was not captured."""
+
+    @abstractmethod
+    def value_projection(self, options: dict, like: torch.Tensor):
+        """(W_v [H*d, C], b_v [H*d] or None) of that layer, cast like ``like``."""
+
+
+class FamilyAdapter(ABC):
+    """One architecture, bound to one model (a clone lineage)."""
+
+    name: ClassVar[str]  # the layer index's name in reports and messages ("sdxl", "sd3")
+    supported: ClassVar[str]  # what it covers, for the message refusing other models
+    # Why the input space is not offered (None: it is)
+    input_space_refusal: ClassVar[str | None] = None
+
+    def __init__(self, model_patcher):
+        self.layer_map = self.build_layer_map(model_patcher)
+
+    @staticmethod
+    @abstractmethod
+    def matches(diffusion_model) -> bool:
+        """Whether this adapter handles the model's diffusion_model (raises for a look-alike
+        it recognises but refuses, naming why)."""
+
+    @abstractmethod
+    def build_layer_map(self, model_patcher) -> LayerMap: ...
+
+    @abstractmethod
+    def install(self, model_patcher) -> None:
+        """Install on ``model_patcher`` (a clone) what ``place`` needs, once per lineage."""
+
+    @abstractmethod
+    def place(self, options: dict, n_q: int, n_k: int) -> Placement | None:
+        """The call's placement from its transformer_options and lengths, or None for calls
+        the pack leaves alone (cross-attention, tokens merged by another patch, unknown)."""
+
+    def require_space(self, space: FeatureSpace) -> None:
+        """Refuse, with the reason, a feature space this family does not offer."""
+        if space == "input" and self.input_space_refusal:
+            raise ValueError(self.input_space_refusal)
+
+    def input_space(self, model_patcher) -> InputSpace:
+        """The input space of this model's self-attention (installs its capture)."""
+        self.require_space("input")
+        raise NotImplementedError(f"{type(self).__name__} offers an input space but no capture")

@@ -1,0 +1,105 @@
+"""MMDiT: SD3 and SD3.5 (Large and Medium).
+
+Layers are the joint blocks 0..depth-1, grouped in thirds (early, middle, late). The host passes
+no block index to attention in 0.3.64, so ``dit`` double_block replace patches publish it
+(chained with whatever replace was there, e.g. SkipLayerGuidanceDiT); newer hosts that pass
+``block_type``/``block_index`` themselves are read directly. A joint call's sequence is
+[text; image]; SD3.5-M adds an image-only self-attention in some blocks, placed as "image_self".
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..hook.layers import LayerId, LayerMap
+from ..hook.schedule import LATENT_SHAPE_KEY
+from .base import FamilyAdapter, Placement
+
+GROUPS = ("early", "middle", "late")
+BLOCK_KEY = "hopfield_circulation_block"  # the joint block index, published per block
+
+
+def mmdit_layer_map(depth: int) -> LayerMap:
+    """Layer map of an MMDiT with ``depth`` joint blocks, grouped into thirds."""
+    layers, by_key = [], {}
+    for i in range(depth):
+        layer = LayerId("sd3", i, GROUPS[min(3 * i // max(depth, 1), 2)], "joint")
+        layers.append(layer)
+        by_key[(i,)] = layer
+    return LayerMap(
+        "sd3", tuple(layers), by_key, GROUPS, last_index=depth - 1,
+        index_hint=f"SD3 layers are the joint blocks 0-{depth - 1}, and groups with no block "
+        "on a shallow model select nothing",
+        report_note="SD3: align_down, align_mid and align_up carry the early, middle and late "
+        "thirds of the joint blocks.",
+    )
+
+
+def block_index(options: dict) -> int | None:
+    index = options.get(BLOCK_KEY)
+    if index is None and options.get("block_type") == "double":  # hosts that publish it
+        index = options.get("block_index")
+    return index
+
+
+def _block_index_patch(index: int, previous):
+    """A dit double_block replace that publishes the block index, then runs the block as before."""
+
+    def publish_block_index(args, extra, **kwargs):
+        args = dict(args)
+        args["transformer_options"] = {**args["transformer_options"], BLOCK_KEY: index}
+        if previous is not None:
+            return previous(args, extra, **kwargs)
+        return extra["original_block"](args)
+
+    publish_block_index.hopfield_block_index = index
+    return publish_block_index
+
+
+class MMDiTFamily(FamilyAdapter):
+    name = "sd3"
+    supported = "SD3/SD3.5 MMDiT"
+    input_space_refusal = (
+        "space='input' (the authors' input-space formulation) and basis='input' exist for UNet "
+        "(SDXL) self-attention only: SD3's joint attention projects text and image with "
+        "different W_v, so there is no single block input X. Use 'value'."
+    )
+
+    @staticmethod
+    def matches(diffusion_model) -> bool:
+        from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+        return isinstance(diffusion_model, MMDiT)
+
+    def build_layer_map(self, model_patcher) -> LayerMap:
+        net = model_patcher.get_model_object("diffusion_model")
+        self.patch_size = int(getattr(net, "patch_size", 2))  # latent pixels per token side
+        return mmdit_layer_map(len(net.joint_blocks))
+
+    def install(self, model_patcher) -> None:
+        options = model_patcher.model_options["transformer_options"]
+        replaces = options.get("patches_replace", {}).get("dit", {})
+        for i in range(len(self.layer_map.layers)):
+            previous = replaces.get(("double_block", i))
+            if getattr(previous, "hopfield_block_index", None) == i:
+                continue  # an earlier node of ours already publishes it
+            model_patcher.set_model_patch_replace(
+                _block_index_patch(i, previous), "dit", "double_block", i
+            )
+
+    def place(self, options: dict, n_q: int, n_k: int) -> Placement | None:
+        index = block_index(options)
+        latent = options.get(LATENT_SHAPE_KEY)
+        if index is None or latent is None:
+            return None
+        layer = self.layer_map.by_key.get((index,))
+        if layer is None:
+            return None
+        patch = self.patch_size
+        grid = (math.ceil(latent[-2] / patch), math.ceil(latent[-1] / patch))  # padded
+        image_tokens = grid[0] * grid[1]
+        if n_q == image_tokens:  # SD3.5-M's extra image-only self-attention in the same block
+            return Placement(LayerId("sd3", layer.index, layer.group, "image_self"), grid)
+        if n_q < image_tokens:
+            return None
+        return Placement(layer, grid, n_q - image_tokens)  # [text; image]: context first

@@ -1,0 +1,171 @@
+"""The pack's one attention hook: ComfyUI's ``optimized_attention_override``, model-scoped.
+
+``install_attention_hook(clone, handler)`` wraps whatever override the clone already carries
+(another pack's, or one of ours from an earlier node) and:
+
+1. computes the baseline exactly as the host would (the previous override, else ``func``), so
+   an untouched call is bit for bit the unpatched model;
+2. for self-attention calls the model's family adapter can place (layer, token grid), lets
+   ``handler`` replace the output; masked, cross-attention or unplaceable calls are returned
+   untouched;
+3. if it is the outermost of our hooks in this call, passes the final output and the steering
+   applied to it to the observers registered on the model (the Stability Probe), so they see
+   what the model really used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..families import FamilyAdapter, adapter_for
+from .call import OBSERVERS_KEY, SCOPE_KEY, AttentionCall, CallScope, Observer, Steering
+from .schedule import STEP_KEY, ensure_step_wrapper
+
+OVERRIDE_KEY = "optimized_attention_override"
+
+
+class HostBaseline:
+    """The host's own output for this call, computed at most once and only when asked for.
+
+    ``chained``: another override was installed before ours; it must then see every call, so
+    the baseline is never skipped.
+    """
+
+    def __init__(self, previous, func, args, kwargs):
+        self.previous, self.func, self.args, self.kwargs = previous, func, args, kwargs
+        self.chained = previous is not None
+        self._output = None
+
+    def output(self) -> torch.Tensor:
+        if self._output is None:
+            if self.previous is not None:
+                self._output = self.previous(self.func, *self.args, **self.kwargs)
+            else:
+                self._output = self.func(*self.args, **self.kwargs)
+        return self._output
+
+    def heads(self, heads: int) -> torch.Tensor:
+        out = self.output()
+        return out if self.kwargs.get("skip_output_reshape") else _heads_first(out, heads)
+
+
+@dataclass(frozen=True)
+class Steered:
+    """A handler's result: the new output [B, H, L, d] and what was applied to get it."""
+
+    out: torch.Tensor
+    steering: Steering
+
+
+# handler(call, baseline) -> Steered, or None to keep the baseline
+Handler = Callable[[AttentionCall, HostBaseline], "Steered | None"]
+
+
+def _heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, L, H*d] or [B, L, H, d] -> [B, H, L, d] (a view)."""
+    if t.ndim == 3:
+        t = t.unflatten(-1, (heads, -1))
+    return t.transpose(1, 2)
+
+
+def parse_call(adapter: FamilyAdapter, args: tuple, kwargs: dict) -> AttentionCall | None:
+    """The self-attention call in SDPA layout, or None for calls this pack leaves alone
+    (masked, cross-attention, or not placeable in the model by its family adapter)."""
+    q, k, v = args[:3]
+    heads = args[3] if len(args) > 3 else kwargs.get("heads")
+    mask = args[4] if len(args) > 4 else kwargs.get("mask")
+    options = kwargs.get("transformer_options") or {}
+    if heads is None or mask is not None:
+        return None
+    if kwargs.get("skip_reshape"):
+        qh, kh, vh = q, k, v
+    else:
+        qh, kh, vh = (_heads_first(t, heads) for t in (q, k, v))
+    n_q, n_k = qh.shape[-2], kh.shape[-2]
+    if n_q != n_k or vh.shape[-1] != qh.shape[-1]:
+        return None
+    placement = adapter.place(options, n_q, n_k)
+    if placement is None:
+        return None
+    step = options.get(STEP_KEY)
+    return AttentionCall(
+        q=qh,
+        k=kh,
+        v=vh,
+        heads=heads,
+        layer=placement.layer,
+        sigma=step.sigma if step else None,
+        percent=step.percent if step else None,
+        step=step.step if step else None,
+        model_call=step.model_call if step else -1,
+        cond_or_uncond=list(options.get("cond_or_uncond") or [0]),
+        text_tokens=placement.text_tokens,
+        token_grid=placement.token_grid,
+        transformer_options=options,
+    )
+
+
+def _to_host_layout(out: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """[B, H, L, d] back to the layout the host's attention function returns ([B, L, H*d])."""
+    if kwargs.get("skip_output_reshape"):
+        return out
+    return out.transpose(1, 2).flatten(2)
+
+
+def install_attention_hook(model_patcher, handler: Handler | None = None,
+                           adapter: FamilyAdapter | None = None) -> FamilyAdapter:
+    """Install our override on ``model_patcher`` (a clone), chaining the one it already has.
+
+    ``handler=None`` installs a pass-through hook whose only job is to feed the observers
+    (``add_observer``). Also installs, once per model, what places the calls: the step wrapper
+    (schedule.py) and whatever the family adapter needs. Returns the model's family adapter
+    (``adapter`` when given; raises UnsupportedModelError, a ValueError, for other families).
+    """
+    adapter = adapter or adapter_for(model_patcher)
+    adapter.install(model_patcher)
+    options = model_patcher.model_options.setdefault("transformer_options", {})
+    previous = options.get(OVERRIDE_KEY)
+
+    def hopfield_attention_override(func, *args, **kwargs):
+        call_options = kwargs.get("transformer_options")
+        scope = call_options.get(SCOPE_KEY) if call_options is not None else None
+        outermost = call_options is not None and scope is None
+        if outermost:
+            scope = call_options[SCOPE_KEY] = CallScope()
+        try:
+            baseline = HostBaseline(previous, func, args, kwargs)
+            observers = call_options.get(OBSERVERS_KEY) if outermost else None
+            if handler is None and not observers:
+                return baseline.output()
+            call = parse_call(adapter, args, kwargs)
+            if call is None:
+                return baseline.output()
+            steered = handler(call, baseline) if handler is not None else None
+            if steered is None:
+                out = baseline.output()
+            else:
+                out = _to_host_layout(steered.out, kwargs)
+                if scope is not None:
+                    scope.steering = steered.steering
+            if observers:
+                out_heads = baseline.heads(call.heads) if steered is None else steered.out
+                for observer in observers:
+                    observer(call, out_heads, scope.steering)
+            return out
+        finally:
+            if outermost:
+                call_options.pop(SCOPE_KEY, None)
+
+    options[OVERRIDE_KEY] = hopfield_attention_override
+    ensure_step_wrapper(model_patcher)
+    return adapter
+
+
+def add_observer(model_patcher, observer: Observer) -> None:
+    """Register a plain function ``observer(call, out, steering)``; install a pass-through hook
+    first."""
+    options = model_patcher.model_options.setdefault("transformer_options", {})
+    options[OBSERVERS_KEY] = [*options.get(OBSERVERS_KEY, []), observer]

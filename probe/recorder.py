@@ -1,0 +1,194 @@
+"""The Stability Probe's recorder: measures every selected self-attention call of a sampling run.
+
+An observer on the pack's attention hook measures each call; an OUTER_SAMPLE wrapper opens a
+new ``ProbeRun`` (registry.py) at the start of each sampling run and keeps the sampler's output
+with it, so a report can find the run that produced its LATENT.
+
+Only the sampler's own passes are recorded: the first model call at a step for each CFG branch.
+Guidance nodes (PAG, SAG, SkipLayerGuidance) re-run the model later at the same step with
+modified attention; those calls are skipped. (A non-empty ``patches_replace`` is not used as the
+hint: IP-Adapter-style packs set attn2 replaces on every pass, and SD3 carries our own block
+patches.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..families import adapter_for
+from ..hook.call import AttentionCall, Steering
+from ..hook.layers import select_layers
+from ..hook.override import add_observer, install_attention_hook
+from ..hook.schedule import LATENT_SHAPE_KEY, in_window, sigma_window
+from ..hopfield.heatmap import tokens_to_grid
+from ..hopfield.input_space import channel_subset, input_retrieval, steered_input_retrieval
+from ..hopfield.stability import layer_stability
+from .registry import (
+    LayerKey,
+    MapKey,
+    ProbeHandle,
+    ProbeRun,
+    ProbeSettings,
+    ProbeState,
+    SeriesEntry,
+    new_run,
+    register,
+)
+
+WRAPPER_KEY = "hopfield_circulation_probe"
+
+
+def patch_probe(model_patcher, settings: ProbeSettings):
+    """(probed clone, ProbeHandle). Nothing about the model's output changes."""
+    adapter = adapter_for(model_patcher)
+    adapter.require_space(settings.basis)
+    m = model_patcher.clone()
+    sigma_start, sigma_end = sigma_window(m, settings.start_percent, settings.end_percent)
+    install_attention_hook(m, adapter=adapter)
+    selected = select_layers(settings.layers, adapter.layer_map)
+    if settings.basis == "value":
+        basis = _value_basis
+    else:
+        basis = _input_basis(adapter.input_space(m), settings.channels)
+    state = register(adapter.name, adapter.layer_map, settings)
+    labels = settings.cfg_labels
+
+    def record_stability(call: AttentionCall, out: torch.Tensor,
+                         steering: Steering | None) -> None:
+        run = state.current
+        if run is None or call.layer.index not in selected:
+            return
+        if call.sigma is not None and not in_window(call.sigma, sigma_start, sigma_end):
+            return
+        step = call.step if call.step is not None else call.sigma  # a step's own key
+        chunks = []
+        for branch in labels:
+            if branch not in call.cond_or_uncond:
+                continue
+            first = run.first_call.setdefault((step, branch), call.model_call)
+            if first == call.model_call:  # later calls: guidance re-runs (PAG, SAG, SLG)
+                chunks.append((branch, call.cond_or_uncond.index(branch)))
+        if chunks:
+            if steering is not None:
+                run.steering_spaces.add(steering.space)
+            _record(run, call, out, steering, chunks, basis)
+
+    add_observer(m, record_stability)
+    m.add_wrapper_with_key(_outer_sample_type(), WRAPPER_KEY, _run_bracket(state))
+    return m, ProbeHandle(state.probe_id, state.family)
+
+
+def _outer_sample_type():
+    from comfy.patcher_extension import WrappersMP
+
+    return WrappersMP.OUTER_SAMPLE
+
+
+def _run_bracket(state: ProbeState):
+    """OUTER_SAMPLE wrapper: one ProbeRun per sampling run, closed with the sampler's output."""
+
+    def bracket_run(executor, *args, **kwargs):
+        run = new_run()
+        outer, state.current = state.current, run  # a sampler run inside another one nests
+        state.runs.append(run)
+        try:
+            output = executor(*args, **kwargs)
+            if isinstance(output, torch.Tensor):
+                run.output = output.detach().to("cpu", copy=True)
+            return output
+        finally:
+            run.finished = True
+            state.current = outer
+
+    return bracket_run
+
+
+def _value_basis(call: AttentionCall, out: torch.Tensor, steering, rows: slice) -> torch.Tensor:
+    """The value basis: the attention output the model used, d channels per head."""
+    return out[rows]
+
+
+def _input_basis(input_space, channels: int):
+    """The input basis: the retrieval over the block input X (a fixed subset of its channels)."""
+    subsets: dict = {}  # (C, device) -> indices, made once: no host-to-device copy per call
+
+    def input_basis(call: AttentionCall, out: torch.Tensor, steering: Steering | None,
+                    rows: slice) -> torch.Tensor:
+        x = input_space.block_input(call.transformer_options)
+        if x.shape[:2] != (call.batch, call.k.shape[-2]):
+            raise RuntimeError(
+                f"Stability Probe (input basis): attn1's input X {tuple(x.shape)} does not "
+                f"match its keys {tuple(call.k.shape)} (another node changes attn1's values); "
+                "use basis='value'"
+            )
+        key = (x.shape[-1], x.device)
+        if key not in subsets:
+            subset = channel_subset(x.shape[-1], channels)
+            subsets[key] = subset.to(x.device) if subset is not None else None
+        q, k, x = call.q[rows], call.k[rows], x[rows]
+        if steering is None:
+            return input_retrieval(q, k, x, subsets[key])
+        return _steered(steering, q, k, x, subsets[key], rows)
+
+    return input_basis
+
+
+def _steered(steering: Steering, q, k, x, subset, rows):
+    """A circulation node changed this call: its blend over X's probed channels, with the
+    coefficients it applied. Exact for an input-space circulation probed over all channels;
+    otherwise the norm is matched over the probed channels, not over the ones the model
+    blended: an approximation (docs, report)."""
+
+    def pick(t):  # per-sample coefficients follow the rows; scalars and per-call ones don't
+        return t[rows] if isinstance(t, torch.Tensor) and t.shape[0] > 1 else t
+
+    retrieved, blended = steered_input_retrieval(
+        q, k, x, pick(steering.alpha), pick(steering.beta), steering.norm_match, subset)
+    if steering.active is None:
+        return blended
+    keep = steering.active[rows].reshape(-1, 1, 1, 1)
+    return torch.where(keep, blended, retrieved.to(blended.dtype))
+
+
+def _record(run: ProbeRun, call: AttentionCall, out: torch.Tensor, steering: Steering | None,
+            chunks: list[tuple[int, int]], basis) -> None:
+    """Measure the chosen CFG chunks of one call and add them to the run's sums and maps.
+
+    Chunks are views of the batch (no host sync). With several chunks of one branch (area
+    conditioning) the first one stands for the sample. When every chunk is wanted (branch
+    'both' on a batched CFG call), one measurement covers the whole batch.
+    """
+    per_chunk = call.batch // len(call.cond_or_uncond)
+    parts = [(branch, slice(c * per_chunk, (c + 1) * per_chunk)) for branch, c in chunks]
+    whole = _measure(call, out, steering, slice(None), basis) \
+        if len(chunks) == len(call.cond_or_uncond) else None
+    for branch, rows in parts:
+        if whole is None:
+            values, token_map = _measure(call, out, steering, rows, basis)
+        else:
+            values, token_map = whole[0][:, rows], whole[1][rows]
+        _accumulate(run, call, branch, values, token_map)
+
+
+def _measure(call, out, steering, rows, basis):
+    """([4, b] E, r, Align, eta per sample, [b, L] lambda map) of the given rows."""
+    stats = layer_stability(call.q[rows], call.k[rows], basis(call, out, steering, rows))
+    values = torch.stack([stats.energy, stats.instability, stats.align, stats.eta])
+    return values, stats.token_map
+
+
+def _accumulate(run: ProbeRun, call: AttentionCall, branch: int, values, token_map) -> None:
+    key = LayerKey(call.layer.index, call.layer.kind, branch)
+    run.sums[key] = run.sums[key] + values if key in run.sums else values
+    run.counts[key] = run.counts.get(key, 0) + 1
+    run.series.append(SeriesEntry(call.step, call.sigma, call.layer.index, call.layer.kind,
+                                  branch, values))
+    latent = call.transformer_options.get(LATENT_SHAPE_KEY)
+    if latent is None or call.token_grid is None:
+        return
+    run.latent_shape = tuple(latent)
+    grid_map = tokens_to_grid(token_map, call.token_grid, tuple(latent[-2:]), call.text_tokens)
+    for group in (call.layer.group, "all"):
+        mkey = MapKey(group, branch)
+        run.maps[mkey] = run.maps[mkey] + grid_map if mkey in run.maps else grid_map
+        run.map_counts[mkey] = run.map_counts.get(mkey, 0) + 1

@@ -1,0 +1,215 @@
+"""The probes' registry: what each probe recorded, kept by id, and finding the run behind a LATENT.
+
+A probe is an id in a module-level registry (model_options are deep-copied on every clone, so
+state can't live there; the recorder's observer and wrapper are closures, which clones share).
+Each sampling run of a probed model is a ``ProbeRun``; a report finds the run that produced the
+LATENT it was given, so two samplers sharing one probed model each get their own report, and a
+re-queued report reads the run again. Memory per run: running sums per layer, one map per
+block group at latent resolution, and four scalars per (step, layer, branch, sample) for the
+saved series.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from ..hook.layers import LayerMap
+from ..vocabulary import (
+    CFG_LABEL,
+    FEATURE_SPACES,
+    PROBE_BRANCHES,
+    FeatureSpace,
+    LayerKind,
+    ProbeBranch,
+    check_choice,
+)
+
+RUNS_KEPT = 16  # sampling runs remembered per probe (for reports of several samplers)
+PROBES_KEPT = 32  # each Stability Probe execution registers one; the oldest are dropped
+# A LATENT that is not the sampler's output but within this relative distance of it (the
+# x0 prediction "denoised_output" of SamplerCustom(Advanced), which equals the output up to
+# rounding when the schedule ends at sigma 0) still finds its run.
+APPROXIMATE_MATCH = 1e-3
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What the Stability Probe node asks for; validates itself like CirculationSettings."""
+
+    basis: FeatureSpace = "value"
+    channels: int = 64  # input basis: size of the fixed channel subset (0 = all channels)
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+    branch: ProbeBranch = "cond"
+    layers: str = "all"
+
+    def __post_init__(self):
+        check_choice("basis", self.basis, FEATURE_SPACES)
+        check_choice("branch", self.branch, PROBE_BRANCHES)
+        if self.channels < 0:
+            raise ValueError(f"channels must be >= 0 (0 = all), got {self.channels}")
+
+    @property
+    def cfg_labels(self) -> tuple[int, ...]:
+        """The CFG chunk labels recorded: cond, uncond or both."""
+        return tuple(CFG_LABEL.values()) if self.branch == "both" else (CFG_LABEL[self.branch],)
+
+
+class LayerKey(NamedTuple):
+    """A recorded layer of one CFG branch: the key of a run's sums."""
+
+    index: int
+    kind: LayerKind
+    branch: int  # CFG label
+
+
+class MapKey(NamedTuple):
+    """A block group of one CFG branch: the key of a run's lambda maps."""
+
+    group: str
+    branch: int
+
+
+class SeriesEntry(NamedTuple):
+    """One recorded (step, layer, branch) of the saved series."""
+
+    step: int | None
+    sigma: float | None
+    index: int
+    kind: LayerKind
+    branch: int
+    values: torch.Tensor  # [4, B] MEASURES per sample row of the branch
+
+
+@dataclass
+class ProbeRun:
+    """What one sampling run recorded. Tensors stay on the model's device until reported."""
+
+    number: int
+    # [4, B] sums of MEASURES over recorded steps, and their count
+    sums: dict[LayerKey, torch.Tensor] = field(default_factory=dict)
+    counts: dict[LayerKey, int] = field(default_factory=dict)
+    # [B, H, W] sums of per-token lambda maps on the latent grid, and their count
+    maps: dict[MapKey, torch.Tensor] = field(default_factory=dict)
+    map_counts: dict[MapKey, int] = field(default_factory=dict)
+    series: list[SeriesEntry] = field(default_factory=list)
+    first_call: dict = field(default_factory=dict)  # (step, branch) -> model call id
+    latent_shape: tuple | None = None
+    output: torch.Tensor | None = None  # the sampler's result, to match a report's LATENT
+    finished: bool = False
+    steering_spaces: set = field(default_factory=set)  # circulation spaces seen on recorded calls
+    approximate_match: bool = False  # set by find_run when the LATENT matched only closely
+
+    @property
+    def recorded(self) -> bool:
+        return bool(self.counts)
+
+    @property
+    def steps(self) -> int:
+        return len({entry.step for entry in self.series})
+
+
+@dataclass
+class ProbeState:
+    """A probe's settings and the runs it recorded, kept in the registry by id."""
+
+    probe_id: str
+    family: str
+    layer_map: LayerMap
+    settings: ProbeSettings
+    runs: deque = field(default_factory=lambda: deque(maxlen=RUNS_KEPT))
+    current: ProbeRun | None = None
+
+
+@dataclass(frozen=True)
+class ProbeHandle:
+    """The PROBE value that flows to the report node: an id into the registry."""
+
+    probe_id: str
+    family: str
+
+
+_REGISTRY: dict[str, ProbeState] = {}
+_REGISTRY_LOCK = threading.Lock()
+_IDS = itertools.count()
+_RUN_NUMBERS = itertools.count(1)
+
+
+def register(family: str, layer_map: LayerMap, settings: ProbeSettings) -> ProbeState:
+    """A new probe's state in the registry (the oldest are dropped past PROBES_KEPT)."""
+    with _REGISTRY_LOCK:
+        probe_id = f"probe-{next(_IDS)}"
+        state = ProbeState(probe_id, family, layer_map, settings)
+        _REGISTRY[probe_id] = state
+        while len(_REGISTRY) > PROBES_KEPT:  # bounded memory over a long session
+            _REGISTRY.pop(next(iter(_REGISTRY)))
+    return state
+
+
+def new_run() -> ProbeRun:
+    return ProbeRun(next(_RUN_NUMBERS))
+
+
+def probe_state(handle) -> ProbeState:
+    if not isinstance(handle, ProbeHandle):
+        raise TypeError(
+            f"Stability Report: 'probe' must be the probe output of a Stability Probe, got "
+            f"{type(handle).__name__}"
+        )
+    state = _REGISTRY.get(handle.probe_id)
+    if state is None:
+        raise RuntimeError(
+            "Stability Report: this probe handle is no longer known (ComfyUI was restarted, or "
+            f"more than {PROBES_KEPT} probes were created since); run the graph again"
+        )
+    return state
+
+
+def _distance(run: ProbeRun, latent: torch.Tensor) -> float:
+    """Relative distance between a run's output and a LATENT (inf when they can't match)."""
+    if run.output is None or run.output.shape != latent.shape:
+        return float("inf")
+    if torch.equal(run.output, latent):
+        return 0.0
+    diff = (run.output.double() - latent.double()).norm()
+    return float(diff / latent.double().norm().clamp_min(1e-12))
+
+
+def find_run(handle: ProbeHandle, latent: torch.Tensor) -> ProbeRun:
+    """The newest finished run whose output is ``latent`` (or, failing that, within
+    APPROXIMATE_MATCH of it: the sampler's denoised output); explains when there is none."""
+    state = probe_state(handle)
+    finished = [run for run in reversed(state.runs) if run.finished]
+    if not finished:
+        raise RuntimeError(
+            "Stability Report: nothing was recorded. The MODEL from this Stability Probe was "
+            "not sampled: connect the probe's MODEL output (or a node downstream of it) to the "
+            "sampler that produced this LATENT."
+        )
+    if not isinstance(latent, torch.Tensor):
+        raise TypeError("Stability Report: 'latent' must be a LATENT from a sampler")
+    latent = latent.detach().to("cpu")
+    distances = [_distance(run, latent) for run in finished]
+    best = min(range(len(finished)), key=distances.__getitem__)  # newest first on ties
+    if distances[best] > APPROXIMATE_MATCH:
+        raise RuntimeError(
+            "Stability Report: this LATENT did not come from a sampler that used this probe's "
+            f"MODEL (the probe remembers its last {RUNS_KEPT} sampling runs; none produced "
+            "it). Feed the report the LATENT output of the sampler that uses the probed model, "
+            "without nodes in between."
+        )
+    run = finished[best]
+    run.approximate_match = distances[best] > 0
+    if not run.recorded:
+        raise RuntimeError(
+            "Stability Report: the probed model was sampled, but no self-attention call was "
+            "recorded: the step window (start/end percent) excluded every step, or the layers "
+            "or branch selection matched nothing that ran (e.g. branch 'uncond' at CFG 1)."
+        )
+    return run
