@@ -88,9 +88,8 @@ def _run_bracket(state: ProbeState):
     """OUTER_SAMPLE wrapper: one ProbeRun per sampling run, closed with the sampler's output."""
 
     def bracket_run(executor, *args, **kwargs):
-        run = new_run()
+        run = new_run(state)
         outer, state.current = state.current, run  # a sampler run inside another one nests
-        state.runs.append(run)
         try:
             output = executor(*args, **kwargs)
             if isinstance(output, torch.Tensor):

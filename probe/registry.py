@@ -125,6 +125,7 @@ class ProbeState:
     settings: ProbeSettings
     runs: deque = field(default_factory=lambda: deque(maxlen=RUNS_KEPT))
     current: ProbeRun | None = None
+    runs_started: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,6 @@ class ProbeHandle:
 _REGISTRY: dict[str, ProbeState] = {}
 _REGISTRY_LOCK = threading.Lock()
 _IDS = itertools.count()
-_RUN_NUMBERS = itertools.count(1)
 
 
 def register(family: str, layer_map: LayerMap, settings: ProbeSettings) -> ProbeState:
@@ -152,8 +152,12 @@ def register(family: str, layer_map: LayerMap, settings: ProbeSettings) -> Probe
     return state
 
 
-def new_run() -> ProbeRun:
-    return ProbeRun(next(_RUN_NUMBERS))
+def new_run(state: ProbeState) -> ProbeRun:
+    """A new run of this probe, numbered from 1 per probe (what the report calls "run N")."""
+    state.runs_started += 1
+    run = ProbeRun(state.runs_started)
+    state.runs.append(run)
+    return run
 
 
 def probe_state(handle) -> ProbeState:
