@@ -27,9 +27,10 @@ BRANCH_NAME: dict[int, str] = {COND: "cond", UNCOND: "uncond"}
 FeatureSpace = Literal["value", "input"]
 FEATURE_SPACES: tuple[FeatureSpace, ...] = get_args(FeatureSpace)
 
-# How a placed self-attention call relates to the sequence: UNet attn1 over image tokens, an
-# MMDiT joint block over [text; image], or SD3.5-M's extra image-only self-attention.
-LayerKind = Literal["self", "joint", "image_self"]
+# How a placed self-attention call relates to the sequence: UNet attn1 over image tokens, a
+# joint (double-stream) block over [text; image], a single-stream block's self-attention over
+# the same concatenated sequence, or SD3.5-M's extra image-only self-attention.
+LayerKind = Literal["self", "joint", "single", "image_self"]
 
 # The Stability Probe's measures, in the order of every saved and reported array.
 Measure = Literal["energy", "instability", "align", "eta"]

@@ -8,7 +8,7 @@ against a map, whatever the family. Pure Python: testable without the host.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..vocabulary import LayerKind
 
@@ -41,6 +41,14 @@ class LayerMap:
     last_index: int  # the largest index a range may reach (UNets: the last attn2 module)
     index_hint: str  # what the indices mean, for the message of an empty selection
     report_note: str = ""  # how the report's Down/Mid/Up outputs map onto this family's groups
+    # Further names a `layers` setting may use, beyond the report groups (e.g. Flux's "double"
+    # and "single" blocks): name -> the layer indices it selects
+    aliases: dict[str, frozenset[int]] = field(default_factory=dict)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name a `layers` setting may use on this model, besides indices."""
+        return (*self.group_names, *self.aliases)
 
 
 _TOKEN = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")
@@ -77,16 +85,18 @@ def parse_layer_tokens(spec: str, group_names: tuple[str, ...]) -> list[str | tu
 def select_layers(spec: str, layer_map: LayerMap) -> frozenset[int]:
     """Parse a `layers` setting into the set of selected layer indices.
 
-    Tokens, comma separated: ``all``, a group name of the map, an index ``n`` or a range
+    Tokens, comma separated: ``all``, a group name or alias of the map, an index ``n`` or a range
     ``a-b`` (inclusive). Indices inside a range that are no self-attention layer (UNet attn2
     modules) are simply not selected. Raises ValueError with the reason for an empty,
     malformed or out-of-range selection, or one that matches no self-attention layer.
     """
     available = {layer.index for layer in layer_map.layers}
     chosen: set[int] = set()
-    for token in parse_layer_tokens(spec, layer_map.group_names):
+    for token in parse_layer_tokens(spec, layer_map.names):
         if token == "all":
             chosen |= available
+        elif token in layer_map.aliases:
+            chosen |= layer_map.aliases[token] & available
         elif isinstance(token, str):
             chosen |= {layer.index for layer in layer_map.layers if layer.group == token}
         else:

@@ -49,9 +49,14 @@ def concat_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The width-2d query and key whose plain dot product is c1 Q K^T + c2 K Q^T.
 
-    Written straight into preallocated halves: no temporaries beyond the two outputs.
+    Eager: written straight into preallocated halves, no temporaries beyond the two outputs.
+    Under torch.compile: plain concatenations (dynamo cannot trace ``out=`` into a strided view,
+    and inductor fuses the products into the concatenation anyway).
     """
     c1, c2 = skew_coefficients(alpha, q)
+    if torch.compiler.is_compiling():
+        c1, c2 = c1.to(q.dtype), c2.to(q.dtype)
+        return torch.cat((q * c1, k * c2), dim=-1), torch.cat((k, q), dim=-1)
     d = q.shape[-1]
     q_cat = q.new_empty(*q.shape[:-1], 2 * d)
     k_cat = k.new_empty(*k.shape[:-1], 2 * d)
