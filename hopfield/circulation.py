@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .blend import blend_retrievals
 from .input_space import steered_input_retrieval
-from .skew import skew_scaled_attention
 from .symmetry import adaptive_coefficients, aggregate_eta, symmetry_index
+from .two_call import own_baseline, two_call
 
 KERNELS = ("auto", "fused", "two_call")
 
@@ -95,10 +94,10 @@ def needs_baseline(q, k, v, settings: CirculationSettings, active=None) -> bool:
     """Whether circulate_value_space needs the host's baseline output: always, except with every
     sample steered on the fused path (the kernel computes its own baseline in the same pass, so
     the host's attention call can be skipped: 2x instead of 3x one call) or on the upcast
-    two-call path (it computes its own fp32 baseline, see TWO_CALL_UPCAST)."""
+    two-call path for bf16 (it computes its own baseline in a finer dtype, see two_call.py)."""
     if settings.is_identity or active is not None:
         return True
-    return not (_use_fused(q, k, v, settings.kernel) or q.dtype in TWO_CALL_UPCAST)
+    return not (_use_fused(q, k, v, settings.kernel) or own_baseline(q))
 
 
 def circulate_value_space(
@@ -122,7 +121,7 @@ def circulate_value_space(
     if _use_fused(q, k, v, settings.kernel):
         blended = _fused(q, k, v, base, alpha, beta, settings, active)
     else:
-        blended = _two_call(q, k, v, base, alpha, beta, settings.norm_match)
+        blended = two_call(q, k, v, base, alpha, beta, settings.norm_match)
     dtype = q.dtype if base is None else base.dtype
     return CirculationResult(_select_rows(blended.to(dtype), base, active), eta_bar, alpha, beta)
 
@@ -157,27 +156,7 @@ def _fused(q, k, v, base, alpha, beta, settings: CirculationSettings, active) ->
                       "using the two-call path from now on", RuntimeWarning, stacklevel=2)
     if base is None:  # the host skipped its call because the fused path was expected
         base = F.scaled_dot_product_attention(q, k, v)
-    return _two_call(q, k, v, base, alpha, beta, settings.norm_match)
-
-
-# The two-call path rounds both retrievals to the model dtype before their small difference is
-# amplified by beta. bf16's 8-bit mantissa makes that error several times the error of merely
-# rounding the final output to bf16, and upcasting only the perturbed call still leaves the
-# host's rounded baseline in the difference. So for bf16 both retrievals are recomputed in fp32
-# here (the host's bf16 baseline then only serves unselected rows), which lands on the
-# output-rounding floor. fp16's 11-bit mantissa keeps the host's call. benchmarks/precision.py
-# prints each variant's error against that floor.
-TWO_CALL_UPCAST = {torch.bfloat16: torch.float32}
-
-
-def _two_call(q, k, v, base, alpha, beta, norm_match: bool) -> torch.Tensor:
-    """Baseline and concat-trick attention, blended in fp32 (see TWO_CALL_UPCAST)."""
-    upcast = TWO_CALL_UPCAST.get(q.dtype)
-    if upcast is not None:
-        q, k, v = q.to(upcast), k.to(upcast), v.to(upcast)
-        base = F.scaled_dot_product_attention(q, k, v)
-    perturbed = skew_scaled_attention(q, k, v, alpha)
-    return blend_retrievals(base, perturbed, beta, norm_match=norm_match)
+    return two_call(q, k, v, base, alpha, beta, settings.norm_match)
 
 
 def circulate_input_space(

@@ -69,11 +69,13 @@ def concat_features(
 
 
 def skew_scaled_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: Scalar
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: Scalar,
+    scale: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """softmax((M_sym + alpha M_skew)) V for q, k, v of shape [B, H, L, d]; returns [B, H, L, d_v].
 
     Needs a square logit matrix (same L for q and k): the decomposition is only defined there.
+    ``scale`` replaces the logits' 1/sqrt(d) (for q and k that were rescaled beforehand).
     """
     if q.shape[-2] != k.shape[-2]:
         raise ValueError(
@@ -89,5 +91,6 @@ def skew_scaled_attention(
         v_pad[..., :dv] = v
     else:
         v_pad = v
-    out = F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=d**-0.5)
+    out = F.scaled_dot_product_attention(q_cat, k_cat, v_pad,
+                                         scale=d**-0.5 if scale is None else scale)
     return out[..., :dv] if dv < width else out

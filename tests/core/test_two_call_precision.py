@@ -1,6 +1,6 @@
 """The two-call path in low precision, against float64 (no Triton needed).
 
-bf16 recomputes both retrievals in fp32 (circulation.TWO_CALL_UPCAST) so the steering change
+bf16 recomputes both retrievals in a finer dtype (hopfield/two_call.py) so the steering change
 Δ = out - baseline is as accurate as a bf16 output can be; fp16 keeps the host's baseline.
 """
 
@@ -60,3 +60,35 @@ def test_fp16_keeps_the_hosts_call_and_a_few_percent():
     got = circulate_value_space(q, k, v, F.scaled_dot_product_attention(q, k, v), settings).out
     err = (got.double() - want).norm() / (want - base).norm()
     assert err < 0.03, f"fp16 Δ error {err:.4f}"
+
+
+@pytest.mark.parametrize("alpha, logit_std, v_scale", [
+    (0.97, 2.5, 1.0), (1.05, 2.5, 1.0), (0.95, 6.0, 1.0),
+    (1.1, 2.5, 3e4),  # |V| far above fp16's safe range: V is scaled by a power of two
+    (1.05, 2.5, 1e-6),  # tiny V: scaled up, not lost to fp16 subnormals
+])
+def test_bf16_computed_in_fp16_stays_near_the_bf16_floor(alpha, logit_std, v_scale):
+    """The accelerator path without Triton: bf16 values convert exactly into fp16 once scaled by
+    powers of two, so the change keeps within 1.5x of the bf16 output-rounding floor."""
+    from hopfield_circulation.hopfield.two_call import two_call
+
+    q, k, v = inputs(torch.bfloat16, seed=7, logit_std=logit_std)
+    v = (v.double() * v_scale).to(torch.bfloat16)
+    want, base = reference_change(q, k, v, alpha, 3.0)
+    got = two_call(q, k, v, None, alpha, 3.0, bf16_compute=torch.float16).to(torch.bfloat16)
+    delta = (want - base).norm()
+    err = (got.double() - want).norm() / delta
+    floor = (want.to(torch.bfloat16).double() - want).norm() / delta
+    assert err < 1.5 * floor, f"Δ error {err:.4f}, bf16 rounding floor {floor:.4f}"
+
+
+def test_bf16_in_fp16_keeps_logits_when_q_and_k_differ_in_scale():
+    """q large and k small (or the reverse): the shared power of two keeps every logit."""
+    from hopfield_circulation.hopfield.two_call import two_call
+
+    q, k, v = inputs(torch.bfloat16, seed=11)
+    q, k = (q.double() * 2.0**12).to(torch.bfloat16), (k.double() * 2.0**-12).to(torch.bfloat16)
+    want, base = reference_change(q, k, v, 1.05, 3.0)
+    got = two_call(q, k, v, None, 1.05, 3.0, bf16_compute=torch.float16).to(torch.bfloat16)
+    floor = (want.to(torch.bfloat16).double() - want).norm()
+    assert (got.double() - want).norm() < 1.5 * floor

@@ -1,0 +1,76 @@
+"""The two-call path: the baseline and the concat-trick retrieval as two standard attention calls
+(any device, no Triton: Windows without triton-windows, ROCm, MPS, CPU), blended in fp32.
+
+Both retrievals are rounded to their compute dtype before their small difference is amplified
+by beta, so the compute dtype decides the accuracy of the steering change:
+
+* fp16 and fp32 keep the host's own baseline call and compute the perturbed one alike (fp16's
+  11-bit mantissa keeps the change accurate to a few percent).
+* bf16's 8-bit mantissa would make that error several times the error of merely rounding the
+  output to bf16. So bf16 recomputes both retrievals in a finer dtype (the host's bf16 baseline
+  then serves only unselected rows): on accelerators in fp16, where flash kernels exist and
+  every bf16 value converts exactly once scaled by a power of two into fp16's range (below);
+  on the CPU in fp32, whose attention costs there what bf16's does.
+
+benchmarks/precision.py prints each variant's error against the output-rounding floor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .blend import blend_retrievals
+from .skew import Scalar, skew_scaled_attention
+
+# Largest |value| after scaling into fp16: 2^14, with headroom below fp16's 65504 for the
+# products of the concat trick's coefficients (|c1|, |c2| <= (1 + |alpha|) / 2).
+FP16_TOP_LOG2 = 14.0
+
+
+def own_baseline(q: torch.Tensor) -> bool:
+    """Whether the two-call path computes its own baseline for this dtype (bf16)."""
+    return q.dtype == torch.bfloat16
+
+
+def two_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, base: torch.Tensor | None,
+             alpha: Scalar, beta: Scalar, norm_match: bool = True,
+             bf16_compute: torch.dtype | None = None) -> torch.Tensor:
+    """Blend of the baseline and the alpha-scaled retrieval, fp32 (fp64 for fp64 input).
+
+    ``base``: the host's output, used unless ``own_baseline(q)``. ``bf16_compute`` forces the
+    dtype bf16 inputs are computed in (tests): fp16 off the CPU, fp32 on it by default.
+    """
+    if own_baseline(q):
+        compute = bf16_compute or (torch.float32 if q.device.type == "cpu" else torch.float16)
+        if compute == torch.float16:
+            base, perturbed = _retrievals_in_fp16(q, k, v, alpha)
+            return blend_retrievals(base, perturbed, beta, norm_match=norm_match)
+        q, k, v = q.to(compute), k.to(compute), v.to(compute)
+        base = F.scaled_dot_product_attention(q, k, v)
+    perturbed = skew_scaled_attention(q, k, v, alpha)
+    return blend_retrievals(base, perturbed, beta, norm_match=norm_match)
+
+
+def _log2_ceil_of_max(x: torch.Tensor) -> torch.Tensor:
+    """ceil(log2(max |x|)) as an fp32 device scalar (no host sync); all-zero x gives -100."""
+    return torch.ceil(torch.log2(x.abs().amax().float().clamp_min(2.0**-100)))
+
+
+def _retrievals_in_fp16(q, k, v, alpha):
+    """(baseline, perturbed) of bf16 inputs computed in fp16, returned in fp32.
+
+    Powers of two keep every conversion exact: q is divided and k multiplied by the same 2^a
+    (every logit, of either term of the concat trick, is unchanged), V is scaled by 2^b and the
+    outputs divided back. a balances q's and k's magnitudes, so both fit under 2^14 whenever
+    max|q| * max|k| <= 2^28 (logits beyond that saturate any softmax anyway).
+    """
+    e_q, e_k, e_v = (_log2_ceil_of_max(t) for t in (q, k, v))
+    shift = torch.ceil((e_q - e_k) / 2)
+    q16 = (q * torch.exp2(-shift).to(q.dtype)).to(torch.float16)
+    k16 = (k * torch.exp2(shift).to(k.dtype)).to(torch.float16)
+    v_scale = torch.exp2(FP16_TOP_LOG2 - e_v)
+    v16 = (v * v_scale.to(v.dtype)).to(torch.float16)
+    base = F.scaled_dot_product_attention(q16, k16, v16).float() / v_scale
+    perturbed = skew_scaled_attention(q16, k16, v16, alpha).float() / v_scale
+    return base, perturbed
