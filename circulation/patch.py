@@ -7,7 +7,12 @@ from ..hook.call import AttentionCall, Steering
 from ..hook.layers import select_layers
 from ..hook.override import HostBaseline, Steered, install_attention_hook
 from ..hook.schedule import in_window, sigma_window
-from ..hopfield import CirculationSettings, circulate_input_space, circulate_value_space
+from ..hopfield import (
+    CirculationSettings,
+    circulate_input_space,
+    circulate_value_space,
+    fused_triton,
+)
 from ..hopfield.circulation import needs_baseline
 from ..vocabulary import FEATURE_SPACES, STEER_BRANCHES, FeatureSpace, SteerBranch, check_choice
 from .branches import active_rows, steers_branch
@@ -52,6 +57,7 @@ def patch_circulation(
         return Steered(result.out, steering)
 
     install_attention_hook(m, steer, adapter)
+    fused_triton.prepare()  # settled now, so compiled graphs only read it
     return m
 
 

@@ -15,12 +15,11 @@ Every coefficient stays a device tensor: nothing here synchronises with the host
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from . import fused_triton  # imports Triton only when the kernel first runs
 from .input_space import steered_input_retrieval
 from .symmetry import adaptive_coefficients, aggregate_eta, symmetry_index
 from .two_call import own_baseline, two_call
@@ -91,13 +90,15 @@ def _select_rows(
 
 
 def needs_baseline(q, k, v, settings: CirculationSettings, active=None) -> bool:
-    """Whether circulate_value_space needs the host's baseline output: always, except with every
-    sample steered on the fused path (the kernel computes its own baseline in the same pass, so
-    the host's attention call can be skipped: 2x instead of 3x one call) or on the upcast
-    two-call path for bf16 (it computes its own baseline in a finer dtype, see two_call.py)."""
-    if settings.is_identity or active is not None:
+    """Whether circulate_value_space needs the host's baseline output. Not on the fused path
+    (the kernel computes the baseline in the same pass, and the plain output of unselected
+    samples too: 2x one call instead of 3x), nor on the two-call path for bf16 (it computes
+    its own baseline in a finer dtype, see two_call.py) unless some samples keep the host's."""
+    if settings.is_identity:
         return True
-    return not (_use_fused(q, k, v, settings.kernel) or own_baseline(q))
+    if _use_fused(q, k, v, settings.kernel):
+        return False
+    return active is not None or not own_baseline(q)
 
 
 def circulate_value_space(
@@ -119,11 +120,17 @@ def circulate_value_space(
         return CirculationResult(base)
     alpha, beta, eta_bar = effective_coefficients(q, k, settings)
     if _use_fused(q, k, v, settings.kernel):
-        blended = _fused(q, k, v, base, alpha, beta, settings, active)
+        # Unselected samples: the kernel's own plain attention, unless the host's was computed
+        # anyway (another override chained before ours), which then keeps them bit for bit.
+        out = fused_triton.fused_skew_circulation(
+            q, k, v, alpha, beta, norm_match=settings.norm_match, active=active,
+            fallback=settings.kernel == "auto")
     else:
-        blended = two_call(q, k, v, base, alpha, beta, settings.norm_match)
-    dtype = q.dtype if base is None else base.dtype
-    return CirculationResult(_select_rows(blended.to(dtype), base, active), eta_bar, alpha, beta)
+        out = two_call(q, k, v, base, alpha, beta, settings.norm_match)
+    out = out.to(q.dtype if base is None else base.dtype)
+    if base is not None:
+        out = _select_rows(out, base, active)
+    return CirculationResult(out, eta_bar, alpha, beta)
 
 
 def _use_fused(q, k, v, kernel: str) -> bool:
@@ -131,32 +138,7 @@ def _use_fused(q, k, v, kernel: str) -> bool:
     (fp16/bf16, d 64/128, self-attention); "fused" forces it (it raises on what does not fit)."""
     if kernel == "two_call":
         return False
-    from . import fused_triton  # Triton itself is imported only when the kernel runs
-
     return kernel == "fused" or fused_triton.auto_eligible(q, k, v)
-
-
-def _fused(q, k, v, base, alpha, beta, settings: CirculationSettings, active) -> torch.Tensor:
-    """The single-pass kernel (unselected samples are skipped in it and take the host's rows in
-    _select_rows); under "auto", a Triton that imports but cannot compile or launch here falls
-    back to the two-call path for the rest of the process, with one warning."""
-    from . import fused_triton
-
-    def run():
-        return fused_triton.fused_skew_circulation(q, k, v, alpha, beta, active=active,
-                                                   norm_match=settings.norm_match)
-
-    if settings.kernel == "fused":
-        return run()
-    try:
-        return run()
-    except Exception as error:  # any compile or launch failure; reported, then not retried
-        fused_triton.disable_auto(f"{type(error).__name__}: {error}")
-        warnings.warn(f"Hopfield Circulation: the fused Triton kernel failed here ({error!r}); "
-                      "using the two-call path from now on", RuntimeWarning, stacklevel=2)
-    if base is None:  # the host skipped its call because the fused path was expected
-        base = F.scaled_dot_product_attention(q, k, v)
-    return two_call(q, k, v, base, alpha, beta, settings.norm_match)
 
 
 def circulate_input_space(

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -83,11 +84,38 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     )
 
 
+@dataclass
+class ProcessFacts:
+    """What this process offers the kernel, asked once: then plain attributes that torch.compile
+    guards on, instead of tracing an import and an environment lookup in every graph."""
+
+    triton: bool  # available()
+    interpreting: bool  # interpreting()
+
+
+_FACTS: list[ProcessFacts] = []
+
+
+def facts() -> ProcessFacts:
+    """The process facts; the attention hook asks for them when it is installed (``prepare``),
+    so a compiled graph finds them settled."""
+    if not _FACTS:
+        _FACTS.append(ProcessFacts(available(), interpreting()))
+    return _FACTS[0]
+
+
+prepare = facts
+
+
+def _kernel_usable() -> bool:
+    found = facts()
+    return found.triton and not found.interpreting and not _DISABLED
+
+
 def auto_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether ``kernel="auto"`` takes this kernel: compiled on CUDA, fp16/bf16, shapes fit.
     Never under the interpreter (it would run CUDA tensors at interpreter speed)."""
-    return (q.is_cuda and q.dtype in AUTO_DTYPES and supports(q, k, v) and not interpreting()
-            and not _DISABLED and available())
+    return q.is_cuda and q.dtype in AUTO_DTYPES and supports(q, k, v) and _kernel_usable()
 
 
 @dataclass(frozen=True)
@@ -130,53 +158,67 @@ def _kernel():
 
 
 def _coefficient(value, batch: int, name: str):
-    """(tensor or None, stride, value): a per-sample tensor stays on the device as it is."""
+    """(flat tensor or None, value): a per-sample tensor stays on the device as it is."""
     if isinstance(value, torch.Tensor):
         flat = value.reshape(-1)  # [B, 1, 1, 1] and [B] are views, no copy
         if flat.numel() not in (1, batch):
             raise ValueError(f"fused kernel: {name} has {flat.numel()} values for batch {batch}")
-        return flat, (0 if flat.numel() == 1 else flat.stride(0)), 0.0
-    return None, 0, float(value)
+        return flat, 0.0
+    return None, float(value)
 
 
 def fused_skew_circulation(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha, beta, *,
     norm_match: bool = True, active: torch.Tensor | None = None,
-    config: LaunchConfig | None = None,
+    config: LaunchConfig | None = None, fallback: bool = False,
 ) -> torch.Tensor:
     """Blended, norm-matched output [B, H, L, d] (contiguous, q's dtype) for q, k, v of shape
     [B, H, L, d] with any strides. ``alpha``/``beta``: numbers, or tensors of B or 1 values
-    (e.g. [B, 1, 1, 1]) on q's device. ``active``: optional bool [B] on q's device; the programs
-    of other samples exit at once and leave those rows unwritten, for the caller to fill (with
-    the host's baseline): steering the cond half of a CFG batch then costs half a pass.
-    ``config`` overrides the tile sizes (tests, sweeps)."""
+    (e.g. [B, 1, 1, 1]) on q's device. ``active``: optional bool [B] on q's device; the other
+    samples get the plain attention output, computed in the same launch at half the cost, so
+    steering the cond half of a CFG batch needs no call of the host's attention at all.
+    ``config`` overrides the tile sizes (tests, sweeps). ``fallback``: a kernel that fails to
+    compile or launch here gives the two-call result instead, with one warning, and is not
+    tried again in this process (what ``kernel="auto"`` wants).
+
+    Runs as the registered op ``torch.ops.hopfield_circulation.fused_skew_circulation``, so
+    torch.compile treats it as one opaque op and never re-traces the Triton code.
+    """
     if not supports(q, k, v):
         raise ValueError(
             f"fused kernel: needs q, k, v of one shape [B, H, L, d] on one device with d in "
             f"{SUPPORTED_HEAD_DIMS}, one dtype of fp16/bf16/fp32 and B*H <= {MAX_GRID_Y}; got "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, {q.dtype}/{k.dtype}/"
             f"{v.dtype}; use kernel='two_call' for other shapes")
-    if not available():
+    found = facts()
+    if not found.triton:
         raise RuntimeError("fused kernel: Triton is not installed (pip install triton, or "
                            "triton-windows on Windows); use kernel='auto' or 'two_call'")
-    if not q.is_cuda and not interpreting():
+    if not q.is_cuda and not found.interpreting:
         raise RuntimeError("fused kernel: needs CUDA tensors (on the CPU it runs only under "
                            "Triton's interpreter, TRITON_INTERPRET=1, for tests); use "
                            "kernel='auto' or 'two_call'")
-    import triton
-
-    batch, heads, length, d = q.shape
-    alpha_t, alpha_stride, alpha_value = _coefficient(alpha, batch, "alpha")
-    beta_t, beta_stride, beta_value = _coefficient(beta, batch, "beta")
-    if active is not None:
-        if active.shape != (batch,) or active.dtype != torch.bool:
-            raise ValueError(f"fused kernel: active must be bool [{batch}], got "
-                             f"{active.dtype} {tuple(active.shape)}")
-        active = active.contiguous().view(torch.uint8)
+    batch = q.shape[0]
+    alpha_t, alpha_value = _coefficient(alpha, batch, "alpha")
+    beta_t, beta_value = _coefficient(beta, batch, "beta")
+    if active is not None and (active.shape != (batch,) or active.dtype != torch.bool):
+        raise ValueError(f"fused kernel: active must be bool [{batch}], got "
+                         f"{active.dtype} {tuple(active.shape)}")
     for name, t in (("alpha", alpha_t), ("beta", beta_t), ("active", active)):
         if t is not None and t.device != q.device:
             raise ValueError(f"fused kernel: {name} is on {t.device}, q on {q.device}")
-    cfg = config or default_config(d, q.dtype)
+    cfg = config or default_config(q.shape[-1], q.dtype)
+    return FUSED_OP(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match,
+                    cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, fallback)
+
+
+def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match,
+            cfg: LaunchConfig) -> torch.Tensor:
+    import triton
+
+    batch, heads, length, d = q.shape
+    if active is not None:
+        active = active.contiguous().view(torch.uint8)
     # The interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest even), which
     # would double the output's rounding error: there the kernel writes fp32 and torch rounds.
     emulate_bf16 = interpreting() and q.dtype == torch.bfloat16
@@ -190,7 +232,7 @@ def fused_skew_circulation(
         q, k, v, out, alpha_t if alpha_t is not None else out,
         beta_t if beta_t is not None else out, v_max, active if active is not None else out,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        alpha_stride, beta_stride, alpha_value, beta_value,
+        _stride(alpha_t), _stride(beta_t), alpha_value, beta_value,
         heads, length, d**-0.5 * LOG2E,
         D=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         ALPHA_PER_SAMPLE=alpha_t is not None, BETA_PER_SAMPLE=beta_t is not None,
@@ -200,3 +242,72 @@ def fused_skew_circulation(
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out.to(q.dtype) if emulate_bf16 else out
+
+
+def _stride(t: torch.Tensor | None) -> int:
+    return 0 if t is None or t.numel() == 1 else t.stride(0)
+
+
+def _fallback(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match):
+    """What the kernel computes, by the two-call path (after the kernel failed here)."""
+    from .two_call import two_call
+
+    def coefficient(t, value):
+        return value if t is None else t.reshape(-1, 1, 1, 1)
+
+    base = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    out = two_call(q, k, v, base, coefficient(alpha_t, alpha_value),
+                   coefficient(beta_t, beta_value), norm_match).to(q.dtype)
+    return out if active is None else torch.where(active.reshape(-1, 1, 1, 1), out, base)
+
+
+def _fused_op_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   alpha_t: torch.Tensor | None, beta_t: torch.Tensor | None, alpha_value: float,
+                   beta_value: float, active: torch.Tensor | None, norm_match: bool,
+                   block_m: int, block_n: int, num_warps: int, num_stages: int,
+                   fallback: bool) -> torch.Tensor:
+    coefficients = (alpha_t, beta_t, alpha_value, beta_value, active, norm_match)
+    if fallback and _DISABLED:  # failed before in this process: not tried again
+        return _fallback(q, k, v, *coefficients)
+    try:
+        return _launch(q, k, v, *coefficients, LaunchConfig(block_m, block_n, num_warps,
+                                                            num_stages))
+    except Exception as error:  # any compile or launch failure; reported once, not retried
+        if not fallback:
+            raise
+        disable_auto(f"{type(error).__name__}: {error}")
+        warnings.warn(f"Hopfield Circulation: the fused Triton kernel failed here ({error!r}); "
+                      "using the two-call path from now on", RuntimeWarning, stacklevel=2)
+        return _fallback(q, k, v, *coefficients)
+
+
+OP_NAMESPACE, OP_NAME = "hopfield_circulation", "fused_skew_circulation"
+OP_SCHEMA = (
+    "(Tensor q, Tensor k, Tensor v, Tensor? alpha_t, Tensor? beta_t, float alpha_value, "
+    "float beta_value, Tensor? active, bool norm_match, int block_m, int block_n, "
+    "int num_warps, int num_stages, bool fallback) -> Tensor"
+)
+_LIBRARY: list = []  # keeps the registration alive
+
+
+def _register_op():
+    """The kernel as one torch op, so dynamo and inductor call it as it is (never re-tracing
+    the Triton code) with the scalar types its schema declares. Registered through
+    torch.library's plain API, which imports neither dynamo nor Triton. A second copy of the
+    pack in one process reuses the first's op."""
+    try:
+        library = torch.library.Library(OP_NAMESPACE, "FRAGMENT")
+        library.define(f"{OP_NAME}{OP_SCHEMA}")
+    except RuntimeError:  # defined already (the pack imported under another name)
+        return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)
+    library.impl(OP_NAME, _fused_op_impl, "CompositeExplicitAutograd")
+
+    def fake(q, k, v, *args):
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+    torch.library.register_fake(f"{OP_NAMESPACE}::{OP_NAME}", fake, lib=library)
+    _LIBRARY.append(library)
+    return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)
+
+
+FUSED_OP = _register_op()

@@ -71,6 +71,59 @@ def _attend_key_tile(
 
 
 @triton.jit
+def _plain_key_tile(
+    acc, l_i, m_i, q_i, k_base, v_base, start, skl, skd, svl, svd, length, scale_log2,
+    v_inv_scale, D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+    PV_FP16: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # The baseline softmax alone (one flash-attention step), for samples the caller does not
+    # steer: their rows get the plain retrieval, so the host's call can be skipped for them too.
+    cols = start + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, D)
+    kt_ptrs = k_base + cols[None, :] * skl + dims[:, None] * skd
+    v_ptrs = v_base + cols[:, None] * svl + dims[None, :] * svd
+    if MASKED:
+        col_ok = cols < length
+        k_jt = tl.load(kt_ptrs, mask=col_ok[None, :], other=0.0)
+        v_j = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+    else:
+        k_jt = tl.load(kt_ptrs)
+        v_j = tl.load(v_ptrs)
+    if PV_FP16:
+        v_j = (v_j.to(tl.float32) * v_inv_scale).to(tl.float16)
+    s = _dot(q_i, k_jt, UPCAST, PRECISION)
+    if MASKED:
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * scale_log2)
+    p = tl.exp2(s * scale_log2 - m_new[:, None])
+    rescale = tl.exp2(m_i - m_new)
+    l_i = l_i * rescale + tl.sum(p, 1)
+    acc = acc * rescale[:, None] + _dot(p.to(v_j.dtype), v_j, UPCAST, PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _plain_program(
+    q_i, k_base, v_base, o_ptrs, row_ok, skl, skd, svl, svd, length, scale_log2, v_scale,
+    v_inv_scale, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PV_FP16: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, OUT_DTYPE: tl.constexpr,
+):
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    full_end = (length // BLOCK_N) * BLOCK_N
+    for start in range(0, full_end, BLOCK_N):
+        acc, l_i, m_i = _plain_key_tile(
+            acc, l_i, m_i, q_i, k_base, v_base, start, skl, skd, svl, svd, length, scale_log2,
+            v_inv_scale, D, BLOCK_N, False, PV_FP16, UPCAST, PRECISION)
+    if full_end < length:
+        acc, l_i, m_i = _plain_key_tile(
+            acc, l_i, m_i, q_i, k_base, v_base, full_end, skl, skd, svl, svd, length,
+            scale_log2, v_inv_scale, D, BLOCK_N, True, PV_FP16, UPCAST, PRECISION)
+    tl.store(o_ptrs, (acc * (v_scale / l_i)[:, None]).to(OUT_DTYPE), mask=row_ok[:, None])
+
+
+@triton.jit
 def skew_circulation_fwd(
     Q, K, V, Out, ALPHA, BETA, VMAX, ACTIVE,
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sob, soh, sol, sod,
@@ -87,9 +140,6 @@ def skew_circulation_fwd(
     pid_bh = tl.program_id(1)
     b = pid_bh // heads
     h = pid_bh % heads
-    if HAS_ACTIVE:  # a sample the caller does not steer: its rows stay unwritten
-        if tl.load(ACTIVE + b) == 0:
-            return
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, D)
     row_ok = rows < length
@@ -100,14 +150,17 @@ def skew_circulation_fwd(
                   mask=row_ok[:, None], other=0.0)
     k_i = tl.load(k_base + rows[:, None] * skl + dims[None, :] * skd,
                   mask=row_ok[:, None], other=0.0)
+    # Scalars are cast here, whatever width the caller passed them in (a compiler may hand
+    # Python floats over as fp64): every running value below stays fp32.
     if ALPHA_PER_SAMPLE:
         alpha = tl.load(ALPHA + b * alpha_stride).to(tl.float32)
     else:
-        alpha = alpha_value
+        alpha = tl.cast(alpha_value, tl.float32)
     if BETA_PER_SAMPLE:
         beta = tl.load(BETA + b * beta_stride).to(tl.float32)
     else:
-        beta = beta_value
+        beta = tl.cast(beta_value, tl.float32)
+    scale_log2 = tl.cast(scale_log2, tl.float32)
     c1 = (1.0 + alpha) * 0.5
     c2 = (1.0 - alpha) * 0.5
     v_scale = 1.0
@@ -116,6 +169,14 @@ def skew_circulation_fwd(
         v_max = tl.load(VMAX + pid_bh).to(tl.float32)
         v_scale = tl.exp2(tl.maximum(tl.ceil(tl.log2(v_max / FP16_SAFE_MAX)), 0.0))
     v_inv_scale = 1.0 / v_scale
+    o_base = Out + b.to(tl.int64) * sob + h.to(tl.int64) * soh
+    o_ptrs = o_base + rows[:, None] * sol + dims[None, :] * sod
+    if HAS_ACTIVE:  # a sample the caller does not steer: its rows get the plain retrieval
+        if tl.load(ACTIVE + b) == 0:
+            _plain_program(q_i, k_base, v_base, o_ptrs, row_ok, skl, skd, svl, svd, length,
+                           scale_log2, v_scale, v_inv_scale, D, BLOCK_M, BLOCK_N, PV_FP16,
+                           UPCAST, PRECISION, Out.dtype.element_ty)
+            return
 
     m_b = tl.full([BLOCK_M], float("-inf"), tl.float32)
     m_a = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -146,6 +207,4 @@ def skew_circulation_fwd(
         new = new * ratio[:, None]
         finite = (new == new) & (tl.abs(new) < float("inf"))
         new = tl.where(finite, new, 0.0)
-    o_base = Out + b.to(tl.int64) * sob + h.to(tl.int64) * soh
-    o_ptrs = o_base + rows[:, None] * sol + dims[None, :] * sod
     tl.store(o_ptrs, new.to(Out.dtype.element_ty), mask=row_ok[:, None])

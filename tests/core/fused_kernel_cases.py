@@ -193,16 +193,34 @@ def test_dispatch_through_circulate_value_space():
         torch.testing.assert_close(got.out, want.out, rtol=1e-4, atol=1e-5)
         if adaptive:
             torch.testing.assert_close(got.eta_bar, want.eta_bar)
-    # Unselected samples get the host's baseline back bit for bit, so the host call is needed;
-    # the kernel skips their programs.
+    # Unselected samples: the kernel writes their plain attention output in the same launch, so
+    # the host's call is not needed; when the host's output exists anyway (an override chained
+    # before ours), those rows are the host's bit for bit.
     active = torch.tensor([True, False])
     settings = CirculationSettings(1.1, 3.0, kernel="fused")
-    assert needs_baseline(q, k, v, settings, active)
-    got = circulate_value_space(q, k, v, base, settings, active).out
+    assert not needs_baseline(q, k, v, settings, active)
     everyone = circulate_value_space(q, k, v, None, settings).out
-    assert torch.equal(got[1], base[1]) and torch.equal(got[0], everyone[0])
+    alone = circulate_value_space(q, k, v, None, settings, active).out
+    assert torch.equal(alone[0], everyone[0])
+    torch.testing.assert_close(alone[1], base[1], rtol=1e-4, atol=1e-5)
+    chained = circulate_value_space(q, k, v, base, settings, active).out
+    assert torch.equal(chained[1], base[1]) and torch.equal(chained[0], everyone[0])
     with pytest.raises(ValueError, match="active must be bool"):
         fused_skew_circulation(q, k, v, 1.1, 3.0, active=torch.ones(3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_unselected_samples_get_the_plain_retrieval_in_the_same_launch(dtype):
+    """Cond-only steering at 2 samples per branch: rows of the other branch are softmax(QK^T)V
+    at the dtype's rounding, the chosen ones the full blend."""
+    (q, k, v), _ = qkv(4, 2, 77, 64, seed=43, dtype=dtype)
+    active = torch.tensor([False, False, True, True])
+    got = fused_skew_circulation(q, k, v, 1.05, 3.0, active=active)
+    plain = torch.softmax(ref.logits(q.double(), k.double()), -1) @ v.double()
+    steered = fused_skew_circulation(q, k, v, 1.05, 3.0)
+    assert torch.equal(got[2:], steered[2:])
+    floor = (plain[:2].to(dtype).double() - plain[:2]).norm()
+    assert (got[:2].double() - plain[:2]).norm() < 1.5 * floor
 
 
 def test_auto_keeps_cpu_and_fp32_on_the_two_call_path():
@@ -222,6 +240,27 @@ def test_clear_errors(monkeypatch):
         fused_skew_circulation(q, k[:, :, :10], v[:, :, :10], 1.1, 3.0)  # cross-attention
     with pytest.raises(ValueError, match="kernel must be one of"):
         CirculationSettings(kernel="fast")
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(fused_triton, "_FACTS", [fused_triton.ProcessFacts(True, False)])
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         circulate_value_space(q, k, v, None, CirculationSettings(1.1, 3.0, kernel="fused"))
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_torch_compile_calls_the_kernel_as_one_op(adaptive):
+    """Under torch.compile (inductor, fullgraph: no graph break) the kernel is the registered
+    op, called with the scalar types its schema declares, and gives the eager result."""
+    (q, k, v), _ = qkv(2, 2, 40, 64, seed=61, dtype=torch.float16)
+    active = torch.tensor([True, False])
+    settings = CirculationSettings(1.1, 3.0, adaptive=adaptive, kernel="fused")
+
+    def steer(q, k, v, active):
+        return circulate_value_space(q, k, v, None, settings, active).out
+
+    torch._dynamo.reset()
+    compiled = torch.compile(steer, backend="inductor", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v, active), steer(q, k, v, active),
+                               rtol=2e-3, atol=2e-3)
+    graph = torch._dynamo.explain(steer)(q, k, v, active)
+    assert graph.graph_break_count == 0
+    ops = {str(node.target) for g in graph.graphs for node in g.graph.nodes}
+    assert any(op.startswith("hopfield_circulation.fused_skew_circulation") for op in ops)
