@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from .skew import as_device_tensor
-
 RATIO_MIN = 0.25
 RATIO_MAX = 4.0
 NORM_EPS = 1e-6
@@ -37,7 +35,7 @@ def blend_retrievals(
     dtype = torch.promote_types(base.dtype, torch.float32)  # fp64 inputs keep fp64
     base32 = base.to(dtype)
     pert32 = perturbed.to(dtype)
-    weight = beta if isinstance(beta, (int, float)) else as_device_tensor(beta, dtype, base.device)
+    weight = beta.to(device=base.device, dtype=dtype) if isinstance(beta, torch.Tensor) else beta
     new = torch.lerp(base32, pert32, weight)  # base + beta (perturbed - base), one pass
     if not norm_match:
         return new

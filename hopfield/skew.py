@@ -23,25 +23,19 @@ import torch.nn.functional as F
 Scalar = float | torch.Tensor
 
 
-def as_device_tensor(value: Scalar, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A Python number or tensor as a tensor of ``dtype`` on ``device``, without rounding a
-    Python float through fp32 first (that would cost fp64 references their last digits)."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device=device, dtype=dtype)
-    # torch.full, not torch.tensor: no host-to-device copy (which would wait for the GPU)
-    return torch.full((), value, dtype=dtype, device=device)
+def skew_coefficients(alpha: Scalar, like: torch.Tensor) -> tuple[Scalar, Scalar]:
+    """c1 = (1 + alpha) / 2 and c2 = (1 - alpha) / 2.
 
-
-def skew_coefficients(alpha: Scalar, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """c1 = (1 + alpha) / 2 and c2 = (1 - alpha) / 2 as tensors on ``like``'s device
-    (fp32, or fp64 for fp64 input).
-
-    ``alpha`` may be a Python number or a tensor that broadcasts against [B, H, L, d]
-    (per-sample alpha is [B, 1, 1, 1]); it never leaves the device.
+    A Python ``alpha`` gives Python floats: no device work at all (every op costs host time in
+    each attention call, and torch multiplies by a Python scalar in fp32 opmath, or fp64 for
+    fp64 tensors). A tensor ``alpha`` (adaptive: per-sample [B, 1, 1, 1]) gives tensors on
+    ``like``'s device in fp32 (fp64 for fp64 input); it never leaves the device.
     """
+    if not isinstance(alpha, torch.Tensor):
+        return (1 + alpha) / 2, (1 - alpha) / 2
     dtype = torch.promote_types(like.dtype, torch.float32)  # fp64 inputs keep fp64
-    a = as_device_tensor(alpha, dtype, like.device)
-    return (1 + a) / 2, (1 - a) / 2
+    c2 = torch.rsub(alpha.to(device=like.device, dtype=dtype), 1).mul_(0.5)
+    return torch.rsub(c2, 1), c2
 
 
 def concat_features(
@@ -49,22 +43,20 @@ def concat_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The width-2d query and key whose plain dot product is c1 Q K^T + c2 K Q^T.
 
-    Eager: written straight into preallocated halves, no temporaries beyond the two outputs.
+    Eager: q~ written straight into preallocated halves, no temporaries beyond the outputs.
     Under torch.compile: plain concatenations (dynamo cannot trace ``out=`` into a strided view,
     and inductor fuses the products into the concatenation anyway).
     """
     c1, c2 = skew_coefficients(alpha, q)
-    if torch.compiler.is_compiling():
+    if isinstance(c1, torch.Tensor):  # cast so the attention runs in the model's dtype
         c1, c2 = c1.to(q.dtype), c2.to(q.dtype)
-        return torch.cat((q * c1, k * c2), dim=-1), torch.cat((k, q), dim=-1)
+    k_cat = torch.cat((k, q), dim=-1)
+    if torch.compiler.is_compiling():
+        return torch.cat((q * c1, k * c2), dim=-1), k_cat
     d = q.shape[-1]
     q_cat = q.new_empty(*q.shape[:-1], 2 * d)
-    k_cat = k.new_empty(*k.shape[:-1], 2 * d)
-    # fp32 coefficients, cast so the attention runs in the model's dtype.
-    torch.mul(q, c1.to(q.dtype), out=q_cat[..., :d])
-    torch.mul(k, c2.to(q.dtype), out=q_cat[..., d:])
-    k_cat[..., :d] = k
-    k_cat[..., d:] = q
+    torch.mul(q, c1, out=q_cat[..., :d])
+    torch.mul(k, c2, out=q_cat[..., d:])
     return q_cat, k_cat
 
 
@@ -86,11 +78,7 @@ def skew_scaled_attention(
     q_cat, k_cat = concat_features(q, k, alpha)
     width = q_cat.shape[-1]
     dv = v.shape[-1]
-    if dv < width:
-        v_pad = v.new_zeros(*v.shape[:-1], width)
-        v_pad[..., :dv] = v
-    else:
-        v_pad = v
+    v_pad = F.pad(v, (0, width - dv)) if dv < width else v
     out = F.scaled_dot_product_attention(q_cat, k_cat, v_pad,
                                          scale=d**-0.5 if scale is None else scale)
     return out[..., :dv] if dv < width else out

@@ -22,16 +22,50 @@ def symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """eta_M per (batch, head) for q, k of shape [B, H, L, d]; returns [B, H] (fp32, or fp64
     for fp64 input).
 
-    Stays on q's device; a zero logit matrix (|M| = 0) gives eta = 0 instead of NaN.
+    One Gram matrix G = Z^T Z of Z = [K | Q] holds K^T K, K^T Q and Q^T Q: one concatenation in
+    the model's dtype and one batched product accumulated in fp32 (on tensor cores for fp16 and
+    bf16 on CUDA), instead of fp32 copies of q and k and three products. Stays on q's device; a
+    zero logit matrix (|M| = 0) gives eta = 0 instead of NaN.
     """
-    dtype = torch.promote_types(q.dtype, torch.float32)
-    q32, k32 = q.to(dtype), k.to(dtype)
-    qq = q32.transpose(-1, -2) @ q32  # [B, H, d, d]
-    kk = k32.transpose(-1, -2) @ k32
-    kq = k32.transpose(-1, -2) @ q32
-    norm_sq = (qq * kk.transpose(-1, -2)).sum(dim=(-1, -2))  # tr(A B) = sum(A * B^T)
-    cross = (kq * kq.transpose(-1, -2)).sum(dim=(-1, -2))
+    b, h, length, d = q.shape
+    z = torch.cat((k, q), dim=-1).view(b * h, length, 2 * d)
+    gram = fp32_gram(z).view(b, h, 2 * d, 2 * d)
+    kk, kq, qq = gram[..., :d, :d], gram[..., :d, d:], gram[..., d:, d:]
+    norm_sq = (qq * kk).sum(dim=(-1, -2))  # tr((Q^T Q)(K^T K)); both Grams are symmetric
+    cross = (kq * kq.transpose(-1, -2)).sum(dim=(-1, -2))  # tr((K^T Q)^2)
     return cross / norm_sq.clamp_min(ETA_EPS)
+
+
+def fp32_gram(z: torch.Tensor) -> torch.Tensor:
+    """Z^T Z for Z [N, L, m]: fp32 (fp64 for fp64 input) with fp32 accumulation, without an
+    fp32 copy of Z where the device can multiply half-precision inputs into fp32 outputs."""
+    dtype = torch.promote_types(z.dtype, torch.float32)
+    if z.dtype != dtype and half_into_fp32(z.device):
+        return torch.bmm(z.transpose(1, 2), z, out_dtype=dtype)
+    z = z.to(dtype)
+    return torch.bmm(z.transpose(1, 2), z)
+
+
+_HALF_INTO_FP32: dict[str, bool] = {}
+
+
+def half_into_fp32(device: torch.device) -> bool:
+    """Whether bmm takes fp16/bf16 inputs into an fp32 output here (CUDA in recent torch);
+    asked once per device type, on two tiny matrices, outside any torch.compile trace (the
+    circulation asks when it patches a model; a trace that finds it unasked takes the fp32
+    copy, which every device can run)."""
+    if device.type != "cuda":
+        return False
+    if device.type not in _HALF_INTO_FP32:
+        if torch.compiler.is_compiling():
+            return False
+        try:
+            probe = torch.ones(1, 2, 2, dtype=torch.float16, device=device)
+            torch.bmm(probe, probe, out_dtype=torch.float32)
+            _HALF_INTO_FP32[device.type] = True
+        except (RuntimeError, TypeError, NotImplementedError):
+            _HALF_INTO_FP32[device.type] = False
+    return _HALF_INTO_FP32[device.type]
 
 
 def aggregate_eta(eta: torch.Tensor, per_sample: bool = True) -> torch.Tensor:
