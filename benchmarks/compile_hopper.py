@@ -100,13 +100,12 @@ def main():
                         help="tl.dot input_precision for fp32 inputs (tf32, tf32x3, ieee)")
     args = parser.parse_args()
     rows = []
-    for (d, kind), cfg in DEFAULT_CONFIGS.items():
-        for dtype in (["fp16", "bf16"] if kind == "half" else ["fp32"]):
-            if args.dtype and dtype not in args.dtype:
-                continue
-            rows.append((dtype, d, cfg, "default"))
-            if args.sweep:
-                rows += [(dtype, d, c, "") for c in SWEEP if c != cfg]
+    for (d, dtype), cfg in DEFAULT_CONFIGS.items():
+        if args.dtype and dtype not in args.dtype:
+            continue
+        rows.append((dtype, d, cfg, "default"))
+        if args.sweep:
+            rows += [(dtype, d, c, "") for c in SWEEP if c != cfg]
     print("Fused kernel compiled for sm_90a (Hopper) by Triton", end=" ")
     import triton
 

@@ -126,21 +126,77 @@ class LaunchConfig:
     num_stages: int  # software-pipelining depth of the K_j, Q_j, V_j loads
 
 
-# Per (head dim, dtype class), for Hopper (H100/H200): wgmma on all four dot products, no
-# register spills for fp16/bf16 and shared memory under the per-block limit in an sm_90a compile
-# (benchmarks/compile_hopper.py); `benchmarks/bench_gpu.py --sweep` times the candidates. Two fp32
-# accumulators of BLOCK_M x d plus two BLOCK_M x BLOCK_N score tiles live in registers, double
-# a flash kernel's, which is why d = 128 takes the smaller query tile (BLOCK_N = 128 spills).
+# Tiles per (head dim, dtype class) before timing, from `benchmarks/bench_gpu.py --sweep` on an
+# H100 where it ran (README, Performance), else from an sm_90a compile of each candidate (wgmma
+# on all four dot products, no register spills, shared memory under the per-block limit:
+# benchmarks/compile_hopper.py). Two fp32 accumulators of BLOCK_M x d plus two BLOCK_M x
+# BLOCK_N score tiles live in registers, double a flash kernel's, which is why d = 128 takes
+# the smaller query tile.
 DEFAULT_CONFIGS = {
-    (64, "half"): LaunchConfig(128, 64, 8, 3),
-    (128, "half"): LaunchConfig(64, 64, 4, 3),
+    (64, "fp16"): LaunchConfig(64, 128, 4, 2),
+    (64, "bf16"): LaunchConfig(128, 64, 8, 3),
+    (128, "fp16"): LaunchConfig(64, 64, 4, 3),
+    (128, "bf16"): LaunchConfig(64, 64, 4, 3),
     (64, "fp32"): LaunchConfig(64, 32, 4, 2),
-    (128, "fp32"): LaunchConfig(64, 32, 4, 2),  # 24 B of spills; fp32 is not the auto path
+    (128, "fp32"): LaunchConfig(64, 32, 4, 2),  # spills a little; fp32 is not the auto path
 }
+# What is timed once per shape class on the device (``tuned_config``): the table's entry and
+# the sweep's other winners. The fastest is kept for the rest of the process.
+TILE_CANDIDATES = {
+    64: (LaunchConfig(64, 128, 4, 2), LaunchConfig(128, 64, 8, 3), LaunchConfig(128, 128, 8, 3),
+         LaunchConfig(64, 64, 4, 3)),
+    128: (LaunchConfig(64, 64, 4, 3), LaunchConfig(64, 32, 4, 2), LaunchConfig(128, 64, 8, 2)),
+}
+TUNE_ENV = "HOPFIELD_CIRCULATION_TUNE"  # "0": keep the table's tiles, time nothing
+DTYPE_CLASS = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 def default_config(d: int, dtype: torch.dtype) -> LaunchConfig:
-    return DEFAULT_CONFIGS[(d, "fp32" if dtype == torch.float32 else "half")]
+    return DEFAULT_CONFIGS[(d, DTYPE_CLASS[dtype])]
+
+
+_TUNED: dict[tuple, LaunchConfig] = {}
+
+
+def shape_class(q: torch.Tensor) -> tuple:
+    """Calls that share tiles: device, head dim, dtype and the token count's power of two."""
+    return q.device.index, q.shape[-1], q.dtype, max(q.shape[-2] - 1, 1).bit_length()
+
+
+def fastest(candidates, time_ms) -> LaunchConfig:
+    """The candidate with the least time (``time_ms(config)``, None for one that cannot run)."""
+    timed = [(t, i) for i, c in enumerate(candidates) if (t := time_ms(c)) is not None]
+    if not timed:
+        raise RuntimeError("fused kernel: no tile configuration compiles on this device")
+    return candidates[min(timed)[1]]
+
+
+def tuned_config(q: torch.Tensor, launch) -> LaunchConfig:
+    """The tiles for this call: timed once per shape class on a CUDA device (``launch(config)``
+    runs the kernel on the call's own inputs), the table's otherwise. The timing waits for the
+    device once per shape class, never again."""
+    table = default_config(q.shape[-1], q.dtype)
+    if not q.is_cuda or interpreting() or os.environ.get(TUNE_ENV, "1") == "0":
+        return table
+    key = shape_class(q)
+    if key not in _TUNED:
+        candidates = (table, *(c for c in TILE_CANDIDATES[q.shape[-1]] if c != table))
+        _TUNED[key] = fastest(candidates, lambda config: _time_ms(launch, config))
+    return _TUNED[key]
+
+
+def _time_ms(launch, config: LaunchConfig, reps: int = 3) -> float | None:
+    try:
+        launch(config)  # compiles
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            launch(config)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / reps
+    except Exception:  # out of shared memory or registers for this tile: not a candidate
+        return None
 
 
 _KERNEL = None
@@ -207,9 +263,10 @@ def fused_skew_circulation(
     for name, t in (("alpha", alpha_t), ("beta", beta_t), ("active", active)):
         if t is not None and t.device != q.device:
             raise ValueError(f"fused kernel: {name} is on {t.device}, q on {q.device}")
-    cfg = config or default_config(q.shape[-1], q.dtype)
+    tiles = (config.block_m, config.block_n, config.num_warps, config.num_stages) if config \
+        else (0, 0, 0, 0)  # zeros: tuned_config picks them
     return FUSED_OP(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match,
-                    cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, fallback)
+                    *tiles, fallback)
 
 
 def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match,
@@ -270,8 +327,11 @@ def _fused_op_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if fallback and _DISABLED:  # failed before in this process: not tried again
         return _fallback(q, k, v, *coefficients)
     try:
-        return _launch(q, k, v, *coefficients, LaunchConfig(block_m, block_n, num_warps,
-                                                            num_stages))
+        if block_m:
+            return _launch(q, k, v, *coefficients, LaunchConfig(block_m, block_n, num_warps,
+                                                                num_stages))
+        config = tuned_config(q, lambda tiles: _launch(q, k, v, *coefficients, tiles))
+        return _launch(q, k, v, *coefficients, config)
     except Exception as error:  # any compile or launch failure; reported once, not retried
         if not fallback:
             raise

@@ -91,3 +91,25 @@ def test_auto_falls_back_once_when_the_kernel_cannot_run_here(monkeypatch):
     assert circulation.needs_baseline(q, k, v, CirculationSettings(1.1, 3.0, kernel="auto"),
                                       active=torch.tensor([True, False]))
     assert circulation.needs_baseline(q, k, v, settings)  # auto has given up: host call again
+
+
+def test_tiles_come_from_the_table_off_cuda_and_timing_keeps_the_fastest():
+    from hopfield_circulation.hopfield.fused_triton import (
+        DEFAULT_CONFIGS,
+        TILE_CANDIDATES,
+        LaunchConfig,
+        fastest,
+        tuned_config,
+    )
+
+    q = torch.zeros(1, 1, 8, 64, dtype=torch.float16)
+    launched = []
+    assert tuned_config(q, launched.append) == DEFAULT_CONFIGS[(64, "fp16")]
+    assert not launched  # nothing timed on the CPU
+    times = {c: t for c, t in zip(TILE_CANDIDATES[64], (3.0, None, 1.5, 2.0), strict=True)}
+    assert fastest(TILE_CANDIDATES[64], times.get) == TILE_CANDIDATES[64][2]  # None: can't run
+    with pytest.raises(RuntimeError, match="no tile configuration"):
+        fastest((LaunchConfig(64, 64, 4, 3),), lambda c: None)
+    for d, candidates in TILE_CANDIDATES.items():
+        assert DEFAULT_CONFIGS[(d, "fp16")] in candidates and DEFAULT_CONFIGS[(d, "bf16")] in \
+            candidates
