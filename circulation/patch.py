@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..families import adapter_for
 from ..hook.call import AttentionCall, Steering
 from ..hook.layers import select_layers
@@ -14,6 +16,7 @@ from ..hopfield import (
     fused_triton,
 )
 from ..hopfield.circulation import needs_baseline
+from ..hopfield.symmetry import half_into_fp32
 from ..vocabulary import FEATURE_SPACES, STEER_BRANCHES, FeatureSpace, SteerBranch, check_choice
 from .branches import active_rows, steers_branch
 
@@ -57,7 +60,9 @@ def patch_circulation(
         return Steered(result.out, steering)
 
     install_attention_hook(m, steer, adapter)
-    fused_triton.prepare()  # settled now, so compiled graphs only read it
+    # Settled now, outside any compiled graph, so those only read the answers.
+    fused_triton.prepare()
+    half_into_fp32(torch.device(getattr(m, "load_device", "cpu")))
     return m
 
 

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from ..families import FamilyAdapter, adapter_for
+from . import intact
 from .call import OBSERVERS_KEY, SCOPE_KEY, AttentionCall, CallScope, Observer, Steering
 from .schedule import STEP_KEY, ensure_step_wrapper
-
-OVERRIDE_KEY = "optimized_attention_override"
 
 
 class HostBaseline:
@@ -71,14 +70,25 @@ def _heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.transpose(1, 2)
 
 
+def _attends_everywhere(mask: torch.Tensor) -> bool:
+    """A mask that changes nothing: all True, or an all-zero additive bias. Reading it waits for
+    the device, so it is asked only of placed self-attention calls that carry a mask (Qwen-Image
+    calls the masked entry point; Flux gets one from Redux's attention bias); unmasked calls,
+    the usual case, pay nothing."""
+    if mask.dtype == torch.bool:
+        return bool(mask.all())
+    return mask.is_floating_point() and not bool(mask.any())
+
+
 def parse_call(adapter: FamilyAdapter, args: tuple, kwargs: dict) -> AttentionCall | None:
     """The self-attention call in SDPA layout, or None for calls this pack leaves alone
-    (masked, cross-attention, or not placeable in the model by its family adapter)."""
+    (a mask that restricts attention, cross-attention, or not placeable in the model by its
+    family adapter)."""
     q, k, v = args[:3]
     heads = args[3] if len(args) > 3 else kwargs.get("heads")
     mask = args[4] if len(args) > 4 else kwargs.get("mask")
     options = kwargs.get("transformer_options") or {}
-    if heads is None or mask is not None:
+    if heads is None:
         return None
     if kwargs.get("skip_reshape"):
         qh, kh, vh = q, k, v
@@ -88,7 +98,7 @@ def parse_call(adapter: FamilyAdapter, args: tuple, kwargs: dict) -> AttentionCa
     if n_q != n_k or vh.shape[-1] != qh.shape[-1]:
         return None
     placement = adapter.place(options, n_q, n_k)
-    if placement is None:
+    if placement is None or (mask is not None and not _attends_everywhere(mask)):
         return None
     step = options.get(STEP_KEY)
     return AttentionCall(
@@ -127,7 +137,7 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
     adapter = adapter or adapter_for(model_patcher)
     adapter.install(model_patcher)
     options = model_patcher.model_options.setdefault("transformer_options", {})
-    previous = options.get(OVERRIDE_KEY)
+    previous = options.get(intact.OVERRIDE_KEY)
 
     def hopfield_attention_override(func, *args, **kwargs):
         call_options = kwargs.get("transformer_options")
@@ -135,6 +145,7 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
         outermost = call_options is not None and scope is None
         if outermost:
             scope = call_options[SCOPE_KEY] = CallScope()
+            intact.note_run(call_options)
         try:
             baseline = HostBaseline(previous, func, args, kwargs)
             observers = call_options.get(OBSERVERS_KEY) if outermost else None
@@ -159,7 +170,8 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
             if outermost:
                 call_options.pop(SCOPE_KEY, None)
 
-    options[OVERRIDE_KEY] = hopfield_attention_override
+    intact.mark(hopfield_attention_override)
+    options[intact.OVERRIDE_KEY] = hopfield_attention_override
     ensure_step_wrapper(model_patcher)
     return adapter
 

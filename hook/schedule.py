@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import intact
+
 STEP_KEY = "hopfield_circulation_step"
 LATENT_SHAPE_KEY = "hopfield_circulation_latent_shape"
 WRAPPER_KEY = "hopfield_circulation"
@@ -76,16 +78,20 @@ def _read_sigma_and_schedule(t, schedule) -> tuple[float, list[float] | None]:
 
 
 def _apply_model_wrapper(executor, x, t, *args, **kwargs):
-    """Record the latent shape and the step of this model call for the attention hooks."""
+    """Record the latent shape and the step of this model call for the attention hooks, and
+    check that the model's attention override still reaches them (intact.py)."""
     transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options")
-    if transformer_options is not None:
-        sigma, schedule = _read_sigma_and_schedule(t, transformer_options.get("sample_sigmas"))
-        step = locate_step(sigma, schedule)
-        transformer_options[STEP_KEY] = StepInfo(
-            step.sigma, step.step, step.percent, next(_MODEL_CALLS)
-        )
-        transformer_options[LATENT_SHAPE_KEY] = tuple(x.shape)
-    return executor(x, t, *args, **kwargs)
+    if transformer_options is None:
+        return executor(x, t, *args, **kwargs)
+    sigma, schedule = _read_sigma_and_schedule(t, transformer_options.get("sample_sigmas"))
+    step = locate_step(sigma, schedule)
+    transformer_options[STEP_KEY] = StepInfo(step.sigma, step.step, step.percent,
+                                             next(_MODEL_CALLS))
+    transformer_options[LATENT_SHAPE_KEY] = tuple(x.shape)
+    seen = intact.watch(transformer_options)
+    out = executor(x, t, *args, **kwargs)
+    intact.confirm(seen, transformer_options)
+    return out
 
 
 def ensure_step_wrapper(model_patcher) -> None:

@@ -53,6 +53,10 @@ def patch_probe(model_patcher, settings: ProbeSettings):
     state = register(adapter.name, adapter.layer_map, settings)
     labels = settings.cfg_labels
 
+    # Recording is bookkeeping on Python objects (the run, its sums, its series): under
+    # torch.compile it runs eagerly, outside the traced graph, rather than being traced into
+    # guards on every counter (which recompiled the graph at every call).
+    @torch.compiler.disable
     def record_stability(call: AttentionCall, out: torch.Tensor,
                          steering: Steering | None) -> None:
         run = state.current

@@ -68,6 +68,10 @@ def _load_host() -> str | None:
         import comfy.cli_args
 
         comfy.cli_args.args.cpu = True  # before model_management asks for CUDA
+        # ComfyUI's PyTorch (SDPA) attention, as on the GPUs users run, rather than the CPU
+        # default sub-quadratic attention, which asks psutil for free memory in every call
+        # (under torch.compile: a graph break per attention call).
+        comfy.cli_args.args.use_pytorch_cross_attention = True
         import comfy.model_management  # noqa: F401
         import comfy.sample  # noqa: F401
         import comfy.sd  # noqa: F401

@@ -1,0 +1,102 @@
+"""Compatibility with what users stack on a model: attention-backend nodes that replace the
+override slot after ours, and ComfyUI's TorchCompileModel (inductor) before or after ours."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from host.node_calls import adaptive, skew
+
+pytestmark = pytest.mark.host
+
+OVERRIDE = "optimized_attention_override"
+
+
+def backend_node(model, chains: bool):
+    """What an attention-backend node does to a MODEL: clone and write the override slot,
+    chaining the previous override or not (KJNodes' Sage patch and ComfyUI's own backend node
+    write it without chaining)."""
+    m = model.clone()
+    options = m.model_options.setdefault("transformer_options", {})
+    previous = options.get(OVERRIDE)
+
+    def backend_attention(func, *args, **kwargs):
+        if chains and previous is not None:
+            return previous(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    options[OVERRIDE] = backend_attention
+    return m
+
+
+def probed(model):
+    from hopfield_circulation.nodes import probe_nodes
+
+    return probe_nodes.StabilityProbe.execute(model, "value", 64, 0.0, 1.0, "cond",
+                                              "all").result[0]
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_a_backend_node_after_ours_that_does_not_chain_is_a_clear_error(
+        request, nodes, sampling, family):
+    model = request.getfixturevalue(family)
+    for patched in (skew(nodes, model, alpha=0.95), adaptive(nodes, model), probed(model)):
+        with pytest.raises(RuntimeError, match="put the attention-backend node before"):
+            sampling[family](backend_node(patched, chains=False), steps=1)
+
+
+def test_a_backend_node_that_chains_or_comes_first_keeps_the_steering(nodes, sampling, sdxl):
+    steered = sampling["sdxl"](skew(nodes, sdxl))
+    after = sampling["sdxl"](backend_node(skew(nodes, sdxl), chains=True))
+    before = sampling["sdxl"](skew(nodes, backend_node(sdxl, chains=False)))
+    assert torch.equal(after, steered) and torch.equal(before, steered)
+
+
+def torch_compiled(model):
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    return TorchCompileModel.execute(model, "inductor").result[0]
+
+
+# Compiled minus eager, in latent units: inductor reorders fp32 arithmetic (about 1e-3 on the
+# unpatched tiny model after two steps); the steering itself moves the latent far more.
+COMPILE_TOLERANCE = 5e-3
+
+
+@pytest.mark.parametrize("node", ["skew", "adaptive"])
+def test_torch_compile_in_both_orders_matches_eager(nodes, sampling, sdxl, node):
+    """TorchCompileModel (inductor) after or before a circulation node: the compiled sample is
+    the eager one up to the compiler's rounding, and the whole UNet stays one graph (the host's
+    SDPA attention has no graph break, and neither does the pack)."""
+    patch = (lambda m: skew(nodes, m)) if node == "skew" else (lambda m: adaptive(nodes, m))
+    sample = sampling["sdxl"]
+    eager = sample(patch(sdxl), steps=2)
+    assert (eager - sample(sdxl, steps=2)).abs().max() > 10 * COMPILE_TOLERANCE
+    for compiled in (torch_compiled(patch(sdxl)), patch(torch_compiled(sdxl))):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        assert (sample(compiled, steps=2) - eager).abs().max() <= COMPILE_TOLERANCE
+        assert not torch._dynamo.utils.counters["graph_break"]
+    torch._dynamo.reset()
+
+
+def test_torch_compile_with_the_probe_records_what_eager_records(sampling, sdxl):
+    from hopfield_circulation.nodes import probe_nodes
+    from hopfield_circulation.probe import find_run
+
+    def recorded(compile_first: bool | None):
+        base = torch_compiled(sdxl) if compile_first else sdxl
+        m, handle = probe_nodes.StabilityProbe.execute(base, "value", 64, 0.0, 1.0, "cond",
+                                                       "all").result
+        if compile_first is False:
+            m = torch_compiled(m)
+        torch._dynamo.reset()
+        return find_run(handle, sampling["sdxl"](m, steps=2))
+
+    eager = recorded(None)
+    for compile_first in (True, False):
+        run = recorded(compile_first)
+        assert run.sums.keys() == eager.sums.keys()
+        for key, value in eager.sums.items():
+            torch.testing.assert_close(run.sums[key], value, rtol=2e-2, atol=2e-3)
+    torch._dynamo.reset()
