@@ -1,0 +1,174 @@
+"""Whole sampling runs on a GPU: full-size models, every variant a user would compare, one
+process, one table.
+
+    python benchmarks/bench_e2e_gpu.py                     # SDXL + SD3-medium, fp16 and bf16
+    python benchmarks/bench_e2e_gpu.py --models sdxl sd3.5-medium --dtypes fp16 --steps 6
+    python benchmarks/bench_e2e_gpu.py --tiny              # the same script on CPU, tiny models
+
+Models are ComfyUI's own full-size SDXL / SD3-medium / SD3.5 classes with seeded random weights
+(tests/gpu/full_size_models.py), sampled by comfy.sample at 1024², CFG 5, euler, batch 1.
+Variants: baseline; Skew Circulation (auto = fused kernel on CUDA), the same forced onto the
+two-call path, branch = cond only; Adaptive Circulation; Stability Probe (value); space = input
+(SDXL, the authors' formulation); the peers in core ComfyUI (PerturbedAttentionGuidance 3,
+SelfAttentionGuidance 0.5 on SDXL; SkipLayerGuidanceDiT 7,8,9 at 1-15 % on SD3); and
+TorchCompileModel (inductor) alone and with Skew, Adaptive and the Probe. Columns: median
+seconds per run over rounds (after a warm-up run), ratio to the baseline of the same model and
+dtype, peak GPU memory, and from torch.profiler over one run: GPU-busy ms and kernel launches
+per step. Exits with a clear message without CUDA (use --tiny to check the script on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import conftest  # noqa: E402  (registers the pack; finds ComfyUI)
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def variants(model, name: str):
+    """(label, patched model) of every variant for this model."""
+    from comfy_extras.nodes_pag import PerturbedAttentionGuidance
+    from comfy_extras.nodes_sag import SelfAttentionGuidance
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+    from hopfield_circulation.circulation import patch_circulation
+    from hopfield_circulation.hopfield import CirculationSettings
+    from hopfield_circulation.nodes.circulation_nodes import AdaptiveCirculation, SkewCirculation
+    from hopfield_circulation.nodes.probe_nodes import StabilityProbe
+
+    unet = name == "sdxl"
+    alpha = 1.05 if unet else 0.95
+
+    def skew(m, branch="both", space="value"):
+        return SkewCirculation.execute(m, alpha, 3.0, 0.0, 1.0, "all", branch, space).result[0]
+
+    def adaptive(m):
+        return AdaptiveCirculation.execute(m, 1.2 if unet else 0.9, 5.0 if unet else 3.0, 0.0,
+                                           1.0, "all", "both", "value", "per sample").result[0]
+
+    def probe(m):
+        return StabilityProbe.execute(m, "value", 64, 0.0, 1.0, "cond", "all").result[0]
+
+    def compiled(m):
+        return TorchCompileModel.execute(m, "inductor").result[0]
+
+    yield "baseline", lambda: model
+    yield "Skew Circulation (auto)", lambda: skew(model)
+    yield "Skew, two-call path", lambda: patch_circulation(
+        model, CirculationSettings(alpha, 3.0, kernel="two_call"))
+    yield "Skew, branch = cond", lambda: skew(model, branch="cond")
+    yield "Adaptive Circulation", lambda: adaptive(model)
+    yield "Stability Probe (value)", lambda: probe(model)
+    if unet:
+        yield "Skew, space = input", lambda: skew(model, space="input")
+        yield "core PAG (scale 3)", lambda: PerturbedAttentionGuidance.execute(
+            model, 3.0).result[0]
+        yield "core SAG (scale 0.5)", lambda: SelfAttentionGuidance.execute(
+            model, 0.5, 2.0).result[0]
+    else:
+        yield "core SLG-DiT (7,8,9; 1-15 %)", lambda: SkipLayerGuidanceDiT.execute(
+            model, 3.0, 0.01, 0.15, "7, 8, 9", "", 0.0).result[0]
+    yield "TorchCompileModel", lambda: compiled(model)
+    yield "TorchCompileModel + Skew", lambda: compiled(skew(model))
+    yield "TorchCompileModel + Adaptive", lambda: compiled(adaptive(model))
+    yield "TorchCompileModel + Probe", lambda: compiled(probe(model))
+
+
+def profile_run(run, steps: int, cuda: bool) -> tuple[float, float]:
+    """(GPU-busy ms, kernel launches) per step, from torch.profiler over one run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        run()
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"] if cuda else []
+    busy_us = sum(e.device_time for e in kernels)
+    return busy_us / 1000 / steps, len(kernels) / steps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["sdxl", "sd3-medium"])
+    parser.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=list(DTYPES))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", nargs="*", help="variant labels to run (substring match)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny in-process models on the CPU: checks the script, no timing "
+                        "worth reporting")
+    args = parser.parse_args()
+    reason = conftest.host_unavailable_reason()
+    if reason:
+        sys.exit(f"bench_e2e_gpu: {reason}")
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
+        sys.exit("bench_e2e_gpu: needs a CUDA device (no GPU here); --tiny runs the script on "
+                 "tiny models on the CPU")
+    device = torch.device("cuda" if cuda else "cpu")
+    name_of_device = torch.cuda.get_device_name() if cuda else "CPU"
+    print(f"{name_of_device}, torch {torch.__version__}, {args.steps} steps, CFG 5, "
+          f"{'tiny models' if args.tiny else '1024²'}, batch 1")
+    print("| model | dtype | variant | s per run | × baseline | peak GiB | GPU ms/step | "
+          "launches/step |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for name in args.models:
+        for dtype_name in args.dtypes:
+            model, run_model = load(name, DTYPES[dtype_name], device, args)
+            base_time = None
+            for label, make in variants(model, "sdxl" if args.tiny else name):
+                if args.only and label != "baseline" and not any(o in label for o in args.only):
+                    continue
+                torch._dynamo.reset()
+                patched = make()
+
+                def run(patched=patched, run_model=run_model):
+                    out = run_model(patched)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    return out
+
+                run()  # warm-up: compiles kernels, loads the model
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                times = []
+                for _ in range(args.rounds):
+                    start = time.perf_counter()
+                    run()
+                    times.append(time.perf_counter() - start)
+                seconds = statistics.median(times)
+                peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+                busy, launches = profile_run(run, args.steps, cuda)
+                base_time = base_time or seconds
+                print(f"| {name} | {dtype_name} | {label} | {seconds:.3f} | "
+                      f"{seconds / base_time:.2f} | {peak:.1f} | {busy:.1f} | {launches:.0f} |",
+                      flush=True)
+            del model
+            if cuda:
+                torch.cuda.empty_cache()
+
+
+def load(name: str, dtype, device, args):
+    """(model, run(patched) -> latent) for a full-size model, or the tiny SDXL with --tiny."""
+    if args.tiny:
+        from host import tiny_models
+
+        model = tiny_models.tiny_sdxl()
+        return model, lambda m: tiny_models.sample_sdxl(m, steps=args.steps)
+    from gpu.full_size_models import build, sample
+
+    model = build(name, dtype, device)
+    return model, lambda m: sample(m, name, steps=args.steps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Host cost of one steered attention call, next to the host's own call (CPU, tiny shapes).
+
+    python benchmarks/bench_host_overhead.py     # needs ComfyUI (COMFYUI_PATH or ~/comfy/ComfyUI)
+
+At tiny shapes an attention call's time is almost all host work (Python, dispatch, launches),
+which is what a launch-bound GPU step pays per call too. The override installed by each node is
+called exactly as ComfyUI calls it (an SDXL attn1 call: q, k, v as [B, L, H*d], the options the
+UNet passes, the step info our wrapper leaves), and timed against ComfyUI's own
+attention_pytorch on the same inputs. One thread; median of rounds; aten ops counted with a
+dispatch mode (the host's own call included in the override's count).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import conftest  # noqa: E402  (registers the pack; loads ComfyUI on the CPU)
+
+BATCH, HEADS, TOKENS, HEAD_DIM = 2, 10, 16, 64
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def attn1_call(model):
+    """(override, args, kwargs) of one SDXL attn1 call of ``model``, as the UNet makes it."""
+    from hopfield_circulation.families import adapter_for
+    from hopfield_circulation.families.unet_attn1 import unet_attn1_marker
+    from hopfield_circulation.hook.schedule import STEP_KEY, StepInfo
+
+    layer_key = next(iter(adapter_for(model).layer_map.by_key))  # (block name, number, index)
+    options = {**model.model_options["transformer_options"]}
+    side = int(TOKENS**0.5)
+    options |= {"block": layer_key[:2], "block_index": layer_key[2], "cond_or_uncond": [1, 0],
+                "activations_shape": [BATCH, HEADS * HEAD_DIM, side, side],
+                STEP_KEY: StepInfo(10.0, 0, 0.0, 1)}
+    unet_attn1_marker(model).key = ((layer_key[0], layer_key[1]), layer_key[2])
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(BATCH, TOKENS, HEADS * HEAD_DIM, generator=gen) for _ in range(3))
+    return options["optimized_attention_override"], (q, k, v, HEADS), {
+        "transformer_options": options}
+
+
+def per_call_us(fn, rounds: int = 7, calls: int = 400) -> float:
+    for _ in range(50):
+        fn()
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(samples)
+
+
+def ops_of(fn) -> int:
+    with CountOps() as mode:
+        fn()
+    return mode.count
+
+
+def main():
+    reason = conftest.host_unavailable_reason()
+    if reason:
+        sys.exit(f"bench_host_overhead: {reason}")
+    import comfy.ldm.modules.attention as host_attention
+    from hopfield_circulation.nodes.circulation_nodes import AdaptiveCirculation, SkewCirculation
+    from host import tiny_models
+
+    torch.set_num_threads(1)
+    host = host_attention.attention_pytorch
+    model = tiny_models.tiny_sdxl()
+    variants = {
+        "Skew Circulation (two-call)": SkewCirculation.execute(
+            model, 1.05, 3.0, 0.0, 1.0, "all", "both", "value").result[0],
+        "Skew Circulation, cond only": SkewCirculation.execute(
+            model, 1.05, 3.0, 0.0, 1.0, "all", "cond", "value").result[0],
+        "Adaptive Circulation (two-call)": AdaptiveCirculation.execute(
+            model, 1.2, 5.0, 0.0, 1.0, "all", "both", "value", "per sample").result[0],
+    }
+    print(f"Host cost per attention call, CPU, 1 thread, q/k/v [{BATCH}, {TOKENS}, "
+          f"{HEADS}x{HEAD_DIM}] fp32, torch {torch.__version__}")
+    print("| call | µs per call | × host's call | aten ops |")
+    print("|---|---:|---:|---:|")
+    _, args, kwargs = attn1_call(variants["Skew Circulation (two-call)"])
+    plain = {"transformer_options": {k: v for k, v in kwargs["transformer_options"].items()
+                                     if k != "optimized_attention_override"}}
+    base_us = per_call_us(lambda: host(*args, **plain))
+    print(f"| ComfyUI attention_pytorch (the host's call) | {base_us:.1f} | 1.00 | "
+          f"{ops_of(lambda: host(*args, **plain))} |")
+    for name, patched in variants.items():
+        override, args, kwargs = attn1_call(patched)
+
+        def call(override=override, args=args, kwargs=kwargs):
+            return override(host, *args, **kwargs)
+
+        us = per_call_us(call)
+        print(f"| {name} | {us:.1f} | {us / base_us:.2f} | {ops_of(call)} |")
+
+
+if __name__ == "__main__":
+    main()

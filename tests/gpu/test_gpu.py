@@ -1,0 +1,143 @@
+"""GPU tier: the fused kernel, the no-Triton fallback and torch.compile on real CUDA hardware,
+and a full-size sampling smoke test through real ComfyUI. Skipped, with the reason, without
+CUDA (CI never has one); run on a GPU machine with `python -m pytest tests/gpu -m gpu`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(),
+                       reason="no CUDA device: the GPU tier runs on a GPU machine"),
+]
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                  reason="triton is not installed")
+
+# (batch, heads, tokens, d, alpha, beta, dtype, what): the shapes and settings that differ
+CASES = [
+    (2, 10, 1024, 64, 1.05, 3.0, torch.float16, "SDXL level"),
+    (2, 10, 1024, 64, 1.05, 3.0, torch.bfloat16, "SDXL level"),
+    (2, 10, 1000, 64, 0.95, 3.0, torch.float16, "odd length, alpha < 1"),
+    (2, 24, 1178, 64, 0.95, 3.0, torch.bfloat16, "SD3 joint, strided qkv"),
+    (1, 4, 77, 128, 1.15, 4.0, torch.float16, "d 128"),
+    (1, 4, 333, 128, 0.0, 3.0, torch.bfloat16, "alpha 0"),
+    (1, 2, 17, 64, -0.5, 3.0, torch.float16, "alpha < 0"),
+]
+# Δ error over the float64 result rounded to the dtype (what any writer of that dtype pays)
+FLOOR_FACTOR = {torch.float16: 2.0, torch.bfloat16: 1.25}
+
+
+def inputs(batch, heads, tokens, d, dtype, strided=False, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    if strided:  # one joint qkv projection, viewed as q, k, v (SD3's layout)
+        qkv = torch.randn(batch, tokens, 3, heads, d, generator=gen, device="cuda")
+        q, k, v = (qkv[:, :, i].transpose(1, 2).to(dtype) for i in range(3))
+        return q, k, v
+    return tuple(torch.randn(batch, heads, tokens, d, generator=gen, device="cuda").to(dtype)
+                 for _ in range(3))
+
+
+def reference(q, k, v, alpha, beta):
+    from hopfield_circulation.hopfield import reference as ref
+
+    q, k, v = (t.double() for t in (q, k, v))
+    base = torch.softmax(ref.logits(q, k), -1) @ v
+    return ref.blend(base, ref.skew_scaled_attention(q, k, v, alpha), beta), base
+
+
+def delta_error(out, want, base):
+    delta = (want - base).norm()
+    return float((out.double() - want).norm() / delta), float(
+        (want.to(out.dtype).double() - want).norm() / delta)
+
+
+@needs_triton
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[-1]}-{c[6]}".replace(" ", "_") for c in CASES])
+def test_fused_kernel_against_float64(case):
+    from hopfield_circulation.hopfield.fused_triton import fused_skew_circulation
+
+    batch, heads, tokens, d, alpha, beta, dtype, what = case
+    q, k, v = inputs(batch, heads, tokens, d, dtype, strided="strided" in what)
+    want, base = reference(q, k, v, alpha, beta)
+    err, floor = delta_error(fused_skew_circulation(q, k, v, alpha, beta), want, base)
+    assert err <= FLOOR_FACTOR[dtype] * floor, f"Δ error {err:.4f}, floor {floor:.4f}"
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_unselected_rows_and_large_values(dtype):
+    from hopfield_circulation.hopfield.fused_triton import fused_skew_circulation
+
+    q, k, v = inputs(4, 8, 640, 64, dtype, seed=3)
+    v = v * (3e4 if dtype == torch.bfloat16 else 1.0)  # bf16: beyond fp16's range
+    active = torch.tensor([True, False, True, False], device="cuda")
+    got = fused_skew_circulation(q, k, v, 1.05, 3.0, active=active)
+    want, base = reference(q, k, v, 1.05, 3.0)
+    err, floor = delta_error(got[active], want[active], base[active])
+    assert err <= FLOOR_FACTOR[dtype] * floor
+    plain = base[~active]
+    assert (got[~active].double() - plain).norm() <= 1.5 * (
+        plain.to(dtype).double() - plain).norm()
+
+
+def test_bf16_two_call_without_triton_in_fp16():
+    from hopfield_circulation.hopfield.two_call import two_call
+
+    q, k, v = inputs(2, 10, 1024, 64, torch.bfloat16, seed=5)
+    want, base = reference(q, k, v, 0.97, 3.0)
+    out = two_call(q, k, v, None, 0.97, 3.0).to(torch.bfloat16)
+    err, floor = delta_error(out, want, base)
+    assert err <= 1.5 * floor
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_eta_from_one_gram_in_fp32(dtype):
+    from hopfield_circulation.hopfield import reference as ref
+    from hopfield_circulation.hopfield.symmetry import symmetry_index
+
+    q, k, _ = inputs(2, 10, 1024, 64, dtype, seed=7)
+    want = ref.symmetry_index(q.double(), k.double())
+    torch.testing.assert_close(symmetry_index(q, k).double(), want, rtol=1e-3, atol=1e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_compiled_steering_is_one_graph_and_matches_eager(adaptive):
+    from hopfield_circulation.hopfield import CirculationSettings, circulate_value_space
+
+    q, k, v = inputs(2, 10, 1024, 64, torch.float16, seed=9)
+    settings = CirculationSettings(1.05, 3.0, adaptive=adaptive)
+
+    def steer(q, k, v):
+        return circulate_value_space(q, k, v, None, settings).out
+
+    torch._dynamo.reset()
+    compiled = torch.compile(steer, fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), steer(q, k, v), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", ["sdxl", "sd3-medium"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_full_size_sampling_through_comfyui(comfy_host, name, compiled):
+    """Full-size model, random weights, 1024², CFG 5, 2 steps: Skew changes the sample and
+    stays finite, eager and under TorchCompileModel (inductor)."""
+    from hopfield_circulation.nodes.circulation_nodes import SkewCirculation
+
+    from gpu.full_size_models import build, sample
+
+    torch._dynamo.reset()
+    model = build(name, torch.float16, torch.device("cuda"))
+    alpha = 1.05 if name == "sdxl" else 0.95
+    steered = SkewCirculation.execute(model, alpha, 3.0, 0.0, 1.0, "all", "both",
+                                      "value").result[0]
+    if compiled:
+        from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+        steered = TorchCompileModel.execute(steered, "inductor").result[0]
+    out, base = sample(steered, name, steps=2), sample(model, name, steps=2)
+    assert torch.isfinite(out).all() and not torch.equal(out, base)
