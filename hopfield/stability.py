@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .symmetry import half_into_fp32
+
 EPS = 1e-12
 ETA_EPS = 1e-20
 
@@ -61,6 +63,13 @@ def local_field(q: torch.Tensor, k: torch.Tensor, xi: torch.Tensor) -> torch.Ten
     return field / (2 * math.sqrt(q.shape[-1]))
 
 
+def _product(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """a @ b in ``dtype``: half-precision operands multiply into fp32 (tensor cores)."""
+    if a.dtype == dtype:
+        return a @ b
+    return torch.bmm(a, b, out_dtype=dtype)
+
+
 def normalised_features(retrieval: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """Columns centred over tokens (axis -2) and scaled to unit norm; zero columns stay zero."""
     centred = retrieval - retrieval.mean(dim=-2, keepdim=True)
@@ -78,21 +87,27 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -
     the field's K^T Xc, Q^T Xc), a third applies the field. Normalising xi is folded into the
     small [2d, m] factor (h / |xc| instead of xc / |xc|), Sum(lambda) comes from the Grams, and
     the centring of h is a rank-1 shift added inside the field's matmul. No host sync.
+
+    Half-precision inputs on a device that multiplies them into fp32 (CUDA) keep Z in the
+    model's dtype, so the three products run on tensor cores with fp32 accumulation; everything
+    after the products is fp32 as elsewhere.
     """
     dtype = torch.promote_types(retrieval.dtype, torch.float32)
     b, heads, tokens, d = q.shape
     m = retrieval.shape[-1]
-    z = torch.empty(b, heads, tokens, 2 * d + m, dtype=dtype, device=q.device)
+    low = q.dtype if q.dtype == k.dtype == retrieval.dtype != dtype and half_into_fp32(
+        q.device) else dtype  # Z's dtype
+    z = torch.empty(b, heads, tokens, 2 * d + m, dtype=low, device=q.device)
     z[..., :d].copy_(k)  # copy_ casts and gathers the host's strided layout in one pass
     z[..., d:2 * d].copy_(q)
     centred = z[..., 2 * d:]
     centred.copy_(retrieval)
-    centred.sub_(centred.mean(dim=-2, keepdim=True))
+    centred.sub_(retrieval.mean(dim=-2, keepdim=True, dtype=dtype).to(low))
 
     z3 = z.view(b * heads, tokens, -1)
     k3, q3, kq3, x3 = z3[..., :d], z3[..., d:2 * d], z3[..., :2 * d], z3[..., 2 * d:]
-    gram_k = k3.transpose(-1, -2) @ z3  # [BH, d, 2d + m]: K^T K | K^T Q | K^T Xc
-    gram_q = q3.transpose(-1, -2) @ z3[..., d:]  # [BH, d, d + m]: Q^T Q | Q^T Xc
+    gram_k = _product(k3.transpose(-1, -2), z3, dtype)  # [BH, d, 2d + m]: K^T K|K^T Q|K^T Xc
+    gram_q = _product(q3.transpose(-1, -2), z3[..., d:], dtype)  # [BH, d, d + m]: Q^T Q|Q^T Xc
 
     # eta = <M, M^T> / |M|^2 = tr((K^T Q)^2) / tr(Q^T Q K^T K), as hopfield.symmetry
     qq, kk, kq = gram_q[..., :d], gram_k[..., :d], gram_k[..., d:2 * d]
@@ -100,11 +115,14 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -
     eta = (kq * kq.transpose(-1, -2)).sum(dim=(-1, -2)) / norm_sq.clamp_min(ETA_EPS)
 
     # h / |xc| = [K | Q] [Q^T Xc ; K^T Xc] / (2 sqrt(d) |xc|^2), centred over tokens
-    col_sq = torch.square(x3).sum(dim=-2, keepdim=True)  # [BH, 1, m] = |xc|^2
-    k_x, q_x = gram_k[..., 2 * d:], gram_q[..., d:]
+    col_sq = torch.square(torch.linalg.vector_norm(x3, dim=-2, keepdim=True, dtype=dtype))
+    k_x, q_x = gram_k[..., 2 * d:], gram_q[..., d:]  # col_sq: [BH, 1, m] = |xc|^2
     weights = torch.cat((q_x, k_x), dim=-2) / (col_sq.clamp_min(EPS) * (2 * math.sqrt(d)))
-    shift = kq3.mean(dim=-2, keepdim=True) @ weights  # [BH, 1, m]: the field's token mean
-    field = torch.baddbmm(shift, kq3, weights, beta=-1)  # h / |xc|, [BH, L, m]
+    shift = kq3.mean(dim=-2, keepdim=True, dtype=dtype) @ weights  # [BH, 1, m]: h's token mean
+    if low == dtype:
+        field = torch.baddbmm(shift, kq3, weights, beta=-1)  # h / |xc|, [BH, L, m]
+    else:
+        field = _product(kq3, weights.to(low), dtype).sub_(shift)
     field_sq = torch.square(field).sum(dim=-2)  # |h|^2 / |xc|^2
 
     # sum_l lambda = xi^T h = Xc^T [K | Q] weights (the shift drops out: xc sums to zero)

@@ -211,3 +211,23 @@ def test_colour_map_is_diverging_and_finite():
     red, white, blue, nan = colors[0, 0]
     assert red[0] > red[2] and blue[2] > blue[0] and white.min() > 0.9
     assert torch.equal(nan, white) and colors.min() >= 0 and colors.max() <= 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_on_tensor_cores_agree_with_float64(monkeypatch, dtype):
+    """The CUDA path (Z kept in the model's dtype, products into fp32), emulated on the CPU:
+    products of half-precision values are exact in fp32, so only Z's rounding shows."""
+    from hopfield_circulation.hopfield import stability
+
+    monkeypatch.setattr(stability, "half_into_fp32", lambda device: True)
+    monkeypatch.setattr(stability, "_product",
+                        lambda a, b, dt: a.to(dt) @ b.to(dt) if a.dtype != dt else a @ b)
+    q, k = rand(2, 4, 256, 16, seed=50) + 0.5, rand(2, 4, 256, 16, seed=51) - 0.3
+    retrieval = rand(2, 4, 256, 16, seed=52) * 0.5 + 1.0
+    q, k, retrieval = (t.to(dtype) for t in (q, k, retrieval))
+    exact = layer_stability(q.double(), k.double(), retrieval.double())
+    fast = layer_stability(q, k, retrieval)
+    tol = 2e-3 if dtype == torch.float16 else 2e-2  # Z rounded to 11 or 8 mantissa bits
+    for name in ("energy", "instability", "align", "eta"):
+        torch.testing.assert_close(getattr(fast, name).double(), getattr(exact, name),
+                                   rtol=tol, atol=tol)

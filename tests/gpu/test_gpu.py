@@ -141,3 +141,16 @@ def test_full_size_sampling_through_comfyui(comfy_host, name, compiled):
         steered = TorchCompileModel.execute(steered, "inductor").result[0]
     out, base = sample(steered, name, steps=2), sample(model, name, steps=2)
     assert torch.isfinite(out).all() and not torch.equal(out, base)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_probe_measures_on_tensor_cores(dtype):
+    from hopfield_circulation.hopfield.stability import layer_stability
+
+    q, k, x = inputs(2, 10, 1024, 64, dtype, seed=11)
+    exact = layer_stability(q.double(), k.double(), x.double())
+    fast = layer_stability(q, k, x)
+    tol = 2e-3 if dtype == torch.float16 else 2e-2
+    for name in ("energy", "instability", "align", "eta"):
+        torch.testing.assert_close(getattr(fast, name).double(), getattr(exact, name),
+                                   rtol=tol, atol=tol)
