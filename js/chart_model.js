@@ -169,3 +169,73 @@ export function layout(chart, width, height, measure = approxTextWidth) {
     yTitle: { text: "Align_X", x: 2, y: legendTop + FONT_PX },
   };
 }
+
+// --- The report's table (the `hopfield_report_table` payload) -------------------------------
+
+export const EMPTY_CELL = "–"; // a block group with no recorded layer
+const MEASURE_FORMATS = [
+  (v) => v.toPrecision(4), // E_X: any scale
+  (v) => v.toFixed(3), // r_X: a fraction
+  (v) => v.toFixed(4), // Align_X: a cosine
+  (v) => v.toFixed(3), // eta_M: -1..1
+];
+
+// One table cell: the measure in its format, "–" where the group has no value.
+export function formatMeasure(value, column) {
+  if (typeof value !== "number" || !Number.isFinite(value)) return EMPTY_CELL;
+  const format = MEASURE_FORMATS[column] ?? ((v) => v.toPrecision(4));
+  return format(value).replace(/^-/, "−"); // a real minus keeps the columns' widths even
+}
+
+// Validate and normalise the table payload; null when unusable.
+export function readTable(payload) {
+  const table = Array.isArray(payload) ? payload[payload.length - 1] : payload;
+  if (!table || !Array.isArray(table.samples) || !Array.isArray(table.columns)) return null;
+  const columns = table.columns.map(String);
+  const samples = table.samples
+    .filter((s) => s && Array.isArray(s.rows))
+    .map((s) => ({
+      label: String(s.label ?? ""),
+      rows: s.rows.filter(Boolean).map((r) => ({
+        block: String(r.block ?? ""),
+        title: String(r.title ?? r.block ?? ""),
+        cells: columns.map((_, k) => formatMeasure(r.values?.[k], k)),
+      })),
+    }));
+  if (samples.length === 0) return null;
+  return { headline: String(table.headline ?? ""), columns, samples,
+           notes: Array.isArray(table.notes) ? table.notes.map(String) : [] };
+}
+
+// Font size of the table for a node of this width: every column fits without a scroll bar
+// (the widest cell is about 8 characters; the block column takes the leftover).
+export function tableFontPx(width) {
+  return Math.max(8, Math.min(12, Math.floor((width || 0) / 34)));
+}
+
+// --- The circulation nodes' line: the α, β a run used ----------------------------------------
+
+export const PAPER_POINT = "paper point for this model";
+export const CUSTOM_POINT = "custom α, β";
+
+// What the node says before a run, from its operating_point choice.
+export function pointHint(choice) {
+  return choice === CUSTOM_POINT
+    ? "Steers with the α and β above."
+    : "Steers with the paper's point for the connected model (SDXL α 1.05 β 3 or α 1.2 β 5 " +
+      "adaptive; SD3 α 0.95 β 3); α and β above are not used.";
+}
+
+// What the node says after a run (the `hopfield_operating_point` payload).
+export function pointText(payload) {
+  const used = Array.isArray(payload) ? payload[payload.length - 1] : payload;
+  if (!used || typeof used.text !== "string") return null;
+  return `Last run: ${used.text}`;
+}
+
+// A workflow saved before operating_point existed has fewer widget values: it meant the α, β
+// widgets, so it loads as "custom α, β" (a new node gets the paper point).
+export function savedBeforeOperatingPoint(widgetsValues, operatingPointIndex) {
+  return Array.isArray(widgetsValues) && operatingPointIndex >= 0 &&
+    widgetsValues.length <= operatingPointIndex;
+}

@@ -5,10 +5,25 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..circulation import patch_circulation
+from ..families import adapter_for
 from ..hopfield import CirculationSettings
 from ..vocabulary import FEATURE_SPACES, STEER_BRANCHES
+from .operating_points import (
+    ABSENT,
+    ADAPTIVE_POINTS,
+    OPERATING_POINTS,
+    PAPER_POINT,
+    SKEW_POINTS,
+    UsedPoint,
+    choose_point,
+)
+from .validation import queue_time_check, raise_titled
 
 CATEGORY = "Hopfield Circulation/circulation"
+# Where each circulation node leaves the (alpha, beta) it steers with on its MODEL, so a
+# Stability Report of a run can say which circulation was active (copied on every clone).
+POINTS_KEY = "hopfield_circulation_points"
+UI_KEY = "hopfield_operating_point"
 
 
 def _shared_inputs(alpha: float, beta: float) -> list:
@@ -18,12 +33,14 @@ def _shared_inputs(alpha: float, beta: float) -> list:
             "alpha", default=alpha, min=-4.0, max=4.0, step=0.01, round=0.001,
             tooltip="Circulation scale α: the skew-symmetric part of the attention logits is "
             "multiplied by α. 1 = unchanged model. SDXL: 1.05–1.15 (paper table 3); "
-            "SD3: 0.90–0.97 (appendix B.1).",
+            "SD3: 0.90–0.97 (appendix B.1). Used with operating_point 'custom α, β'; the "
+            "default, the paper's point for the connected model, sets α itself.",
         ),
         io.Float.Input(
             "beta", default=beta, min=-10.0, max=20.0, step=0.1, round=0.001,
             tooltip="Injection scale β: how far the retrieval moves toward the α-scaled one "
-            "(Ξ + β·(Ξ_α − Ξ), then norm-matched). 0 = unchanged model. Paper: 3–7.5.",
+            "(Ξ + β·(Ξ_α − Ξ), then norm-matched). 0 = unchanged model. Paper: SDXL 3–7.5, "
+            "SD3 2–4. Used with operating_point 'custom α, β'.",
         ),
         io.Float.Input(
             "start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
@@ -53,11 +70,35 @@ def _shared_inputs(alpha: float, beta: float) -> list:
     ]
 
 
-def _patched(model, settings, start_percent, end_percent, layers, branch, space):
-    return io.NodeOutput(patch_circulation(
-        model, settings, start_percent=start_percent, end_percent=end_percent, layers=layers,
-        branch=branch, space=space,
-    ))
+def _operating_point_input(points: dict) -> io.Combo.Input:
+    described = "; ".join(f"{name.upper()} α {p.alpha:g}, β {p.beta:g}"
+                          for name, p in points.items())
+    return io.Combo.Input(
+        "operating_point", options=list(OPERATING_POINTS), default=PAPER_POINT, optional=True,
+        tooltip=f"{PAPER_POINT}: steer with the paper's (α, β) for the connected model "
+        f"({described}; UNets such as SD1.x use the SDXL point); the α and β inputs are not "
+        "used. custom α, β: steer with the α and β inputs (editing either one selects it). "
+        "The node shows the α, β it used after a run.",
+    )
+
+
+def _patched(title, model, settings_for, points, operating_point, alpha, beta, start_percent,
+             end_percent, layers, branch, space):
+    """Patch ``model`` with the chosen point; errors name the node by its title."""
+    try:
+        family = adapter_for(model).name if operating_point == PAPER_POINT else None
+        used = choose_point(points, operating_point, family, alpha, beta)
+        used = UsedPoint(used.alpha, used.beta, used.why, title)
+        patched = patch_circulation(
+            model, settings_for(used.alpha, used.beta), start_percent=start_percent,
+            end_percent=end_percent, layers=layers, branch=branch, space=space,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise_titled(title, exc)
+    options = patched.model_options["transformer_options"]
+    # a tuple, not a list: ComfyUI merges transformer_options and extends lists it meets
+    options[POINTS_KEY] = (*options.get(POINTS_KEY, ()), used.as_dict())
+    return io.NodeOutput(patched, ui={UI_KEY: [used.as_dict()]})
 
 
 MODEL_OUT = io.Model.Output(tooltip="The model with circulation control on its self-attention.")
@@ -76,16 +117,24 @@ class SkewCirculation(io.ComfyNode):
                 "break metastable mixtures (extra limbs, blended objects); large values disrupt "
                 "coherent images. α = 1 or β = 0 leaves the model untouched."
             ),
-            inputs=_shared_inputs(alpha=1.05, beta=3.0),
+            inputs=[*_shared_inputs(alpha=1.05, beta=3.0), _operating_point_input(SKEW_POINTS)],
             outputs=[MODEL_OUT],
         )
 
     @classmethod
+    def validate_inputs(cls, layers, start_percent, end_percent) -> bool | str:
+        return queue_time_check(layers, start_percent, end_percent)
+
+    @classmethod
     def execute(
-        cls, model, alpha, beta, start_percent, end_percent, layers, branch, space
+        cls, model, alpha, beta, start_percent, end_percent, layers, branch, space,
+        operating_point=ABSENT,
     ) -> io.NodeOutput:
-        settings = CirculationSettings(alpha=alpha, beta=beta)
-        return _patched(model, settings, start_percent, end_percent, layers, branch, space)
+        def settings(a, b):
+            return CirculationSettings(alpha=a, beta=b)
+
+        return _patched("Skew Circulation", model, settings, SKEW_POINTS, operating_point,
+                        alpha, beta, start_percent, end_percent, layers, branch, space)
 
 
 ETA_AGGREGATIONS = {"per sample": True, "per call": False}
@@ -112,22 +161,31 @@ class AdaptiveCirculation(io.ComfyNode):
                     "uncond and batch items steer independently. per call: one η̄ over the "
                     "whole attention call, as in the paper.",
                 ),
+                _operating_point_input(ADAPTIVE_POINTS),
             ],
             outputs=[MODEL_OUT],
         )
 
     @classmethod
+    def validate_inputs(cls, layers, start_percent, end_percent) -> bool | str:
+        return queue_time_check(layers, start_percent, end_percent)
+
+    @classmethod
     def execute(
         cls, model, alpha, beta, start_percent, end_percent, layers, branch, space,
-        eta_aggregation,
+        eta_aggregation, operating_point=ABSENT,
     ) -> io.NodeOutput:
         if eta_aggregation not in ETA_AGGREGATIONS:
-            raise ValueError(f"eta_aggregation must be one of {list(ETA_AGGREGATIONS)}")
-        settings = CirculationSettings(
-            alpha=alpha, beta=beta, adaptive=True,
-            eta_per_sample=ETA_AGGREGATIONS[eta_aggregation],
-        )
-        return _patched(model, settings, start_percent, end_percent, layers, branch, space)
+            raise ValueError(f"Adaptive Circulation: eta_aggregation must be one of "
+                             f"{list(ETA_AGGREGATIONS)}")
+
+        def settings(a, b):
+            return CirculationSettings(alpha=a, beta=b, adaptive=True,
+                                       eta_per_sample=ETA_AGGREGATIONS[eta_aggregation])
+
+        return _patched("Adaptive Circulation", model, settings, ADAPTIVE_POINTS,
+                        operating_point, alpha, beta, start_percent, end_percent, layers,
+                        branch, space)
 
 
 CIRCULATION_NODES = [SkewCirculation, AdaptiveCirculation]

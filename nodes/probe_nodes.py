@@ -2,13 +2,58 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 from comfy_api.latest import io, ui
 
-from ..probe import ProbeSettings, build_report, patch_probe
+from ..probe import ProbeSettings, build_report, patch_probe, probe_state
 from ..vocabulary import FEATURE_SPACES, PROBE_BRANCHES
+from .circulation_nodes import POINTS_KEY
+from .validation import queue_time_check, raise_titled
 
 CATEGORY = "Hopfield Circulation/diagnostics"
 Probe = io.Custom("HOPFIELD_PROBE")
+POINTS_WRAPPER_KEY = "hopfield_circulation_probe_points"
+
+# (probe id, run number) -> the (alpha, beta) of every circulation node on the sampled model,
+# for the report's text; bounded like the probes' own registry.
+_RUN_POINTS: OrderedDict[tuple[str, int], list[dict]] = OrderedDict()
+_RUN_POINTS_KEPT = 512
+_RUN_POINTS_LOCK = threading.Lock()
+
+
+def _remember_points(handle):
+    """OUTER_SAMPLE wrapper: note which circulation points the sampled model carries, for the
+    probe's run of this sampling (the recorder numbers the runs; this only reads them)."""
+
+    def remember_circulation_points(executor, *args, **kwargs):
+        try:
+            state = probe_state(handle)
+        except (RuntimeError, TypeError):  # dropped from the registry: nothing to note
+            return executor(*args, **kwargs)
+        before = state.runs_started
+        guider = getattr(executor, "class_obj", None)
+        options = getattr(guider, "model_options", None)
+        if options is None:
+            options = getattr(getattr(guider, "model_patcher", None), "model_options", {})
+        points = list(options.get("transformer_options", {}).get(POINTS_KEY, []))
+        # inside the recorder's wrapper (added first, so outside this one) the run is open;
+        # outside it, the run opens inside
+        current = state.current
+        number = current.number if current is not None and not current.finished else before + 1
+        with _RUN_POINTS_LOCK:
+            _RUN_POINTS[(handle.probe_id, number)] = points
+            while len(_RUN_POINTS) > _RUN_POINTS_KEPT:
+                _RUN_POINTS.popitem(last=False)
+        return executor(*args, **kwargs)
+
+    return remember_circulation_points
+
+
+def _points_of(handle, run) -> list[dict]:
+    with _RUN_POINTS_LOCK:
+        return _RUN_POINTS.get((getattr(handle, "probe_id", None), run.number), [])
 
 
 class StabilityProbe(io.ComfyNode):
@@ -28,14 +73,17 @@ class StabilityProbe(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to probe (SDXL, SD1.x/2.x or SD3)."),
                 io.Combo.Input(
                     "basis", options=list(FEATURE_SPACES), default="value",
+                    display_name="basis (value: attention output, input: block input X)",
                     tooltip="value: features are the attention output's channels per head "
                     "(any model, cheap). input: the paper's basis, the retrieval over the block "
                     "input X (SDXL only; see channels).",
                 ),
                 io.Int.Input(
                     "channels", default=64, min=0, max=4096,
-                    tooltip="input basis only: how many of the block input's channels to probe "
-                    "(a fixed random subset, for speed); 0 = all channels, the exact value.",
+                    display_name="channels (input basis only)",
+                    tooltip="Used only with basis = input (ignored with value): how many of "
+                    "the block input's channels to probe (a fixed random subset, for speed); "
+                    "0 = all channels, the exact value.",
                 ),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
                                tooltip="First point of the schedule that is recorded."),
@@ -62,10 +110,22 @@ class StabilityProbe(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, layers, start_percent, end_percent) -> bool | str:
+        return queue_time_check(layers, start_percent, end_percent, what="recorded")
+
+    @classmethod
     def execute(cls, model, basis, channels, start_percent, end_percent, branch,
                 layers) -> io.NodeOutput:
-        settings = ProbeSettings(basis, channels, start_percent, end_percent, branch, layers)
-        probed, handle = patch_probe(model, settings)
+        try:
+            settings = ProbeSettings(basis, channels, start_percent, end_percent, branch,
+                                     layers)
+            probed, handle = patch_probe(model, settings)
+        except (ValueError, RuntimeError) as exc:
+            raise_titled("Stability Probe", exc)
+        from comfy.patcher_extension import WrappersMP
+
+        probed.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, POINTS_WRAPPER_KEY,
+                                    _remember_points(handle))
         return io.NodeOutput(probed, handle)
 
 
@@ -117,11 +177,16 @@ class StabilityReport(io.ComfyNode):
 
     @classmethod
     def execute(cls, probe, latent, save_file, filename_prefix, image=None) -> io.NodeOutput:
-        report = build_report(probe, latent["samples"], image,
-                              filename_prefix if save_file else None)
+        try:
+            report = build_report(probe, latent["samples"], image,
+                                  filename_prefix if save_file else None,
+                                  circulation_of=lambda run: _points_of(probe, run))
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise_titled("Stability Report", exc)
         shown = report.overlay if image is not None else report.heatmaps
         preview = ui.PreviewImage(shown, cls=cls).as_dict()
-        ui_payload = {**preview, "hopfield_align_chart": [report.chart], "text": [report.text]}
+        ui_payload = {**preview, "hopfield_align_chart": [report.chart], "text": [report.text],
+                      "hopfield_report_table": [report.table]}
         align = report.align
         return io.NodeOutput(report.heatmaps, report.overlay, align["down"], align["mid"],
                              align["up"], align["all"], report.text, ui=ui_payload)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import uuid
 
 import torch
 
@@ -29,9 +29,30 @@ def output_path(filename_prefix: str) -> str:
     return os.path.join(folder, f"{name}_{counter:05}_.safetensors")
 
 
+def _write_new(directory: str, data: bytes) -> str:
+    """Write ``data`` to a new temporary file in ``directory``, for an atomic rename. The file
+    is created with mode 0666 less the process umask, like every file ComfyUI saves (mkstemp's
+    0600, or the 0600 safetensors' own writer gives, would hide the report from other users
+    and tools on a shared server)."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{uuid.uuid4().hex}.safetensors.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException:
+            os.remove(tmp)
+            raise
+        return tmp
+    raise FileExistsError(f"no free temporary file name in {directory}")
+
+
 def save_report(path: str, summary: Summary, run: ProbeRun, settings: dict) -> None:
     """Every per-layer, per-step series and the maps as .safetensors, written atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {f"layer_mean/{name}": summary.layer_values[..., i].contiguous()
                for i, name in enumerate(MEASURES)}
@@ -58,10 +79,9 @@ def save_report(path: str, summary: Summary, run: ProbeRun, settings: dict) -> N
     }
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors.tmp", dir=directory)
-    os.close(fd)
+    data = save(tensors, metadata={"hopfield_circulation": json.dumps(metadata)})
+    tmp = _write_new(directory, data)
     try:
-        save_file(tensors, tmp, metadata={"hopfield_circulation": json.dumps(metadata)})
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

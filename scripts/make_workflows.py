@@ -1,9 +1,21 @@
-"""Writes the bundled example workflows (UI format) into workflows/.
+"""Writes the bundled example workflows (UI format) and their thumbnails into workflows/.
 
     python scripts/make_workflows.py
 
 Kept as code so the five graphs share one layout and stay consistent (same seed on every
-branch, the paper's sampling: CFG 5, 30 steps, 1024 x 1024). The JSON files are what ships.
+branch, the paper's sampling: CFG 5, 30 steps, 1024 x 1024). The JSON files and the .jpg
+thumbnails are what ships.
+
+What the template browser shows (ComfyUI frontend 1.27 and 1.58 alike): a custom node pack's
+template is known only by its file name, which is the card's title and also its description
+(nothing else is read: no index.json, no metadata inside the workflow). So the file names are
+the titles, and the thumbnail (<name>.jpg, shown in a square) carries the purpose: what is
+compared, with which settings, in text large enough to read at card size.
+
+Layout: every node is given a size at least as tall as its content in Nodes 2.0 (where node
+height follows the content), and nodes are stacked by those sizes, so the graph has no
+overlaps in the classic canvas or in Nodes 2.0; group title bars sit clear of the pack badge
+that the classic canvas draws above a node's title.
 """
 
 from __future__ import annotations
@@ -15,10 +27,19 @@ OUT = Path(__file__).resolve().parents[1] / "workflows"
 SEED = 42
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
 SD3_CKPT = "sd3_medium_incl_clips_t5xxlfp16.safetensors"
+# What the frontend offers to download when a loader's model is missing (properties.models)
+MODELS = {
+    SDXL_CKPT: "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+               "sd_xl_base_1.0.safetensors",
+    SD3_CKPT: "https://huggingface.co/stabilityai/stable-diffusion-3-medium/resolve/main/"
+              "sd3_medium_incl_clips_t5xxlfp16.safetensors",
+}
 SKEW = "HopfieldCirculation_SkewCirculation"
 ADAPTIVE = "HopfieldCirculation_AdaptiveCirculation"
 PROBE = "HopfieldCirculation_StabilityProbe"
 REPORT = "HopfieldCirculation_StabilityReport"
+PAPER_POINT = "paper point for this model"
+CUSTOM = "custom α, β"
 
 OUTPUTS = {
     "CheckpointLoaderSimple": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
@@ -50,19 +71,32 @@ INPUTS = {
     REPORT: [("probe", "HOPFIELD_PROBE"), ("latent", "LATENT"), ("image", "IMAGE")],
 }
 
+# Node body heights (canvas units, without the 30-unit title) at least as tall as the content
+# in Nodes 2.0 (frontend 1.58), measured there; the classic canvas needs less.
+TITLE = 30
+GAP = 40  # between stacked nodes
+HEIGHT = {"CheckpointLoaderSimple": 140, "EmptyLatentImage": 130, "EmptySD3LatentImage": 130,
+          "KSampler": 270, "VAEDecode": 70, "ImageStitch": 180, SKEW: 330, ADAPTIVE: 360,
+          PROBE: 270, "PreviewAny": 150}
+WIDTH = 340
+COLUMN = 420  # pitch of the branch columns
+GROUP_HEAD = 100  # from a group's top to its first node's pos: title bar, badge, margin
+GROUP_FONT = 22
+
 
 class Graph:
     def __init__(self):
         self.nodes, self.links, self.groups = [], [], []
 
-    def node(self, kind, pos, widgets=(), title=None, size=(320, 130)):
+    def node(self, kind, pos, widgets=(), title=None, size=None, properties=None):
+        size = size or (WIDTH, HEIGHT.get(kind, 130))
         node = {
             "id": len(self.nodes) + 1, "type": kind, "pos": list(pos), "size": list(size),
             "flags": {}, "order": len(self.nodes), "mode": 0,
             "inputs": [{"name": n, "type": t, "link": None} for n, t in INPUTS.get(kind, [])],
             "outputs": [{"name": n, "type": t, "links": [], "slot_index": i}
                         for i, (n, t) in enumerate(OUTPUTS.get(kind, []))],
-            "properties": {"Node name for S&R": kind},
+            "properties": {"Node name for S&R": kind, **(properties or {})},
             "widgets_values": list(widgets),
         }
         if title:
@@ -80,9 +114,9 @@ class Graph:
 
     def group(self, title, x, y, w, h, color="#3f789e"):
         self.groups.append({"title": title, "bounding": [x, y, w, h], "color": color,
-                            "font_size": 24, "flags": {}})
+                            "font_size": GROUP_FONT, "flags": {}})
 
-    def note(self, text, pos, size=(420, 200)):
+    def note(self, text, pos, size=(WIDTH, 260)):
         return self.node("Note", pos, [text], size=size)
 
     def to_json(self):
@@ -92,55 +126,66 @@ class Graph:
                 "version": 0.4}
 
 
+def below(node, gap=GAP) -> float:
+    """The y of a node stacked under ``node``."""
+    return node["pos"][1] + node["size"][1] + TITLE + gap
+
+
 def common(g, ckpt, prompt, negative, sd3=False):
-    """Loader, prompts and latent shared by every branch."""
-    loader = g.node("CheckpointLoaderSimple", (0, 0), [ckpt], size=(320, 100))
-    pos = g.node("CLIPTextEncode", (0, 160), [prompt], title="Positive prompt", size=(320, 160))
-    neg = g.node("CLIPTextEncode", (0, 360), [negative], title="Negative prompt",
-                 size=(320, 120))
-    latent = g.node("EmptySD3LatentImage" if sd3 else "EmptyLatentImage", (0, 520),
-                    [1024, 1024, 1], size=(320, 110))
+    """Loader, prompts and latent shared by every branch, in the left column."""
+    model = {"name": ckpt, "url": MODELS[ckpt], "directory": "checkpoints"}
+    loader = g.node("CheckpointLoaderSimple", (0, 0), [ckpt], properties={"models": [model]})
+    pos = g.node("CLIPTextEncode", (0, below(loader)), [prompt], title="Positive prompt",
+                 size=(WIDTH, 170))
+    neg = g.node("CLIPTextEncode", (0, below(pos)), [negative], title="Negative prompt",
+                 size=(WIDTH, 130))
+    latent = g.node("EmptySD3LatentImage" if sd3 else "EmptyLatentImage", (0, below(neg)),
+                    [1024, 1024, 1])
     g.link(loader, 1, pos, "clip")
     g.link(loader, 1, neg, "clip")
     return loader, pos, neg, latent
 
 
-ROW_PITCH = 820  # one branch column is 795 tall with its group title
+def patch_height(patch) -> int:
+    return HEIGHT[patch[0]] if patch else 0
 
 
-def branch(g, column, title, model_source, model_slot, shared, sd3=False, patch=None, row=0,
-           top=0):
-    """One labelled column: optional patch node, KSampler (same seed), VAE decode."""
+def branch(g, column, title, model_source, model_slot, shared, sd3=False, patch=None, top=0,
+           patch_room=0):
+    """One labelled column: optional patch node, KSampler (same seed), VAE decode.
+    ``patch_room``: the height kept for patch nodes, so every column's sampler lines up."""
     loader, pos, neg, latent = shared
-    x = 420 + column * 380
-    y = row * ROW_PITCH + top
-    g.group(title, x - 10, y - 75, 360, 795 - top)  # title bar clear of the first node
+    x = 440 + column * COLUMN
+    y = top
     source, slot = model_source, model_slot
     if patch is not None:
         kind, widgets = patch
-        node = g.node(kind, (x, y), widgets, size=(340, 250))
+        node = g.node(kind, (x, y), widgets)
         g.link(source, slot, node, "model")
         source, slot = node, 0
-    sampler = "euler"
-    scheduler = "sgm_uniform" if sd3 else "normal"
-    ks = g.node("KSampler", (x, y + 270), [SEED, "fixed", 30, 5.0, sampler, scheduler, 1.0],
-                title=f"KSampler: {title}", size=(340, 262))
+    ks_y = y + (patch_room + TITLE + GAP if patch_room else 0)
+    ks = g.node("KSampler", (x, ks_y), [SEED, "fixed", 30, 5.0, "euler",
+                                        "sgm_uniform" if sd3 else "normal", 1.0],
+                title=f"KSampler: {title}")
     g.link(source, slot, ks, "model")
     g.link(pos, 0, ks, "positive")
     g.link(neg, 0, ks, "negative")
     g.link(latent, 0, ks, "latent_image")
-    dec = g.node("VAEDecode", (x, y + 560), size=(340, 50))
+    dec = g.node("VAEDecode", (x, below(ks)))
     g.link(ks, 0, dec, "samples")
     g.link(loader, 2, dec, "vae")
-    return dec
+    bottom = below(dec, gap=20)
+    g.group(title, x - 20, y - GROUP_HEAD, WIDTH + 40, bottom - (y - GROUP_HEAD))
+    return dec, bottom
 
 
 def stitch_all(g, decoded, x, title="Side by side (left to right as the columns)"):
     """Chain ImageStitch nodes so every branch lands in one image, then save it."""
     current = decoded[0]
-    for i, nxt in enumerate(decoded[1:]):
-        st = g.node("ImageStitch", (x, 80 + 180 * i), ["right", True, 16, "white"],
-                    size=(300, 150))
+    y = 0
+    for nxt in decoded[1:]:
+        st = g.node("ImageStitch", (x, y), ["right", True, 16, "white"], size=(300, 180))
+        y = below(st, gap=20)
         g.link(current, 0, st, "image1")
         g.link(nxt, 0, st, "image2")
         current = st
@@ -149,8 +194,8 @@ def stitch_all(g, decoded, x, title="Side by side (left to right as the columns)
     return save
 
 
-def skew_widgets(alpha, beta):
-    return [alpha, beta, 0.0, 1.0, "all", "both", "value"]
+def skew_widgets(alpha, beta, point=CUSTOM):
+    return [alpha, beta, 0.0, 1.0, "all", "both", "value", point]
 
 
 SDXL_PROMPT = "a photo of a horse standing in a meadow, detailed, natural light"
@@ -161,14 +206,16 @@ def sdxl_skew():
     g = Graph()
     shared = common(g, SDXL_CKPT, SDXL_PROMPT, NEGATIVE)
     loader = shared[0]
-    base = branch(g, 0, "Baseline", loader, 0, shared)
-    skew = branch(g, 1, "Skew Circulation (α 1.05, β 3)", loader, 0, shared,
-                  patch=(SKEW, skew_widgets(1.05, 3.0)))
-    stitch_all(g, [base, skew], 1200)
-    g.note("Same seed, same sampler. Right: the paper's moderate operating point "
-           "(α = 1.05, β = 3; section 6). Look for spurious mixtures in the baseline (extra "
-           "limbs, blended objects) that the circulation breaks up, and for added texture or "
-           "composition changes on samples that were already coherent.", (0, 680))
+    room = HEIGHT[SKEW]
+    base, _ = branch(g, 0, "Baseline", loader, 0, shared, patch_room=room)
+    skew, _ = branch(g, 1, "Skew Circulation α 1.05, β 3", loader, 0, shared,
+                     patch=(SKEW, skew_widgets(1.05, 3.0, PAPER_POINT)), patch_room=room)
+    stitch_all(g, [base, skew], 440 + 2 * COLUMN)
+    g.note("Same seed, same sampler. Right: Skew Circulation at its default, the paper's point "
+           "for the connected model (SDXL: α = 1.05, β = 3; section 6). Look for spurious "
+           "mixtures in the baseline (extra limbs, blended objects) that the circulation "
+           "breaks up, and for added texture or composition changes on samples that were "
+           "already coherent.", (0, below(shared[3])))
     return g
 
 
@@ -177,16 +224,19 @@ def sdxl_adaptive():
     shared = common(g, SDXL_CKPT, "a fancy clock with a golden frame on a red carpet, "
                     "hotel lobby", NEGATIVE)
     loader = shared[0]
-    base = branch(g, 0, "Baseline", loader, 0, shared)
-    static = branch(g, 1, "Static excessive (α 1.2, β 5)", loader, 0, shared,
-                    patch=(SKEW, skew_widgets(1.2, 5.0)))
-    adaptive = branch(g, 2, "Adaptive Circulation (α 1.2, β 5)", loader, 0, shared,
-                      patch=(ADAPTIVE, [*skew_widgets(1.2, 5.0), "per sample"]))
-    stitch_all(g, [base, static, adaptive], 1580)
+    room = HEIGHT[ADAPTIVE]
+    base, _ = branch(g, 0, "Baseline", loader, 0, shared, patch_room=room)
+    static, _ = branch(g, 1, "Static α 1.2, β 5", loader, 0, shared,
+                       patch=(SKEW, skew_widgets(1.2, 5.0)), patch_room=room)
+    adaptive, _ = branch(g, 2, "Adaptive α 1.2, β 5", loader, 0, shared,
+                         patch=(ADAPTIVE, [*skew_widgets(1.2, 5.0)[:-1], "per sample",
+                                           CUSTOM]), patch_room=room)
+    stitch_all(g, [base, static, adaptive], 440 + 3 * COLUMN)
     g.note("The paper's table 6: the same 'excessive' setting (α = 1.2, β = 5) applied "
            "statically distorts the image, while Adaptive Circulation damps it by the "
            "attention's symmetry η_M (α_eff = 1 + (α − 1)·η̄, β_eff = β·(1 − η̄)) and keeps "
-           "the object coherent.", (0, 680))
+           "the object coherent. Both nodes are set to 'custom α, β' so they use the same "
+           "setting.", (0, below(shared[3])))
     return g
 
 
@@ -194,13 +244,15 @@ def sd3_skew():
     g = Graph()
     shared = common(g, SD3_CKPT, SDXL_PROMPT, NEGATIVE, sd3=True)
     loader = shared[0]
-    base = branch(g, 0, "Baseline", loader, 0, shared, sd3=True)
-    skew = branch(g, 1, "Skew Circulation (α 0.95, β 3)", loader, 0, shared, sd3=True,
-                  patch=(SKEW, skew_widgets(0.95, 3.0)))
-    stitch_all(g, [base, skew], 1200)
+    room = HEIGHT[SKEW]
+    base, _ = branch(g, 0, "Baseline", loader, 0, shared, sd3=True, patch_room=room)
+    skew, _ = branch(g, 1, "Skew Circulation α 0.95, β 3", loader, 0, shared, sd3=True,
+                     patch=(SKEW, skew_widgets(0.95, 3.0, PAPER_POINT)), patch_room=room)
+    stitch_all(g, [base, skew], 440 + 2 * COLUMN)
     g.note("SD3 (MMDiT joint attention over [text; image]): the paper's appendix B.1 steers "
-           "with α slightly below 1 (0.90-0.97). (0.95, 3) and (0.97, 4) raised ImageReward on "
-           "COCO while keeping the aesthetic score.", (0, 680))
+           "with α slightly below 1 (0.90-0.97). Skew Circulation's default, the paper's point "
+           "for the connected model, uses (0.95, 3) on SD3. (0.95, 3) and (0.97, 4) raised "
+           "ImageReward on COCO while keeping the aesthetic score.", (0, below(shared[3])))
     return g
 
 
@@ -208,32 +260,37 @@ def sdxl_probe():
     g = Graph()
     shared = common(g, SDXL_CKPT, SDXL_PROMPT, NEGATIVE)
     loader = shared[0]
-    probe = g.node(PROBE, (420, 0), ["value", 64, 0.0, 1.0, "cond", "all"],
-                   size=(340, 230))
+    probe = g.node(PROBE, (440, 0), ["value", 64, 0.0, 1.0, "cond", "all"])
     g.link(loader, 0, probe, "model")
-    # top=40: the probe sits above the sampler, taller in Nodes 2.0 than in the classic canvas
-    dec = branch(g, 0, "Probed generation", probe, 0, shared, top=40)
+    dec, _ = branch(g, 0, "Probed generation", probe, 0, shared,
+                    top=below(probe) - GAP + 20)
     g.groups.pop()  # one column only: no branch box
-    report = g.node(REPORT, (820, 0), [False, "hopfield/stability"], size=(520, 640))
+    report = g.node(REPORT, (440 + COLUMN, 0), [False, "hopfield/stability"],
+                    size=(560, 900))
     g.link(probe, 1, report, "probe")
     ksampler = next(n for n in g.nodes if n["type"] == "KSampler")
     g.link(ksampler, 0, report, "latent")
     g.link(dec, 0, report, "image")
+    x = report["pos"][0] + report["size"][0] + 60
+    y = 0
     for i, name in enumerate(("align_down", "align_mid", "align_up", "align_all")):
-        shown = g.node("PreviewAny", (1380, 40 + 175 * i), title=name, size=(220, 130))
+        shown = g.node("PreviewAny", (x, y), title=name, size=(240, HEIGHT["PreviewAny"]))
+        y = below(shown, gap=20)
         g.link(report, 2 + i, shown, "source")
-    heat = g.node("PreviewImage", (1640, 0), title="λ_X heatmaps (Down, Mid, Up, All)",
-                  size=(400, 420))
+    heat = g.node("PreviewImage", (x + 300, 0), title="λ_X heatmaps, labelled",
+                  size=(420, 460))
     g.link(report, 0, heat, "images")
-    over = g.node("PreviewImage", (2080, 0), title="Heatmaps over the image", size=(400, 420))
+    over = g.node("PreviewImage", (x + 760, 0), title="Heatmaps over the image",
+                  size=(420, 460))
     g.link(report, 1, over, "images")
     g.note("Stability Probe records the paper's Hopfield measures during sampling without "
-           "changing the image. In the heatmaps red marks tokens whose retrieval conflicts "
-           "with its local field (λ_X < 0), blue where it is reinforced. Higher Align_X is "
-           "more stable: the paper's stable samples averaged 0.690, unstable ones 0.650 (table "
-           "2). The chart on the report node plots Align_X per layer, Down/Mid/Up shaded, "
-           "block means dashed. Put a Skew Circulation node before the probe to see Align_X "
-           "drop as circulation grows (table 3).", (0, 680), size=(420, 230))
+           "changing the image. Each heatmap tile is labelled (sample, branch, block) with a "
+           "colour bar: red marks tokens whose retrieval conflicts with its local field "
+           "(λ_X < 0), blue where it is reinforced. Higher Align_X is more stable: the paper's "
+           "stable samples averaged 0.690, unstable ones 0.650 (table 2). The chart on the "
+           "report node plots Align_X per layer, Down/Mid/Up shaded, block means dashed. Put a "
+           "Skew Circulation node before the probe to see Align_X drop as circulation grows "
+           "(table 3).", (0, below(shared[3])), size=(WIDTH, 320))
     return g
 
 
@@ -245,40 +302,176 @@ def sdxl_grid():
     g = Graph()
     shared = common(g, SDXL_CKPT, SDXL_PROMPT, NEGATIVE)
     loader = shared[0]
-    decoded = [branch(g, 0, "Baseline", loader, 0, shared)]
-    for row, (a, betas) in enumerate(TABLE3.items()):
+    room = HEIGHT[SKEW]
+    decoded = []
+    dec, bottom = branch(g, 0, "Baseline", loader, 0, shared, patch_room=room)
+    decoded.append(dec)
+    top = 0
+    for a, betas in TABLE3.items():
+        row_bottom = bottom
         for col, b in enumerate(betas, start=1):
-            decoded.append(branch(g, col, f"α {a:.2f}, β {b:g}", loader, 0, shared, row=row,
-                                  patch=(SKEW, skew_widgets(a, b))))
-    stitch_all(g, decoded, 420 + 380 * (1 + max(len(b) for b in TABLE3.values())),
+            dec, bottom = branch(g, col, f"α {a:.2f}, β {b:g}", loader, 0, shared, top=top,
+                                 patch=(SKEW, skew_widgets(a, b)), patch_room=room)
+            decoded.append(dec)
+            row_bottom = max(row_bottom, bottom)
+        top = row_bottom + GROUP_HEAD + 40
+    stitch_all(g, decoded, 440 + COLUMN * (1 + max(len(b) for b in TABLE3.values())),
                title="Side by side: baseline, then table 3 left to right")
     g.note("The paper's table 3 operating grid (SDXL, COCO-1K, CFG 5, 30 steps): rows α = "
            "1.05 / 1.10 / 1.15, columns their β values. The aesthetic score rises with α and β "
            "(best 1.10, 6); ImageReward peaks at (1.05, 5) and falls beyond; the stability "
            "measures (Align_X, -E_X) drop as circulation grows. On the baseline's worst 20 % by "
            "each metric, every point improved that metric (table 3b). Same seed in every "
-           "column; the stitched "
-           "image runs baseline, (1.05, 5), (1.05, 6), (1.05, 7.5), (1.10, 4) ... (1.15, 4).",
-           (420, ROW_PITCH - 75), size=(340, 330))
+           "column; the stitched image runs baseline, (1.05, 5), (1.05, 6), (1.05, 7.5), "
+           "(1.10, 4) ... (1.15, 4).", (0, below(shared[3])), size=(WIDTH, 340))
     return g
 
 
+# name (the template's title) -> (builder, thumbnail card)
 WORKFLOWS = {
-    "sdxl_skew_circulation_vs_baseline": sdxl_skew,
-    "sdxl_adaptive_vs_static_excessive": sdxl_adaptive,
-    "sd3_skew_circulation_vs_baseline": sd3_skew,
-    "sdxl_stability_probe": sdxl_probe,
-    "sdxl_operating_grid_table3": sdxl_grid,
+    "SDXL Skew Circulation vs baseline": (sdxl_skew, {
+        "tag": "SDXL", "purpose": "Fix broken samples: one seed with and without circulation",
+        "columns": [("baseline", "unpatched"), ("Skew Circulation", "α 1.05, β 3")],
+        "settings": "paper point · CFG 5 · 30 steps · 1024²"}),
+    "SDXL Adaptive vs static, excessive setting": (sdxl_adaptive, {
+        "tag": "SDXL", "purpose": "Too strong a setting: static collapses, adaptive holds",
+        "columns": [("baseline", "unpatched"), ("static", "α 1.2, β 5"),
+                    ("adaptive", "α 1.2, β 5")],
+        "settings": "paper table 6 · CFG 5 · 30 steps"}),
+    "SD3 Skew Circulation vs baseline": (sd3_skew, {
+        "tag": "SD3", "purpose": "SD3 steers with α below 1: one seed with and without",
+        "columns": [("baseline", "unpatched"), ("Skew Circulation", "α 0.95, β 3")],
+        "settings": "paper appendix B.1 · CFG 5 · 30 steps"}),
+    "SDXL Stability Probe and Report": (sdxl_probe, {
+        "tag": "SDXL", "purpose": "See where attention is stable: Align_X per layer, λ maps",
+        "columns": [("Stability Probe", "records"), ("Stability Report", "chart, maps")],
+        "settings": "the image is unchanged · cond branch"}),
+    "SDXL operating grid, paper table 3": (sdxl_grid, {
+        "tag": "SDXL", "purpose": "Sweep α and β: fidelity against diversity",
+        "grid": {"rows": [f"α {a:.2f}" for a in TABLE3],
+                 "cells": [[f"β {b:g}" for b in betas] for betas in TABLE3.values()]},
+        "settings": "baseline + 8 points · one seed"}),
 }
+
+
+# --- Thumbnails -------------------------------------------------------------------------------
+
+THUMB = 512  # square: both frontends show a template's image in a square
+FONT_FILES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+              "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+ASCII = {"α": "alpha", "β": "beta", "λ": "lambda", "η": "eta", "·": "-", "²": "^2"}
+
+
+def _fonts():
+    """(bold, regular) loaders: DejaVu when installed (Greek letters), else Pillow's built-in
+    font with the Greek spelled out."""
+    from PIL import ImageFont
+
+    if all(Path(f).is_file() for f in FONT_FILES):
+        return (lambda s: ImageFont.truetype(FONT_FILES[0], s),
+                lambda s: ImageFont.truetype(FONT_FILES[1], s), lambda t: t)
+
+    def plain(text):
+        for k, v in ASCII.items():
+            text = text.replace(k, v)
+        return text
+
+    return (lambda s: ImageFont.load_default(size=s), lambda s: ImageFont.load_default(size=s),
+            plain)
+
+
+def _wrap(draw, text, font, width):
+    words, lines = text.split(), []
+    for word in words:
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def thumbnail(title: str, card: dict, path: Path) -> None:
+    """A square card: model family, title, one-line purpose, what is compared, settings."""
+    from PIL import Image, ImageDraw
+
+    bold, regular, text = _fonts()
+    ink, muted, accent = (242, 244, 248), (176, 186, 204), (88, 166, 255)
+    im = Image.new("RGB", (THUMB, THUMB), (24, 30, 42))
+    d = ImageDraw.Draw(im)
+    pad = 28
+    tag_font = bold(26)
+    tag = text(card["tag"])
+    tw = d.textlength(tag, font=tag_font)
+    # top right: frontend 1.58 lays a "Node graph" badge over the top left of the image
+    x1 = THUMB - pad
+    d.rounded_rectangle((x1 - tw - 24, pad, x1, pad + 40), 8, fill=accent)
+    d.text((x1 - 12, pad + 20), tag, font=tag_font, fill=(16, 20, 28), anchor="rm")
+    y = pad + 58
+    name = title.removeprefix(card["tag"]).strip()
+    name = name[:1].upper() + name[1:]
+    title_font = bold(40)
+    for line in _wrap(d, text(name), title_font, THUMB - 2 * pad)[:3]:
+        d.text((pad, y), line, font=title_font, fill=ink)
+        y += 48
+    y += 6
+    purpose_font = regular(25)
+    for line in _wrap(d, text(card["purpose"]), purpose_font, THUMB - 2 * pad)[:2]:
+        d.text((pad, y), line, font=purpose_font, fill=muted)
+        y += 31
+    y += 14
+    bottom = THUMB - pad - 40
+    if "columns" in card:
+        cols = card["columns"]
+        gap = 12
+        w = (THUMB - 2 * pad - gap * (len(cols) - 1)) / len(cols)
+        label_font, value_font = bold(24 if len(cols) < 3 else 21), regular(22)
+        for i, (label, value) in enumerate(cols):
+            x0 = pad + i * (w + gap)
+            d.rounded_rectangle((x0, y, x0 + w, bottom), 10, outline=accent, width=3,
+                                fill=(34, 44, 62))
+            mid = x0 + w / 2
+            lines = _wrap(d, text(label), label_font, w - 16)
+            ty = (y + bottom) / 2 - 16 * len(lines) - (12 if value else 0)
+            for line in lines:
+                d.text((mid, ty), line, font=label_font, fill=ink, anchor="mt")
+                ty += 30
+            if value:
+                for line in _wrap(d, text(value), value_font, w - 16):
+                    d.text((mid, ty + 6), line, font=value_font, fill=accent, anchor="mt")
+                    ty += 28
+    else:
+        grid = card["grid"]
+        rows = grid["rows"]
+        head = 118
+        h = (bottom - y - 6 * (len(rows) - 1)) / len(rows)
+        cell_font = bold(22)
+        for r, (row, cells) in enumerate(zip(rows, grid["cells"], strict=True)):
+            y0 = y + r * (h + 6)
+            d.text((pad, y0 + h / 2), text(row), font=cell_font, fill=ink, anchor="lm")
+            w = (THUMB - 2 * pad - head - 8 * 2) / 3
+            for c, cell in enumerate(cells):
+                x0 = pad + head + c * (w + 8)
+                d.rounded_rectangle((x0, y0, x0 + w, y0 + h), 8, outline=accent, width=2,
+                                    fill=(34, 44, 62))
+                d.text((x0 + w / 2, y0 + h / 2), text(cell), font=cell_font, fill=accent,
+                       anchor="mm")
+    size = 23
+    while size > 14 and d.textlength(text(card["settings"]), font=regular(size)) > THUMB - 2 * pad:
+        size -= 1
+    d.text((pad, THUMB - pad - 14), text(card["settings"]), font=regular(size), fill=muted,
+           anchor="lm")
+    im.save(path, quality=90)
 
 
 def main():
     OUT.mkdir(exist_ok=True)
-    for name, build in WORKFLOWS.items():
+    for name, (build, card) in WORKFLOWS.items():
         path = OUT / f"{name}.json"
         path.write_text(json.dumps(build().to_json(), indent=1, ensure_ascii=False) + "\n")
-        print(f"wrote {path}")
+        thumbnail(name, card, path.with_suffix(".jpg"))
+        print(f"wrote {path} and its thumbnail")
 
 
 if __name__ == "__main__":
     main()
+

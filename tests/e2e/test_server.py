@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -155,11 +157,101 @@ def test_tiny_checkpoint_runs_through_every_node(server, family):
 
 
 @pytest.mark.parametrize("node_id", sorted(OUR_NODES))
-def test_help_page_is_served(server, node_id):
-    """The frontend's node help fetches /extensions/<pack>/docs/<NodeId>.md."""
+def test_help_page_is_served_where_the_frontend_asks_first(server, node_id):
+    """The frontend's node help asks for /extensions/<pack>/docs/<NodeId>/<locale>.md first
+    and falls back to docs/<NodeId>.md (other locales): both are the same page."""
     import urllib.request
 
-    url = f"{server.url}/extensions/{PACK_DIR_NAME}/docs/{node_id}.md"
-    with urllib.request.urlopen(url, timeout=30) as response:
-        text = response.read().decode()
-    assert text.startswith(f"# {OUR_NODES[node_id]}")
+    docs = f"{server.url}/extensions/{PACK_DIR_NAME}/docs"
+    with urllib.request.urlopen(f"{docs}/{node_id}/en.md", timeout=30) as response:
+        first = response.read().decode()
+    assert first.startswith(f"# {OUR_NODES[node_id]}")
+    with urllib.request.urlopen(f"{docs}/{node_id}.md", timeout=30) as response:
+        assert response.read().decode() == first
+
+
+def _history_ids(server) -> set:
+    return set(server.get("/history"))
+
+
+def _queue_is_empty(server) -> bool:
+    queue = server.get("/queue")
+    return not queue["queue_running"] and not queue["queue_pending"]
+
+
+BAD_SETTINGS = [
+    # node in tiny_graph, inputs changed, what the node error says
+    ("6", {"layers": "foo"}, "layers: cannot read 'foo'"),
+    ("6", {"start_percent": 0.8, "end_percent": 0.2},
+     "start_percent (0.8) is after end_percent (0.2): no step would be steered"),
+    ("7", {"layers": "9-4"}, "layers: range '9-4' runs backwards"),
+    ("7", {"start_percent": 0.9, "end_percent": 0.1}, "is after end_percent"),
+    ("5", {"layers": "middel"}, "layers: cannot read 'middel'"),
+    ("5", {"start_percent": 1.0, "end_percent": 0.5}, "no step would be recorded"),
+]
+
+
+@pytest.mark.parametrize("node_id, change, message", BAD_SETTINGS,
+                         ids=[f"{n}-{'-'.join(c)}" for n, c, _ in BAD_SETTINGS])
+def test_unreadable_settings_are_refused_when_queued(server, node_id, change, message):
+    """Skew (6), Adaptive (7) and the Probe (5): the server answers 400 with node errors
+    before anything runs (no model is loaded, nothing reaches the history)."""
+    prompt = tiny_graph("sd3")
+    prompt[node_id]["inputs"].update(change)
+    before = _history_ids(server)
+    status, body = server.post("/prompt", {"prompt": prompt, "client_id": "hc-e2e"})
+    assert status == 400, body
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    errors = body["node_errors"][node_id]["errors"]
+    assert body["node_errors"][node_id]["class_type"] == prompt[node_id]["class_type"]
+    assert errors and all(e["type"] == "custom_validation_failed" for e in errors)
+    assert any(message in e["details"] for e in errors), errors
+    assert _queue_is_empty(server) and _history_ids(server) == before
+
+
+def test_model_dependent_errors_fail_at_run_time_naming_the_node(server):
+    """An index past the tiny SD3's last block passes the queue-time check (the model is not
+    known then) and fails when the node runs, with a message that starts with its title."""
+    prompt = tiny_graph("sd3")
+    prompt["6"]["inputs"]["layers"] = "2-30"
+    status, body = server.post("/prompt", {"prompt": prompt, "client_id": "hc-e2e"})
+    assert status == 200, body
+    prompt_id = body["prompt_id"]
+    deadline = time.time() + 120
+    entry = {}
+    while time.time() < deadline:
+        entry = server.get(f"/history/{prompt_id}").get(prompt_id, {})
+        if entry.get("status", {}).get("status_str") == "error":
+            break
+        time.sleep(0.3)
+    messages = dict(entry["status"]["messages"])
+    error = messages["execution_error"]
+    assert error["node_id"] == "6" and error["node_type"] == "HopfieldCirculation_SkewCirculation"
+    assert error["exception_message"].startswith(
+        "Skew Circulation: layers: '2-30' is past the last layer index (1) of this SD3 model")
+
+
+def test_circulation_nodes_report_the_point_they_used(server):
+    """With the default operating point, SD3 steers with the paper's SD3 point (α 0.95); the
+    node's UI output and the report's text both say so."""
+    prompt = tiny_graph("sd3")
+    for node_id in ("6", "7"):
+        prompt[node_id]["inputs"]["operating_point"] = "paper point for this model"
+    history = server.run_prompt(prompt)
+    skew = history["outputs"]["6"]["hopfield_operating_point"][0]
+    adaptive = history["outputs"]["7"]["hopfield_operating_point"][0]
+    assert (skew["alpha"], skew["beta"]) == (0.95, 3.0) and "SD3" in skew["text"]
+    assert adaptive["alpha"] < 1
+    text = history["outputs"]["12"]["text"][0]
+    assert "Circulation in this run: Skew Circulation α 0.95, β 3" in text
+    assert "Adaptive Circulation α 0.95, β 3" in text
+
+
+def test_saved_report_is_readable_like_comfyuis_images(server):
+    history = server.run_prompt(tiny_graph("sdxl"))
+    text = history["outputs"]["12"]["text"][0]
+    saved = Path(text.rsplit("Saved: ", 1)[1].strip())
+    image = history["outputs"]["15"]["images"][0]
+    png = server.base / "output" / image["subfolder"] / image["filename"]
+    # the same permissions as the PNG ComfyUI saved (0644 under the usual umask 022)
+    assert stat.S_IMODE(saved.stat().st_mode) == stat.S_IMODE(png.stat().st_mode)

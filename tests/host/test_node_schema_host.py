@@ -40,4 +40,27 @@ def test_node_info_matches_the_contract(nodes, node_id, title, alpha, beta, extr
         assert kind == "COMBO" and options["options"] == choices
         assert options["default"] == choices[0]
     assert all(spec[1].get("tooltip") for spec in required.values())
+    # added at the end, optional: prompts from before it keep validating (and mean "custom")
+    optional = info["input"]["optional"]
+    assert list(optional) == ["operating_point"]
+    kind, options = optional["operating_point"]
+    assert kind == "COMBO" and options["options"] == ["paper point for this model",
+                                                      "custom α, β"]
+    assert options["default"] == "paper point for this model" and options["tooltip"]
     assert info["output"] == ["MODEL"] and all(info["output_tooltips"])
+
+
+def test_probe_widgets_say_what_they_mean(comfy_host):
+    from hopfield_circulation.nodes.probe_nodes import StabilityProbe, StabilityReport
+
+    info = StabilityProbe.GET_NODE_INFO_V1()
+    required = info["input"]["required"]
+    assert list(required) == ["model", "basis", "channels", "start_percent", "end_percent",
+                              "branch", "layers"]
+    assert required["basis"][1]["options"] == ["value", "input"]  # saved values unchanged
+    assert "attention output" in required["basis"][1]["display_name"]
+    assert "input basis only" in required["channels"][1]["display_name"]
+    assert "ignored with value" in required["channels"][1]["tooltip"]
+    report = StabilityReport.GET_NODE_INFO_V1()
+    assert report["output_name"] == ["heatmaps", "overlay", "align_down", "align_mid",
+                                     "align_up", "align_all", "report"]
