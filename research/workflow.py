@@ -22,6 +22,9 @@ PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
 SWEPT = ("prompt", "seed", "alpha", "beta")  # the placeholders with their own flags
 FLAG_OF = {"prompt": "--prompts FILE", "seed": "--seeds", "alpha": "--alpha", "beta": "--beta"}
 BUILT_IN = "run_id"  # always available: the job's stable id
+CIRCULATION_NODES = ("HopfieldCirculation_SkewCirculation",
+                     "HopfieldCirculation_AdaptiveCirculation")
+CUSTOM_POINT = "custom α, β"  # nodes/operating_points.py CUSTOM: steer with the α, β inputs
 REPORT_NODE = "HopfieldCirculation_StabilityReport"
 
 
@@ -48,7 +51,7 @@ class Template:
         if not isinstance(graph, dict) or not graph or bad:
             raise SweepError(f"{path}: not an API-format workflow ({{node_id: {{class_type, "
                              f"inputs}}}}); offending node ids: {bad[:5]}")
-        return cls(graph, str(path))
+        return cls(_custom_points(graph), str(path))
 
     def uses(self) -> dict[str, list[str]]:
         """Placeholder name -> where it appears, for error messages."""
@@ -80,6 +83,19 @@ class Template:
         value (an int seed stays an int), one inside a longer string textually."""
         return {node_id: {**node, "inputs": _substitute(node["inputs"], values)}
                 for node_id, node in self.graph.items()}
+
+
+def _custom_points(graph: dict) -> dict:
+    """Circulation nodes whose α or β is a placeholder steer with those values: their
+    ``operating_point`` is set to the custom choice (a workflow exported from today's UI carries
+    "paper point for this model", which would ignore the swept α and β)."""
+    for node in graph.values():
+        inputs = node["inputs"]
+        if node["class_type"] in CIRCULATION_NODES and any(
+                PLACEHOLDER.search(text) for name in ("alpha", "beta")
+                for text in _strings(inputs.get(name))):
+            inputs["operating_point"] = CUSTOM_POINT
+    return graph
 
 
 def _strings(value):

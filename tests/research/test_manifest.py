@@ -18,6 +18,7 @@ from hopfield_circulation.research.comfy_api import ComfyClient
 from hopfield_circulation.research.manifest import Manifest, load_rows, read_report, run_id
 from hopfield_circulation.research.sweep import SweepSettings, pending_jobs, run_sweep
 from hopfield_circulation.research.workflow import (
+    CUSTOM_POINT,
     SweepError,
     Template,
     parse_assignments,
@@ -319,3 +320,25 @@ def test_research_imports_neither_torch_nor_comfyui():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+def test_swept_alpha_and_beta_override_the_paper_point(tmp_path):
+    """A workflow exported from today's UI carries operating_point 'paper point for this model';
+    with α or β swept, the node must steer with the swept values."""
+    graph = json.loads(json.dumps(GRAPH))
+    graph["4"]["inputs"]["operating_point"] = "paper point for this model"
+    graph["13"] = {"class_type": "HopfieldCirculation_AdaptiveCirculation",
+                   "inputs": {"alpha": 1.2, "beta": 5.0,
+                              "operating_point": "paper point for this model"}}
+    path = tmp_path / "workflow_api.json"
+    path.write_text(json.dumps(graph))
+    loaded = Template.load(path).graph
+    assert loaded["4"]["inputs"]["operating_point"] == CUSTOM_POINT
+    assert loaded["13"]["inputs"]["operating_point"] == "paper point for this model"  # not swept
+
+
+@pytest.mark.host
+def test_custom_point_is_the_nodes_own_word(comfy_host):
+    from hopfield_circulation.nodes.operating_points import CUSTOM
+
+    assert CUSTOM_POINT == CUSTOM
