@@ -1,6 +1,6 @@
 """The pack's V3 nodes. Thin: each parses its inputs and hands them to a feature package."""
 
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .circulation_nodes import CIRCULATION_NODES
 from .probe_nodes import PROBE_NODES

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..probe import ProbeSettings, build_report, patch_probe, probe_state
 from ..vocabulary import FEATURE_SPACES, PROBE_BRANCHES
