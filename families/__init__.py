@@ -6,10 +6,14 @@ so a node never silently does nothing on an unsupported model.
 from __future__ import annotations
 
 from .base import FamilyAdapter, InputSpace, Placement, UnsupportedModelError
+from .flux import ChromaFamily, FluxFamily
 from .mmdit import MMDiTFamily
+from .qwen_image import QwenImageFamily
 from .unet import UNetFamily
 
-ADAPTERS: tuple[type[FamilyAdapter], ...] = (UNetFamily, MMDiTFamily)
+ADAPTERS: tuple[type[FamilyAdapter], ...] = (
+    UNetFamily, MMDiTFamily, FluxFamily, ChromaFamily, QwenImageFamily,
+)
 
 
 def adapter_for(model_patcher) -> FamilyAdapter:
@@ -18,12 +22,25 @@ def adapter_for(model_patcher) -> FamilyAdapter:
     for adapter in ADAPTERS:
         if adapter.matches(net):
             return adapter(model_patcher)
-    supported = " and ".join(a.supported for a in ADAPTERS)
+    names = [a.supported for a in ADAPTERS]
+    supported = ", ".join(names[:-1]) + " and " + names[-1]
     raise UnsupportedModelError(
         f"Hopfield Circulation supports {supported} models; this model is "
         f"{type(model_patcher.model).__name__} with a {type(net).__name__} backbone"
     )
 
 
+def layer_names() -> tuple[str, ...]:
+    """Every group or alias name a `layers` setting may use on some supported model, without a
+    model (for checks at queue time; which of them a given model has is known at run time)."""
+    from .dit_blocks import BLOCK_KINDS
+    from .dit_blocks import GROUPS as DIT_GROUPS
+    from .mmdit import GROUPS as MMDIT_GROUPS
+    from .unet import GROUPS as UNET_GROUPS
+
+    names = [*UNET_GROUPS.values(), *MMDIT_GROUPS, *DIT_GROUPS, *BLOCK_KINDS]
+    return tuple(dict.fromkeys(names))
+
+
 __all__ = ["ADAPTERS", "FamilyAdapter", "InputSpace", "Placement", "UnsupportedModelError",
-           "adapter_for"]
+           "adapter_for", "layer_names"]

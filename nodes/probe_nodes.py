@@ -70,7 +70,8 @@ class StabilityProbe(io.ComfyNode):
                 "MODEL path, before or after circulation nodes; read it with Stability Report."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The model to probe (SDXL, SD1.x/2.x or SD3)."),
+                io.Model.Input("model", tooltip="The model to probe: SDXL, SD1.x/2.x, SD3/SD3.5, "
+                               "Flux, Chroma or Qwen-Image."),
                 io.Combo.Input(
                     "basis", options=list(FEATURE_SPACES), default="value",
                     display_name="basis (value: attention output, input: block input X)",
@@ -98,7 +99,8 @@ class StabilityProbe(io.ComfyNode):
                     "layers", default="all",
                     tooltip="Layers to record, same syntax as the circulation nodes: 'all', "
                     "'down'/'mid'/'up' or the paper's 0–139 index (SDXL), 'early'/'middle'/"
-                    "'late' or block indices (SD3).",
+                    "'late' or block indices (SD3, SD3.5, Flux, Chroma, Qwen-Image; Flux and "
+                    "Chroma also 'double', 'single').",
                 ),
             ],
             outputs=[

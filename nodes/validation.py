@@ -11,22 +11,8 @@ Inputs fed by a link arrive as None at queue time: their values are checked when
 
 from __future__ import annotations
 
+from ..families import layer_names
 from ..hook.layers import parse_layer_tokens
-
-
-def layer_names() -> tuple[str, ...]:
-    """Every group or alias name a `layers` setting may use on some supported model, in
-    display order (which of them a given model has is known only at run time)."""
-    from ..families import mmdit, unet
-
-    names = [*unet.GROUPS.values(), *mmdit.GROUPS]
-    try:  # the Flux-style DiT families, where present
-        from ..families import dit_blocks
-    except ImportError:
-        pass
-    else:
-        names += [*getattr(dit_blocks, "GROUPS", ()), *getattr(dit_blocks, "BLOCK_KINDS", {})]
-    return tuple(dict.fromkeys(names))
 
 
 def layers_error(layers) -> str | None:

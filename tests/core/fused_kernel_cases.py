@@ -264,3 +264,44 @@ def test_torch_compile_calls_the_kernel_as_one_op(adaptive):
     assert graph.graph_break_count == 0
     ops = {str(node.target) for g in graph.graphs for node in g.graph.nodes}
     assert any(op.startswith("hopfield_circulation.fused_skew_circulation") for op in ops)
+
+
+def flux_joint_call(text, grid, d, seed, dtype, gain=1.5):
+    """A Flux joint call as the override receives it (skip_reshape): q, k, v from one fused
+    projection [B, L, 3, H, d] of [text; image] tokens; q and k RMS-normed per head (QKNorm,
+    gain ``gain``) and rotated pairwise by 2-D RoPE over the image rows and columns (text at
+    position 0); v a strided view. Returns the dtype tensors and their exact float64 values."""
+    h, w = grid
+    fused = rand(1, text + h * w, 3, 2, d, seed=seed).to(dtype)
+    q, k, v = fused.permute(2, 0, 3, 1, 4)  # [B, H, L, d] views, as Flux's blocks make them
+    rows = torch.cat([torch.zeros(text), torch.arange(h).repeat_interleave(w)]).to(F64)
+    cols = torch.cat([torch.zeros(text), torch.arange(w).repeat(h)]).to(F64)
+    freqs = 1.0 / 10000 ** (torch.arange(d // 4, dtype=F64) / (d // 4))
+    angles = torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=-1)  # [L, d / 2]
+    cos, sin = angles.cos(), angles.sin()
+
+    def norm_and_rope(t):
+        t = t.double()
+        t = gain * t / t.pow(2).mean(-1, keepdim=True).sqrt()
+        a, b = t[..., 0::2], t[..., 1::2]
+        return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2).to(dtype)
+
+    q, k = norm_and_rope(q), norm_and_rope(k)
+    return (q, k, v), (q.double(), k.double(), v.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flux_shaped_joint_call_at_head_dim_128(dtype):
+    """Head dim 128, qk-normed and RoPE'd q, k, a strided v, 8 text + 6 x 6 image tokens."""
+    (q, k, v), (q64, k64, v64) = flux_joint_call(8, (6, 6), 128, seed=71, dtype=dtype)
+    assert not v.is_contiguous()
+    want, base = expected(q64, k64, v64, 0.95, 3.0)
+    got = fused_skew_circulation(q, k, v, 0.95, 3.0, config=SMALL)
+    assert got.dtype == dtype and got.shape == q.shape
+    if dtype == torch.float32:
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=2e-5)
+        return
+    delta = want - base
+    err = ((got.double() - want).norm() / delta.norm()).item()
+    floor = ((want.to(dtype).double() - want).norm() / delta.norm()).item()
+    assert err < 1.3 * floor and err < 0.04, f"Δ error {err:.4f}, rounding floor {floor:.4f}"

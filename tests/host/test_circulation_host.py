@@ -247,7 +247,7 @@ def test_input_space_without_norm_match_equals_value_space(comfy_host, sdxl):
 def test_bad_use_fails_clearly(nodes, sdxl, sd3, comfy_host):
     import comfy.model_management
     import comfy.model_patcher
-    from host.tiny_models import tiny_flux
+    from host.tiny_models import tiny_unsupported
 
     with pytest.raises(ValueError, match="input"):
         skew(nodes, sd3, space="input")
@@ -265,8 +265,8 @@ def test_bad_use_fails_clearly(nodes, sdxl, sd3, comfy_host):
         skew(nodes, sdxl, alpha=float("nan"))
     with pytest.raises(ValueError, match="beta must be a finite"):
         adaptive(nodes, sdxl, beta=float("inf"))
-    with pytest.raises(ValueError, match="supports SDXL.*Flux"):
-        skew(nodes, tiny_flux())
+    with pytest.raises(ValueError, match="supports SDXL.*Qwen-Image models.*WanModel"):
+        skew(nodes, tiny_unsupported("wan"))
 
     class NotADiffusionModel(torch.nn.Module):
         def __init__(self):

@@ -1,5 +1,6 @@
-"""Tiny SDXL, SD1.x, SD3 and Flux models built in-process with real ComfyUI classes, random
-conditioning for them, and tiny checkpoints on disk (no downloaded weights anywhere).
+"""Tiny SDXL, SD1.x, SD3/SD3.5, Flux, Chroma and Qwen-Image models (and unsupported ones) built
+in-process with real ComfyUI classes, random conditioning for them, and tiny checkpoints on disk
+(no downloaded weights anywhere).
 
 Sizes follow ../shared/notes/comfyui-host.md §5: a 4.5 M-parameter SDXL UNet (transformers at
 two levels plus the middle block) and a 1.1 M-parameter two-block MMDiT. ComfyUI creates layers
@@ -121,7 +122,7 @@ def tiny_sd15(seed: int = 0):
 
 
 def tiny_flux(seed: int = 0):
-    """A ModelPatcher around a tiny ``model_base.Flux``: a family this pack refuses."""
+    """A ModelPatcher around a tiny ``model_base.Flux`` (one double and one single block)."""
     import comfy.supported_models
 
     config = comfy.supported_models.Flux(dict(FLUX))
@@ -222,3 +223,157 @@ def register_tiny_sdxl_detection() -> None:
 def write_tiny_sdxl_checkpoint(path, seed: int = 0) -> None:
     """The tiny SDXL UNet; loading it needs ``register_tiny_sdxl_detection()`` first."""
     write_checkpoint(tiny_sdxl(seed), 4, path, seed)
+
+
+# --- Flux, Chroma, Qwen-Image, SD3.5 at tiny widths; families the pack refuses ----------------
+# Head dim 128 and RoPE axes (16, 56, 56) as in the real Flux, Chroma and Qwen-Image; two heads.
+
+FLUX_DEV = dict(
+    image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32,
+    hidden_size=256, mlp_ratio=2.0, num_heads=2, depth=3, depth_single_blocks=4,
+    axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
+)
+
+CHROMA = dict(
+    image_model="chroma", in_channels=64, out_channels=64, context_in_dim=32, hidden_size=256,
+    mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=4, axes_dim=[16, 56, 56],
+    theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=256, hidden_dim=64, n_layers=2,
+)
+
+# Pixel space: 3 channels, 16 x 16 pixel patches, a small NeRF head
+CHROMA_RADIANCE = dict(
+    CHROMA, image_model="chroma_radiance", in_channels=3, out_channels=3, patch_size=16,
+    nerf_hidden_size=16, nerf_mlp_ratio=2, nerf_depth=1, nerf_max_freqs=4, nerf_tile_size=0,
+    nerf_final_head_type="linear", nerf_embedder_dtype=None,
+)
+
+QWEN_IMAGE = dict(
+    image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16, num_layers=6,
+    attention_head_dim=128, num_attention_heads=2, joint_attention_dim=32,
+    axes_dims_rope=(16, 56, 56),
+)
+
+# SD3.5 at their real block counts and qk-norm; width 64 * depth = 128 (2 heads of 64)
+SD35 = {
+    "large": dict(SD3_MMDIT, depth=2, num_blocks=38, qk_norm="rms"),
+    "medium": dict(SD3_MMDIT, depth=2, num_blocks=24, qk_norm="rms",
+                   x_block_self_attn_layers=list(range(13))),
+}
+
+UNSUPPORTED = {
+    "wan": ("WAN21_T2V", dict(
+        image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16,
+        dim=64, ffn_dim=128, freq_dim=32, text_dim=32, out_dim=16, num_heads=2, num_layers=1,
+        eps=1e-6)),
+    "lumina2": ("Lumina2", dict(
+        image_model="lumina2", patch_size=2, in_channels=16, dim=64, n_layers=1,
+        n_refiner_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, ffn_dim_multiplier=None,
+        norm_eps=1e-5, qk_norm=True, cap_feat_dim=32, axes_dims=[8, 12, 12],
+        axes_lens=[300, 512, 512])),
+    "hunyuan_video": ("HunyuanVideo", dict(
+        image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=32,
+        context_in_dim=32, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1,
+        depth_single_blocks=1, axes_dim=[8, 12, 12], theta=256, patch_size=[1, 2, 2],
+        qkv_bias=True, guidance_embed=True, byt5=False, meanflow=False)),
+}
+
+
+def _build(config_class: str, unet: dict, seed: int):
+    import comfy.supported_models
+
+    config = getattr(comfy.supported_models, config_class)(dict(unet))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    init_weights(model, seed)
+    # Flux-style RMSNorms name their gain "scale", which init_weights sets like a bias (~0.02):
+    # the qk-norm would then zero every logit. Gains near 1, as for the other norms.
+    gen = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".scale") and p.ndim == 1:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+    return _patcher(model)
+
+
+def tiny_flux_dev(seed: int = 0, depth: int = 3, single: int = 4, width: int = 256,
+                  guidance: bool = True):
+    """``model_base.Flux`` (dev: guidance-distilled; ``guidance=False``: schnell). ``width`` 64
+    gives head dim 32 for the real block counts (19, 38) at little cost."""
+    axes = [16, 56, 56] if width == 256 else [8, 12, 12]
+    unet = dict(FLUX_DEV, depth=depth, depth_single_blocks=single, hidden_size=width,
+                axes_dim=axes, guidance_embed=guidance)
+    return _build("Flux" if guidance else "FluxSchnell", unet, seed)
+
+
+def tiny_chroma(seed: int = 0, radiance: bool = False):
+    """``model_base.Chroma`` (or ChromaRadiance, pixel space) with 2 double and 4 single blocks."""
+    if radiance:
+        return _build("ChromaRadiance", CHROMA_RADIANCE, seed)
+    return _build("Chroma", CHROMA, seed)
+
+
+def tiny_qwen_image(seed: int = 0, layers: int = 6, width: int = 256):
+    """``model_base.QwenImage`` with ``layers`` joint blocks (60 in the real model)."""
+    unet = dict(QWEN_IMAGE, num_layers=layers, attention_head_dim=width // 2,
+                axes_dims_rope=(16, 56, 56) if width == 256 else (8, 12, 12))
+    return _build("QwenImage", unet, seed)
+
+
+def tiny_sd35(variant: str, seed: int = 0):
+    """``model_base.SD3`` shaped as SD3.5 Large (38 blocks) or Medium (24, image self-attention
+    in blocks 0-12), with rms qk-norm."""
+    return _build("SD3", SD35[variant], seed)
+
+
+def tiny_unsupported(name: str, seed: int = 0):
+    """A model of a family the pack refuses (Wan, Lumina 2, HunyuanVideo)."""
+    config_class, unet = UNSUPPORTED[name]
+    return _build(config_class, unet, seed)
+
+
+def flux_conditioning(seed: int = 1, batch: int = 1, tokens: int = 8, guidance: float = 3.5,
+                      reference=None):
+    """Flux text conditioning; ``reference``: Kontext reference latents (ReferenceLatent)."""
+    gen = torch.Generator().manual_seed(seed)
+    extra = {"pooled_output": torch.randn(batch, 32, generator=gen), "guidance": guidance}
+    if reference is not None:
+        extra["reference_latents"] = list(reference)
+    return [[torch.randn(batch, tokens, 32, generator=gen), extra]]
+
+
+def qwen_image_conditioning(seed: int = 1, batch: int = 1, tokens: int = 8, reference=None):
+    gen = torch.Generator().manual_seed(seed)
+    extra = {} if reference is None else {"reference_latents": list(reference)}
+    return [[torch.randn(batch, tokens, 32, generator=gen), extra]]
+
+
+def sample_latent(patcher, positive, negative, latent: torch.Tensor, *, steps: int = 2,
+                  cfg: float = 2.0, seed: int = 0, sampler: str = "euler"):
+    """``sample`` for a latent of any shape (Qwen-Image's [B, 16, 1, H, W], pixels)."""
+    import comfy.sample
+
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        return comfy.sample.sample(
+            patcher, noise, steps, cfg, sampler, "normal", positive, negative, latent,
+            seed=seed, disable_pbar=True,
+        )
+
+
+def sample_flux(patcher, batch: int = 1, size: int = 16, reference=None, **kw):
+    """Flux dev and Chroma share a latent (16 channels); guidance-distilled dev runs at cfg 1."""
+    return sample_latent(patcher, flux_conditioning(1, batch, reference=reference),
+                         flux_conditioning(2, batch, reference=reference),
+                         torch.zeros(batch, 16, size, size), **kw)
+
+
+def sample_chroma_radiance(patcher, batch: int = 1, size: int = 64, **kw):
+    return sample_latent(patcher, flux_conditioning(1, batch), flux_conditioning(2, batch),
+                         torch.zeros(batch, 3, size, size), **kw)
+
+
+def sample_qwen_image(patcher, batch: int = 1, size: int = 16, reference=None, **kw):
+    """A 5-D latent, as KSampler makes it (fix_empty_latent_channels, Wan 2.1 latent format)."""
+    return sample_latent(patcher, qwen_image_conditioning(1, batch, reference=reference),
+                         qwen_image_conditioning(2, batch, reference=reference),
+                         torch.zeros(batch, 16, 1, size, size), **kw)

@@ -1,0 +1,59 @@
+"""Flux (dev, schnell, Kontext, Fill) and Chroma (with Chroma Radiance).
+
+Both run double-stream blocks, whose joint attention covers [text; image], then single-stream
+blocks whose self-attention covers the same joined sequence; q and k reach the override after
+RoPE as [B, H, L, d] (``skip_reshape``). Layers are the double blocks 0..n-1, then the single
+blocks n..n+m-1 (Flux.1: 0-18 and 19-56), in early/middle/late thirds of that order; "double"
+and "single" name each kind. Kontext's reference-image tokens follow the image tokens: they are
+steered with the rest of the sequence (the paper's control acts on the whole square logit
+matrix, text included, as for SD3) but kept out of the probe's token grid.
+"""
+
+from __future__ import annotations
+
+from ..hook.layers import LayerMap
+from .base import FamilyAdapter, Placement
+from .dit_blocks import dit_layer_map, install_block_patches, place_joint
+
+
+class FluxFamily(FamilyAdapter):
+    name = "flux"
+    label = "Flux"
+    supported = "Flux (dev, schnell, Kontext)"
+    input_space_refusal = (
+        "space='input' (the authors' input-space formulation) and basis='input' exist for UNet "
+        "(SDXL) self-attention only: Flux-style double blocks project text and image with "
+        "different W_v, so there is no single block input X. Use 'value'."
+    )
+
+    @staticmethod
+    def matches(diffusion_model) -> bool:
+        from comfy.ldm.flux.model import Flux
+
+        return isinstance(diffusion_model, Flux)
+
+    def build_layer_map(self, model_patcher) -> LayerMap:
+        net = model_patcher.get_model_object("diffusion_model")
+        self.patch_size = int(net.patch_size)  # latent pixels per token side (Radiance: 16)
+        counts = {"double": len(net.double_blocks), "single": len(net.single_blocks)}
+        return dit_layer_map(self.name, self.label, counts, aliases=True)
+
+    def install(self, model_patcher) -> None:
+        install_block_patches(model_patcher, self.layer_map.by_key)
+
+    def place(self, options: dict, n_q: int, n_k: int) -> Placement | None:
+        return place_joint(self.layer_map, self.patch_size, options, n_q)
+
+
+class ChromaFamily(FluxFamily):
+    """Chroma's own class (modulations from an approximator, no guidance input), same blocks."""
+
+    name = "chroma"
+    label = "Chroma"
+    supported = "Chroma (and Chroma Radiance)"
+
+    @staticmethod
+    def matches(diffusion_model) -> bool:
+        from comfy.ldm.chroma.model import Chroma
+
+        return isinstance(diffusion_model, Chroma)

@@ -1,0 +1,43 @@
+"""Qwen-Image (and Qwen-Image-Edit): 60 joint blocks over [text; image], MMDiT-like.
+
+Its attention calls ComfyUI's masked entry point (``optimized_attention_masked``) with q, k, v
+as [B, L, H*d] and the mask as the fifth argument; 0.3.64 always passes None there. The hook
+steers calls whose mask is None or lets every token attend everywhere (all True, or an all-zero
+bias), and leaves calls with a real mask untouched. Edit's reference-image tokens follow the
+image tokens: steered with the sequence, kept out of the probe's token grid.
+"""
+
+from __future__ import annotations
+
+from ..hook.layers import LayerMap
+from .base import FamilyAdapter, Placement
+from .dit_blocks import dit_layer_map, install_block_patches, place_joint
+
+
+class QwenImageFamily(FamilyAdapter):
+    name = "qwen-image"
+    supported = "Qwen-Image"
+    input_space_refusal = (
+        "space='input' (the authors' input-space formulation) and basis='input' exist for UNet "
+        "(SDXL) self-attention only: Qwen-Image projects text and image with different W_v, "
+        "so there is no single block input X. Use 'value'."
+    )
+
+    @staticmethod
+    def matches(diffusion_model) -> bool:
+        from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+
+        return isinstance(diffusion_model, QwenImageTransformer2DModel)
+
+    def build_layer_map(self, model_patcher) -> LayerMap:
+        net = model_patcher.get_model_object("diffusion_model")
+        self.patch_size = int(net.patch_size)
+        # Its blocks are "double_block" replaces to the host; one kind, so no aliases
+        return dit_layer_map(self.name, "Qwen-Image", {"double": len(net.transformer_blocks)},
+                             aliases=False)
+
+    def install(self, model_patcher) -> None:
+        install_block_patches(model_patcher, self.layer_map.by_key)
+
+    def place(self, options: dict, n_q: int, n_k: int) -> Placement | None:
+        return place_joint(self.layer_map, self.patch_size, options, n_q)

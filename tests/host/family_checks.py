@@ -1,0 +1,124 @@
+"""Checks the family tests share: every steered call against the float64 formula, the probe's
+measures against a literal L x L reference, and the size of the steering change per call.
+
+All of them watch real ComfyUI sampling from the outside: an override installed outside ours
+sees the raw arguments the host passes (Flux: [B, H, L, d] after RoPE with ``skip_reshape``;
+Qwen-Image: [B, L, H*d] through the masked entry point; SD3: ``heads=`` and a 4-D v).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+F64 = torch.float64
+
+
+def heads_first(args: tuple, kwargs: dict):
+    """(q, k, v) of a raw attention call as [B, H, L, d], and its mask."""
+    q, k, v = args[:3]
+    heads = args[3] if len(args) > 3 else kwargs["heads"]
+    mask = args[4] if len(args) > 4 else kwargs.get("mask")
+    if kwargs.get("skip_reshape"):
+        return (q, k, v), mask
+    split = [t.unflatten(-1, (heads, -1)) if t.ndim == 3 else t for t in (q, k, v)]
+    return tuple(t.transpose(1, 2) for t in split), mask
+
+
+def formula(q, k, v, alpha, beta, adaptive=False):
+    """The value-space steering of one call, literally, in float64 with L x L matrices
+    (hopfield/reference.py): blend of softmax(M)V and softmax(M_sym + a M_skew)V, norm matched
+    to the latter; adaptive: a and b per sample from eta-bar over heads (eq. 36-41)."""
+    from hopfield_circulation.hopfield import reference as ref
+
+    q, k, v = (t.to(F64) for t in (q, k, v))
+    base = torch.softmax(ref.logits(q, k), -1) @ v
+    if adaptive:
+        eta = ref.symmetry_index(q, k).mean(-1).reshape(-1, 1, 1, 1)
+        alpha, beta = 1 + (alpha - 1) * eta, beta * (1 - eta)
+    if adaptive:
+        perturbed = torch.cat([ref.skew_scaled_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1],
+                                                         alpha[i]) for i in range(len(q))])
+    else:
+        perturbed = ref.skew_scaled_attention(q, k, v, alpha)
+    return ref.blend(base, perturbed, beta), base
+
+
+def compare_with_formula(patcher, alpha, beta, adaptive=False):
+    """A clone whose every attention call is checked against ``formula``. Returns (clone,
+    results): per call (error of the output relative to the steering change, |Δ|/|Ξ|)."""
+    inner = patcher.model_options["transformer_options"]["optimized_attention_override"]
+    results = []
+
+    def check_against_formula(func, *args, **kwargs):
+        out = inner(func, *args, **kwargs)
+        (q, k, v), mask = heads_first(args, kwargs)
+        if mask is None and q.shape[-2] == k.shape[-2]:
+            want, base = formula(q, k, v, alpha, beta, adaptive)
+            got = out if kwargs.get("skip_output_reshape") else out.unflatten(
+                -1, (q.shape[1], -1)).transpose(1, 2)
+            delta = (want - base).norm()
+            results.append((float((got.to(F64) - want).norm() / delta),
+                            float(delta / base.norm())))
+        return out
+
+    m = patcher.clone()
+    m.model_options["transformer_options"]["optimized_attention_override"] = (
+        check_against_formula)
+    return m, results
+
+
+def literal_stability(q, k, retrieval):
+    """E, r, Align, eta per sample and the lambda map [B, L] of one call, literally (eq. 25-29
+    and 36) with the explicit M_sym of token-centred q, k, in float64."""
+    from hopfield_circulation.hopfield import reference as ref
+
+    q, k, xi = (t.to(F64) for t in (q, k, retrieval))
+    qc, kc = q - q.mean(-2, keepdim=True), k - k.mean(-2, keepdim=True)
+    m = qc @ kc.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    m_sym = (m + m.transpose(-1, -2)) / 2
+    xi = xi - xi.mean(-2, keepdim=True)
+    xi = xi / xi.norm(dim=-2, keepdim=True)
+    field = m_sym @ xi  # [B, H, L, m], column by column
+    lam = xi * field
+    energy = (-0.5 * lam.sum(-2)).mean((1, 2))
+    unstable = (lam < 0).to(F64).mean(-2).mean((1, 2))
+    align = ((xi * field).sum(-2) / (xi.norm(dim=-2) * field.norm(dim=-2))).mean((1, 2))
+    eta = ref.symmetry_index(q, k).mean(-1)
+    return torch.stack([energy, unstable, align, eta]), lam.mean((1, 3))
+
+
+def image_map(lam: torch.Tensor, grid, latent_hw, text_tokens: int) -> torch.Tensor:
+    """The generated image's tokens of a per-token map, on the latent grid (bilinear)."""
+    h, w = grid
+    image = lam[:, text_tokens:text_tokens + h * w].reshape(-1, 1, h, w)
+    return F.interpolate(image, size=tuple(latent_hw), mode="bilinear", align_corners=False)[:, 0]
+
+
+def record_calls(patcher):
+    """A clone whose observer keeps (layer, q, k, out, text tokens, grid) of every placed call."""
+    from hopfield_circulation.hook.override import add_observer
+
+    calls = []
+
+    def keep(call, out, steering):
+        calls.append((call.layer, call.q.clone(), call.k.clone(), out.clone(), call.text_tokens,
+                      call.token_grid))
+
+    m = patcher.clone()
+    add_observer(m, keep)
+    return m, calls
+
+
+def relative_change(patcher, sample, alpha, beta, **sample_kw) -> float:
+    """Median over the sampled calls of |Δ| / |Ξ| (Δ = steered output - host output, norms over
+    the whole call), for a Skew Circulation at (alpha, beta) on every layer."""
+    from hopfield_circulation.circulation import patch_circulation
+    from hopfield_circulation.hopfield import CirculationSettings
+
+    steered = patch_circulation(patcher, CirculationSettings(alpha=alpha, beta=beta))
+    checked, results = compare_with_formula(steered, alpha, beta)
+    sample(checked, **sample_kw)
+    return float(torch.tensor([size for _, size in results]).median())

@@ -1,0 +1,31 @@
+"""Families the pack does not support are refused at patch time, naming the supported ones:
+video models (Wan, HunyuanVideo, whose blocks look like Flux's) and Lumina 2."""
+
+from __future__ import annotations
+
+import pytest
+from host import tiny_models
+from host.node_calls import adaptive, skew
+
+pytestmark = pytest.mark.host
+
+SUPPORTED = ("SDXL (and SD1.x/SD2.x UNets), SD3/SD3.5 MMDiT, Flux (dev, schnell, Kontext), "
+             "Chroma (and Chroma Radiance) and Qwen-Image models")
+
+
+@pytest.mark.parametrize("name, backbone", [
+    ("wan", "WanModel"), ("hunyuan_video", "HunyuanVideo"), ("lumina2", "NextDiT"),
+])
+def test_refused_with_the_supported_families(nodes, comfy_host, name, backbone):
+    from hopfield_circulation.families import UnsupportedModelError
+    from hopfield_circulation.nodes import probe_nodes
+
+    model = tiny_models.tiny_unsupported(name)
+    for patch in (lambda: skew(nodes, model), lambda: adaptive(nodes, model),
+                  lambda: probe_nodes.StabilityProbe.execute(model, "value", 64, 0.0, 1.0,
+                                                             "cond", "all")):
+        with pytest.raises(UnsupportedModelError) as refused:
+            patch()
+        assert str(refused.value).endswith(  # after the node's name
+            f"Hopfield Circulation supports {SUPPORTED}; this model is "
+            f"{type(model.model).__name__} with a {backbone} backbone")
