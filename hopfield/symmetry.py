@@ -24,10 +24,17 @@ def symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
     One Gram matrix G = Z^T Z of Z = [K | Q] holds K^T K, K^T Q and Q^T Q: one concatenation in
     the model's dtype and one batched product accumulated in fp32 (on tensor cores for fp16 and
-    bf16 on CUDA), instead of fp32 copies of q and k and three products. Stays on q's device; a
-    zero logit matrix (|M| = 0) gives eta = 0 instead of NaN.
+    bf16 on CUDA), instead of fp32 copies of q and k and three products. Below 2d tokens the
+    logits themselves are the smaller matrix (and the cheaper product), so they are used. Stays
+    on q's device; a zero logit matrix (|M| = 0) gives eta = 0 instead of NaN.
     """
     b, h, length, d = q.shape
+    if length < 2 * d:  # few tokens: the L x L logits are smaller than the Gram (2d x 2d)
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        logits = q.to(dtype) @ k.to(dtype).transpose(-1, -2)  # M up to its 1/sqrt(d)
+        norm_sq = torch.square(logits).sum(dim=(-1, -2))
+        cross = (logits * logits.transpose(-1, -2)).sum(dim=(-1, -2))
+        return cross / norm_sq.clamp_min(ETA_EPS)
     z = torch.cat((k, q), dim=-1).view(b * h, length, 2 * d)
     gram = fp32_gram(z).view(b, h, 2 * d, 2 * d)
     kk, kq, qq = gram[..., :d, :d], gram[..., :d, d:], gram[..., d:, d:]

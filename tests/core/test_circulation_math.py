@@ -127,7 +127,7 @@ def test_input_space_value_bias_passes_through():
     torch.testing.assert_close(with_bias - without, b_v.reshape(1, 3, 1, 8).expand_as(without))
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", [*SHAPES, (2, 2, 20, 16), (1, 3, 63, 32)])  # + L < 2d
 def test_eta_from_gram_matrices_equals_explicit(shape):
     q, k, _ = qkv(shape, seed=23)
     torch.testing.assert_close(symmetry_index(q, k), ref.symmetry_index(q, k), rtol=1e-12,
