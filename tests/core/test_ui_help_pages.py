@@ -13,6 +13,7 @@ NODES = {
     "HopfieldCirculation_AdaptiveCirculation": "Adaptive Circulation",
     "HopfieldCirculation_StabilityProbe": "Stability Probe",
     "HopfieldCirculation_StabilityReport": "Stability Report",
+    "HopfieldCirculation_StabilityRank": "Stability Rank",
 }
 
 

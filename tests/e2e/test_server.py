@@ -20,6 +20,7 @@ OUR_NODES = {
     "HopfieldCirculation_AdaptiveCirculation": "Adaptive Circulation",
     "HopfieldCirculation_StabilityProbe": "Stability Probe",
     "HopfieldCirculation_StabilityReport": "Stability Report",
+    "HopfieldCirculation_StabilityRank": "Stability Rank",
 }
 WORKFLOWS = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
 
