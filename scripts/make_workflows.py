@@ -38,6 +38,7 @@ SKEW = "HopfieldCirculation_SkewCirculation"
 ADAPTIVE = "HopfieldCirculation_AdaptiveCirculation"
 PROBE = "HopfieldCirculation_StabilityProbe"
 REPORT = "HopfieldCirculation_StabilityReport"
+RANK = "HopfieldCirculation_StabilityRank"
 PAPER_POINT = "paper point for this model"
 CUSTOM = "custom α, β"
 
@@ -55,6 +56,7 @@ OUTPUTS = {
     REPORT: [("heatmaps", "IMAGE"), ("overlay", "IMAGE"), ("align_down", "FLOAT"),
              ("align_mid", "FLOAT"), ("align_up", "FLOAT"), ("align_all", "FLOAT"),
              ("report", "STRING")],
+    RANK: [("latent", "LATENT"), ("image", "IMAGE"), ("scores", "STRING")],
 }
 INPUTS = {
     "CLIPTextEncode": [("clip", "CLIP")],
@@ -69,6 +71,7 @@ INPUTS = {
     ADAPTIVE: [("model", "MODEL")],
     PROBE: [("model", "MODEL")],
     REPORT: [("probe", "HOPFIELD_PROBE"), ("latent", "LATENT"), ("image", "IMAGE")],
+    RANK: [("probe", "HOPFIELD_PROBE"), ("latent", "LATENT"), ("image", "IMAGE")],
 }
 
 # Node body heights (canvas units, without the 30-unit title) at least as tall as the content
@@ -77,7 +80,7 @@ TITLE = 30
 GAP = 40  # between stacked nodes
 HEIGHT = {"CheckpointLoaderSimple": 140, "EmptyLatentImage": 130, "EmptySD3LatentImage": 130,
           "KSampler": 270, "VAEDecode": 70, "ImageStitch": 180, SKEW: 330, ADAPTIVE: 360,
-          PROBE: 270, "PreviewAny": 150}
+          PROBE: 270, "PreviewAny": 150, RANK: 330}
 WIDTH = 340
 COLUMN = 420  # pitch of the branch columns
 GROUP_HEAD = 100  # from a group's top to its first node's pos: title bar, badge, margin
@@ -283,6 +286,15 @@ def sdxl_probe():
     over = g.node("PreviewImage", (x + 760, 0), title="Heatmaps over the image",
                   size=(420, 460))
     g.link(report, 1, over, "images")
+    shared[3]["widgets_values"][2] = 4  # a batch of four seeds to rank
+    rank = g.node(RANK, (x + 300, below(heat, gap=80)), ["all", "most stable first", 2],
+                  size=(420, HEIGHT[RANK]))
+    g.link(probe, 1, rank, "probe")
+    g.link(ksampler, 0, rank, "latent")
+    g.link(dec, 0, rank, "image")
+    kept = g.node("PreviewImage", (x + 760, below(over, gap=80)),
+                  title="The 2 most stable of 4", size=(420, 460))
+    g.link(rank, 1, kept, "images")
     g.note("Stability Probe records the paper's Hopfield measures during sampling without "
            "changing the image. Each heatmap tile is labelled (sample, branch, block) with a "
            "colour bar: red marks tokens whose retrieval conflicts with its local field "
@@ -344,8 +356,9 @@ WORKFLOWS = {
         "settings": "paper appendix B.1 · CFG 5 · 30 steps"}),
     "SDXL Stability Probe and Report": (sdxl_probe, {
         "tag": "SDXL", "purpose": "See where attention is stable: Align_X per layer, λ maps",
-        "columns": [("Stability Probe", "records"), ("Stability Report", "chart, maps")],
-        "settings": "the image is unchanged · cond branch"}),
+        "columns": [("Stability Probe", "records"), ("Stability Report", "chart, maps"),
+                    ("Stability Rank", "keeps 2 of 4")],
+        "settings": "the images are unchanged · batch of 4 · cond branch"}),
     "SDXL operating grid, paper table 3": (sdxl_grid, {
         "tag": "SDXL", "purpose": "Sweep α and β: fidelity against diversity",
         "grid": {"rows": [f"α {a:.2f}" for a in TABLE3],
