@@ -128,6 +128,10 @@ def tiny_graph(family: str = "sd3", batch_size: int = 1, seed: int = 7) -> dict:
                    filename_prefix=f"hopfield/e2e_{family}_compare"),
         "15": node("SaveImage", images=["12", 0],
                    filename_prefix=f"hopfield/e2e_{family}_heatmaps"),
+        "16": node("HopfieldCirculation_StabilityRank", probe=["5", 1], latent=["8", 0],
+                   image=["10", 0], block="all", order="most stable first", k=1),
+        "17": node("SaveImage", images=["16", 1],
+                   filename_prefix=f"hopfield/e2e_{family}_most_stable"),
     }
 
 
@@ -155,6 +159,12 @@ def test_tiny_checkpoint_runs_through_every_node(server, family):
     for image in compare:
         path = server.base / "output" / image["subfolder"] / image["filename"]
         assert path.is_file() and os.path.getsize(path) > 0
+    # Stability Rank keeps the sample whose Align_X (all blocks) the report shows highest
+    align = [sample["groups"]["all"] for sample in chart["samples"]]
+    best = max(range(len(align)), key=align.__getitem__)
+    ranking = outputs["16"]["text"][0].splitlines()
+    assert ranking[1].split()[1:3] == ["sample", str(best)] and "kept" in ranking[1]
+    assert len(outputs["17"]["images"]) == 1
 
 
 @pytest.mark.parametrize("node_id", sorted(OUR_NODES))
