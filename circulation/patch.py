@@ -61,7 +61,7 @@ def patch_circulation(
 
     install_attention_hook(m, steer, adapter)
     # Settled now, outside any compiled graph, so those only read the answers.
-    fused_triton.prepare()
+    fused_triton.facts()
     half_into_fp32(torch.device(getattr(m, "load_device", "cpu")))
     return m
 

@@ -97,14 +97,12 @@ _FACTS: list[ProcessFacts] = []
 
 
 def facts() -> ProcessFacts:
-    """The process facts; the attention hook asks for them when it is installed (``prepare``),
-    so a compiled graph finds them settled."""
+    """The process facts; the circulation asks for them when it patches a model, so a
+    compiled graph finds them settled."""
     if not _FACTS:
         _FACTS.append(ProcessFacts(available(), interpreting()))
     return _FACTS[0]
 
-
-prepare = facts
 
 
 def _kernel_usable() -> bool:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .symmetry import half_into_fp32
+from .symmetry import fp32_product, half_into_fp32
 
 EPS = 1e-12
 ETA_EPS = 1e-20
@@ -61,13 +61,6 @@ def local_field(q: torch.Tensor, k: torch.Tensor, xi: torch.Tensor) -> torch.Ten
     field = q @ (k.transpose(-1, -2) @ xi) + k @ (q.transpose(-1, -2) @ xi)
     field = field - field.mean(dim=-2, keepdim=True)
     return field / (2 * math.sqrt(q.shape[-1]))
-
-
-def _product(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """a @ b in ``dtype``: half-precision operands multiply into fp32 (tensor cores)."""
-    if a.dtype == dtype:
-        return a @ b
-    return torch.bmm(a, b, out_dtype=dtype)
 
 
 def normalised_features(retrieval: torch.Tensor, eps: float = EPS) -> torch.Tensor:
@@ -106,8 +99,8 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -
 
     z3 = z.view(b * heads, tokens, -1)
     k3, q3, kq3, x3 = z3[..., :d], z3[..., d:2 * d], z3[..., :2 * d], z3[..., 2 * d:]
-    gram_k = _product(k3.transpose(-1, -2), z3, dtype)  # [BH, d, 2d + m]: K^T K|K^T Q|K^T Xc
-    gram_q = _product(q3.transpose(-1, -2), z3[..., d:], dtype)  # [BH, d, d + m]: Q^T Q|Q^T Xc
+    gram_k = fp32_product(k3.transpose(-1, -2), z3)  # [BH, d, 2d + m]: K^T K|K^T Q|K^T Xc
+    gram_q = fp32_product(q3.transpose(-1, -2), z3[..., d:])  # [BH, d, d + m]: Q^T Q|Q^T Xc
 
     # eta = <M, M^T> / |M|^2 = tr((K^T Q)^2) / tr(Q^T Q K^T K), as hopfield.symmetry
     qq, kk, kq = gram_q[..., :d], gram_k[..., :d], gram_k[..., d:2 * d]
@@ -122,7 +115,7 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -
     if low == dtype:
         field = torch.baddbmm(shift, kq3, weights, beta=-1)  # h / |xc|, [BH, L, m]
     else:
-        field = _product(kq3, weights.to(low), dtype).sub_(shift)
+        field = fp32_product(kq3, weights.to(low)).sub_(shift)
     field_sq = torch.square(field).sum(dim=-2)  # |h|^2 / |xc|^2
 
     # sum_l lambda = xi^T h = Xc^T [K | Q] weights (the shift drops out: xc sums to zero)

@@ -44,13 +44,20 @@ def symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def fp32_gram(z: torch.Tensor) -> torch.Tensor:
-    """Z^T Z for Z [N, L, m]: fp32 (fp64 for fp64 input) with fp32 accumulation, without an
-    fp32 copy of Z where the device can multiply half-precision inputs into fp32 outputs."""
-    dtype = torch.promote_types(z.dtype, torch.float32)
-    if z.dtype != dtype and half_into_fp32(z.device):
-        return torch.bmm(z.transpose(1, 2), z, out_dtype=dtype)
-    z = z.to(dtype)
-    return torch.bmm(z.transpose(1, 2), z)
+    """Z^T Z for Z [N, L, m], fp32 (fp64 for fp64 input)."""
+    return fp32_product(z.transpose(1, 2), z)
+
+
+def fp32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for batched matrices of one dtype, in fp32 (fp64 for fp64 input) with fp32
+    accumulation: half-precision operands multiply straight into fp32 where the device can
+    (tensor cores, no fp32 copies), else they are upcast first."""
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    if a.dtype == dtype:
+        return a @ b
+    if half_into_fp32(a.device):
+        return torch.bmm(a, b, out_dtype=dtype)
+    return a.to(dtype) @ b.to(dtype)
 
 
 _HALF_INTO_FP32: dict[str, bool] = {}

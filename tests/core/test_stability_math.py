@@ -220,8 +220,8 @@ def test_half_inputs_on_tensor_cores_agree_with_float64(monkeypatch, dtype):
     from hopfield_circulation.hopfield import stability
 
     monkeypatch.setattr(stability, "half_into_fp32", lambda device: True)
-    monkeypatch.setattr(stability, "_product",
-                        lambda a, b, dt: a.to(dt) @ b.to(dt) if a.dtype != dt else a @ b)
+    monkeypatch.setattr(stability, "fp32_product", lambda a, b: a @ b if a.dtype in (
+        torch.float32, torch.float64) else a.float() @ b.float())
     q, k = rand(2, 4, 256, 16, seed=50) + 0.5, rand(2, 4, 256, 16, seed=51) - 0.3
     retrieval = rand(2, 4, 256, 16, seed=52) * 0.5 + 1.0
     q, k, retrieval = (t.to(dtype) for t in (q, k, retrieval))
