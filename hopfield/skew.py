@@ -13,6 +13,9 @@ make alpha < -1 or alpha > 1 (c1 or c2 negative) need no special case. The value
 zero-padded to width 2d so that q, k and v share one head dimension: PyTorch's flash kernels
 (CPU and CUDA) only accept that, and without them the call falls back to a path that
 materialises the L x L matrix. No L x L tensor is built here.
+
+For a Python alpha >= -1/2 the query is [q, (c2 / c1) k] and c1 goes into the attention's
+scale (c1 / sqrt(d)): the same logits with one multiply fewer per call.
 """
 
 from __future__ import annotations
@@ -52,14 +55,20 @@ def concat_features(
     return torch.cat((q * c1, k * c2), dim=-1), torch.cat((k, q), dim=-1)
 
 
+# A Python alpha at least this folds c1 into the attention's scale (c1 >= 1/4): one multiply
+# fewer per call, and the one left, k * c2 / c1, stays within |c2 / c1| <= 3 (the fp16 two-call
+# path keeps |values| <= 2^14, a factor 4 under fp16's largest).
+FOLD_MIN_ALPHA = -0.5
+
+
 def skew_scaled_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: Scalar,
-    scale: float | torch.Tensor | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: Scalar
 ) -> torch.Tensor:
     """softmax((M_sym + alpha M_skew)) V for q, k, v of shape [B, H, L, d]; returns [B, H, L, d_v].
 
     Needs a square logit matrix (same L for q and k): the decomposition is only defined there.
-    ``scale`` replaces the logits' 1/sqrt(d) (for q and k that were rescaled beforehand).
+    A Python ``alpha`` >= -1/2 takes c1 out of the query, as the attention's scale:
+    q~ = [q, (c2 / c1) k] with scale c1 / sqrt(d) gives the same logits with one multiply fewer.
     """
     if q.shape[-2] != k.shape[-2]:
         raise ValueError(
@@ -67,10 +76,15 @@ def skew_scaled_attention(
             f"and {k.shape[-2]}"
         )
     d = q.shape[-1]
-    q_cat, k_cat = concat_features(q, k, alpha)
+    if isinstance(alpha, torch.Tensor) or alpha < FOLD_MIN_ALPHA:
+        q_cat, k_cat = concat_features(q, k, alpha)
+        scale = d**-0.5
+    else:
+        c1, c2 = skew_coefficients(alpha, q)
+        q_cat, k_cat = torch.cat((q, k * (c2 / c1)), dim=-1), torch.cat((k, q), dim=-1)
+        scale = c1 * d**-0.5
     width = q_cat.shape[-1]
     dv = v.shape[-1]
     v_pad = F.pad(v, (0, width - dv)) if dv < width else v
-    out = F.scaled_dot_product_attention(q_cat, k_cat, v_pad,
-                                         scale=d**-0.5 if scale is None else scale)
+    out = F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=scale)
     return out[..., :dv] if dv < width else out
