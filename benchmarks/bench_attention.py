@@ -41,7 +41,7 @@ def _import_core():
 
 
 hopfield = _import_core()
-from hopfield_circulation.hopfield import reference, stability  # noqa: E402
+from hopfield_circulation.hopfield import input_space, reference, stability  # noqa: E402
 
 
 @dataclass
@@ -82,7 +82,7 @@ def probe_value(i: Inputs):
     return stability.layer_stability(i.q, i.k, i.base), hopfield.symmetry_index(i.q, i.k)
 
 
-SUBSET = stability.channel_subset(640, 64)
+SUBSET = input_space.channel_subset(640, 64)
 
 
 def probe_input(i: Inputs):
