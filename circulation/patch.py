@@ -8,17 +8,24 @@ from ..families import adapter_for
 from ..hook.call import AttentionCall, Steering
 from ..hook.layers import select_layers
 from ..hook.override import HostBaseline, Steered, install_attention_hook
-from ..hook.schedule import in_window, sigma_window
+from ..hook.schedule import sigma_window, window_bounds
 from ..hopfield import (
     CirculationSettings,
     circulate_input_space,
     circulate_value_space,
     fused_triton,
 )
-from ..hopfield.circulation import needs_baseline
+from ..hopfield.circulation import needs_baseline, use_fused
 from ..hopfield.symmetry import half_into_fp32
-from ..vocabulary import FEATURE_SPACES, STEER_BRANCHES, FeatureSpace, SteerBranch, check_choice
-from .branches import active_rows, steers_branch
+from ..vocabulary import (
+    CFG_LABEL,
+    FEATURE_SPACES,
+    STEER_BRANCHES,
+    FeatureSpace,
+    SteerBranch,
+    check_choice,
+)
+from .branches import RowMasks
 
 
 def patch_circulation(
@@ -40,24 +47,38 @@ def patch_circulation(
     sigma_start, sigma_end = sigma_window(m, start_percent, end_percent)
     selected = select_layers(layers, adapter.layer_map)
     input_space = adapter.input_space(m) if space == "input" else None
+    if settings.is_identity:  # alpha = 1 or beta = 0: the model runs unpatched
+        return m
+    sigma_low, sigma_high = window_bounds(sigma_start, sigma_end)  # in_window's, once
+
+    masks = RowMasks(branch)
+    wanted_label = CFG_LABEL.get(branch)  # None: both branches
+    kernel = settings.kernel
+    # Static settings on every row: the same Steering for every call.
+    everywhere = Steering(space, settings.alpha, settings.beta, settings.norm_match, None)
 
     def steer(call: AttentionCall, baseline: HostBaseline) -> Steered | None:
-        if settings.is_identity or call.layer.index not in selected:
+        # Cheapest refusals first: every attention call of the model comes through here.
+        if call.layer.index not in selected:
             return None
-        if call.sigma is not None and not in_window(call.sigma, sigma_start, sigma_end):
+        if call.sigma is not None and not sigma_low <= call.sigma <= sigma_high:
             return None
-        if not steers_branch(call, branch):
-            return None
-        active = active_rows(call, branch)
+        if wanted_label is not None and wanted_label not in call.cond_or_uncond:
+            return None  # no chunk of the steered branch in this call (cfg 1, split calls)
+        active = masks(call)
         if input_space is None:
-            wanted = baseline.chained or needs_baseline(call.q, call.k, call.v, settings, active)
+            q, k, v = call.q, call.k, call.v
+            fused = use_fused(q, k, v, kernel)
+            wanted = baseline.chained or needs_baseline(q, k, v, settings, active, fused)
             base = baseline.heads(call.heads) if wanted else None  # fused: one pass, no host call
-            result = circulate_value_space(call.q, call.k, call.v, base, settings, active)
+            result = circulate_value_space(q, k, v, base, settings, active, fused=fused)
         else:
             result = _steer_input_space(input_space, call, baseline.heads(call.heads),
                                         settings, active)
-        steering = Steering(space, result.alpha, result.beta, settings.norm_match, active)
-        return Steered(result.out, steering)
+        if settings.adaptive or active is not None:
+            return Steered(result.out, Steering(space, result.alpha, result.beta,
+                                                settings.norm_match, active))
+        return Steered(result.out, everywhere)
 
     install_attention_hook(m, steer, adapter)
     # Settled now, outside any compiled graph, so those only read the answers.

@@ -30,7 +30,7 @@ OBSERVERS_KEY = "hopfield_circulation_observers"
 SCOPE_KEY = "hopfield_circulation_scope"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Steering:
     """What a circulation applied to one call, with the coefficients it really used, so an
     observer can re-derive the blend in another feature space without recomputing them."""
@@ -42,14 +42,14 @@ class Steering:
     active: torch.Tensor | None = None  # bool [B] of steered samples; None: all
 
 
-@dataclass
+@dataclass(slots=True)
 class CallScope:
     """One attention call as seen by the chain of our hooks: the outermost owns it."""
 
     steering: Steering | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class AttentionCall:
     q: torch.Tensor  # [B, H, L, d]
     k: torch.Tensor  # [B, H, L, d]

@@ -33,6 +33,8 @@ class HostBaseline:
     the baseline is never skipped.
     """
 
+    __slots__ = ("previous", "func", "args", "kwargs", "chained", "_output")
+
     def __init__(self, previous, func, args, kwargs):
         self.previous, self.func, self.args, self.kwargs = previous, func, args, kwargs
         self.chained = previous is not None
@@ -66,7 +68,7 @@ Handler = Callable[[AttentionCall, HostBaseline], "Steered | None"]
 def _heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
     """[B, L, H*d] or [B, L, H, d] -> [B, H, L, d] (a view)."""
     if t.ndim == 3:
-        t = t.unflatten(-1, (heads, -1))
+        t = t.view(t.shape[0], t.shape[1], heads, -1)  # Tensor.unflatten is Python, view is not
     return t.transpose(1, 2)
 
 
@@ -111,7 +113,7 @@ def parse_call(adapter: FamilyAdapter, args: tuple, kwargs: dict) -> AttentionCa
         percent=step.percent if step else None,
         step=step.step if step else None,
         model_call=step.model_call if step else -1,
-        cond_or_uncond=list(options.get("cond_or_uncond") or [0]),
+        cond_or_uncond=options.get("cond_or_uncond") or [0],  # read only, never copied
         text_tokens=placement.text_tokens,
         token_grid=placement.token_grid,
         transformer_options=options,

@@ -48,8 +48,14 @@ def locate_step(sigma: float, schedule: list[float] | None) -> StepInfo:
 
 def in_window(sigma: float, sigma_start: float, sigma_end: float) -> bool:
     """The SkipLayerGuidance convention: active while sigma_end <= sigma <= sigma_start."""
-    # Relative slack per bound: percent_to_sigma and the sampler's schedule round differently.
-    return sigma_end * (1 - 1e-5) <= sigma <= sigma_start * (1 + 1e-5)
+    low, high = window_bounds(sigma_start, sigma_end)
+    return low <= sigma <= high
+
+
+def window_bounds(sigma_start: float, sigma_end: float) -> tuple[float, float]:
+    """(low, high) sigma bounds of a window, each with a relative slack: percent_to_sigma and
+    the sampler's schedule round differently."""
+    return sigma_end * (1 - 1e-5), sigma_start * (1 + 1e-5)
 
 
 def sigma_window(model_patcher, start_percent: float, end_percent: float) -> tuple[float, float]:

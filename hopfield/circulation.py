@@ -89,14 +89,18 @@ def _select_rows(
     return torch.where(_per_sample(active, base.ndim), steered, base)
 
 
-def needs_baseline(q, k, v, settings: CirculationSettings, active=None) -> bool:
+def needs_baseline(q, k, v, settings: CirculationSettings, active=None,
+                   fused: bool | None = None) -> bool:
     """Whether circulate_value_space needs the host's baseline output. Not on the fused path
     (the kernel computes the baseline in the same pass, and the plain output of unselected
     samples too: 2x one call instead of 3x), nor on the two-call path for bf16 (it computes
-    its own baseline in a finer dtype, see two_call.py) unless some samples keep the host's."""
+    its own baseline in a finer dtype, see two_call.py) unless some samples keep the host's.
+    ``fused``: the answer of ``use_fused`` for this call, when the caller has it already."""
     if settings.is_identity:
         return True
-    if _use_fused(q, k, v, settings.kernel):
+    if fused is None:
+        fused = use_fused(q, k, v, settings.kernel)
+    if fused:
         return False
     return active is not None or not own_baseline(q)
 
@@ -108,18 +112,26 @@ def circulate_value_space(
     base: torch.Tensor | None,
     settings: CirculationSettings,
     active: torch.Tensor | None = None,
+    *,
+    fused: bool | None = None,
 ) -> CirculationResult:
     """Steer one attention call. q, k, v, base: [B, H, L, d]; ``base`` is the host's own output
     (None is allowed where ``needs_baseline`` says so).
 
     ``active``: optional bool [B] of the samples to steer; others get ``base`` back untouched.
+    ``fused``: ``use_fused(q, k, v, settings.kernel)`` when the caller asked it already (the
+    attention hook asks once per call, to know whether to run the host's call at all).
     """
-    if base is None and needs_baseline(q, k, v, settings, active):
-        raise ValueError("circulate_value_space: this path needs the baseline output")
     if settings.is_identity:
+        if base is None:
+            raise ValueError("circulate_value_space: this path needs the baseline output")
         return CirculationResult(base)
+    if fused is None:
+        fused = use_fused(q, k, v, settings.kernel)
+    if base is None and needs_baseline(q, k, v, settings, active, fused):
+        raise ValueError("circulate_value_space: this path needs the baseline output")
     alpha, beta, eta_bar = effective_coefficients(q, k, settings)
-    if _use_fused(q, k, v, settings.kernel):
+    if fused:
         # Unselected samples: the kernel's own plain attention, unless the host's was computed
         # anyway (another override chained before ours), which then keeps them bit for bit.
         out = fused_triton.fused_skew_circulation(
@@ -127,13 +139,15 @@ def circulate_value_space(
             fallback=settings.kernel == "auto")
     else:
         out = two_call(q, k, v, base, alpha, beta, settings.norm_match)
-    out = out.to(q.dtype if base is None else base.dtype)
-    if base is not None:
+    dtype = q.dtype if base is None else base.dtype
+    if out.dtype != dtype:
+        out = out.to(dtype)
+    if base is not None and active is not None:
         out = _select_rows(out, base, active)
     return CirculationResult(out, eta_bar, alpha, beta)
 
 
-def _use_fused(q, k, v, kernel: str) -> bool:
+def use_fused(q, k, v, kernel: str) -> bool:
     """auto: the single-pass Triton kernel when it is compiled for CUDA and the call fits
     (fp16/bf16, d 64/128, self-attention); "fused" forces it (it raises on what does not fit)."""
     if kernel == "two_call":

@@ -91,6 +91,7 @@ class ProcessFacts:
 
     triton: bool  # available()
     interpreting: bool  # interpreting()
+    tune: bool = True  # TUNE_ENV is not "0"
 
 
 _FACTS: list[ProcessFacts] = []
@@ -100,7 +101,8 @@ def facts() -> ProcessFacts:
     """The process facts; the circulation asks for them when it patches a model, so a
     compiled graph finds them settled."""
     if not _FACTS:
-        _FACTS.append(ProcessFacts(available(), interpreting()))
+        _FACTS.append(ProcessFacts(available(), interpreting(),
+                                   os.environ.get(TUNE_ENV, "1") != "0"))
     return _FACTS[0]
 
 
@@ -174,7 +176,8 @@ def tuned_config(q: torch.Tensor, launch) -> LaunchConfig:
     runs the kernel on the call's own inputs), the table's otherwise. The timing waits for the
     device once per shape class, never again."""
     table = default_config(q.shape[-1], q.dtype)
-    if not q.is_cuda or interpreting() or os.environ.get(TUNE_ENV, "1") == "0":
+    found = facts()
+    if not q.is_cuda or found.interpreting or not found.tune:
         return table
     key = shape_class(q)
     if key not in _TUNED:
@@ -263,8 +266,11 @@ def fused_skew_circulation(
             raise ValueError(f"fused kernel: {name} is on {t.device}, q on {q.device}")
     tiles = (config.block_m, config.block_n, config.num_warps, config.num_stages) if config \
         else (0, 0, 0, 0)  # zeros: tuned_config picks them
-    return FUSED_OP(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match,
-                    *tiles, fallback)
+    # Eager calls skip the dispatcher's round trip into Python (host time in every steered
+    # call); a torch.compile trace needs the registered op.
+    op = FUSED_OP if torch.compiler.is_compiling() else _fused_op_impl
+    return op(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match, *tiles,
+              fallback)
 
 
 def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match,
@@ -276,7 +282,7 @@ def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_matc
         active = active.contiguous().view(torch.uint8)
     # The interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest even), which
     # would double the output's rounding error: there the kernel writes fp32 and torch rounds.
-    emulate_bf16 = interpreting() and q.dtype == torch.bfloat16
+    emulate_bf16 = facts().interpreting and q.dtype == torch.bfloat16
     out = torch.empty(q.shape, dtype=torch.float32 if emulate_bf16 else q.dtype, device=q.device)
     pv_fp16 = q.dtype == torch.bfloat16
     # Per (batch, head) max |V|, one small reduction on the device (no copy, no sync): the

@@ -36,10 +36,12 @@ def symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         cross = (logits * logits.transpose(-1, -2)).sum(dim=(-1, -2))
         return cross / norm_sq.clamp_min(ETA_EPS)
     z = torch.cat((k, q), dim=-1).view(b * h, length, 2 * d)
-    gram = fp32_gram(z).view(b, h, 2 * d, 2 * d)
-    kk, kq, qq = gram[..., :d, :d], gram[..., :d, d:], gram[..., d:, d:]
-    norm_sq = (qq * kk).sum(dim=(-1, -2))  # tr((Q^T Q)(K^T K)); both Grams are symmetric
-    cross = (kq * kq.transpose(-1, -2)).sum(dim=(-1, -2))  # tr((K^T Q)^2)
+    gram = fp32_gram(z)  # [[K^T K, K^T Q], [Q^T K, Q^T Q]]
+    # Against G with both halves swapped, [[Q^T Q, Q^T K], [K^T Q, K^T K]], the elementwise
+    # product sums per d x d block to tr((Q^T Q)(K^T K)) on the diagonal blocks (both Grams are
+    # symmetric) and to tr((K^T Q)^2) off it: both traces in one multiply and one reduction.
+    blocks = (gram * gram.roll((d, d), dims=(-2, -1))).view(b, h, 2, d, 2, d).sum(dim=(-3, -1))
+    norm_sq, cross = blocks[..., 0, 0], blocks[..., 0, 1]
     return cross / norm_sq.clamp_min(ETA_EPS)
 
 
