@@ -2,9 +2,11 @@
 
     python scripts/make_workflows.py
 
-Kept as code so the five graphs share one layout and stay consistent (same seed on every
-branch, the paper's sampling: CFG 5, 30 steps, 1024 x 1024). The JSON files and the .jpg
-thumbnails are what ships.
+Kept as code so the graphs share one layout and stay consistent (same seed on every branch).
+The SDXL and SD3 graphs use the paper's sampling (CFG 5, 30 steps, 1024 x 1024); the Flux,
+Chroma and Qwen-Image graphs use each model's usual sampling and a starting (α, β) from the
+README's "Supported models" ranges (the paper has no point for them). The JSON files and the
+.jpg thumbnails are what ships.
 
 What the template browser shows (ComfyUI frontend 1.27 and 1.58 alike): a custom node pack's
 template is known only by its file name, which is the card's title and also its description
@@ -22,17 +24,46 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 OUT = Path(__file__).resolve().parents[1] / "workflows"
 SEED = 42
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
 SD3_CKPT = "sd3_medium_incl_clips_t5xxlfp16.safetensors"
-# What the frontend offers to download when a loader's model is missing (properties.models)
+FLUX_UNET = "flux1-dev.safetensors"
+CHROMA_UNET = "Chroma1-HD.safetensors"
+QWEN_UNET = "qwen_image_fp8_e4m3fn.safetensors"
+CLIP_L = "clip_l.safetensors"
+T5XXL = "t5xxl_fp16.safetensors"
+QWEN_TE = "qwen_2.5_vl_7b_fp8_scaled.safetensors"
+FLUX_VAE = "ae.safetensors"
+QWEN_VAE = "qwen_image_vae.safetensors"
+# What the frontend offers to download when a loader's model is missing (properties.models):
+# file name -> (url, folder under ComfyUI/models). The Flux and Qwen-Image files are the ones
+# ComfyUI's own templates download (Comfy-Org/workflow_templates); Chroma1-HD is its authors'
+# bf16 file, which ComfyUI_examples points to (lodestones).
+HF = "https://huggingface.co/"
+FLUX_TE = HF + "comfyanonymous/flux_text_encoders/resolve/main/"
+QWEN_REPO = HF + "Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files/"
 MODELS = {
-    SDXL_CKPT: "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
-               "sd_xl_base_1.0.safetensors",
-    SD3_CKPT: "https://huggingface.co/stabilityai/stable-diffusion-3-medium/resolve/main/"
-              "sd3_medium_incl_clips_t5xxlfp16.safetensors",
+    SDXL_CKPT: (HF + "stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+                "sd_xl_base_1.0.safetensors", "checkpoints"),
+    SD3_CKPT: (HF + "stabilityai/stable-diffusion-3-medium/resolve/main/"
+               "sd3_medium_incl_clips_t5xxlfp16.safetensors", "checkpoints"),
+    # Comfy-Org's copy of FLUX.1 [dev] (its non-commercial licence applies)
+    FLUX_UNET: (HF + "Comfy-Org/flux1-dev/resolve/main/flux1-dev.safetensors",
+                "diffusion_models"),
+    CHROMA_UNET: (HF + "lodestones/Chroma1-HD/resolve/main/Chroma1-HD.safetensors",
+                  "diffusion_models"),
+    QWEN_UNET: (QWEN_REPO + "diffusion_models/qwen_image_fp8_e4m3fn.safetensors",
+                "diffusion_models"),
+    CLIP_L: (FLUX_TE + "clip_l.safetensors", "text_encoders"),
+    T5XXL: (FLUX_TE + "t5xxl_fp16.safetensors", "text_encoders"),
+    QWEN_TE: (QWEN_REPO + "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors",
+              "text_encoders"),
+    FLUX_VAE: (HF + "Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/"
+               "ae.safetensors", "vae"),
+    QWEN_VAE: (QWEN_REPO + "vae/qwen_image_vae.safetensors", "vae"),
 }
 SKEW = "HopfieldCirculation_SkewCirculation"
 ADAPTIVE = "HopfieldCirculation_AdaptiveCirculation"
@@ -44,7 +75,14 @@ CUSTOM = "custom α, β"
 
 OUTPUTS = {
     "CheckpointLoaderSimple": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+    "UNETLoader": [("MODEL", "MODEL")],
+    "CLIPLoader": [("CLIP", "CLIP")],
+    "DualCLIPLoader": [("CLIP", "CLIP")],
+    "VAELoader": [("VAE", "VAE")],
+    "ModelSamplingAuraFlow": [("MODEL", "MODEL")],
     "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
+    "FluxGuidance": [("CONDITIONING", "CONDITIONING")],
+    "ConditioningZeroOut": [("CONDITIONING", "CONDITIONING")],
     "EmptyLatentImage": [("LATENT", "LATENT")],
     "EmptySD3LatentImage": [("LATENT", "LATENT")],
     "KSampler": [("LATENT", "LATENT")],
@@ -59,7 +97,10 @@ OUTPUTS = {
     RANK: [("latent", "LATENT"), ("image", "IMAGE"), ("scores", "STRING")],
 }
 INPUTS = {
+    "ModelSamplingAuraFlow": [("model", "MODEL")],
     "CLIPTextEncode": [("clip", "CLIP")],
+    "FluxGuidance": [("conditioning", "CONDITIONING")],
+    "ConditioningZeroOut": [("conditioning", "CONDITIONING")],
     "KSampler": [("model", "MODEL"), ("positive", "CONDITIONING"),
                  ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
     "VAEDecode": [("samples", "LATENT"), ("vae", "VAE")],
@@ -80,7 +121,10 @@ TITLE = 30
 GAP = 40  # between stacked nodes
 HEIGHT = {"CheckpointLoaderSimple": 140, "EmptyLatentImage": 130, "EmptySD3LatentImage": 130,
           "KSampler": 270, "VAEDecode": 70, "ImageStitch": 180, SKEW: 330, ADAPTIVE: 360,
-          PROBE: 270, "PreviewAny": 150, RANK: 330}
+          PROBE: 270, "PreviewAny": 150, RANK: 330,
+          # measured with the model files absent (a loader then shows an "Issues" footer)
+          "UNETLoader": 130, "CLIPLoader": 140, "DualCLIPLoader": 170, "VAELoader": 100,
+          "ModelSamplingAuraFlow": 80, "FluxGuidance": 80, "ConditioningZeroOut": 50}
 WIDTH = 340
 COLUMN = 420  # pitch of the branch columns
 GROUP_HEAD = 100  # from a group's top to its first node's pos: title bar, badge, margin
@@ -134,49 +178,116 @@ def below(node, gap=GAP) -> float:
     return node["pos"][1] + node["size"][1] + TITLE + gap
 
 
-def common(g, ckpt, prompt, negative, sd3=False):
-    """Loader, prompts and latent shared by every branch, in the left column."""
-    model = {"name": ckpt, "url": MODELS[ckpt], "directory": "checkpoints"}
-    loader = g.node("CheckpointLoaderSimple", (0, 0), [ckpt], properties={"models": [model]})
-    pos = g.node("CLIPTextEncode", (0, below(loader)), [prompt], title="Positive prompt",
-                 size=(WIDTH, 170))
-    neg = g.node("CLIPTextEncode", (0, below(pos)), [negative], title="Negative prompt",
-                 size=(WIDTH, 130))
-    latent = g.node("EmptySD3LatentImage" if sd3 else "EmptyLatentImage", (0, below(neg)),
-                    [1024, 1024, 1])
-    g.link(loader, 1, pos, "clip")
-    g.link(loader, 1, neg, "clip")
-    return loader, pos, neg, latent
+def models_of(*names) -> dict:
+    """A loader's properties: where the frontend downloads each of its files when missing."""
+    return {"models": [{"name": n, "url": MODELS[n][0], "directory": MODELS[n][1]}
+                       for n in names]}
+
+
+class Loaded(NamedTuple):
+    """A family's loader section, stacked at the top of the left column: (node, output slot)
+    of what the graph takes from it, and the y under its last node."""
+
+    model: tuple
+    clip: tuple
+    vae: tuple
+    bottom: float
+
+
+def checkpoint(ckpt):
+    """One file with model, text encoders and VAE (SDXL, SD3)."""
+    def load(g):
+        loader = g.node("CheckpointLoaderSimple", (0, 0), [ckpt], properties=models_of(ckpt))
+        return Loaded((loader, 0), (loader, 1), (loader, 2), below(loader))
+    return load
+
+
+def split_files(unet, text_encoders, clip_type, vae, shift=None):
+    """The diffusion model, its text encoder(s) and VAE as separate files (Flux, Chroma,
+    Qwen-Image), with ModelSamplingAuraFlow on the model when ``shift`` is given: the model
+    every branch samples, patched or not."""
+    def load(g):
+        unet_node = g.node("UNETLoader", (0, 0), [unet, "default"], properties=models_of(unet))
+        model, y = (unet_node, 0), below(unet_node)
+        if shift is not None:
+            sampling = g.node("ModelSamplingAuraFlow", (0, y), [shift])
+            g.link(unet_node, 0, sampling, "model")
+            model, y = (sampling, 0), below(sampling)
+        kind = "CLIPLoader" if len(text_encoders) == 1 else "DualCLIPLoader"
+        clip = g.node(kind, (0, y), [*text_encoders, clip_type, "default"],
+                      properties=models_of(*text_encoders))
+        vae_node = g.node("VAELoader", (0, below(clip)), [vae], properties=models_of(vae))
+        return Loaded(model, (clip, 0), (vae_node, 0), below(vae_node))
+    return load
+
+
+# KSampler settings (steps, cfg, sampler, scheduler): the paper's on SDXL and SD3
+SDXL_SAMPLING = (30, 5.0, "euler", "normal")
+SD3_SAMPLING = (30, 5.0, "euler", "sgm_uniform")
+
+
+class Shared(NamedTuple):
+    """What every branch takes from the left column."""
+
+    model: tuple  # (node, output slot) the branches sample, patched or not
+    vae: tuple
+    pos: dict
+    neg: dict
+    latent: dict
+    sampling: tuple  # steps, cfg, sampler, scheduler
+
+
+def common(g, load, prompt, negative, sampling, latent="EmptyLatentImage", size=1024,
+           guidance=None):
+    """Loaders, prompts and latent shared by every branch, in the left column. ``negative``
+    None: a zeroed positive (a model sampled at CFG 1 ignores the negative); ``guidance``:
+    FluxGuidance on the positive."""
+    loaded = load(g)
+    text = g.node("CLIPTextEncode", (0, loaded.bottom), [prompt], title="Positive prompt",
+                  size=(WIDTH, 170))
+    g.link(*loaded.clip, text, "clip")
+    pos = text
+    if guidance is not None:
+        pos = g.node("FluxGuidance", (0, below(text)), [guidance])
+        g.link(text, 0, pos, "conditioning")
+    if negative is None:
+        neg = g.node("ConditioningZeroOut", (0, below(pos)),
+                     title="Negative: zeroed, unused at CFG 1")
+        g.link(text, 0, neg, "conditioning")
+    else:
+        neg = g.node("CLIPTextEncode", (0, below(pos)), [negative], title="Negative prompt",
+                     size=(WIDTH, 130))
+        g.link(*loaded.clip, neg, "clip")
+    lat = g.node(latent, (0, below(neg)), [size, size, 1])
+    return Shared(loaded.model, loaded.vae, pos, neg, lat, sampling)
 
 
 def patch_height(patch) -> int:
     return HEIGHT[patch[0]] if patch else 0
 
 
-def branch(g, column, title, model_source, model_slot, shared, sd3=False, patch=None, top=0,
-           patch_room=0):
-    """One labelled column: optional patch node, KSampler (same seed), VAE decode.
-    ``patch_room``: the height kept for patch nodes, so every column's sampler lines up."""
-    loader, pos, neg, latent = shared
+def branch(g, column, title, shared, model=None, patch=None, top=0, patch_room=0):
+    """One labelled column: optional patch node, KSampler (same seed), VAE decode. ``model``:
+    (node, slot) to sample instead of the shared model. ``patch_room``: the height kept for
+    patch nodes, so every column's sampler lines up."""
     x = 440 + column * COLUMN
     y = top
-    source, slot = model_source, model_slot
+    source, slot = model or shared.model
     if patch is not None:
         kind, widgets = patch
         node = g.node(kind, (x, y), widgets)
         g.link(source, slot, node, "model")
         source, slot = node, 0
     ks_y = y + (patch_room + TITLE + GAP if patch_room else 0)
-    ks = g.node("KSampler", (x, ks_y), [SEED, "fixed", 30, 5.0, "euler",
-                                        "sgm_uniform" if sd3 else "normal", 1.0],
+    ks = g.node("KSampler", (x, ks_y), [SEED, "fixed", *shared.sampling, 1.0],
                 title=f"KSampler: {title}")
     g.link(source, slot, ks, "model")
-    g.link(pos, 0, ks, "positive")
-    g.link(neg, 0, ks, "negative")
-    g.link(latent, 0, ks, "latent_image")
+    g.link(shared.pos, 0, ks, "positive")
+    g.link(shared.neg, 0, ks, "negative")
+    g.link(shared.latent, 0, ks, "latent_image")
     dec = g.node("VAEDecode", (x, below(ks)))
     g.link(ks, 0, dec, "samples")
-    g.link(loader, 2, dec, "vae")
+    g.link(*shared.vae, dec, "vae")
     bottom = below(dec, gap=20)
     g.group(title, x - 20, y - GROUP_HEAD, WIDTH + 40, bottom - (y - GROUP_HEAD))
     return dec, bottom
@@ -205,33 +316,36 @@ SDXL_PROMPT = "a photo of a horse standing in a meadow, detailed, natural light"
 NEGATIVE = "blurry, low quality"
 
 
+def skew_vs_baseline(g, shared, alpha, beta, point=CUSTOM):
+    """Baseline and Skew Circulation columns on one seed, stitched side by side."""
+    room = HEIGHT[SKEW]
+    base, _ = branch(g, 0, "Baseline", shared, patch_room=room)
+    skew, _ = branch(g, 1, f"Skew Circulation α {alpha:.2f}, β {beta:g}", shared,
+                     patch=(SKEW, skew_widgets(alpha, beta, point)), patch_room=room)
+    stitch_all(g, [base, skew], 440 + 2 * COLUMN)
+
+
 def sdxl_skew():
     g = Graph()
-    shared = common(g, SDXL_CKPT, SDXL_PROMPT, NEGATIVE)
-    loader = shared[0]
-    room = HEIGHT[SKEW]
-    base, _ = branch(g, 0, "Baseline", loader, 0, shared, patch_room=room)
-    skew, _ = branch(g, 1, "Skew Circulation α 1.05, β 3", loader, 0, shared,
-                     patch=(SKEW, skew_widgets(1.05, 3.0, PAPER_POINT)), patch_room=room)
-    stitch_all(g, [base, skew], 440 + 2 * COLUMN)
+    shared = common(g, checkpoint(SDXL_CKPT), SDXL_PROMPT, NEGATIVE, SDXL_SAMPLING)
+    skew_vs_baseline(g, shared, 1.05, 3.0, PAPER_POINT)
     g.note("Same seed, same sampler. Right: Skew Circulation at its default, the paper's point "
            "for the connected model (SDXL: α = 1.05, β = 3; section 6). Look for spurious "
            "mixtures in the baseline (extra limbs, blended objects) that the circulation "
            "breaks up, and for added texture or composition changes on samples that were "
-           "already coherent.", (0, below(shared[3])))
+           "already coherent.", (0, below(shared.latent)))
     return g
 
 
 def sdxl_adaptive():
     g = Graph()
-    shared = common(g, SDXL_CKPT, "a fancy clock with a golden frame on a red carpet, "
-                    "hotel lobby", NEGATIVE)
-    loader = shared[0]
+    shared = common(g, checkpoint(SDXL_CKPT), "a fancy clock with a golden frame on a red "
+                    "carpet, hotel lobby", NEGATIVE, SDXL_SAMPLING)
     room = HEIGHT[ADAPTIVE]
-    base, _ = branch(g, 0, "Baseline", loader, 0, shared, patch_room=room)
-    static, _ = branch(g, 1, "Static α 1.2, β 5", loader, 0, shared,
+    base, _ = branch(g, 0, "Baseline", shared, patch_room=room)
+    static, _ = branch(g, 1, "Static α 1.2, β 5", shared,
                        patch=(SKEW, skew_widgets(1.2, 5.0)), patch_room=room)
-    adaptive, _ = branch(g, 2, "Adaptive α 1.2, β 5", loader, 0, shared,
+    adaptive, _ = branch(g, 2, "Adaptive α 1.2, β 5", shared,
                          patch=(ADAPTIVE, [*skew_widgets(1.2, 5.0)[:-1], "per sample",
                                            CUSTOM]), patch_room=room)
     stitch_all(g, [base, static, adaptive], 440 + 3 * COLUMN)
@@ -239,33 +353,28 @@ def sdxl_adaptive():
            "statically distorts the image, while Adaptive Circulation damps it by the "
            "attention's symmetry η_M (α_eff = 1 + (α − 1)·η̄, β_eff = β·(1 − η̄)) and keeps "
            "the object coherent. Both nodes are set to 'custom α, β' so they use the same "
-           "setting.", (0, below(shared[3])))
+           "setting.", (0, below(shared.latent)))
     return g
 
 
 def sd3_skew():
     g = Graph()
-    shared = common(g, SD3_CKPT, SDXL_PROMPT, NEGATIVE, sd3=True)
-    loader = shared[0]
-    room = HEIGHT[SKEW]
-    base, _ = branch(g, 0, "Baseline", loader, 0, shared, sd3=True, patch_room=room)
-    skew, _ = branch(g, 1, "Skew Circulation α 0.95, β 3", loader, 0, shared, sd3=True,
-                     patch=(SKEW, skew_widgets(0.95, 3.0, PAPER_POINT)), patch_room=room)
-    stitch_all(g, [base, skew], 440 + 2 * COLUMN)
+    shared = common(g, checkpoint(SD3_CKPT), SDXL_PROMPT, NEGATIVE, SD3_SAMPLING,
+                    latent="EmptySD3LatentImage")
+    skew_vs_baseline(g, shared, 0.95, 3.0, PAPER_POINT)
     g.note("SD3 (MMDiT joint attention over [text; image]): the paper's appendix B.1 steers "
            "with α slightly below 1 (0.90-0.97). Skew Circulation's default, the paper's point "
            "for the connected model, uses (0.95, 3) on SD3. (0.95, 3) and (0.97, 4) raised "
-           "ImageReward on COCO while keeping the aesthetic score.", (0, below(shared[3])))
+           "ImageReward on COCO while keeping the aesthetic score.", (0, below(shared.latent)))
     return g
 
 
 def sdxl_probe():
     g = Graph()
-    shared = common(g, SDXL_CKPT, SDXL_PROMPT, NEGATIVE)
-    loader = shared[0]
+    shared = common(g, checkpoint(SDXL_CKPT), SDXL_PROMPT, NEGATIVE, SDXL_SAMPLING)
     probe = g.node(PROBE, (440, 0), ["value", 64, 0.0, 1.0, "cond", "all"])
-    g.link(loader, 0, probe, "model")
-    dec, _ = branch(g, 0, "Probed generation", probe, 0, shared,
+    g.link(*shared.model, probe, "model")
+    dec, _ = branch(g, 0, "Probed generation", shared, model=(probe, 0),
                     top=below(probe) - GAP + 20)
     g.groups.pop()  # one column only: no branch box
     report = g.node(REPORT, (440 + COLUMN, 0), [False, "hopfield/stability"],
@@ -286,7 +395,7 @@ def sdxl_probe():
     over = g.node("PreviewImage", (x + 760, 0), title="Heatmaps over the image",
                   size=(420, 460))
     g.link(report, 1, over, "images")
-    shared[3]["widgets_values"][2] = 4  # a batch of four seeds to rank
+    shared.latent["widgets_values"][2] = 4  # a batch of four seeds to rank
     rank = g.node(RANK, (x + 300, below(heat, gap=80)), ["all", "most stable first", 2],
                   size=(420, HEIGHT[RANK]))
     g.link(probe, 1, rank, "probe")
@@ -302,7 +411,7 @@ def sdxl_probe():
            "stable samples averaged 0.690, unstable ones 0.650 (table 2). The chart on the "
            "report node plots Align_X per layer, Down/Mid/Up shaded, block means dashed. Put a "
            "Skew Circulation node before the probe to see Align_X drop as circulation grows "
-           "(table 3).", (0, below(shared[3])), size=(WIDTH, 320))
+           "(table 3).", (0, below(shared.latent)), size=(WIDTH, 320))
     return g
 
 
@@ -312,17 +421,16 @@ TABLE3 = {1.05: (5.0, 6.0, 7.5), 1.10: (4.0, 5.0, 6.0), 1.15: (3.0, 4.0)}
 def sdxl_grid():
     """Rows by α, columns by β, as table 3 lays them out; the baseline heads the first row."""
     g = Graph()
-    shared = common(g, SDXL_CKPT, SDXL_PROMPT, NEGATIVE)
-    loader = shared[0]
+    shared = common(g, checkpoint(SDXL_CKPT), SDXL_PROMPT, NEGATIVE, SDXL_SAMPLING)
     room = HEIGHT[SKEW]
     decoded = []
-    dec, bottom = branch(g, 0, "Baseline", loader, 0, shared, patch_room=room)
+    dec, bottom = branch(g, 0, "Baseline", shared, patch_room=room)
     decoded.append(dec)
     top = 0
     for a, betas in TABLE3.items():
         row_bottom = bottom
         for col, b in enumerate(betas, start=1):
-            dec, bottom = branch(g, col, f"α {a:.2f}, β {b:g}", loader, 0, shared, top=top,
+            dec, bottom = branch(g, col, f"α {a:.2f}, β {b:g}", shared, top=top,
                                  patch=(SKEW, skew_widgets(a, b)), patch_room=room)
             decoded.append(dec)
             row_bottom = max(row_bottom, bottom)
@@ -335,7 +443,71 @@ def sdxl_grid():
            "measures (Align_X, -E_X) drop as circulation grows. On the baseline's worst 20 % by "
            "each metric, every point improved that metric (table 3b). Same seed in every "
            "column; the stitched image runs baseline, (1.05, 5), (1.05, 6), (1.05, 7.5), "
-           "(1.10, 4) ... (1.15, 4).", (0, below(shared[3])), size=(WIDTH, 340))
+           "(1.10, 4) ... (1.15, 4).", (0, below(shared.latent)), size=(WIDTH, 340))
+    return g
+
+
+# The families the paper did not test: sampling close to ComfyUI's own template for each, and
+# the starting (α, β) of the README's "Supported models" table, set as "custom α, β" (the
+# paper point falls back to the α, β inputs on these families anyway).
+FLUX_SAMPLING = (20, 1.0, "euler", "simple")
+CHROMA_SAMPLING = (26, 4.0, "euler", "simple")
+QWEN_SAMPLING = (20, 2.5, "euler", "simple")
+DIT_NEGATIVE = "blurry, low quality, bad anatomy, extra limbs"
+UNTESTED = ("The paper gives operating points for SDXL and SD3 only. α {a}, β {b} is a starting "
+            "point from the README's range for {family} ({why}), not a measured setting: "
+            "compare it with {mirror} and judge the regime with the Stability Probe next to "
+            "the baseline (circulation lowers Align_X; back off when samples fragment). ")
+NOTE_SIZE = (WIDTH, 400)
+
+
+def flux_skew():
+    g = Graph()
+    shared = common(g, split_files(FLUX_UNET, (CLIP_L, T5XXL), "flux", FLUX_VAE), SDXL_PROMPT,
+                    None, FLUX_SAMPLING, latent="EmptySD3LatentImage", guidance=3.5)
+    skew_vs_baseline(g, shared, 0.90, 3.5)
+    g.note("FLUX.1 [dev] is guidance-distilled: FluxGuidance 3.5 sets its guidance and it "
+           "samples at CFG 1, so there is one (cond) branch only: the zeroed negative is "
+           "never used, and Skew Circulation's branch 'both' and 'cond' are the same. "
+           + UNTESTED.format(a="0.90", b="3.5", family="Flux",
+                             why="about SDXL's per-call change at its paper point",
+                             mirror="the mirrored α 1.10") +
+           "layers: 'double' (double blocks 0-18), 'single' (single blocks 19-56), "
+           "'early' / 'middle' / 'late' thirds of all 57, or indices. schnell, Kontext and "
+           "Fill load the same way.", (0, below(shared.latent)), size=NOTE_SIZE)
+    return g
+
+
+def chroma_skew():
+    g = Graph()
+    shared = common(g, split_files(CHROMA_UNET, (T5XXL,), "chroma", FLUX_VAE), SDXL_PROMPT,
+                    DIT_NEGATIVE, CHROMA_SAMPLING, latent="EmptySD3LatentImage")
+    skew_vs_baseline(g, shared, 0.85, 4.0)
+    g.note("Chroma1-HD (derived from Flux, T5 text encoder only) samples with real CFG and a "
+           "negative prompt, like SD3: branch 'both' steers the cond and uncond calls. "
+           + UNTESTED.format(a="0.85", b="4", family="Chroma",
+                             why="it moves about a quarter as much as SDXL at one setting",
+                             mirror="the mirrored α 1.15") +
+           "layers as on Flux: 'double' (blocks 0-18), 'single' (19-56), 'early' / "
+           "'middle' / 'late', or indices.", (0, below(shared.latent)), size=NOTE_SIZE)
+    return g
+
+
+def qwen_skew():
+    g = Graph()
+    shared = common(g, split_files(QWEN_UNET, (QWEN_TE,), "qwen_image", QWEN_VAE, shift=3.1),
+                    SDXL_PROMPT, DIT_NEGATIVE, QWEN_SAMPLING, latent="EmptySD3LatentImage",
+                    size=1328)
+    skew_vs_baseline(g, shared, 0.95, 3.0)
+    g.note("Qwen-Image (60 MMDiT blocks, joint attention over [text; image]) samples with "
+           "real CFG 2.5 on the flow shift 3.1 that ModelSamplingAuraFlow sets on the model "
+           "both columns sample. "
+           + UNTESTED.format(a="0.95", b="3", family="Qwen-Image",
+                             why="it moves about as much as SD3, so SD3's points, α 0.95-0.97 "
+                                 "β 2-4, apply as they are",
+                             mirror="(0.97, 4) and the mirrored α 1.05") +
+           "layers: 'early' / 'middle' / 'late' thirds of blocks 0-59, or indices.",
+           (0, below(shared.latent)), size=NOTE_SIZE)
     return g
 
 
@@ -364,6 +536,18 @@ WORKFLOWS = {
         "grid": {"rows": [f"α {a:.2f}" for a in TABLE3],
                  "cells": [[f"β {b:g}" for b in betas] for betas in TABLE3.values()]},
         "settings": "baseline + 8 points · one seed"}),
+    "Flux Skew Circulation vs baseline": (flux_skew, {
+        "tag": "Flux", "purpose": "FLUX.1 dev at a starting point: one seed with and without",
+        "columns": [("baseline", "unpatched"), ("Skew Circulation", "α 0.90, β 3.5")],
+        "settings": "no paper point · CFG 1 · guidance 3.5 · 20 steps"}),
+    "Chroma Skew Circulation vs baseline": (chroma_skew, {
+        "tag": "Chroma", "purpose": "Chroma1-HD at a starting point: one seed with and without",
+        "columns": [("baseline", "unpatched"), ("Skew Circulation", "α 0.85, β 4")],
+        "settings": "no paper point · CFG 4 · 26 steps · 1024²"}),
+    "Qwen Image Skew Circulation vs baseline": (qwen_skew, {
+        "tag": "Qwen-Image", "purpose": "Qwen-Image at SD3's point: one seed with and without",
+        "columns": [("baseline", "unpatched"), ("Skew Circulation", "α 0.95, β 3")],
+        "settings": "SD3's point · CFG 2.5 · shift 3.1 · 20 steps"}),
 }
 
 
@@ -420,7 +604,8 @@ def thumbnail(title: str, card: dict, path: Path) -> None:
     d.rounded_rectangle((x1 - tw - 24, pad, x1, pad + 40), 8, fill=accent)
     d.text((x1 - 12, pad + 20), tag, font=tag_font, fill=(16, 20, 28), anchor="rm")
     y = pad + 58
-    name = title.removeprefix(card["tag"]).strip()
+    # the title without the family (spelled with a space in a file name: "Qwen Image")
+    name = title.removeprefix(card["tag"]).removeprefix(card["tag"].replace("-", " ")).strip()
     name = name[:1].upper() + name[1:]
     title_font = bold(40)
     for line in _wrap(d, text(name), title_font, THUMB - 2 * pad)[:3]:

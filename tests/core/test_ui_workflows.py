@@ -5,12 +5,40 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+# the first word of a title names the model family (a file name has no hyphen: "Qwen Image")
+FAMILIES = ("SDXL", "SD3", "Flux", "Chroma", "Qwen")
+SKEW = "HopfieldCirculation_SkewCirculation"
+ADAPTIVE = "HopfieldCirculation_AdaptiveCirculation"
+# loader -> (the widgets that name its files, the folder under ComfyUI/models they go to)
+LOADERS = {
+    "CheckpointLoaderSimple": (1, "checkpoints"),
+    "UNETLoader": (1, "diffusion_models"),
+    "CLIPLoader": (1, "text_encoders"),
+    "DualCLIPLoader": (2, "text_encoders"),
+    "VAELoader": (1, "vae"),
+}
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def source(workflow: dict, node: dict, input_name: str) -> dict:
+    """The node whose output feeds ``input_name`` of ``node``."""
+    (link_id,) = [i["link"] for i in node["inputs"] if i["name"] == input_name]
+    link = next(li for li in workflow["links"] if li[0] == link_id)
+    return next(n for n in workflow["nodes"] if n["id"] == link[1])
+
+
+def family(path: Path) -> str:
+    return path.stem.split()[0]
 
 
 def generator():
@@ -38,7 +66,7 @@ def test_title_is_the_file_name_and_reads_as_one(path):
     assert "_" not in name and "-" not in name  # the card's description turns these to spaces
     assert name[0].isupper() and 15 <= len(name) <= 44
     assert all(c.isalnum() or c in " ,." for c in name), name
-    assert name.split()[0] in ("SDXL", "SD3")
+    assert name.split()[0] in FAMILIES
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
@@ -56,25 +84,118 @@ def test_thumbnail_is_a_square_jpeg(path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_loaders_say_where_to_download_their_model(path):
-    workflow = json.loads(path.read_text())
-    loaders = [n for n in workflow["nodes"] if n["type"] == "CheckpointLoaderSimple"]
+    workflow = load(path)
+    loaders = [n for n in workflow["nodes"] if n["type"] in LOADERS]
     assert loaders
+    # one file format per family: a single checkpoint (SDXL, SD3) or split files (the DiTs)
+    kinds = {n["type"] for n in loaders}
+    if family(path) in ("SDXL", "SD3"):
+        assert kinds == {"CheckpointLoaderSimple"}
+    else:
+        assert kinds in ({"UNETLoader", "CLIPLoader", "VAELoader"},
+                         {"UNETLoader", "DualCLIPLoader", "VAELoader"})
     for loader in loaders:
-        (model,) = loader["properties"]["models"]
-        assert model["name"] == loader["widgets_values"][0]
-        assert model["directory"] == "checkpoints"
-        # what the frontend accepts for a download: huggingface.co, a .safetensors file
-        assert model["url"].startswith("https://huggingface.co/")
-        assert model["url"].endswith("/" + model["name"])
+        files, directory = LOADERS[loader["type"]]
+        models = loader["properties"]["models"]
+        # every file the loader names, in widget order, and nothing else
+        assert [m["name"] for m in models] == loader["widgets_values"][:files]
+        for model in models:
+            assert model["directory"] == directory
+            # what the frontend accepts for a download: huggingface.co, a .safetensors file
+            assert model["url"].startswith("https://huggingface.co/")
+            assert model["url"].endswith("/" + model["name"])
+            assert "/resolve/" in model["url"]  # the file itself, not its page (/blob/)
+
+
+# Each DiT family as ComfyUI loads it: text encoder loader and its type, the sampler's CFG,
+# how the negative is made, what sits on the model before the branches, latent size
+DIT = {
+    "Flux": ("DualCLIPLoader", "flux", 1.0, "ConditioningZeroOut", "UNETLoader", 1024),
+    "Chroma": ("CLIPLoader", "chroma", 4.0, "CLIPTextEncode", "UNETLoader", 1024),
+    "Qwen": ("CLIPLoader", "qwen_image", 2.5, "CLIPTextEncode", "ModelSamplingAuraFlow", 1328),
+}
+DIT_WORKFLOWS = [p for p in WORKFLOWS if family(p) in DIT]
+
+
+def test_every_dit_family_has_a_workflow():
+    assert sorted(family(p) for p in DIT_WORKFLOWS) == sorted(DIT)
+
+
+@pytest.mark.parametrize("path", DIT_WORKFLOWS, ids=[p.stem for p in DIT_WORKFLOWS])
+def test_dit_workflows_load_and_sample_their_family_as_comfyui_does(path):
+    clip_loader, clip_type, cfg, negative, model_source, size = DIT[family(path)]
+    workflow = load(path)
+    nodes = workflow["nodes"]
+    (clip,) = [n for n in nodes if n["type"] == clip_loader]
+    assert clip["widgets_values"][-2:] == [clip_type, "default"]  # type, device
+    (unet,) = [n for n in nodes if n["type"] == "UNETLoader"]
+    assert unet["widgets_values"][1] == "default"  # weight_dtype: as the file stores it
+    (latent,) = [n for n in nodes if n["type"] == "EmptySD3LatentImage"]  # 16-channel latent
+    assert latent["widgets_values"] == [size, size, 1]
+    samplers = [n for n in nodes if n["type"] == "KSampler"]
+    assert len(samplers) == 2
+    for ks in samplers:
+        assert ks["widgets_values"][3] == cfg
+        assert ks["widgets_values"][4:6] == ["euler", "simple"]
+        assert source(workflow, ks, "negative")["type"] == negative
+        model = source(workflow, ks, "model")
+        if model["type"] == SKEW:
+            model = source(workflow, model, "model")
+        assert model["type"] == model_source  # both columns sample the same model
+    positive = source(workflow, samplers[0], "positive")
+    if family(path) == "Flux":  # guidance-distilled: guidance 3.5 on the positive, CFG 1
+        assert positive["type"] == "FluxGuidance" and positive["widgets_values"] == [3.5]
+        zeroed = source(workflow, source(workflow, samplers[0], "negative"), "conditioning")
+        assert zeroed is source(workflow, positive, "conditioning")  # the positive, zeroed
+    else:
+        assert positive["type"] == "CLIPTextEncode" and positive["title"] == "Positive prompt"
+    if family(path) == "Qwen":
+        (shift,) = [n for n in nodes if n["type"] == "ModelSamplingAuraFlow"]
+        assert shift["widgets_values"] == [3.1]
+
+
+def readme_starting_points() -> dict[str, list[tuple[float, float]]]:
+    """The 'Supported models' table's starting (α, β) for each family the paper did not test."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Supported models"):text.index("What is steered and probed")]
+    rows = {"Flux": "| Flux:", "Chroma": "| Chroma,", "Qwen": "| Qwen-Image,"}
+    points = {}
+    for name, start in rows.items():
+        row = next(line for line in table.splitlines() if line.startswith(start))
+        points[name] = row.rsplit("|", 2)[1]
+    return points
+
+
+@pytest.mark.parametrize("path", DIT_WORKFLOWS, ids=[p.stem for p in DIT_WORKFLOWS])
+def test_dit_workflows_start_from_the_readme_range_and_say_so(path):
+    """No paper point exists for these families: the node uses its α, β inputs ('custom'),
+    set to the README's starting point, and the note says it is one and how to judge it."""
+    workflow = load(path)
+    (skew,) = [n for n in workflow["nodes"] if n["type"] == SKEW]
+    alpha, beta = skew["widgets_values"][:2]
+    assert skew["widgets_values"][-1] == "custom α, β"
+    start = readme_starting_points()[family(path)]
+    if family(path) == "Qwen":  # "start at SD3's points, α 0.95-0.97 β 2-4"
+        assert "α 0.95-0.97 β 2-4" in start and 0.95 <= alpha <= 0.97 and 2 <= beta <= 4
+    else:
+        assert f"α {alpha:.2f}" in start and f"β {beta:g}" in start, (start, alpha, beta)
+    (note,) = [n for n in workflow["nodes"] if n["type"] == "Note"]
+    text = note["widgets_values"][0]
+    assert "operating points for SDXL and SD3 only" in text
+    assert "starting point" in text and "Stability Probe" in text
+    if family(path) == "Flux":
+        assert "CFG 1" in text and "one (cond) branch" in text
+        assert all(f"'{name}'" in text for name in ("double", "single", "early", "middle",
+                                                     "late"))
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_circulation_nodes_carry_an_operating_point(path):
-    workflow = json.loads(path.read_text())
+    workflow = load(path)
     for node in workflow["nodes"]:
-        if node["type"] == "HopfieldCirculation_SkewCirculation":
+        if node["type"] == SKEW:
             assert len(node["widgets_values"]) == 8
-        elif node["type"] == "HopfieldCirculation_AdaptiveCirculation":
+        elif node["type"] == ADAPTIVE:
             assert len(node["widgets_values"]) == 9
         else:
             continue
@@ -82,10 +203,31 @@ def test_circulation_nodes_carry_an_operating_point(path):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_columns_differ_only_by_their_patch_and_say_which(path):
+    """Every sampler has the same seed, settings, prompts and latent; a patched column's
+    title names the α, β its node is set to (when the node uses its inputs)."""
+    workflow = load(path)
+    samplers = [n for n in workflow["nodes"] if n["type"] == "KSampler"]
+    assert samplers
+    first = samplers[0]
+    for ks in samplers:
+        assert ks["widgets_values"] == first["widgets_values"]
+        assert ks["widgets_values"][:2] == [42, "fixed"]
+        for name in ("positive", "negative", "latent_image"):
+            assert source(workflow, ks, name) is source(workflow, first, name)
+        patch = source(workflow, ks, "model")
+        if patch["type"] not in (SKEW, ADAPTIVE):
+            continue
+        alpha, beta = patch["widgets_values"][:2]
+        said = re.search(r"α ([\d.]+), β ([\d.]+)", ks["title"])
+        assert said and (float(said[1]), float(said[2])) == (alpha, beta), ks["title"]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_nothing_overlaps_in_the_saved_layout(path):
     """Nodes (with their 30-unit title bar) and group title bars do not overlap as saved; the
     browser tier checks the rendered layout in both frontends."""
-    workflow = json.loads(path.read_text())
+    workflow = load(path)
     boxes = [(n["pos"][0], n["pos"][1] - 30, n["size"][0], n["size"][1] + 30, n["id"])
              for n in workflow["nodes"]]
     bars = [(g["bounding"][0], g["bounding"][1], g["bounding"][2], g["font_size"] * 1.4,
