@@ -32,22 +32,40 @@ def steers_branch(call: AttentionCall, branch: SteerBranch) -> bool:
     return branch == "both" or CFG_LABEL[branch] in call.cond_or_uncond
 
 
+def steered_run(call: AttentionCall, branch: SteerBranch) -> slice | None:
+    """The rows ``active_rows`` selects as one slice when they are one run of consecutive
+    chunks (ComfyUI's [uncond, cond] batches: always), else None. Host-side, from the labels."""
+    wanted = CFG_LABEL.get(branch)
+    chunks = call.cond_or_uncond or [0]
+    picked = [i for i, label in enumerate(chunks) if label == wanted]
+    if not picked or picked != list(range(picked[0], picked[-1] + 1)):
+        return None
+    per_chunk = call.batch // len(chunks)
+    return slice(picked[0] * per_chunk, (picked[-1] + 1) * per_chunk)
+
+
 class RowMasks:
-    """``active_rows`` made once per batch layout: a sampler repeats the same few layouts
-    (chunk labels, batch size, device) in every attention call, so each mask is built on the
-    first call that needs it and reused, read-only, by the rest. Inside a torch.compile trace
-    the mask is built in the graph instead (a cache filled there would be a side effect)."""
+    """``active_rows`` (and ``steered_run``) made once per batch layout: a sampler repeats the
+    same few layouts (chunk labels, batch size, device) in every attention call, so each is
+    built on the first call that needs it and reused, read-only, by the rest. Inside a
+    torch.compile trace the mask is built in the graph instead (a cache filled there would be
+    a side effect)."""
 
     def __init__(self, branch: SteerBranch):
         self.branch = branch
-        self._masks: dict[tuple, torch.Tensor | None] = {}
+        self._masks: dict[tuple, tuple[torch.Tensor | None, slice | None]] = {}
 
-    def __call__(self, call: AttentionCall) -> torch.Tensor | None:
+    def __call__(self, call: AttentionCall) -> tuple[torch.Tensor | None, slice | None]:
+        """(mask, run): the bool [B] of steered samples (None: all) and, when they are one
+        run of rows, that run as a slice."""
         if self.branch == "both":
-            return None
+            return None, None
         if torch.compiler.is_compiling():
-            return active_rows(call, self.branch)
+            return active_rows(call, self.branch), None
         key = (tuple(call.cond_or_uncond), call.batch, call.q.device)
-        if key not in self._masks:
-            self._masks[key] = active_rows(call, self.branch)
-        return self._masks[key]
+        found = self._masks.get(key)
+        if found is None:
+            mask = active_rows(call, self.branch)
+            found = self._masks[key] = (mask, steered_run(call, self.branch) if mask is not None
+                                        else None)
+        return found

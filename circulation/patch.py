@@ -15,7 +15,7 @@ from ..hopfield import (
     circulate_value_space,
     fused_triton,
 )
-from ..hopfield.circulation import needs_baseline, use_fused
+from ..hopfield.circulation import circulate_rows, needs_baseline, use_fused
 from ..hopfield.symmetry import half_into_fp32
 from ..vocabulary import (
     CFG_LABEL,
@@ -65,10 +65,15 @@ def patch_circulation(
             return None
         if wanted_label is not None and wanted_label not in call.cond_or_uncond:
             return None  # no chunk of the steered branch in this call (cfg 1, split calls)
-        active = masks(call)
+        active, run = masks(call)
         if input_space is None:
             q, k, v = call.q, call.k, call.v
             fused = use_fused(q, k, v, kernel)
+            if run is not None and not fused and not settings.adaptive:
+                # One branch on the two-call path: compute only its rows.
+                out = circulate_rows(q, k, v, baseline.heads(call.heads), settings, run)
+                return Steered(out, Steering(space, settings.alpha, settings.beta,
+                                             settings.norm_match, active))
             wanted = baseline.chained or needs_baseline(q, k, v, settings, active, fused)
             base = baseline.heads(call.heads) if wanted else None  # fused: one pass, no host call
             result = circulate_value_space(q, k, v, base, settings, active, fused=fused)

@@ -8,6 +8,7 @@ from .circulation import (
     CirculationResult,
     CirculationSettings,
     circulate_input_space,
+    circulate_rows,
     circulate_value_space,
 )
 from .skew import concat_features, skew_scaled_attention
@@ -20,6 +21,7 @@ __all__ = [
     "aggregate_eta",
     "blend_retrievals",
     "circulate_input_space",
+    "circulate_rows",
     "circulate_value_space",
     "concat_features",
     "skew_scaled_attention",

@@ -147,6 +147,32 @@ def circulate_value_space(
     return CirculationResult(out, eta_bar, alpha, beta)
 
 
+def circulate_rows(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    base: torch.Tensor,
+    settings: CirculationSettings,
+    rows: slice,
+) -> torch.Tensor:
+    """Static settings on the two-call path, for a call whose steered samples are one run of
+    rows known on the host (the cond or uncond chunk of a CFG batch): only those rows are
+    computed, the others are ``base`` bit for bit. Half the work of steering every row and
+    then keeping half, and no row mask. Returns [B, H, L, d] in ``base``'s memory layout."""
+    if settings.adaptive:
+        raise ValueError("circulate_rows: adaptive settings mix the rows (eta per call)")
+    part = circulate_value_space(q[rows], k[rows], v[rows], base[rows], settings,
+                                 fused=False).out
+    # Concatenated with the batch axis first in base's own layout (usually the host's
+    # [B, L, H, d]), so the hook hands the result back without a copy.
+    batch = base.shape[0]
+    pieces = [t for t, keep in ((base[: rows.start], rows.start > 0), (part, True),
+                                (base[rows.stop:], rows.stop < batch)) if keep]
+    perm = (0, *sorted(range(1, base.ndim), key=lambda i: -base.stride(i)))
+    joined = torch.cat([t.permute(perm) for t in pieces])
+    return joined.permute(tuple(perm.index(i) for i in range(base.ndim)))
+
+
 def use_fused(q, k, v, kernel: str) -> bool:
     """auto: the single-pass Triton kernel when it is compiled for CUDA and the call fits
     (fp16/bf16, d 64/128, self-attention); "fused" forces it (it raises on what does not fit)."""

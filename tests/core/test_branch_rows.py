@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hopfield_circulation.circulation.branches import active_rows, steers_branch
+from hopfield_circulation.circulation.branches import (
+    RowMasks,
+    active_rows,
+    steered_run,
+    steers_branch,
+)
 from hopfield_circulation.hook.call import AttentionCall
 
 
@@ -36,3 +41,22 @@ def test_calls_without_the_branch_are_skipped():
     assert not steers_branch(call_of(1, [0]), "uncond")  # cfg = 1 runs cond alone
     assert not steers_branch(call_of(1, [1]), "cond")  # a split uncond call
     assert steers_branch(call_of(2, [1, 0]), "cond") and steers_branch(call_of(1, [1]), "both")
+
+
+@pytest.mark.parametrize("batch, chunks, branch, expected", [
+    (2, [1, 0], "cond", slice(1, 2)),
+    (4, [1, 0], "uncond", slice(0, 2)),
+    (6, [0, 1, 0], "uncond", slice(2, 4)),
+    (6, [0, 1, 0], "cond", None),  # two runs: the row mask is used instead
+])
+def test_a_branch_in_one_run_of_rows_is_a_slice(batch, chunks, branch, expected):
+    assert steered_run(call_of(batch, chunks), branch) == expected
+
+
+def test_row_masks_are_made_once_per_layout():
+    masks = RowMasks("cond")
+    first, run = masks(call_of(4, [1, 0]))
+    again, _ = masks(call_of(4, [1, 0]))
+    assert again is first and run == slice(2, 4) and first.tolist() == [False, False, True, True]
+    assert masks(call_of(2, [1, 0]))[0] is not first  # another batch size, another mask
+    assert RowMasks("both")(call_of(4, [1, 0])) == (None, None)

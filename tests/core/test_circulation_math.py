@@ -10,6 +10,7 @@ from hopfield_circulation.hopfield import (
     aggregate_eta,
     blend_retrievals,
     circulate_input_space,
+    circulate_rows,
     circulate_value_space,
     concat_features,
     skew_scaled_attention,
@@ -221,3 +222,21 @@ def test_settings_reject_non_finite_values(bad):
         CirculationSettings(alpha=bad)
     with pytest.raises(ValueError, match="finite"):
         CirculationSettings(beta=bad)
+
+
+@pytest.mark.parametrize("rows", [slice(0, 2), slice(2, 4), slice(1, 3)])
+def test_one_run_of_rows_is_steered_alone(rows):
+    """circulate_rows (one CFG branch on the two-call path) equals steering every row and
+    keeping the baseline elsewhere, bit for bit outside the run, and keeps base's layout."""
+    q, k, v = qkv((4, 2, 37, 16), seed=41)
+    base = rand(4, 37, 2, 16, seed=44).transpose(1, 2)  # the host's [B, L, H, d] memory
+    settings = CirculationSettings(1.1, 3.0)
+    active = torch.zeros(4, dtype=torch.bool)
+    active[rows] = True
+    out = circulate_rows(q, k, v, base, settings, rows)
+    expected = circulate_value_space(q, k, v, base, settings, active).out
+    assert torch.equal(out[~active], base[~active])
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert out.transpose(1, 2).is_contiguous()  # back to the host's layout without a copy
+    with pytest.raises(ValueError, match="adaptive"):
+        circulate_rows(q, k, v, base, CirculationSettings(1.1, 3.0, adaptive=True), rows)
