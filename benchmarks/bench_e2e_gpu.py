@@ -103,6 +103,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="variant labels to run (substring match)")
+    parser.add_argument("--skip", nargs="*", help="variant labels to leave out (substring match)")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny in-process models on the CPU: checks the script, no timing "
                         "worth reporting")
@@ -127,6 +128,8 @@ def main():
             base_time = None
             for label, make in variants(model, "sdxl" if args.tiny else name):
                 if args.only and label != "baseline" and not any(o in label for o in args.only):
+                    continue
+                if args.skip and any(o in label for o in args.skip):
                     continue
                 torch._dynamo.reset()
                 patched = make()
