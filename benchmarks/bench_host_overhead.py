@@ -1,6 +1,11 @@
-"""Host cost of one steered attention call, next to the host's own call (CPU, tiny shapes).
+"""Host cost of one steered attention call, next to the host's own call (tiny shapes).
 
     python benchmarks/bench_host_overhead.py     # needs ComfyUI (COMFYUI_PATH or ~/comfy/ComfyUI)
+    python benchmarks/bench_host_overhead.py --device cuda     # fp16: the fused kernel's path
+
+On CUDA the kernels of a tiny call finish long before the host has issued the next one, so the
+wall time per call (the device synchronised once per round) is the host's time per call: what
+each steered call adds to a launch-bound sampling step.
 
 At tiny shapes an attention call's time is almost all host work (Python, dispatch, launches),
 which is what a launch-bound GPU step pays per call too. The override installed by each node is
@@ -12,6 +17,7 @@ dispatch mode (the host's own call included in the override's count).
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -27,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import conftest  # noqa: E402  (registers the pack; loads ComfyUI on the CPU)
 
 BATCH, HEADS, TOKENS, HEAD_DIM = 2, 10, 16, 64
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class CountOps(TorchDispatchMode):
@@ -39,7 +46,7 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def attn1_call(model):
+def attn1_call(model, device="cpu", dtype=torch.float32):
     """(override, args, kwargs) of one SDXL attn1 call of ``model``, as the UNet makes it."""
     from hopfield_circulation.families import adapter_for
     from hopfield_circulation.families.unet_attn1 import unet_attn1_marker
@@ -53,25 +60,28 @@ def attn1_call(model):
                 STEP_KEY: StepInfo(10.0, 0, 0.0, 1)}
     unet_attn1_marker(model).key = ((layer_key[0], layer_key[1]), layer_key[2])
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(BATCH, TOKENS, HEADS * HEAD_DIM, generator=gen) for _ in range(3))
+    q, k, v = (torch.randn(BATCH, TOKENS, HEADS * HEAD_DIM, generator=gen).to(device, dtype)
+               for _ in range(3))
     # As ComfyUI's wrap_attn calls an override: the unwrapped attention function, and the
     # kwargs marked as inside the wrapper.
     return options["optimized_attention_override"], (q, k, v, HEADS), {
         "transformer_options": options, "_inside_attn_wrapper": True}
 
 
-def per_call_us(fns: dict, rounds: int = 9, calls: int = 300) -> dict:
+def per_call_us(fns: dict, rounds: int = 9, calls: int = 300, sync=lambda: None) -> dict:
     """Median µs per call of each function, the functions taking turns round by round (so a
-    busy machine slows them alike and the ratios hold)."""
+    busy machine slows them alike and the ratios hold). ``sync`` waits for the device."""
     for fn in fns.values():
         for _ in range(50):
             fn()
+    sync()
     samples = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             start = time.perf_counter()
             for _ in range(calls):
                 fn()
+            sync()
             samples[name].append((time.perf_counter() - start) / calls * 1e6)
     return {name: statistics.median(times) for name, times in samples.items()}
 
@@ -83,10 +93,21 @@ def ops_of(fn) -> int:
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", choices=list(DTYPES),
+                        help="default: fp32 on the CPU, fp16 on CUDA")
+    cli = parser.parse_args()
     reason = conftest.host_unavailable_reason()
     if reason:
         sys.exit(f"bench_host_overhead: {reason}")
+    if cli.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_host_overhead: --device cuda needs a CUDA device (none here)")
+    device = torch.device(cli.device)
+    dtype = DTYPES[cli.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     import comfy.ldm.modules.attention as host_attention
+    from hopfield_circulation.hopfield.circulation import use_fused
     from hopfield_circulation.nodes.circulation_nodes import AdaptiveCirculation, SkewCirculation
     from host import tiny_models
 
@@ -95,20 +116,23 @@ def main():
     host = wrapped.__wrapped__  # what wrap_attn hands an override
     model = tiny_models.tiny_sdxl()
     variants = {
-        "Skew Circulation (two-call)": SkewCirculation.execute(
+        "Skew Circulation": SkewCirculation.execute(
             model, 1.05, 3.0, 0.0, 1.0, "all", "both", "value").result[0],
         "Skew Circulation, cond only": SkewCirculation.execute(
             model, 1.05, 3.0, 0.0, 1.0, "all", "cond", "value").result[0],
-        "Adaptive Circulation (two-call)": AdaptiveCirculation.execute(
+        "Adaptive Circulation": AdaptiveCirculation.execute(
             model, 1.2, 5.0, 0.0, 1.0, "all", "both", "value", "per sample").result[0],
     }
-    _, args, kwargs = attn1_call(variants["Skew Circulation (two-call)"])
+    _, args, kwargs = attn1_call(variants["Skew Circulation"], device, dtype)
+    path = "fused" if use_fused(*(a.view(BATCH, TOKENS, HEADS, HEAD_DIM).transpose(1, 2)
+                                  for a in args[:3]), "auto") else "two-call"
     plain = {"transformer_options": {k: v for k, v in kwargs["transformer_options"].items()
                                      if k != "optimized_attention_override"}}
     # The floor of any two-call steering on this device: the host's call plus one attention
     # at width 2d (the concat trick's), on ready-made contiguous inputs.
     gen = torch.Generator().manual_seed(1)
-    wide = [torch.randn(BATCH, HEADS, TOKENS, 2 * HEAD_DIM, generator=gen) for _ in range(3)]
+    wide = [torch.randn(BATCH, HEADS, TOKENS, 2 * HEAD_DIM, generator=gen).to(device, dtype)
+            for _ in range(3)]
     calls = {
         "ComfyUI attention_pytorch (the host's call)": lambda: wrapped(*args, **plain),
         "one SDPA at width 2d alone": lambda: F.scaled_dot_product_attention(
@@ -116,18 +140,20 @@ def main():
     }
     counted = {}
     for name, patched in variants.items():
-        override, call_args, call_kwargs = attn1_call(patched)
+        override, call_args, call_kwargs = attn1_call(patched, device, dtype)
 
         def call(override=override, call_args=call_args, call_kwargs=call_kwargs):
             return override(host, *call_args, **call_kwargs)
 
-        calls[name] = call
-    times = per_call_us(calls)
+        calls[f"{name} ({path})"] = call
+    times = per_call_us(calls, sync=sync)
     for name, fn in calls.items():
         counted[name] = ops_of(fn)
     base_us = times["ComfyUI attention_pytorch (the host's call)"]
-    print(f"Host cost per attention call, CPU, 1 thread, q/k/v [{BATCH}, {TOKENS}, "
-          f"{HEADS}x{HEAD_DIM}] fp32, torch {torch.__version__}")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU, 1 thread"
+    print(f"Host cost per attention call, {where}, q/k/v [{BATCH}, {TOKENS}, "
+          f"{HEADS}x{HEAD_DIM}] {str(dtype).removeprefix('torch.')}, "
+          f"torch {torch.__version__}")
     print("| call | µs per call | × host's call | aten ops |")
     print("|---|---:|---:|---:|")
     for name, us in times.items():
