@@ -10,6 +10,7 @@ from ..hook.layers import select_layers
 from ..hook.override import HostBaseline, Steered, install_attention_hook
 from ..hook.schedule import sigma_window, window_bounds
 from ..hopfield import (
+    CirculationResult,
     CirculationSettings,
     circulate_input_space,
     circulate_value_space,
@@ -17,15 +18,8 @@ from ..hopfield import (
 )
 from ..hopfield.circulation import circulate_rows, needs_baseline, use_fused
 from ..hopfield.symmetry import half_into_fp32
-from ..vocabulary import (
-    CFG_LABEL,
-    FEATURE_SPACES,
-    STEER_BRANCHES,
-    FeatureSpace,
-    SteerBranch,
-    check_choice,
-)
-from .branches import RowMasks
+from ..vocabulary import FEATURE_SPACES, STEER_BRANCHES, FeatureSpace, SteerBranch, check_choice
+from .branches import RowMasks, steers_branch
 
 
 def patch_circulation(
@@ -52,7 +46,6 @@ def patch_circulation(
     sigma_low, sigma_high = window_bounds(sigma_start, sigma_end)  # in_window's, once
 
     masks = RowMasks(branch)
-    wanted_label = CFG_LABEL.get(branch)  # None: both branches
     kernel = settings.kernel
     # Static settings on every row: the same Steering for every call.
     everywhere = Steering(space, settings.alpha, settings.beta, settings.norm_match, None)
@@ -63,7 +56,7 @@ def patch_circulation(
             return None
         if call.sigma is not None and not sigma_low <= call.sigma <= sigma_high:
             return None
-        if wanted_label is not None and wanted_label not in call.cond_or_uncond:
+        if not steers_branch(call, branch):
             return None  # no chunk of the steered branch in this call (cfg 1, split calls)
         active, run = masks(call)
         if input_space is None:
@@ -72,11 +65,11 @@ def patch_circulation(
             if run is not None and not fused and not settings.adaptive:
                 # One branch on the two-call path: compute only its rows.
                 out = circulate_rows(q, k, v, baseline.heads(call.heads), settings, run)
-                return Steered(out, Steering(space, settings.alpha, settings.beta,
-                                             settings.norm_match, active))
-            wanted = baseline.chained or needs_baseline(q, k, v, settings, active, fused)
-            base = baseline.heads(call.heads) if wanted else None  # fused: one pass, no host call
-            result = circulate_value_space(q, k, v, base, settings, active, fused=fused)
+                result = CirculationResult(out, None, settings.alpha, settings.beta)
+            else:
+                wanted = baseline.chained or needs_baseline(q, k, v, settings, active, fused)
+                base = baseline.heads(call.heads) if wanted else None  # fused: no host call
+                result = circulate_value_space(q, k, v, base, settings, active, fused=fused)
         else:
             result = _steer_input_space(input_space, call, baseline.heads(call.heads),
                                         settings, active)
