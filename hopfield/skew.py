@@ -10,12 +10,22 @@ That is one standard attention over features of width 2d (the "concat trick"):
 
 so q~ k~^T = c1 Q K^T + c2 K Q^T, scaled by 1/sqrt(d) (not 1/sqrt(2d)); signed coefficients
 make alpha < -1 or alpha > 1 (c1 or c2 negative) need no special case. The values are
-zero-padded to width 2d so that q, k and v share one head dimension: PyTorch's flash kernels
-(CPU and CUDA) only accept that, and without them the call falls back to a path that
-materialises the L x L matrix. No L x L tensor is built here.
+widened to 2d too, so that q, k and v share one head dimension: PyTorch's flash kernels (CPU
+and CUDA) only accept that, and without them the call falls back to a path that materialises
+the L x L matrix. No L x L tensor is built here.
 
-For a Python alpha >= -1/2 the query is [q, (c2 / c1) k] and c1 goes into the attention's
-scale (c1 / sqrt(d)): the same logits with one multiply fewer per call.
+When v is as wide as q (every model's self-attention), all three inputs are views of one
+buffer Z = [v, c1 q, k, c2 q] of width 4d:
+
+    v~ = Z[:, 0:2d] = [v, c1 q]    q~ = Z[:, d:3d] = [c1 q, k]    k~ = Z[:, 2d:4d] = [k, c2 q]
+
+q~ k~^T = c1 Q K^T + c2 K Q^T as above (only the products' order differs), and the output's
+first d columns are softmax(.) v whatever v~'s other half holds. One concatenation instead of
+two and a zero pad: two ops fewer per call, and 4d instead of 6d features written per token.
+Other value widths (the input space's X) keep q~, k~ and a zero-padded v.
+
+For a Python alpha >= -1/2, c1 goes into the attention's scale (c1 / sqrt(d)) and Z holds
+[v, q, k, (c2 / c1) q]: the same logits with one multiply fewer per call.
 """
 
 from __future__ import annotations
@@ -67,24 +77,29 @@ def skew_scaled_attention(
     """softmax((M_sym + alpha M_skew)) V for q, k, v of shape [B, H, L, d]; returns [B, H, L, d_v].
 
     Needs a square logit matrix (same L for q and k): the decomposition is only defined there.
-    A Python ``alpha`` >= -1/2 takes c1 out of the query, as the attention's scale:
-    q~ = [q, (c2 / c1) k] with scale c1 / sqrt(d) gives the same logits with one multiply fewer.
     """
     if q.shape[-2] != k.shape[-2]:
         raise ValueError(
             f"skew scaling needs self-attention (query and key lengths equal), got {q.shape[-2]} "
             f"and {k.shape[-2]}"
         )
-    d = q.shape[-1]
-    if isinstance(alpha, torch.Tensor) or alpha < FOLD_MIN_ALPHA:
+    d, dv = q.shape[-1], v.shape[-1]
+    folded = not isinstance(alpha, torch.Tensor) and alpha >= FOLD_MIN_ALPHA
+    if dv != d:  # the input space's retrieval over X (width C): q~, k~ and a padded v
         q_cat, k_cat = concat_features(q, k, alpha)
-        scale = d**-0.5
-    else:
-        c1, c2 = skew_coefficients(alpha, q)
-        q_cat, k_cat = torch.cat((q, k * (c2 / c1)), dim=-1), torch.cat((k, q), dim=-1)
+        width = 2 * d
+        v_pad = F.pad(v, (0, width - dv)) if dv < width else v
+        out = F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=d**-0.5)
+        return out[..., :dv] if dv < width else out
+    c1, c2 = skew_coefficients(alpha, q)
+    if folded:
+        z = torch.cat((v, q, k, q * (c2 / c1)), dim=-1)
         scale = c1 * d**-0.5
-    width = q_cat.shape[-1]
-    dv = v.shape[-1]
-    v_pad = F.pad(v, (0, width - dv)) if dv < width else v
-    out = F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=scale)
-    return out[..., :dv] if dv < width else out
+    else:
+        if isinstance(c1, torch.Tensor):  # cast so the attention runs in the model's dtype
+            c1, c2 = c1.to(q.dtype), c2.to(q.dtype)
+        z = torch.cat((v, q * c1, k, q * c2), dim=-1)
+        scale = d**-0.5
+    out = F.scaled_dot_product_attention(z[..., d:3 * d], z[..., 2 * d:], z[..., :2 * d],
+                                         scale=scale)
+    return out[..., :d]
