@@ -10,12 +10,15 @@ as in SD3's joint attention). dtypes fp16 and bf16.
 
 Paths, each timed as what the attention override costs per steered call:
 - baseline: torch SDPA (the host's own call; flash attention on CUDA).
-- two_call: the host's baseline plus hopfield.circulate_value_space(kernel="two_call") (concat-
-  trick SDPA with V padded to 2d, fp32 blend); for bf16 the path recomputes both retrievals in
-  fp32 and the override skips the host's call, so that is what is timed.
+- two_call: the host's baseline plus hopfield.circulate_value_space(kernel="two_call") (one
+  concat-trick SDPA of width 2d, fp32 blend); for bf16 the path recomputes both retrievals in
+  fp16 and the override skips the host's call, so that is what is timed.
 - fused: the single-pass Triton kernel (the override skips the host's call).
 - fused_half: every other sample steered (branch "cond" under CFG): one launch of the kernel,
   which writes the plain attention output of the unselected samples itself (no host call).
+- fused_adaptive: Adaptive Circulation on the fused path (eta_M, its coefficients, the kernel).
+- eta_kernel, eta_torch: eta_M alone, by the one-launch Triton kernel (what the adaptive path
+  uses on CUDA) and by torch ops (concatenation and one fp32-accumulated Gram product).
 
 Columns: median ms over CUDA-event timings after warm-up (first calls compile the kernel); the
 ratio to baseline from the same run; fused TFLOP/s counting 8 L² d per (batch, head) (two
@@ -86,12 +89,23 @@ def paths(q, k, v, alpha=1.05):
     def run_fused_half():
         return hopfield.circulate_value_space(q, k, v, None, fused, active).out
 
+    adaptive = hopfield.CirculationSettings(alpha, BETA, adaptive=True, kernel="fused")
     return {
         "baseline": lambda: F.scaled_dot_product_attention(q, k, v),
         "two_call": run_two_call,
         "fused": lambda: hopfield.circulate_value_space(q, k, v, None, fused).out,
         "fused_half": run_fused_half,
+        "fused_adaptive": lambda: hopfield.circulate_value_space(q, k, v, None, adaptive).out,
     }
+
+
+def eta_paths(q, k):
+    """Adaptive Circulation's extra work alone: eta_M by the Triton kernel and by torch ops."""
+    from hopfield_circulation.hopfield import eta_triton
+    from hopfield_circulation.hopfield.symmetry import symmetry_index_torch
+
+    return {"eta_kernel": lambda: eta_triton.symmetry_index_triton(q, k),
+            "eta_torch": lambda: symmetry_index_torch(q, k)}
 
 
 def median_ms(fn, warmup, reps):
@@ -158,6 +172,10 @@ def bench_shape(name, spec, dtype_name, args):
         err = tuple(f"{errors[a][path]:.4f}" if path in errors[a] else "" for a in (0.97, 1.05))
         print(f"| {name} | {dtype_name} | {path} | {ms:.3f} | {ms / base_ms:.2f} | {tflops} | "
               f"{peak_extra_mib(fn):.0f} | {check} | {err[0]} | {err[1]} |", flush=True)
+    for path, fn in eta_paths(q, k).items():
+        ms = median_ms(fn, args.warmup, args.reps)
+        print(f"| {name} | {dtype_name} | {path} | {ms:.3f} | {ms / base_ms:.2f} | | "
+              f"{peak_extra_mib(fn):.0f} | | | |", flush=True)
     print(f"| {name} | {dtype_name} | floor | | | | | | {errors[0.97]['floor']:.4f} | "
           f"{errors[1.05]['floor']:.4f} |", flush=True)
 

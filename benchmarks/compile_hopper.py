@@ -1,8 +1,9 @@
-"""Compile the fused kernel for Hopper (sm_90a) on any machine, no GPU needed, and print what
-the compiler made of each launch configuration.
+"""Compile the fused kernel and the symmetry-index kernel for Hopper (sm_90a) on any machine, no
+GPU needed, and print what the compiler made of each launch configuration.
 
     python benchmarks/compile_hopper.py             # the default configs
     python benchmarks/compile_hopper.py --sweep     # candidate tile sizes too
+    python benchmarks/compile_hopper.py --kernel eta --sweep    # the symmetry-index kernel
 
 Triton's wheel carries ptxas and cuobjdump, so the whole pipeline (TTIR, TTGIR, PTX, cubin)
 runs on a CPU box. Per config it reports registers per thread, spill bytes (stack/local),
@@ -26,7 +27,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's default, with
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_attention import hopfield  # noqa: E402,F401  (registers the pack's package)
-from hopfield_circulation.hopfield import fused_triton  # noqa: E402
+from hopfield_circulation.hopfield import eta_triton, fused_triton  # noqa: E402
 from hopfield_circulation.hopfield.fused_triton import DEFAULT_CONFIGS, LaunchConfig  # noqa: E402
 
 TYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
@@ -36,11 +37,8 @@ SWEEP = [LaunchConfig(bm, bn, w, s) for bm, bn, w in
 
 
 def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, heads=10,
-                   length=4096):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+                   length=4096) -> dict:
+    """The fused kernel for one dtype, head dim and launch configuration."""
     kernel = fused_triton._kernel()
     strides = {"b": heads * length * d, "h": length * d, "l": d}
     values = {}
@@ -70,9 +68,18 @@ def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, h
             signature[name] = "i32"
             if values[name] % 16 == 0:
                 attrs[(index,)] = [["tt.divisibility", 16]]
+    return compile_sm90(kernel, signature, constexprs, attrs, cfg.num_warps, cfg.num_stages)
+
+
+def compile_sm90(kernel, signature, constexprs, attrs, num_warps, num_stages) -> dict:
+    """Compile ``kernel`` for sm_90a and read its resource use and tensor-core instructions."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+                              options={"num_warps": num_warps, "num_stages": num_stages})
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
@@ -91,6 +98,57 @@ def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, h
             "mufu_ex2": sass.count("MUFU.EX2")}
 
 
+def compile_eta(dtype: str, d: int, config: tuple[int, int, int], heads=10,
+                length=4096) -> dict:
+    """The symmetry-index kernel (hopfield/eta_triton.py) for one dtype, head dim and tiles."""
+    kernel = eta_triton._kernel()
+    block_l, warps, stages = config
+    values = {"sqb": heads * length * d, "sqh": length * d, "sql": d, "sqd": 1,
+              "heads": heads, "length": length}
+    values.update({f"sk{key[2:]}": value for key, value in values.items() if key[:2] == "sq"})
+    constants = {"D": d, "BLOCK_L": block_l, "UPCAST": False,
+                 "PRECISION": "ieee" if dtype == "fp32" else "tf32"}
+    signature, constexprs, attrs = {}, {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if name in constants:
+            signature[name], constexprs[name] = "constexpr", constants[name]
+        elif name in ("Q", "K", "ETA"):
+            signature[name] = "*" + (TYPES[dtype] if name != "ETA" else "fp32")
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif values[name] == 1:
+            signature[name], constexprs[name] = "constexpr", 1
+        else:
+            signature[name] = "i32"
+            if values[name] % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    return compile_sm90(kernel, signature, constexprs, attrs, warps, stages)
+
+
+ETA_SWEEP = {64: [(64, 4, 3), (32, 4, 2), (128, 4, 3), (64, 8, 3)],
+             128: [(32, 8, 2), (64, 8, 2), (32, 4, 2), (16, 8, 2)]}
+
+
+def eta_table(dtypes, sweep: bool) -> None:
+    print("Symmetry-index kernel compiled for sm_90a")
+    print("| dtype | d | tokens per tile | warps | stages | regs/thread | spill (stack+local B) "
+          "| shared KB | HGMMA | |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for dtype in dtypes:
+        for d, default in eta_triton.ETA_CONFIGS.items():
+            configs = [default, *(c for c in ETA_SWEEP[d] if c != default)] if sweep \
+                else [default]
+            for config in configs:
+                note = "default" if config == default else ""
+                cells = f"| {dtype} | {d} | {config[0]} | {config[1]} | {config[2]} |"
+                try:
+                    r = compile_eta(dtype, d, config)
+                except Exception as error:
+                    print(f"{cells} failed: {type(error).__name__} | | | | {note} |")
+                    continue
+                print(f"{cells} {r['regs']} | {r['stack'] + r['local']} | {r['shared_kb']:.0f} "
+                      f"| {r['hgmma']} | {note} |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", action="store_true", help="also compile candidate tiles")
@@ -98,7 +156,15 @@ def main():
                         help="only these dtypes (repeatable); default all")
     parser.add_argument("--fp32-precision", default=fused_triton.FP32_DOT_PRECISION,
                         help="tl.dot input_precision for fp32 inputs (tf32, tf32x3, ieee)")
+    parser.add_argument("--kernel", choices=["fused", "eta", "all"], default="all",
+                        help="the fused kernel, the symmetry-index kernel, or both")
     args = parser.parse_args()
+    if args.kernel in ("eta", "all"):
+        eta_table([t for t in ("fp16", "bf16") if not args.dtype or t in args.dtype],
+                  args.sweep)
+        if args.kernel == "eta":
+            return
+        print()
     rows = []
     for (d, dtype), cfg in DEFAULT_CONFIGS.items():
         if args.dtype and dtype not in args.dtype:

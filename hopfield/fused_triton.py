@@ -106,8 +106,8 @@ def facts() -> ProcessFacts:
     return _FACTS[0]
 
 
-
-def _kernel_usable() -> bool:
+def kernel_usable() -> bool:
+    """Triton compiles here (not the interpreter) and no kernel failed in this process."""
     found = facts()
     return found.triton and not found.interpreting and not _DISABLED
 
@@ -115,7 +115,7 @@ def _kernel_usable() -> bool:
 def auto_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether ``kernel="auto"`` takes this kernel: compiled on CUDA, fp16/bf16, shapes fit.
     Never under the interpreter (it would run CUDA tensors at interpreter speed)."""
-    return q.is_cuda and q.dtype in AUTO_DTYPES and supports(q, k, v) and _kernel_usable()
+    return q.is_cuda and q.dtype in AUTO_DTYPES and supports(q, k, v) and kernel_usable()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from . import eta_triton  # imports Triton only when its kernel first runs
+
 ETA_EPS = 1e-20
 
 
@@ -26,8 +28,18 @@ def symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     the model's dtype and one batched product accumulated in fp32 (on tensor cores for fp16 and
     bf16 on CUDA), instead of fp32 copies of q and k and three products. Below 2d tokens the
     logits themselves are the smaller matrix (and the cheaper product), so they are used. Stays
-    on q's device; a zero logit matrix (|M| = 0) gives eta = 0 instead of NaN.
+    on q's device; a zero logit matrix (|M| = 0) gives eta = 0 instead of NaN. On CUDA the
+    same traces come from one Triton launch where it applies (hopfield/eta_triton.py).
     """
+    if eta_triton.eligible(q, k):  # CUDA, fp16/bf16: one launch instead of seven
+        eta = eta_triton.try_symmetry_index(q, k)
+        if eta is not None:
+            return eta
+    return symmetry_index_torch(q, k)
+
+
+def symmetry_index_torch(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``symmetry_index`` by torch ops alone (any device; what a compile trace fuses)."""
     b, h, length, d = q.shape
     if length < 2 * d:  # few tokens: the L x L logits are smaller than the Gram (2d x 2d)
         dtype = torch.promote_types(q.dtype, torch.float32)
@@ -95,8 +107,30 @@ def aggregate_eta(eta: torch.Tensor, per_sample: bool = True) -> torch.Tensor:
     return eta.mean().reshape(1)
 
 
+# (alpha, beta, device, dtype) -> the intercepts and slopes of adaptive_coefficients' lines
+_LINES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_LINES_KEPT = 64  # a session sweeping alpha and beta makes a few dozen at most
+
+
 def adaptive_coefficients(
     alpha: float, beta: float, eta_bar: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha_eff = 1 + (alpha - 1) * eta-bar and beta_eff = beta * (1 - eta-bar) (eq. 38-41)."""
-    return 1 + (alpha - 1) * eta_bar, beta * (1 - eta_bar)
+    """alpha_eff = 1 + (alpha - 1) * eta-bar and beta_eff = beta * (1 - eta-bar) (eq. 38-41).
+
+    Both lines in one launch, [1, beta] + eta-bar x [alpha - 1, -beta], instead of four; the
+    two coefficients come back as strided views of its [n, 2] result. The line's two small
+    tensors are made once per (alpha, beta, device, dtype), outside any compile trace (inside
+    one the plain expressions are traced instead, and fused there).
+    """
+    if torch.compiler.is_compiling():
+        return 1 + (alpha - 1) * eta_bar, beta * (1 - eta_bar)
+    key = (alpha, beta, eta_bar.device, eta_bar.dtype)
+    line = _LINES.get(key)
+    if line is None:
+        if len(_LINES) >= _LINES_KEPT:
+            _LINES.clear()
+        made = torch.tensor([[1.0, beta], [alpha - 1.0, -beta]], dtype=eta_bar.dtype,
+                            device=eta_bar.device)
+        line = _LINES[key] = (made[0], made[1])
+    both = torch.addcmul(line[0], eta_bar.unsqueeze(-1), line[1])
+    return both[..., 0], both[..., 1]

@@ -1,5 +1,6 @@
 """Runs tests/core/fused_kernel_cases.py (the fused Triton kernel against float64 references)
-under Triton's CPU interpreter, in a subprocess with TRITON_INTERPRET=1.
+and tests/core/eta_kernel_cases.py (the symmetry-index kernel) under Triton's CPU interpreter,
+in a subprocess with TRITON_INTERPRET=1.
 
 A subprocess because Triton fixes interpreted-or-compiled at its first import in a process: the
 interpreter then never leaks into the rest of a session (on a GPU machine, host tests compile
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-CASES = Path(__file__).with_name("fused_kernel_cases.py")
+CASES = [Path(__file__).with_name(name)
+         for name in ("fused_kernel_cases.py", "eta_kernel_cases.py")]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_fused_kernel_under_the_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", str(CASES), "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", *map(str, CASES), "-q", "-p", "no:cacheprovider",
          "--rootdir", str(REPO_ROOT)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else "(no output)"

@@ -106,6 +106,24 @@ def test_eta_from_one_gram_in_fp32(dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize("shape, strided", [((2, 10, 4096, 64), False), ((2, 24, 1178, 64), True),
+                                            ((1, 4, 333, 128), False), ((1, 3, 17, 64), False)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_eta_kernel_against_float64_and_the_torch_path(shape, strided, dtype):
+    from hopfield_circulation.hopfield import eta_triton
+    from hopfield_circulation.hopfield import reference as ref
+    from hopfield_circulation.hopfield.symmetry import symmetry_index, symmetry_index_torch
+
+    q, k, _ = inputs(*shape, dtype, strided=strided, seed=11)
+    assert eta_triton.eligible(q, k)
+    got = eta_triton.symmetry_index_triton(q, k)
+    want = ref.symmetry_index(q.double(), k.double())
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got, symmetry_index_torch(q, k), rtol=0, atol=1e-5)
+    assert torch.equal(symmetry_index(q, k), got)  # the eager dispatch takes the kernel
+
+
+@needs_triton
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_compiled_steering_is_one_graph_and_matches_eager(adaptive):
     from hopfield_circulation.hopfield import CirculationSettings, circulate_value_space

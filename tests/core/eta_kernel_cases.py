@@ -1,0 +1,86 @@
+"""Cases for the one-launch symmetry-index Triton kernel under Triton's CPU interpreter, against
+the literal float64 eta_M (explicit L x L decomposition).
+
+Run by tests/core/test_fused_triton.py in a subprocess with TRITON_INTERPRET=1 (why a
+subprocess: see fused_kernel_cases.py). To run them directly:
+
+    TRITON_INTERPRET=1 python -m pytest tests/core/eta_kernel_cases.py
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs TRITON_INTERPRET=1 before Triton is imported (test_fused_triton.py runs "
+                "this module that way)", allow_module_level=True)
+pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+
+from hopfield_circulation.hopfield import reference as ref  # noqa: E402
+from hopfield_circulation.hopfield.eta_triton import eligible, symmetry_index_triton  # noqa: E402
+from hopfield_circulation.hopfield.symmetry import symmetry_index  # noqa: E402
+
+F64 = torch.float64
+SMALL = (16, 1, 1)  # tokens per tile, warps, stages: several tiles plus a partial one
+
+
+def rounded_qk(batch, heads, length, d, seed, dtype, skew=0.5):
+    """q and k with partly shared structure (eta well inside (-1, 1)), rounded to ``dtype``,
+    and their exact float64 values."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(batch, heads, length, d, generator=gen, dtype=F64)
+    q = base + skew * torch.randn(base.shape, generator=gen, dtype=F64)
+    k = base @ torch.randn(d, d, generator=gen, dtype=F64) / d**0.5 + skew * torch.randn(
+        base.shape, generator=gen, dtype=F64)
+    q, k = q.to(dtype), k.to(dtype)
+    return (q, k), (q.double(), k.double())
+
+
+@pytest.mark.parametrize("length", [1, 16, 37, 130])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_matches_the_float64_decomposition(length, d, dtype):
+    (q, k), (q64, k64) = rounded_qk(2, 3, length, d, seed=length + d, dtype=dtype)
+    got = symmetry_index_triton(q, k, config=SMALL)
+    assert got.dtype == torch.float32 and got.shape == (2, 3)
+    # fp16/bf16 products are exact in fp32; fp32 ones round, and one token (rank-one Grams)
+    # is the trace form's worst cancellation: 5e-5 there, 1e-7 from 16 tokens on.
+    atol = 1e-4 if dtype == torch.float32 and length == 1 else 2e-6
+    torch.testing.assert_close(got.double(), ref.symmetry_index(q64, k64), rtol=0, atol=atol)
+
+
+def test_default_tiles_and_the_torch_path_agree():
+    """ETA_CONFIGS' tiles (one full tile and a tail) against the torch path on the same input."""
+    (q, k), (q64, k64) = rounded_qk(1, 2, 100, 64, seed=3, dtype=torch.float16)
+    got = symmetry_index_triton(q, k)
+    torch.testing.assert_close(got, symmetry_index(q, k), rtol=0, atol=2e-5)
+    torch.testing.assert_close(got.double(), ref.symmetry_index(q64, k64), rtol=0, atol=2e-5)
+
+
+def test_strided_inputs_as_the_models_pass_them():
+    """q, k as views: heads-first views of [B, L, H, d] (the UNet's) and slices of one joint
+    qkv tensor [B, L, 3, H, d] (SD3's)."""
+    gen = torch.Generator().manual_seed(11)
+    qkv = torch.randn(2, 45, 3, 4, 64, generator=gen).to(torch.float16)
+    q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)
+    assert not q.is_contiguous()
+    got = symmetry_index_triton(q, k, config=SMALL)
+    torch.testing.assert_close(got.double(), ref.symmetry_index(q.double(), k.double()),
+                               rtol=0, atol=2e-5)
+
+
+def test_symmetric_antisymmetric_and_zero_logits():
+    """k = q gives eta = 1 exactly in the limit; all-zero input gives 0, not NaN."""
+    (q, _), _ = rounded_qk(1, 2, 40, 64, seed=4, dtype=torch.float32)
+    assert torch.allclose(symmetry_index_triton(q, q, config=SMALL), torch.ones(1, 2), atol=1e-6)
+    zero = torch.zeros(1, 2, 40, 64)
+    assert torch.equal(symmetry_index_triton(zero, zero, config=SMALL), torch.zeros(1, 2))
+
+
+def test_the_interpreter_never_takes_the_kernel_in_eager_calls():
+    """``eligible`` wants compiled Triton on CUDA: CPU tensors keep the torch path."""
+    (q, k), _ = rounded_qk(1, 1, 8, 64, seed=5, dtype=torch.float16)
+    assert not eligible(q, k)
