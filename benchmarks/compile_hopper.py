@@ -37,27 +37,33 @@ SWEEP = [LaunchConfig(bm, bn, w, s) for bm, bn, w in
 
 
 def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, heads=10,
-                   length=4096) -> dict:
-    """The fused kernel for one dtype, head dim and launch configuration."""
+                   length=4096, adaptive=False) -> dict:
+    """The fused kernel for one dtype, head dim and launch configuration; ``adaptive``: the
+    variant that derives alpha_eff and beta_eff from eta_M itself."""
     kernel = fused_triton._kernel()
     strides = {"b": heads * length * d, "h": length * d, "l": d}
     values = {}
     for t in "qkvo":
         values.update({f"s{t}b": strides["b"], f"s{t}h": strides["h"], f"s{t}l": strides["l"],
                        f"s{t}d": 1})
-    values.update(alpha_stride=1, beta_stride=1, heads=heads, length=length)
+    values.update(alpha_stride=1, beta_stride=1, heads=heads, length=length,
+                  batch=2 if adaptive else 0)
     signature, constexprs, attrs = {}, {}, {}
     constants = {"D": d, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                  "ALPHA_PER_SAMPLE": True, "BETA_PER_SAMPLE": False, "NORM_MATCH": True,
                  "PV_FP16": dtype == "bf16", "HAS_ACTIVE": True,
-                 "UPCAST": False, "PRECISION": fp32_precision if dtype == "fp32" else "tf32"}
+                 "UPCAST": False, "PRECISION": fp32_precision if dtype == "fp32" else "tf32",
+                 "ADAPTIVE": adaptive, "ETA_PER_SAMPLE": True,
+                 "ETA_BLOCK": 16 if adaptive else 1}
+    if adaptive:
+        constants.update(ALPHA_PER_SAMPLE=False)
     for index, name in enumerate(kernel.arg_names):
         if name in constants:
             signature[name], constexprs[name] = "constexpr", constants[name]
         elif name in ("Q", "K", "V", "Out"):
             signature[name] = "*" + TYPES[dtype]
             attrs[(index,)] = [["tt.divisibility", 16]]
-        elif name in ("ALPHA", "BETA", "VMAX", "ACTIVE"):  # VMAX: bf16 only, v's dtype
+        elif name in ("ALPHA", "BETA", "VMAX", "ACTIVE", "ETA", "COEFS"):  # VMAX: v's dtype
             signature[name] = "*" + {"VMAX": TYPES[dtype], "ACTIVE": "u8"}.get(name, "fp32")
             attrs[(index,)] = [["tt.divisibility", 16]]
         elif name in ("alpha_value", "beta_value", "scale_log2"):
@@ -170,6 +176,8 @@ def main():
         if args.dtype and dtype not in args.dtype:
             continue
         rows.append((dtype, d, cfg, "default"))
+        if dtype != "fp32":  # the adaptive variant: eta-bar and the coefficients in-kernel
+            rows.append((dtype, d, cfg, "adaptive"))
         if args.sweep:
             rows += [(dtype, d, c, "") for c in SWEEP if c != cfg]
     print("Fused kernel compiled for sm_90a (Hopper) by Triton", end=" ")
@@ -180,8 +188,9 @@ def main():
           "| shared KB | HGMMA | MUFU.EX2 | |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for dtype, d, cfg, note in rows:
+        adaptive = note == "adaptive"
         try:
-            r = compile_config(dtype, d, cfg, args.fp32_precision)
+            r = compile_config(dtype, d, cfg, args.fp32_precision, adaptive=adaptive)
         except Exception as error:  # a config that does not fit is a finding, not a crash
             print(f"| {dtype} | {d} | {cfg.block_m} | {cfg.block_n} | {cfg.num_warps} | "
                   f"{cfg.num_stages} | failed: {type(error).__name__} | | | | | {note} |")

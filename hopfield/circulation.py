@@ -130,15 +130,26 @@ def circulate_value_space(
         fused = use_fused(q, k, v, settings.kernel)
     if base is None and needs_baseline(q, k, v, settings, active, fused):
         raise ValueError("circulate_value_space: this path needs the baseline output")
-    alpha, beta, eta_bar = effective_coefficients(q, k, settings)
-    if fused:
-        # Unselected samples: the kernel's own plain attention, unless the host's was computed
-        # anyway (another override chained before ours), which then keeps them bit for bit.
-        out = fused_triton.fused_skew_circulation(
-            q, k, v, alpha, beta, norm_match=settings.norm_match, active=active,
+    if fused and settings.adaptive and not torch.compiler.is_compiling():
+        # eta_M, then one launch that derives the coefficients itself (eager calls; a compile
+        # trace takes the path below, where inductor fuses the coefficients' ops).
+        out, coefficients = fused_triton.fused_adaptive_circulation(
+            q, k, v, symmetry_index(q, k), settings.alpha, settings.beta,
+            per_sample=settings.eta_per_sample, norm_match=settings.norm_match, active=active,
             fallback=settings.kernel == "auto")
+        eta_bar, alpha, beta = coefficients.unbind(0)
+        alpha, beta = _per_sample(alpha, q.ndim), _per_sample(beta, q.ndim)
     else:
-        out = two_call(q, k, v, base, alpha, beta, settings.norm_match)
+        alpha, beta, eta_bar = effective_coefficients(q, k, settings)
+        if fused:
+            # Unselected samples: the kernel's own plain attention, unless the host's was
+            # computed anyway (another override chained before ours), which then keeps them
+            # bit for bit.
+            out = fused_triton.fused_skew_circulation(
+                q, k, v, alpha, beta, norm_match=settings.norm_match, active=active,
+                fallback=settings.kernel == "auto")
+        else:
+            out = two_call(q, k, v, base, alpha, beta, settings.norm_match)
     dtype = q.dtype if base is None else base.dtype
     if out.dtype != dtype:
         out = out.to(dtype)

@@ -27,7 +27,9 @@ than Hopper has per thread (they spill, benchmarks/compile_hopper.py), so ``kern
 sends fp32 models to the exact two-call path and uses this kernel for fp16 and bf16 only.
 
 alpha and beta are Python numbers (passed by value) or per-sample device tensors (adaptive
-mode, [B] or [1] after flattening, any dtype): nothing here syncs with the host. The import is
+mode, [B] or [1] after flattening, any dtype): nothing here syncs with the host. In eager
+adaptive calls the kernel instead takes eta_M [B, H] and derives eta-bar, alpha_eff and
+beta_eff itself (``fused_adaptive_circulation``), recording them for the caller. The import is
 lazy: the pack works without Triton; ``available()`` says whether this path can run.
 """
 
@@ -224,6 +226,31 @@ def _coefficient(value, batch: int, name: str):
     return None, float(value)
 
 
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+           active: torch.Tensor | None) -> None:
+    """What the kernel needs of its inputs, with what to do instead when they do not fit."""
+    if not supports(q, k, v):
+        raise ValueError(
+            f"fused kernel: needs q, k, v of one shape [B, H, L, d] on one device with d in "
+            f"{SUPPORTED_HEAD_DIMS}, one dtype of fp16/bf16/fp32 and B*H <= {MAX_GRID_Y}; got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, {q.dtype}/{k.dtype}/"
+            f"{v.dtype}; use kernel='two_call' for other shapes")
+    found = facts()
+    if not found.triton:
+        raise RuntimeError("fused kernel: Triton is not installed (pip install triton, or "
+                           "triton-windows on Windows); use kernel='auto' or 'two_call'")
+    if not q.is_cuda and not found.interpreting:
+        raise RuntimeError("fused kernel: needs CUDA tensors (on the CPU it runs only under "
+                           "Triton's interpreter, TRITON_INTERPRET=1, for tests); use "
+                           "kernel='auto' or 'two_call'")
+    batch = q.shape[0]
+    if active is not None and (active.shape != (batch,) or active.dtype != torch.bool):
+        raise ValueError(f"fused kernel: active must be bool [{batch}], got "
+                         f"{active.dtype} {tuple(active.shape)}")
+    if active is not None and active.device != q.device:
+        raise ValueError(f"fused kernel: active is on {active.device}, q on {q.device}")
+
+
 def fused_skew_circulation(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha, beta, *,
     norm_match: bool = True, active: torch.Tensor | None = None,
@@ -241,27 +268,11 @@ def fused_skew_circulation(
     Runs as the registered op ``torch.ops.hopfield_circulation.fused_skew_circulation``, so
     torch.compile treats it as one opaque op and never re-traces the Triton code.
     """
-    if not supports(q, k, v):
-        raise ValueError(
-            f"fused kernel: needs q, k, v of one shape [B, H, L, d] on one device with d in "
-            f"{SUPPORTED_HEAD_DIMS}, one dtype of fp16/bf16/fp32 and B*H <= {MAX_GRID_Y}; got "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, {q.dtype}/{k.dtype}/"
-            f"{v.dtype}; use kernel='two_call' for other shapes")
-    found = facts()
-    if not found.triton:
-        raise RuntimeError("fused kernel: Triton is not installed (pip install triton, or "
-                           "triton-windows on Windows); use kernel='auto' or 'two_call'")
-    if not q.is_cuda and not found.interpreting:
-        raise RuntimeError("fused kernel: needs CUDA tensors (on the CPU it runs only under "
-                           "Triton's interpreter, TRITON_INTERPRET=1, for tests); use "
-                           "kernel='auto' or 'two_call'")
+    _check(q, k, v, active)
     batch = q.shape[0]
     alpha_t, alpha_value = _coefficient(alpha, batch, "alpha")
     beta_t, beta_value = _coefficient(beta, batch, "beta")
-    if active is not None and (active.shape != (batch,) or active.dtype != torch.bool):
-        raise ValueError(f"fused kernel: active must be bool [{batch}], got "
-                         f"{active.dtype} {tuple(active.shape)}")
-    for name, t in (("alpha", alpha_t), ("beta", beta_t), ("active", active)):
+    for name, t in (("alpha", alpha_t), ("beta", beta_t)):
         if t is not None and t.device != q.device:
             raise ValueError(f"fused kernel: {name} is on {t.device}, q on {q.device}")
     tiles = (config.block_m, config.block_n, config.num_warps, config.num_stages) if config \
@@ -273,8 +284,19 @@ def fused_skew_circulation(
               fallback)
 
 
+@dataclass(frozen=True)
+class AdaptiveInputs:
+    """What the kernel needs to derive alpha_eff and beta_eff itself (adaptive mode, eager):
+    eta_M [B, H] fp32 (contiguous) and where to record eta-bar, alpha_eff, beta_eff
+    ([3, B], or [3, 1] with one eta-bar per call)."""
+
+    eta: torch.Tensor
+    coefficients: torch.Tensor
+    per_sample: bool
+
+
 def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match,
-            cfg: LaunchConfig) -> torch.Tensor:
+            cfg: LaunchConfig, adaptive: AdaptiveInputs | None = None) -> torch.Tensor:
     import triton
 
     batch, heads, length, d = q.shape
@@ -289,17 +311,25 @@ def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_matc
     # kernel scales V by a power of two when it would not fit fp16.
     v_max = torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1)) if pv_fp16 else out
     grid = (triton.cdiv(length, cfg.block_m), batch * heads)
+    # Only adaptive launches see the batch size and an eta block: others pass constants, so
+    # that a new batch size or head count compiles nothing new (ints are specialised on).
+    eta_block = 1 if adaptive is None else triton.next_power_of_2(
+        heads if adaptive.per_sample else batch * heads)
     _kernel()[grid](
         q, k, v, out, alpha_t if alpha_t is not None else out,
         beta_t if beta_t is not None else out, v_max, active if active is not None else out,
+        adaptive.eta if adaptive else out, adaptive.coefficients if adaptive else out,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         _stride(alpha_t), _stride(beta_t), alpha_value, beta_value,
-        heads, length, d**-0.5 * LOG2E,
+        batch if adaptive else 0, heads, length, d**-0.5 * LOG2E,
         D=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         ALPHA_PER_SAMPLE=alpha_t is not None, BETA_PER_SAMPLE=beta_t is not None,
         NORM_MATCH=norm_match, PV_FP16=pv_fp16, HAS_ACTIVE=active is not None,
         UPCAST=emulate_bf16,
         PRECISION=FP32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",  # else ignored
+        ADAPTIVE=adaptive is not None,
+        ETA_PER_SAMPLE=adaptive is None or adaptive.per_sample,
+        ETA_BLOCK=eta_block,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out.to(q.dtype) if emulate_bf16 else out
@@ -328,21 +358,59 @@ def _fused_op_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    block_m: int, block_n: int, num_warps: int, num_stages: int,
                    fallback: bool) -> torch.Tensor:
     coefficients = (alpha_t, beta_t, alpha_value, beta_value, active, norm_match)
+    config = LaunchConfig(block_m, block_n, num_warps, num_stages) if block_m else None
+    return _run(q, lambda tiles: _launch(q, k, v, *coefficients, tiles), config, fallback,
+                lambda: _fallback(q, k, v, *coefficients))
+
+
+def _run(q, launch, config: LaunchConfig | None, fallback: bool, two_call):
+    """``launch(config)`` with the given or the tuned tiles; with ``fallback``, a compile or
+    launch failure warns once and gives ``two_call()`` now and for the rest of the process."""
     if fallback and _DISABLED:  # failed before in this process: not tried again
-        return _fallback(q, k, v, *coefficients)
+        return two_call()
     try:
-        if block_m:
-            return _launch(q, k, v, *coefficients, LaunchConfig(block_m, block_n, num_warps,
-                                                                num_stages))
-        config = tuned_config(q, lambda tiles: _launch(q, k, v, *coefficients, tiles))
-        return _launch(q, k, v, *coefficients, config)
+        return launch(config or tuned_config(q, launch))
     except Exception as error:  # any compile or launch failure; reported once, not retried
         if not fallback:
             raise
         disable_auto(f"{type(error).__name__}: {error}")
         warnings.warn(f"Hopfield Circulation: the fused Triton kernel failed here ({error!r}); "
-                      "using the two-call path from now on", RuntimeWarning, stacklevel=2)
-        return _fallback(q, k, v, *coefficients)
+                      "using the two-call path from now on", RuntimeWarning, stacklevel=3)
+        return two_call()
+
+
+def fused_adaptive_circulation(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torch.Tensor, alpha: float,
+    beta: float, *, per_sample: bool = True, norm_match: bool = True,
+    active: torch.Tensor | None = None, config: LaunchConfig | None = None,
+    fallback: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive Circulation in one launch once eta_M is known: the kernel takes eta [B, H]
+    (fp32, q's device) and derives eta-bar (per sample, or one per call), alpha_eff and
+    beta_eff itself (eq. 37-41), instead of two more launches for them. Returns the output
+    (as ``fused_skew_circulation``) and the coefficients it applied, [3, B] or [3, 1]:
+    eta-bar, alpha_eff, beta_eff. Eager calls only: a compile trace computes the coefficients
+    with torch ops and calls the registered op."""
+    _check(q, k, v, active)
+    batch, heads = q.shape[:2]
+    if eta.shape != (batch, heads) or eta.dtype != torch.float32 or eta.device != q.device:
+        raise ValueError(f"fused kernel: eta must be fp32 [{batch}, {heads}] on {q.device}, got "
+                         f"{eta.dtype} {tuple(eta.shape)} on {eta.device}")
+    adaptive = AdaptiveInputs(eta.contiguous(), torch.empty(
+        3, batch if per_sample else 1, dtype=torch.float32, device=q.device), per_sample)
+    coefficients = (None, None, float(alpha), float(beta), active, norm_match)
+
+    def two_call():
+        from .symmetry import adaptive_coefficients, aggregate_eta
+
+        eta_bar = aggregate_eta(adaptive.eta, per_sample)
+        alpha_eff, beta_eff = adaptive_coefficients(alpha, beta, eta_bar)
+        adaptive.coefficients.copy_(torch.stack((eta_bar, alpha_eff, beta_eff)))
+        return _fallback(q, k, v, alpha_eff, beta_eff, 0.0, 0.0, active, norm_match)
+
+    out = _run(q, lambda tiles: _launch(q, k, v, *coefficients, tiles, adaptive), config,
+               fallback, two_call)
+    return out, adaptive.coefficients
 
 
 OP_NAMESPACE, OP_NAME = "hopfield_circulation", "fused_skew_circulation"

@@ -124,15 +124,44 @@ def _plain_program(
 
 
 @triton.jit
+def _adaptive_coefficients(ETA, COEFS, alpha_value, beta_value, b, h, pid_m, batch, heads,
+                           ETA_PER_SAMPLE: tl.constexpr, ETA_BLOCK: tl.constexpr):
+    # eta-bar (mean of eta_M over the sample's heads, or over the whole call) and the
+    # coefficients of eq. 38-41, as hopfield.symmetry computes them; the first program of each
+    # sample records them in COEFS [3, B or 1] (eta-bar, alpha_eff, beta_eff) for the caller.
+    lanes = tl.arange(0, ETA_BLOCK)
+    if ETA_PER_SAMPLE:
+        eta = tl.load(ETA + b * heads + lanes, mask=lanes < heads, other=0.0)
+        eta_bar = tl.sum(eta, 0) / heads
+        slot = b
+        records = (pid_m == 0) & (h == 0)
+        count = batch
+    else:
+        eta = tl.load(ETA + lanes, mask=lanes < batch * heads, other=0.0)
+        eta_bar = tl.sum(eta, 0) / (batch * heads)
+        slot = 0
+        records = (pid_m == 0) & (h == 0) & (b == 0)
+        count = 1
+    alpha = 1.0 + (alpha_value - 1.0) * eta_bar
+    beta = beta_value * (1.0 - eta_bar)
+    if records:
+        tl.store(COEFS + slot, eta_bar)
+        tl.store(COEFS + count + slot, alpha)
+        tl.store(COEFS + 2 * count + slot, beta)
+    return alpha, beta
+
+
+@triton.jit
 def skew_circulation_fwd(
-    Q, K, V, Out, ALPHA, BETA, VMAX, ACTIVE,
+    Q, K, V, Out, ALPHA, BETA, VMAX, ACTIVE, ETA, COEFS,
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sob, soh, sol, sod,
     alpha_stride, beta_stride, alpha_value, beta_value,
-    heads, length, scale_log2,
+    batch, heads, length, scale_log2,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ALPHA_PER_SAMPLE: tl.constexpr, BETA_PER_SAMPLE: tl.constexpr,
     NORM_MATCH: tl.constexpr, PV_FP16: tl.constexpr, HAS_ACTIVE: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    ADAPTIVE: tl.constexpr, ETA_PER_SAMPLE: tl.constexpr, ETA_BLOCK: tl.constexpr,
 ):
     # Axis 0 runs over query tiles of one (batch, head): neighbouring programs stream the
     # same K, Q, V, which then come from L2.
@@ -152,14 +181,19 @@ def skew_circulation_fwd(
                   mask=row_ok[:, None], other=0.0)
     # Scalars are cast here, whatever width the caller passed them in (a compiler may hand
     # Python floats over as fp64): every running value below stays fp32.
-    if ALPHA_PER_SAMPLE:
-        alpha = tl.load(ALPHA + b * alpha_stride).to(tl.float32)
+    if ADAPTIVE:  # alpha_eff, beta_eff from eta_M [B, H] (hopfield/eta_triton.py)
+        alpha, beta = _adaptive_coefficients(
+            ETA, COEFS, tl.cast(alpha_value, tl.float32), tl.cast(beta_value, tl.float32),
+            b, h, pid_m, batch, heads, ETA_PER_SAMPLE, ETA_BLOCK)
     else:
-        alpha = tl.cast(alpha_value, tl.float32)
-    if BETA_PER_SAMPLE:
-        beta = tl.load(BETA + b * beta_stride).to(tl.float32)
-    else:
-        beta = tl.cast(beta_value, tl.float32)
+        if ALPHA_PER_SAMPLE:
+            alpha = tl.load(ALPHA + b * alpha_stride).to(tl.float32)
+        else:
+            alpha = tl.cast(alpha_value, tl.float32)
+        if BETA_PER_SAMPLE:
+            beta = tl.load(BETA + b * beta_stride).to(tl.float32)
+        else:
+            beta = tl.cast(beta_value, tl.float32)
     scale_log2 = tl.cast(scale_log2, tl.float32)
     c1 = (1.0 + alpha) * 0.5
     c2 = (1.0 - alpha) * 0.5

@@ -209,6 +209,43 @@ def test_dispatch_through_circulate_value_space():
         fused_skew_circulation(q, k, v, 1.1, 3.0, active=torch.ones(3, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_adaptive_coefficients_come_from_eta_inside_the_kernel(per_sample):
+    """fused_adaptive_circulation derives eta-bar, alpha_eff and beta_eff from eta_M [B, H] in
+    the launch itself: the recorded coefficients are eq. 37-41's, the output is the float64
+    blend with them, unselected samples get the plain retrieval, and circulate_value_space
+    reports the same coefficients as the torch path."""
+    from hopfield_circulation.hopfield import symmetry_index
+    from hopfield_circulation.hopfield.fused_triton import fused_adaptive_circulation
+
+    (q, k, v), (q64, k64, v64) = qkv(3, 2, 37, 64, seed=71, dtype=torch.float32)
+    eta = symmetry_index(q, k)
+    active = torch.tensor([True, False, True])
+    out, coefficients = fused_adaptive_circulation(q, k, v, eta, 1.3, 4.0, per_sample=per_sample,
+                                                   active=active, config=SMALL)
+    eta64 = ref.symmetry_index(q64, k64)
+    eta_bar = eta64.mean(-1) if per_sample else eta64.mean().reshape(1)
+    want = torch.stack((eta_bar, 1 + 0.3 * eta_bar, 4.0 * (1 - eta_bar)))
+    torch.testing.assert_close(coefficients.double(), want, rtol=0, atol=1e-6)
+    for b in range(3):
+        e = eta_bar[b if per_sample else 0].item()
+        steered, plain = expected(q64[b], k64[b], v64[b], 1 + 0.3 * e, 4.0 * (1 - e))
+        torch.testing.assert_close(out[b].double(), steered if active[b] else plain,
+                                   rtol=1e-4, atol=2e-5)
+    settings = CirculationSettings(1.3, 4.0, adaptive=True, eta_per_sample=per_sample,
+                                   kernel="fused")
+    fused = circulate_value_space(q, k, v, None, settings, active)
+    base = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    two_call = circulate_value_space(q, k, v, base, CirculationSettings(
+        1.3, 4.0, adaptive=True, eta_per_sample=per_sample, kernel="two_call"), active)
+    for got, want in ((fused.eta_bar, two_call.eta_bar), (fused.alpha, two_call.alpha),
+                      (fused.beta, two_call.beta)):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="eta must be fp32"):
+        fused_adaptive_circulation(q, k, v, eta.double(), 1.3, 4.0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_unselected_samples_get_the_plain_retrieval_in_the_same_launch(dtype):
     """Cond-only steering at 2 samples per branch: rows of the other branch are softmax(QK^T)V

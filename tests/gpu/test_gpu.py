@@ -124,6 +124,28 @@ def test_eta_kernel_against_float64_and_the_torch_path(shape, strided, dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_adaptive_in_two_launches_matches_the_torch_coefficients(dtype, per_sample):
+    """Eager Adaptive on CUDA: eta by its kernel, coefficients inside the fused kernel; the same
+    coefficients as the torch ops and the same output as the kernel fed with those."""
+    from hopfield_circulation.hopfield import CirculationSettings, circulate_value_space
+    from hopfield_circulation.hopfield.circulation import effective_coefficients
+    from hopfield_circulation.hopfield.fused_triton import fused_skew_circulation
+
+    q, k, v = inputs(4, 10, 1024, 64, dtype, seed=13)
+    active = torch.tensor([False, False, True, True], device="cuda")
+    settings = CirculationSettings(1.2, 5.0, adaptive=True, eta_per_sample=per_sample)
+    got = circulate_value_space(q, k, v, None, settings, active)
+    alpha, beta, eta_bar = effective_coefficients(q, k, settings)
+    torch.testing.assert_close(got.eta_bar, eta_bar, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.alpha, alpha, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.beta, beta, rtol=0, atol=1e-5)
+    want = fused_skew_circulation(q, k, v, alpha, beta, active=active)
+    torch.testing.assert_close(got.out, want, rtol=0, atol=2e-3)
+
+
+@needs_triton
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_compiled_steering_is_one_graph_and_matches_eager(adaptive):
     from hopfield_circulation.hopfield import CirculationSettings, circulate_value_space
