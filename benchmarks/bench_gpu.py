@@ -19,6 +19,8 @@ Paths, each timed as what the attention override costs per steered call:
 - fused_adaptive: Adaptive Circulation on the fused path (eta_M, its coefficients, the kernel).
 - eta_kernel, eta_torch: eta_M alone, by the one-launch Triton kernel (what the adaptive path
   uses on CUDA) and by torch ops (concatenation and one fp32-accumulated Gram product).
+- probe_kernel, probe_torch: the Stability Probe's measures of one call in the value basis
+  (E, r, Align, eta, lambda map), by its one-launch Triton kernel and by torch ops.
 
 Columns: median ms over CUDA-event timings after warm-up (first calls compile the kernel); the
 ratio to baseline from the same run; fused TFLOP/s counting 8 L² d per (batch, head) (two
@@ -99,13 +101,19 @@ def paths(q, k, v, alpha=1.05):
     }
 
 
-def eta_paths(q, k):
-    """Adaptive Circulation's extra work alone: eta_M by the Triton kernel and by torch ops."""
+def extra_paths(q, k, v):
+    """The per-call extra work alone: Adaptive Circulation's eta_M and the Stability Probe's
+    measures (value basis), each by its Triton kernel and by torch ops."""
     from hopfield_circulation.hopfield import eta_triton
+    from hopfield_circulation.hopfield.stability import layer_stability_torch
+    from hopfield_circulation.hopfield.stability_triton import stability_triton
     from hopfield_circulation.hopfield.symmetry import symmetry_index_torch
 
+    x = F.scaled_dot_product_attention(q, k, v)  # the value basis: the call's own output
     return {"eta_kernel": lambda: eta_triton.symmetry_index_triton(q, k),
-            "eta_torch": lambda: symmetry_index_torch(q, k)}
+            "eta_torch": lambda: symmetry_index_torch(q, k),
+            "probe_kernel": lambda: stability_triton(q, k, x),
+            "probe_torch": lambda: layer_stability_torch(q, k, x)}
 
 
 def median_ms(fn, warmup, reps):
@@ -172,7 +180,7 @@ def bench_shape(name, spec, dtype_name, args):
         err = tuple(f"{errors[a][path]:.4f}" if path in errors[a] else "" for a in (0.97, 1.05))
         print(f"| {name} | {dtype_name} | {path} | {ms:.3f} | {ms / base_ms:.2f} | {tflops} | "
               f"{peak_extra_mib(fn):.0f} | {check} | {err[0]} | {err[1]} |", flush=True)
-    for path, fn in eta_paths(q, k).items():
+    for path, fn in extra_paths(q, k, v).items():
         ms = median_ms(fn, args.warmup, args.reps)
         print(f"| {name} | {dtype_name} | {path} | {ms:.3f} | {ms / base_ms:.2f} | | "
               f"{peak_extra_mib(fn):.0f} | | | |", flush=True)

@@ -109,6 +109,8 @@ def main():
     import comfy.ldm.modules.attention as host_attention
     from hopfield_circulation.hopfield.circulation import use_fused
     from hopfield_circulation.nodes.circulation_nodes import AdaptiveCirculation, SkewCirculation
+    from hopfield_circulation.nodes.probe_nodes import StabilityProbe
+    from hopfield_circulation.probe.registry import new_run, probe_state
     from host import tiny_models
 
     torch.set_num_threads(1)
@@ -123,6 +125,12 @@ def main():
         "Adaptive Circulation": AdaptiveCirculation.execute(
             model, 1.2, 5.0, 0.0, 1.0, "all", "both", "value", "per sample").result[0],
     }
+    # The probe records only inside a sampling run (its OUTER_SAMPLE wrapper opens one): open
+    # one by hand. Every call here is the first of its step, so each one is measured.
+    probed, handle = StabilityProbe.execute(model, "value", 64, 0.0, 1.0, "both", "all").result
+    state = probe_state(handle)
+    state.current = new_run(state)
+    variants["Stability Probe (value, both branches)"] = probed
     _, args, kwargs = attn1_call(variants["Skew Circulation"], device, dtype)
     path = "fused" if use_fused(*(a.view(BATCH, TOKENS, HEADS, HEAD_DIM).transpose(1, 2)
                                   for a in args[:3]), "auto") else "two-call"
@@ -145,7 +153,7 @@ def main():
         def call(override=override, call_args=call_args, call_kwargs=call_kwargs):
             return override(host, *call_args, **call_kwargs)
 
-        calls[f"{name} ({path})"] = call
+        calls[name if name.startswith("Stability") else f"{name} ({path})"] = call
     times = per_call_us(calls, sync=sync)
     for name, fn in calls.items():
         counted[name] = ops_of(fn)

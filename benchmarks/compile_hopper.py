@@ -1,9 +1,10 @@
-"""Compile the fused kernel and the symmetry-index kernel for Hopper (sm_90a) on any machine, no
-GPU needed, and print what the compiler made of each launch configuration.
+"""Compile the fused, symmetry-index and Stability Probe kernels for Hopper (sm_90a) on any
+machine, no GPU needed, and print what the compiler made of each launch configuration.
 
     python benchmarks/compile_hopper.py             # the default configs
     python benchmarks/compile_hopper.py --sweep     # candidate tile sizes too
     python benchmarks/compile_hopper.py --kernel eta --sweep    # the symmetry-index kernel
+    python benchmarks/compile_hopper.py --kernel stability --sweep    # the probe's kernel
 
 Triton's wheel carries ptxas and cuobjdump, so the whole pipeline (TTIR, TTGIR, PTX, cubin)
 runs on a CPU box. Per config it reports registers per thread, spill bytes (stack/local),
@@ -27,7 +28,11 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's default, with
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_attention import hopfield  # noqa: E402,F401  (registers the pack's package)
-from hopfield_circulation.hopfield import eta_triton, fused_triton  # noqa: E402
+from hopfield_circulation.hopfield import (  # noqa: E402
+    eta_triton,
+    fused_triton,
+    stability_triton,
+)
 from hopfield_circulation.hopfield.fused_triton import DEFAULT_CONFIGS, LaunchConfig  # noqa: E402
 
 TYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
@@ -130,6 +135,56 @@ def compile_eta(dtype: str, d: int, config: tuple[int, int, int], heads=10,
     return compile_sm90(kernel, signature, constexprs, attrs, warps, stages)
 
 
+def compile_stability(dtype: str, config: tuple[int, int, int], heads=10, length=4096) -> dict:
+    """The Stability Probe's kernel (hopfield/stability_triton.py), d = m = 64."""
+    kernel = stability_triton._kernel()
+    block_l, warps, stages = config
+    values = {"heads": heads, "length": length}
+    for t in "qkx":
+        values.update({f"s{t}b": heads * length * 64, f"s{t}h": length * 64, f"s{t}l": 64,
+                       f"s{t}d": 1})
+    constants = {"D": 64, "M": 64, "BLOCK_L": block_l, "UPCAST": False, "PRECISION": "tf32"}
+    signature, constexprs, attrs = {}, {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if name in constants:
+            signature[name], constexprs[name] = "constexpr", constants[name]
+        elif name in ("Q", "K", "X", "PER_HEAD", "TOKENS"):
+            signature[name] = "*" + (TYPES[dtype] if name in ("Q", "K", "X") else "fp32")
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif name in ("field_scale", "token_scale"):
+            signature[name] = "fp32"
+        elif values[name] == 1:
+            signature[name], constexprs[name] = "constexpr", 1
+        else:
+            signature[name] = "i32"
+            if values[name] % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    return compile_sm90(kernel, signature, constexprs, attrs, warps, stages)
+
+
+STABILITY_SWEEP = [(32, 8, 2), (64, 8, 2), (32, 4, 2), (16, 8, 2), (64, 8, 3)]
+
+
+def stability_table(dtypes, sweep: bool) -> None:
+    print("Stability Probe kernel compiled for sm_90a (d = m = 64)")
+    print("| dtype | tokens per tile | warps | stages | regs/thread | spill (stack+local B) "
+          "| shared KB | HGMMA | |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    default = stability_triton.STABILITY_CONFIG
+    configs = [default, *(c for c in STABILITY_SWEEP if c != default)] if sweep else [default]
+    for dtype in dtypes:
+        for config in configs:
+            note = "default" if config == default else ""
+            cells = f"| {dtype} | {config[0]} | {config[1]} | {config[2]} |"
+            try:
+                r = compile_stability(dtype, config)
+            except Exception as error:
+                print(f"{cells} failed: {type(error).__name__} | | | | {note} |")
+                continue
+            print(f"{cells} {r['regs']} | {r['stack'] + r['local']} | {r['shared_kb']:.0f} "
+                  f"| {r['hgmma']} | {note} |", flush=True)
+
+
 ETA_SWEEP = {64: [(64, 4, 3), (32, 4, 2), (128, 4, 3), (64, 8, 3)],
              128: [(32, 8, 2), (64, 8, 2), (32, 4, 2), (16, 8, 2)]}
 
@@ -162,15 +217,18 @@ def main():
                         help="only these dtypes (repeatable); default all")
     parser.add_argument("--fp32-precision", default=fused_triton.FP32_DOT_PRECISION,
                         help="tl.dot input_precision for fp32 inputs (tf32, tf32x3, ieee)")
-    parser.add_argument("--kernel", choices=["fused", "eta", "all"], default="all",
-                        help="the fused kernel, the symmetry-index kernel, or both")
+    parser.add_argument("--kernel", choices=["fused", "eta", "stability", "all"],
+                        default="all", help="which kernel (default: all three)")
     args = parser.parse_args()
+    halves = [t for t in ("fp16", "bf16") if not args.dtype or t in args.dtype]
     if args.kernel in ("eta", "all"):
-        eta_table([t for t in ("fp16", "bf16") if not args.dtype or t in args.dtype],
-                  args.sweep)
-        if args.kernel == "eta":
-            return
+        eta_table(halves, args.sweep)
         print()
+    if args.kernel in ("stability", "all"):
+        stability_table(halves, args.sweep)
+        print()
+    if args.kernel not in ("fused", "all"):
+        return
     rows = []
     for (d, dtype), cfg in DEFAULT_CONFIGS.items():
         if args.dtype and dtype not in args.dtype:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import stability_triton  # imports Triton only when its kernel first runs
 from .symmetry import fp32_product, half_into_fp32
 
 EPS = 1e-12
@@ -83,8 +84,22 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -
 
     Half-precision inputs on a device that multiplies them into fp32 (CUDA) keep Z in the
     model's dtype, so the three products run on tensor cores with fp32 accumulation; everything
-    after the products is fp32 as elsewhere.
+    after the products is fp32 as elsewhere. Where it applies (CUDA, fp16/bf16, d = m = 64)
+    one Triton launch computes all of it (hopfield/stability_triton.py).
     """
+    if stability_triton.eligible(q, k, retrieval):  # CUDA, fp16/bf16, widths 64: one launch
+        found = stability_triton.try_stability(q, k, retrieval)
+        if found is not None:
+            per_head, token_map = found
+            means = per_head.mean(dim=1)  # [B, 4]: E, r, Align, eta
+            return LayerStability(means[:, 0], means[:, 1], means[:, 2], means[:, 3],
+                                  token_map)
+    return layer_stability_torch(q, k, retrieval)
+
+
+def layer_stability_torch(q: torch.Tensor, k: torch.Tensor,
+                          retrieval: torch.Tensor) -> LayerStability:
+    """``layer_stability`` by torch ops alone (any device; what a compile trace runs)."""
     dtype = torch.promote_types(retrieval.dtype, torch.float32)
     b, heads, tokens, d = q.shape
     m = retrieval.shape[-1]

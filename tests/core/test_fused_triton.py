@@ -1,6 +1,7 @@
-"""Runs tests/core/fused_kernel_cases.py (the fused Triton kernel against float64 references)
-and tests/core/eta_kernel_cases.py (the symmetry-index kernel) under Triton's CPU interpreter,
-in a subprocess with TRITON_INTERPRET=1.
+"""Runs tests/core/fused_kernel_cases.py (the fused Triton kernel against float64 references),
+tests/core/eta_kernel_cases.py (the symmetry-index kernel) and
+tests/core/stability_kernel_cases.py (the Stability Probe's kernel) under Triton's CPU
+interpreter, in a subprocess with TRITON_INTERPRET=1.
 
 A subprocess because Triton fixes interpreted-or-compiled at its first import in a process: the
 interpreter then never leaks into the rest of a session (on a GPU machine, host tests compile
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 
 CASES = [Path(__file__).with_name(name)
-         for name in ("fused_kernel_cases.py", "eta_kernel_cases.py")]
+         for name in ("fused_kernel_cases.py", "eta_kernel_cases.py",
+                      "stability_kernel_cases.py")]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

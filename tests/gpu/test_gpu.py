@@ -183,13 +183,35 @@ def test_full_size_sampling_through_comfyui(comfy_host, name, compiled):
     assert torch.isfinite(out).all() and not torch.equal(out, base)
 
 
+@needs_triton
+@pytest.mark.parametrize("shape, strided", [((2, 10, 4096, 64), False), ((1, 24, 1178, 64), True),
+                                            ((1, 3, 77, 64), False)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_probe_kernel_against_float64_and_the_torch_path(shape, strided, dtype):
+    from hopfield_circulation.hopfield import stability_triton
+    from hopfield_circulation.hopfield.stability import layer_stability, layer_stability_torch
+
+    q, k, x = inputs(*shape, dtype, strided=strided, seed=17)
+    x = x * 0.5 + 1.0  # column means larger than the spread, as attention outputs have
+    assert stability_triton.eligible(q, k, x)
+    fast = layer_stability(q, k, x)  # the eager dispatch takes the kernel
+    exact = layer_stability(q.double(), k.double(), x.double())
+    torch_path = layer_stability_torch(q, k, x)
+    tol = 2e-3 if dtype == torch.float16 else 2e-2
+    for name in ("energy", "instability", "align", "eta", "token_map"):
+        got = getattr(fast, name)
+        torch.testing.assert_close(got.double(), getattr(exact, name), rtol=tol, atol=tol)
+        torch.testing.assert_close(got, getattr(torch_path, name), rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_probe_measures_on_tensor_cores(dtype):
-    from hopfield_circulation.hopfield.stability import layer_stability
+    """The torch path (what other widths and compiled graphs use): products into fp32."""
+    from hopfield_circulation.hopfield.stability import layer_stability, layer_stability_torch
 
     q, k, x = inputs(2, 10, 1024, 64, dtype, seed=11)
     exact = layer_stability(q.double(), k.double(), x.double())
-    fast = layer_stability(q, k, x)
+    fast = layer_stability_torch(q, k, x)
     tol = 2e-3 if dtype == torch.float16 else 2e-2
     for name in ("energy", "instability", "align", "eta"):
         torch.testing.assert_close(getattr(fast, name).double(), getattr(exact, name),
