@@ -106,7 +106,7 @@ def compile_sm90(kernel, signature, constexprs, attrs, num_warps, num_stages) ->
 
     return {"regs": field("REG"), "stack": field("STACK"), "local": field("LOCAL"),
             "shared_kb": compiled.metadata.shared / 1024, "hgmma": sass.count("HGMMA"),
-            "mufu_ex2": sass.count("MUFU.EX2")}
+            "mufu_ex2": sass.count("MUFU.EX2"), "hmma": sass.count("HMMA")}
 
 
 def compile_eta(dtype: str, d: int, config: tuple[int, int, int], heads=10,
@@ -135,23 +135,25 @@ def compile_eta(dtype: str, d: int, config: tuple[int, int, int], heads=10,
     return compile_sm90(kernel, signature, constexprs, attrs, warps, stages)
 
 
-def compile_stability(dtype: str, config: tuple[int, int, int], heads=10, length=4096) -> dict:
-    """The Stability Probe's kernel (hopfield/stability_triton.py), d = m = 64."""
+def compile_stability(dtype: str, d: int, config: tuple[int, int, int], heads=10,
+                      length=4096) -> dict:
+    """The Stability Probe's kernel (hopfield/stability_triton.py), m = d."""
     kernel = stability_triton._kernel()
     block_l, warps, stages = config
     values = {"heads": heads, "length": length}
     for t in "qkx":
-        values.update({f"s{t}b": heads * length * 64, f"s{t}h": length * 64, f"s{t}l": 64,
+        values.update({f"s{t}b": heads * length * d, f"s{t}h": length * d, f"s{t}l": d,
                        f"s{t}d": 1})
-    constants = {"D": 64, "M": 64, "BLOCK_L": block_l, "UPCAST": False, "PRECISION": "tf32"}
+    constants = {"D": d, "M_BLOCK": stability_triton.M_BLOCK, "BLOCK_L": block_l,
+                 "UPCAST": False, "PRECISION": "tf32", "WITH_ETA": d == 64}
     signature, constexprs, attrs = {}, {}, {}
     for index, name in enumerate(kernel.arg_names):
         if name in constants:
             signature[name], constexprs[name] = "constexpr", constants[name]
-        elif name in ("Q", "K", "X", "PER_HEAD", "TOKENS"):
+        elif name in ("Q", "K", "X", "PARTS", "TOKENS"):
             signature[name] = "*" + (TYPES[dtype] if name in ("Q", "K", "X") else "fp32")
             attrs[(index,)] = [["tt.divisibility", 16]]
-        elif name in ("field_scale", "token_scale"):
+        elif name in ("field_scale", "head_scale", "token_scale"):
             signature[name] = "fp32"
         elif values[name] == 1:
             signature[name], constexprs[name] = "constexpr", 1
@@ -162,27 +164,29 @@ def compile_stability(dtype: str, config: tuple[int, int, int], heads=10, length
     return compile_sm90(kernel, signature, constexprs, attrs, warps, stages)
 
 
-STABILITY_SWEEP = [(32, 8, 2), (64, 8, 2), (32, 4, 2), (16, 8, 2), (64, 8, 3)]
+STABILITY_SWEEP = [(32, 8, 2), (64, 8, 2), (32, 4, 2), (16, 8, 2), (64, 8, 3), (16, 4, 2)]
 
 
 def stability_table(dtypes, sweep: bool) -> None:
-    print("Stability Probe kernel compiled for sm_90a (d = m = 64)")
-    print("| dtype | tokens per tile | warps | stages | regs/thread | spill (stack+local B) "
-          "| shared KB | HGMMA | |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    default = stability_triton.STABILITY_CONFIG
-    configs = [default, *(c for c in STABILITY_SWEEP if c != default)] if sweep else [default]
+    print("Stability Probe kernel compiled for sm_90a (m = d)")
+    print("| dtype | d | tokens per tile | warps | stages | regs/thread | spill (stack+local B) "
+          "| shared KB | HGMMA | HMMA (pre-Hopper MMA) | |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for dtype in dtypes:
-        for config in configs:
-            note = "default" if config == default else ""
-            cells = f"| {dtype} | {config[0]} | {config[1]} | {config[2]} |"
-            try:
-                r = compile_stability(dtype, config)
-            except Exception as error:
-                print(f"{cells} failed: {type(error).__name__} | | | | {note} |")
-                continue
-            print(f"{cells} {r['regs']} | {r['stack'] + r['local']} | {r['shared_kb']:.0f} "
-                  f"| {r['hgmma']} | {note} |", flush=True)
+        for (d, _), default in stability_triton.STABILITY_CONFIGS.items():
+            configs = [default, *(c for c in STABILITY_SWEEP if c != default)] if sweep \
+                else [default]
+            for config in configs:
+                note = "default" if config == default else ""
+                cells = f"| {dtype} | {d} | {config[0]} | {config[1]} | {config[2]} |"
+                try:
+                    r = compile_stability(dtype, d, config)
+                except Exception as error:
+                    print(f"{cells} failed: {type(error).__name__} | | | | | {note} |")
+                    continue
+                print(f"{cells} {r['regs']} | {r['stack'] + r['local']} | "
+                      f"{r['shared_kb']:.0f} | {r['hgmma']} | {r['hmma']} | {note} |",
+                      flush=True)
 
 
 ETA_SWEEP = {64: [(64, 4, 3), (32, 4, 2), (128, 4, 3), (64, 8, 3)],

@@ -84,15 +84,14 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -
 
     Half-precision inputs on a device that multiplies them into fp32 (CUDA) keep Z in the
     model's dtype, so the three products run on tensor cores with fp32 accumulation; everything
-    after the products is fp32 as elsewhere. Where it applies (CUDA, fp16/bf16, d = m = 64)
-    one Triton launch computes all of it (hopfield/stability_triton.py).
+    after the products is fp32 as elsewhere. Where it applies (CUDA, fp16/bf16, d = m = 64 or 128)
+    one Triton launch computes all of it (hopfield/stability_triton.py; d = m = 128: two).
     """
     if stability_triton.eligible(q, k, retrieval):  # CUDA, fp16/bf16, widths 64: one launch
         found = stability_triton.try_stability(q, k, retrieval)
         if found is not None:
-            per_head, token_map = found
-            means = per_head.mean(dim=1)  # [B, 4]: E, r, Align, eta
-            return LayerStability(means[:, 0], means[:, 1], means[:, 2], means[:, 3],
+            values, token_map = found  # values [B, 4]: E, r, Align, eta
+            return LayerStability(values[:, 0], values[:, 1], values[:, 2], values[:, 3],
                                   token_map)
     return layer_stability_torch(q, k, retrieval)
 

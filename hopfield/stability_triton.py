@@ -2,17 +2,18 @@
 
 ``layer_stability`` (hopfield/stability.py) needs three batched products and some twenty-five
 elementwise passes and reductions per probed call; in a launch-bound sampling step each costs
-host time. Here one program per (sample, head) sweeps its tokens three times: the retrieval's
-column means, then every Gram matrix (eta's K^T K, K^T Q, Q^T Q and the field's K^T Xc,
-Q^T Xc, fp32 accumulators fed by tensor-core products of the model-dtype inputs), then the
-field tile by tile with its reductions. It writes E, r, Align and eta per head and lambda summed
-per token; two small torch ops average over heads. Same math and the same roundings as the
-torch path (the centred retrieval and the field's weights rounded to the model's dtype before
-their products, everything else fp32).
+host time. Here one program per (sample, head, 64 retrieval columns) sweeps its tokens three
+times: the columns' means, then every Gram matrix (the field's K^T Xc, Q^T Xc and, at d = 64,
+eta's K^T K, K^T Q, Q^T Q: fp32 accumulators fed by tensor-core products of the model-dtype
+inputs), then the field tile by tile with its reductions. It writes each program's share of
+E, r, Align, eta and of the lambda map; two small torch sums give the call's values. Same
+math and the same roundings as the torch path (the centred retrieval and the field's weights
+rounded to the model's dtype before their products, everything else fp32).
 
 Used by ``layer_stability`` in eager mode on CUDA when q, k and the retrieval share fp16 or
-bf16 and both widths are 64 (SDXL's and SD3's heads, the value basis or a 64-channel input
-basis); other calls keep the torch path. A failure to compile or launch warns once and hands
+bf16 with widths (d, m) of (64, 64) (SDXL's and SD3's heads in the value basis, or a 64-channel
+input basis) or (128, 128) (Flux, Chroma, Qwen-Image: eta then by its own kernel, two launches);
+other calls keep the torch path. A failure to compile or launch warns once and hands
 the rest of the process to the torch path. The import is lazy.
 """
 
@@ -25,10 +26,15 @@ import torch
 
 from . import fused_triton
 
-STABILITY_WIDTHS = (64,)  # five fp32 64 x 64 accumulators fit one program's registers
 STABILITY_DTYPES = (torch.float16, torch.bfloat16)
-# (tokens per tile, warps, pipeline stages): benchmarks/compile_hopper.py --kernel stability
-STABILITY_CONFIG = (32, 8, 2)
+# (head dim d, feature width m) -> (tokens per tile, warps, pipeline stages), from
+# benchmarks/compile_hopper.py --kernel stability. At d = 64 all five Grams fit one program's
+# registers; at d = 128 (Flux, Chroma, Qwen-Image) the field's two do, for 64 columns per
+# program, and eta comes from its own kernel (hopfield/eta_triton.py), one launch more.
+# 64 tokens per tile: the field's products then have 64 rows, the least Hopper's warpgroup
+# tensor-core instructions take (with 32 the compiler falls back to the older ones).
+STABILITY_CONFIGS = {(64, 64): (64, 8, 2), (128, 128): (64, 8, 2)}
+M_BLOCK = 64  # retrieval columns per program: wider retrievals take several programs
 
 _FAILED: list[str] = []
 _KERNEL = None
@@ -45,11 +51,11 @@ def _kernel():
 
 def eligible(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> bool:
     """Whether ``layer_stability`` takes the kernel: compiled Triton on CUDA, outside a compile
-    trace, q, k and the retrieval [B, H, L, 64] of one half-precision dtype."""
+    trace, q, k and the retrieval of one half-precision dtype, widths in STABILITY_CONFIGS."""
     return (
         q.is_cuda and q.dtype in STABILITY_DTYPES and q.ndim == 4 and q.shape == k.shape
-        and retrieval.shape[:3] == q.shape[:3] and q.shape[-1] in STABILITY_WIDTHS
-        and retrieval.shape[-1] in STABILITY_WIDTHS
+        and retrieval.ndim == 4 and retrieval.shape[:3] == q.shape[:3]
+        and (q.shape[-1], retrieval.shape[-1]) in STABILITY_CONFIGS
         and k.dtype == q.dtype == retrieval.dtype
         and k.device == q.device == retrieval.device
         and not _FAILED and fused_triton.kernel_usable()
@@ -59,24 +65,32 @@ def eligible(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> bool:
 
 def stability_triton(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, *,
                      config: tuple[int, int, int] | None = None):
-    """(per head [B, H, 4]: E, r, Align, eta; token map [B, L]) for q, k [B, H, L, d] and the
-    retrieval [B, H, L, m], any strides (fp16/bf16 on CUDA; also fp32, and the CPU under
-    Triton's interpreter, for tests). ``config``: (tokens per tile, warps, stages)."""
+    """(per sample [B, 4]: E, r, Align, eta, each averaged over heads and features; the lambda
+    map [B, L]) for q, k [B, H, L, d] and the retrieval [B, H, L, m], any strides (fp16/bf16
+    on CUDA; also fp32, and the CPU under Triton's interpreter, for tests). ``config``:
+    (tokens per tile, warps, stages)."""
     batch, heads, length, d = q.shape
     m = retrieval.shape[-1]
-    block_l, warps, stages = config or STABILITY_CONFIG
-    per_head = torch.empty(batch, heads, 4, dtype=torch.float32, device=q.device)
-    tokens = torch.empty(batch, heads, length, dtype=torch.float32, device=q.device)
-    _kernel()[(batch * heads,)](
-        q, k, retrieval, per_head, tokens,
+    block_l, warps, stages = config or STABILITY_CONFIGS[(d, m)]
+    with_eta = d == 64
+    blocks = m // M_BLOCK
+    parts = torch.empty(batch, heads, blocks, 4, dtype=torch.float32, device=q.device)
+    tokens = torch.empty(batch, heads, blocks, length, dtype=torch.float32, device=q.device)
+    _kernel()[(batch * heads, blocks)](
+        q, k, retrieval, parts, tokens,
         *q.stride(), *k.stride(), *retrieval.stride(),
-        heads, length, 0.5 / math.sqrt(d), 1.0 / (heads * m),
-        D=d, M=m, BLOCK_L=block_l,
+        heads, length, 0.5 / math.sqrt(d), 1.0 / (heads * m), 1.0 / (heads * m),
+        D=d, M_BLOCK=M_BLOCK, BLOCK_L=block_l,
         UPCAST=fused_triton.facts().interpreting and q.dtype == torch.bfloat16,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # else ignored
-        num_warps=warps, num_stages=stages,
+        WITH_ETA=with_eta, num_warps=warps, num_stages=stages,
     )
-    return per_head, tokens.sum(dim=1)
+    values = parts.sum(dim=(1, 2))
+    if not with_eta:
+        from .eta_triton import symmetry_index_triton
+
+        values[:, 3] = symmetry_index_triton(q, k).mean(dim=1)
+    return values, tokens.sum(dim=(1, 2))
 
 
 def try_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor):

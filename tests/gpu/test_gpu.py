@@ -185,7 +185,7 @@ def test_full_size_sampling_through_comfyui(comfy_host, name, compiled):
 
 @needs_triton
 @pytest.mark.parametrize("shape, strided", [((2, 10, 4096, 64), False), ((1, 24, 1178, 64), True),
-                                            ((1, 3, 77, 64), False)])
+                                            ((1, 3, 77, 64), False), ((1, 4, 333, 128), True)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_probe_kernel_against_float64_and_the_torch_path(shape, strided, dtype):
     from hopfield_circulation.hopfield import stability_triton
