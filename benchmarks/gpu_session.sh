@@ -35,14 +35,14 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its output, say how it en
 }
 
 # Limits sum to under the device tool's 600 s per command, with room for the wheel install.
-step gpu_tier 140 "$py" -m pytest tests/gpu -m gpu -q -rs -p no:cacheprovider
+step gpu_tier 165 "$py" -m pytest tests/gpu -m gpu -q -rs -p no:cacheprovider
 # the table's tiles, no timing of candidates: this step measures the host, not the tiles
 HOPFIELD_CIRCULATION_TUNE=0 step host_overhead 40 "$py" benchmarks/bench_host_overhead.py \
   --device cuda --dtype fp16
 step bench_gpu 90 "$py" benchmarks/bench_gpu.py --quick --sweep
 for dtype in fp16 bf16; do
-  step "bench_e2e_$dtype" 115 "$py" benchmarks/bench_e2e_gpu.py --dtypes "$dtype" \
+  step "bench_e2e_$dtype" 105 "$py" benchmarks/bench_e2e_gpu.py --dtypes "$dtype" \
     --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
 done
-step bench_e2e_compiled 60 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
+step bench_e2e_compiled 55 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
   --steps "$steps" --rounds 2 --only TorchCompileModel
