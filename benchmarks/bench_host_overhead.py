@@ -2,6 +2,7 @@
 
     python benchmarks/bench_host_overhead.py     # needs ComfyUI (COMFYUI_PATH or ~/comfy/ComfyUI)
     python benchmarks/bench_host_overhead.py --device cuda     # fp16: the fused kernel's path
+    python benchmarks/bench_host_overhead.py --stub-kernels    # CPU: the CUDA paths, no launch
 
 On CUDA the kernels of a tiny call finish long before the host has issued the next one, so the
 wall time per call (the device synchronised once per round) is the host's time per call: what
@@ -92,19 +93,51 @@ def ops_of(fn) -> int:
     return mode.count
 
 
+class _NoLaunch:
+    """Stands in for a jit'ed Triton kernel: ``kernel[grid](*args)`` binds nothing, runs nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def stub_kernel_launches() -> None:
+    """Route CPU fp16 calls down the CUDA paths (fused kernel, eta kernel, probe kernel) with
+    every Triton launch replaced by a no-op: what is left is the pack's own host work per
+    call on those paths (hook, parsing, checks, argument marshalling, small allocations)."""
+    from hopfield_circulation.hopfield import eta_triton, fused_triton, stability_triton
+
+    fused_triton._FACTS[:] = [fused_triton.ProcessFacts(triton=True, interpreting=True,
+                                                        tune=False)]
+    fused_triton.auto_eligible = lambda q, k, v: (
+        q.dtype in fused_triton.AUTO_DTYPES and fused_triton.supports(q, k, v))
+    eta_triton.eligible = lambda q, k: True
+    stability_triton.eligible = lambda q, k, retrieval: True
+    for module in (fused_triton, eta_triton, stability_triton):
+        module._KERNEL = _NoLaunch()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", choices=list(DTYPES),
-                        help="default: fp32 on the CPU, fp16 on CUDA")
+                        help="default: fp32 on the CPU, fp16 on CUDA and with --stub-kernels")
+    parser.add_argument("--stub-kernels", action="store_true",
+                        help="CPU: take the CUDA paths with every Triton launch a no-op, to "
+                        "time the pack's own host work there (Triton's launcher excluded)")
     cli = parser.parse_args()
     reason = conftest.host_unavailable_reason()
     if reason:
         sys.exit(f"bench_host_overhead: {reason}")
     if cli.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_host_overhead: --device cuda needs a CUDA device (none here)")
+    if cli.stub_kernels:
+        if cli.device != "cpu":
+            sys.exit("bench_host_overhead: --stub-kernels is for the CPU (on CUDA the kernels "
+                     "run for real)")
+        stub_kernel_launches()
     device = torch.device(cli.device)
-    dtype = DTYPES[cli.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    dtype = DTYPES[cli.dtype or ("fp16" if device.type == "cuda" or cli.stub_kernels
+                                 else "fp32")]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     import comfy.ldm.modules.attention as host_attention
     from hopfield_circulation.hopfield.circulation import use_fused
@@ -162,6 +195,14 @@ def main():
     print(f"Host cost per attention call, {where}, q/k/v [{BATCH}, {TOKENS}, "
           f"{HEADS}x{HEAD_DIM}] {str(dtype).removeprefix('torch.')}, "
           f"torch {torch.__version__}")
+    if cli.stub_kernels:
+        print("Triton launches stubbed: the steered rows are the pack's own host work on the "
+              "CUDA paths; the host's call and the SDPA rows compute for real on the CPU.")
+        print("| call | µs per call | aten ops |")
+        print("|---|---:|---:|")
+        for name, us in times.items():
+            print(f"| {name} | {us:.1f} | {counted[name]} |")
+        return
     print("| call | µs per call | × host's call | aten ops |")
     print("|---|---:|---:|---:|")
     for name, us in times.items():

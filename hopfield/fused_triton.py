@@ -256,11 +256,12 @@ def fused_skew_circulation(
     norm_match: bool = True, active: torch.Tensor | None = None,
     config: LaunchConfig | None = None, fallback: bool = False,
 ) -> torch.Tensor:
-    """Blended, norm-matched output [B, H, L, d] (contiguous, q's dtype) for q, k, v of shape
-    [B, H, L, d] with any strides. ``alpha``/``beta``: numbers, or tensors of B or 1 values
-    (e.g. [B, 1, 1, 1]) on q's device. ``active``: optional bool [B] on q's device; the other
-    samples get the plain attention output, computed in the same launch at half the cost, so
-    steering the cond half of a CFG batch needs no call of the host's attention at all.
+    """Blended, norm-matched output [B, H, L, d] (q's dtype; in eager calls q's memory layout)
+    for q, k, v of shape [B, H, L, d] with any strides. ``alpha``/``beta``: numbers, or
+    tensors of B or 1 values (e.g. [B, 1, 1, 1]) on q's device. ``active``: optional bool
+    [B] on q's device; the other samples get the plain attention output, computed in the
+    same launch at half the cost, so steering the cond half of a CFG batch needs no call of
+    the host's attention at all.
     ``config`` overrides the tile sizes (tests, sweeps). ``fallback``: a kernel that fails to
     compile or launch here gives the two-call result instead, with one warning, and is not
     tried again in this process (what ``kernel="auto"`` wants).
@@ -277,11 +278,14 @@ def fused_skew_circulation(
             raise ValueError(f"fused kernel: {name} is on {t.device}, q on {q.device}")
     tiles = (config.block_m, config.block_n, config.num_warps, config.num_stages) if config \
         else (0, 0, 0, 0)  # zeros: tuned_config picks them
-    # Eager calls skip the dispatcher's round trip into Python (host time in every steered
-    # call); a torch.compile trace needs the registered op.
-    op = FUSED_OP if torch.compiler.is_compiling() else _fused_op_impl
-    return op(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match, *tiles,
-              fallback)
+    arguments = (q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match, *tiles,
+                 fallback)
+    # A torch.compile trace needs the registered op (whose output is contiguous, as its fake
+    # says). Eager calls skip the dispatcher's round trip into Python (host time in every
+    # steered call) and get their output in q's memory layout (see _launch).
+    if torch.compiler.is_compiling():
+        return FUSED_OP(*arguments)
+    return _fused_op_impl(*arguments, like_q=True)
 
 
 @dataclass(frozen=True)
@@ -296,25 +300,29 @@ class AdaptiveInputs:
 
 
 def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match,
-            cfg: LaunchConfig, adaptive: AdaptiveInputs | None = None) -> torch.Tensor:
-    import triton
-
+            cfg: LaunchConfig, adaptive: AdaptiveInputs | None = None,
+            like_q: bool = False) -> torch.Tensor:
     batch, heads, length, d = q.shape
     if active is not None:
         active = active.contiguous().view(torch.uint8)
     # The interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest even), which
     # would double the output's rounding error: there the kernel writes fp32 and torch rounds.
     emulate_bf16 = facts().interpreting and q.dtype == torch.bfloat16
-    out = torch.empty(q.shape, dtype=torch.float32 if emulate_bf16 else q.dtype, device=q.device)
+    # ``like_q`` (eager calls): in q's memory layout, the host's [B, L, H, d] when q is a view
+    # of it, so that handing the output back in the host's layout is a view instead of a copy
+    # of the whole output. Else contiguous [B, H, L, d], as the registered op's fake promises.
+    out_dtype = torch.float32 if emulate_bf16 else q.dtype
+    out = torch.empty_like(q, dtype=out_dtype) if like_q else torch.empty(
+        q.shape, dtype=out_dtype, device=q.device)
     pv_fp16 = q.dtype == torch.bfloat16
     # Per (batch, head) max |V|, one small reduction on the device (no copy, no sync): the
     # kernel scales V by a power of two when it would not fit fp16.
     v_max = torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1)) if pv_fp16 else out
-    grid = (triton.cdiv(length, cfg.block_m), batch * heads)
+    grid = (-(-length // cfg.block_m), batch * heads)  # plain ints: triton.cdiv costs more
     # Only adaptive launches see the batch size and an eta block: others pass constants, so
     # that a new batch size or head count compiles nothing new (ints are specialised on).
-    eta_block = 1 if adaptive is None else triton.next_power_of_2(
-        heads if adaptive.per_sample else batch * heads)
+    eta_block = 1 if adaptive is None else 1 << (
+        (heads if adaptive.per_sample else batch * heads) - 1).bit_length()
     _kernel()[grid](
         q, k, v, out, alpha_t if alpha_t is not None else out,
         beta_t if beta_t is not None else out, v_max, active if active is not None else out,
@@ -356,11 +364,11 @@ def _fused_op_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    alpha_t: torch.Tensor | None, beta_t: torch.Tensor | None, alpha_value: float,
                    beta_value: float, active: torch.Tensor | None, norm_match: bool,
                    block_m: int, block_n: int, num_warps: int, num_stages: int,
-                   fallback: bool) -> torch.Tensor:
+                   fallback: bool, like_q: bool = False) -> torch.Tensor:
     coefficients = (alpha_t, beta_t, alpha_value, beta_value, active, norm_match)
     config = LaunchConfig(block_m, block_n, num_warps, num_stages) if block_m else None
-    return _run(q, lambda tiles: _launch(q, k, v, *coefficients, tiles), config, fallback,
-                lambda: _fallback(q, k, v, *coefficients))
+    return _run(q, lambda tiles: _launch(q, k, v, *coefficients, tiles, like_q=like_q), config,
+                fallback, lambda: _fallback(q, k, v, *coefficients))
 
 
 def _run(q, launch, config: LaunchConfig | None, fallback: bool, two_call):
@@ -408,8 +416,8 @@ def fused_adaptive_circulation(
         adaptive.coefficients.copy_(torch.stack((eta_bar, alpha_eff, beta_eff)))
         return _fallback(q, k, v, alpha_eff, beta_eff, 0.0, 0.0, active, norm_match)
 
-    out = _run(q, lambda tiles: _launch(q, k, v, *coefficients, tiles, adaptive), config,
-               fallback, two_call)
+    out = _run(q, lambda tiles: _launch(q, k, v, *coefficients, tiles, adaptive, like_q=True),
+               config, fallback, two_call)
     return out, adaptive.coefficients
 
 

@@ -158,12 +158,19 @@ def test_without_norm_match():
 
 
 def test_non_contiguous_inputs():
-    """SD3 hands q, k, v as strided views of one fused qkv projection: no copies needed."""
+    """SD3 hands q, k, v as strided views of one fused qkv projection: no copies needed, and
+    the output comes in the token-major layout the host returns ([B, L, H, d] in memory), so
+    handing it back as [B, L, H*d] is a view."""
     qkv_proj = rand(2, 33, 3, 2, 64, seed=7).float()  # [B, L, 3, H, d]
     q, k, v = (qkv_proj[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, L, d] views
     assert not (q.is_contiguous() or k.is_contiguous() or v.is_contiguous())
     got = fused_skew_circulation(q, k, v, 1.1, 3.0, config=SMALL)
-    assert got.is_contiguous()
+    assert got.transpose(1, 2).is_contiguous()
+    host = got.transpose(1, 2).flatten(2)
+    assert host.data_ptr() == got.data_ptr()  # a view
+    unet_q = rand(2, 33, 2 * 64, seed=8).float().view(2, 33, 2, 64).transpose(1, 2)
+    assert fused_skew_circulation(unet_q, unet_q, unet_q, 1.1, 3.0,
+                                  config=SMALL).transpose(1, 2).is_contiguous()
     want = expected(q.double(), k.double(), v.double(), 1.1, 3.0)[0]
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=2e-5)
 
