@@ -288,6 +288,9 @@ def fused_skew_circulation(
     return _fused_op_impl(*arguments, like_q=True)
 
 
+MAX_ETA_LANES = 1024  # eta values one adaptive launch averages in-kernel (heads, or B x H)
+
+
 @dataclass(frozen=True)
 class AdaptiveInputs:
     """What the kernel needs to derive alpha_eff and beta_eff itself (adaptive mode, eager):
@@ -404,6 +407,15 @@ def fused_adaptive_circulation(
     if eta.shape != (batch, heads) or eta.dtype != torch.float32 or eta.device != q.device:
         raise ValueError(f"fused kernel: eta must be fp32 [{batch}, {heads}] on {q.device}, got "
                          f"{eta.dtype} {tuple(eta.shape)} on {eta.device}")
+    if (heads if per_sample else batch * heads) > MAX_ETA_LANES:
+        # The kernel reads the eta it averages in one block of lanes: beyond that, torch ops.
+        from .symmetry import adaptive_coefficients, aggregate_eta
+
+        eta_bar = aggregate_eta(eta, per_sample)
+        alpha_eff, beta_eff = adaptive_coefficients(alpha, beta, eta_bar)
+        out = fused_skew_circulation(q, k, v, alpha_eff, beta_eff, norm_match=norm_match,
+                                     active=active, config=config, fallback=fallback)
+        return out, torch.stack((eta_bar, alpha_eff, beta_eff))
     adaptive = AdaptiveInputs(eta.contiguous(), torch.empty(
         3, batch if per_sample else 1, dtype=torch.float32, device=q.device), per_sample)
     coefficients = (None, None, float(alpha), float(beta), active, norm_match)

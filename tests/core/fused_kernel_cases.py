@@ -217,7 +217,7 @@ def test_dispatch_through_circulate_value_space():
 
 
 @pytest.mark.parametrize("per_sample", [True, False])
-def test_adaptive_coefficients_come_from_eta_inside_the_kernel(per_sample):
+def test_adaptive_coefficients_come_from_eta_inside_the_kernel(per_sample, monkeypatch):
     """fused_adaptive_circulation derives eta-bar, alpha_eff and beta_eff from eta_M [B, H] in
     the launch itself: the recorded coefficients are eq. 37-41's, the output is the float64
     blend with them, unselected samples get the plain retrieval, and circulate_value_space
@@ -251,6 +251,12 @@ def test_adaptive_coefficients_come_from_eta_inside_the_kernel(per_sample):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="eta must be fp32"):
         fused_adaptive_circulation(q, k, v, eta.double(), 1.3, 4.0)
+    # More eta values than one launch averages in-kernel: the coefficients by torch ops.
+    monkeypatch.setattr(fused_triton, "MAX_ETA_LANES", 2)
+    out_torch, coefficients_torch = fused_adaptive_circulation(
+        q, k, v, eta, 1.3, 4.0, per_sample=per_sample, active=active, config=SMALL)
+    torch.testing.assert_close(coefficients_torch, coefficients, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out_torch, out, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
