@@ -23,7 +23,7 @@ from . import fused_triton
 ETA_HEAD_DIMS = (64, 128)
 ETA_DTYPES = (torch.float16, torch.bfloat16)
 # (tokens per tile, warps, pipeline stages) per head dim: three fp32 d x d accumulators live in
-# registers, so d = 128 takes more warps (benchmarks/compile_hopper.py --eta shows the fit).
+# registers, so d = 128 takes more warps (benchmarks/compile_hopper.py --kernel eta: the fit).
 ETA_CONFIGS = {64: (64, 4, 3), 128: (32, 8, 2)}
 
 _FAILED: list[str] = []  # why eager calls stopped using the kernel in this process, if they did
