@@ -53,7 +53,6 @@ def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, h
                        f"s{t}d": 1})
     values.update(alpha_stride=1, beta_stride=1, heads=heads, length=length,
                   batch=2 if adaptive else 0)
-    signature, constexprs, attrs = {}, {}, {}
     constants = {"D": d, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                  "ALPHA_PER_SAMPLE": True, "BETA_PER_SAMPLE": False, "NORM_MATCH": True,
                  "PV_FP16": dtype == "bf16", "HAS_ACTIVE": True,
@@ -62,24 +61,33 @@ def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, h
                  "ETA_BLOCK": 16 if adaptive else 1}
     if adaptive:
         constants.update(ALPHA_PER_SAMPLE=False)
+    pointers = {"Q": dtype, "K": dtype, "V": dtype, "Out": dtype, "VMAX": dtype,  # v's dtype
+                "ALPHA": "fp32", "BETA": "fp32", "ETA": "fp32", "COEFS": "fp32", "ACTIVE": "u8"}
+    signature = specialise(kernel, constants, pointers,
+                           ("alpha_value", "beta_value", "scale_log2"), values)
+    return compile_sm90(kernel, *signature, cfg.num_warps, cfg.num_stages)
+
+
+def specialise(kernel, constants: dict, pointers: dict, floats: tuple, ints: dict):
+    """(signature, constexprs, attrs) as Triton's JIT would make them for these arguments:
+    ``pointers`` name -> element type, ``floats`` the fp32 scalars, ``ints`` the integer
+    arguments' values (a 1 becomes a constant, a multiple of 16 says so)."""
+    signature, constexprs, attrs = {}, {}, {}
     for index, name in enumerate(kernel.arg_names):
         if name in constants:
             signature[name], constexprs[name] = "constexpr", constants[name]
-        elif name in ("Q", "K", "V", "Out"):
-            signature[name] = "*" + TYPES[dtype]
+        elif name in pointers:
+            signature[name] = "*" + TYPES.get(pointers[name], pointers[name])
             attrs[(index,)] = [["tt.divisibility", 16]]
-        elif name in ("ALPHA", "BETA", "VMAX", "ACTIVE", "ETA", "COEFS"):  # VMAX: v's dtype
-            signature[name] = "*" + {"VMAX": TYPES[dtype], "ACTIVE": "u8"}.get(name, "fp32")
-            attrs[(index,)] = [["tt.divisibility", 16]]
-        elif name in ("alpha_value", "beta_value", "scale_log2"):
+        elif name in floats:
             signature[name] = "fp32"
-        elif values[name] == 1:  # what the JIT does with an int argument equal to 1
+        elif ints[name] == 1:  # what the JIT does with an int argument equal to 1
             signature[name], constexprs[name] = "constexpr", 1
         else:
             signature[name] = "i32"
-            if values[name] % 16 == 0:
+            if ints[name] % 16 == 0:
                 attrs[(index,)] = [["tt.divisibility", 16]]
-    return compile_sm90(kernel, signature, constexprs, attrs, cfg.num_warps, cfg.num_stages)
+    return signature, constexprs, attrs
 
 
 def compile_sm90(kernel, signature, constexprs, attrs, num_warps, num_stages) -> dict:
@@ -119,20 +127,9 @@ def compile_eta(dtype: str, d: int, config: tuple[int, int, int], heads=10,
     values.update({f"sk{key[2:]}": value for key, value in values.items() if key[:2] == "sq"})
     constants = {"D": d, "BLOCK_L": block_l, "UPCAST": False,
                  "PRECISION": "ieee" if dtype == "fp32" else "tf32"}
-    signature, constexprs, attrs = {}, {}, {}
-    for index, name in enumerate(kernel.arg_names):
-        if name in constants:
-            signature[name], constexprs[name] = "constexpr", constants[name]
-        elif name in ("Q", "K", "ETA"):
-            signature[name] = "*" + (TYPES[dtype] if name != "ETA" else "fp32")
-            attrs[(index,)] = [["tt.divisibility", 16]]
-        elif values[name] == 1:
-            signature[name], constexprs[name] = "constexpr", 1
-        else:
-            signature[name] = "i32"
-            if values[name] % 16 == 0:
-                attrs[(index,)] = [["tt.divisibility", 16]]
-    return compile_sm90(kernel, signature, constexprs, attrs, warps, stages)
+    signature = specialise(kernel, constants, {"Q": dtype, "K": dtype, "ETA": "fp32"}, (),
+                           values)
+    return compile_sm90(kernel, *signature, warps, stages)
 
 
 def compile_stability(dtype: str, d: int, config: tuple[int, int, int], heads=10,
@@ -146,72 +143,38 @@ def compile_stability(dtype: str, d: int, config: tuple[int, int, int], heads=10
                        f"s{t}d": 1})
     constants = {"D": d, "M_BLOCK": stability_triton.M_BLOCK, "BLOCK_L": block_l,
                  "UPCAST": False, "PRECISION": "tf32", "WITH_ETA": d == 64}
-    signature, constexprs, attrs = {}, {}, {}
-    for index, name in enumerate(kernel.arg_names):
-        if name in constants:
-            signature[name], constexprs[name] = "constexpr", constants[name]
-        elif name in ("Q", "K", "X", "PARTS", "TOKENS"):
-            signature[name] = "*" + (TYPES[dtype] if name in ("Q", "K", "X") else "fp32")
-            attrs[(index,)] = [["tt.divisibility", 16]]
-        elif name in ("field_scale", "head_scale", "token_scale"):
-            signature[name] = "fp32"
-        elif values[name] == 1:
-            signature[name], constexprs[name] = "constexpr", 1
-        else:
-            signature[name] = "i32"
-            if values[name] % 16 == 0:
-                attrs[(index,)] = [["tt.divisibility", 16]]
-    return compile_sm90(kernel, signature, constexprs, attrs, warps, stages)
+    pointers = {"Q": dtype, "K": dtype, "X": dtype, "PARTS": "fp32", "TOKENS": "fp32"}
+    signature = specialise(kernel, constants, pointers,
+                           ("field_scale", "head_scale", "token_scale"), values)
+    return compile_sm90(kernel, *signature, warps, stages)
 
 
 STABILITY_SWEEP = [(32, 8, 2), (64, 8, 2), (32, 4, 2), (16, 8, 2), (64, 8, 3), (16, 4, 2)]
+ETA_SWEEP = [(64, 4, 3), (32, 4, 2), (128, 4, 3), (64, 8, 3), (32, 8, 2), (64, 8, 2)]
 
 
-def stability_table(dtypes, sweep: bool) -> None:
-    print("Stability Probe kernel compiled for sm_90a (m = d)")
+def tile_table(title: str, dtypes, defaults: dict, candidates: list, sweep: bool,
+               compile_one) -> None:
+    """One row per (dtype, head dim, tiles): ``defaults`` head dim -> the shipped tiles,
+    ``compile_one(dtype, d, tiles)`` -> compile_sm90's dict."""
+    print(title)
     print("| dtype | d | tokens per tile | warps | stages | regs/thread | spill (stack+local B) "
           "| shared KB | HGMMA | HMMA (pre-Hopper MMA) | |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for dtype in dtypes:
-        for (d, _), default in stability_triton.STABILITY_CONFIGS.items():
-            configs = [default, *(c for c in STABILITY_SWEEP if c != default)] if sweep \
-                else [default]
-            for config in configs:
+        for d, default in defaults.items():
+            tiles = [default, *(c for c in candidates if c != default)] if sweep else [default]
+            for config in tiles:
                 note = "default" if config == default else ""
                 cells = f"| {dtype} | {d} | {config[0]} | {config[1]} | {config[2]} |"
                 try:
-                    r = compile_stability(dtype, d, config)
-                except Exception as error:
+                    r = compile_one(dtype, d, config)
+                except Exception as error:  # a config that does not fit is a finding
                     print(f"{cells} failed: {type(error).__name__} | | | | | {note} |")
                     continue
                 print(f"{cells} {r['regs']} | {r['stack'] + r['local']} | "
                       f"{r['shared_kb']:.0f} | {r['hgmma']} | {r['hmma']} | {note} |",
                       flush=True)
-
-
-ETA_SWEEP = {64: [(64, 4, 3), (32, 4, 2), (128, 4, 3), (64, 8, 3)],
-             128: [(32, 8, 2), (64, 8, 2), (32, 4, 2), (16, 8, 2)]}
-
-
-def eta_table(dtypes, sweep: bool) -> None:
-    print("Symmetry-index kernel compiled for sm_90a")
-    print("| dtype | d | tokens per tile | warps | stages | regs/thread | spill (stack+local B) "
-          "| shared KB | HGMMA | |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for dtype in dtypes:
-        for d, default in eta_triton.ETA_CONFIGS.items():
-            configs = [default, *(c for c in ETA_SWEEP[d] if c != default)] if sweep \
-                else [default]
-            for config in configs:
-                note = "default" if config == default else ""
-                cells = f"| {dtype} | {d} | {config[0]} | {config[1]} | {config[2]} |"
-                try:
-                    r = compile_eta(dtype, d, config)
-                except Exception as error:
-                    print(f"{cells} failed: {type(error).__name__} | | | | {note} |")
-                    continue
-                print(f"{cells} {r['regs']} | {r['stack'] + r['local']} | {r['shared_kb']:.0f} "
-                      f"| {r['hgmma']} | {note} |", flush=True)
 
 
 def main():
@@ -226,10 +189,13 @@ def main():
     args = parser.parse_args()
     halves = [t for t in ("fp16", "bf16") if not args.dtype or t in args.dtype]
     if args.kernel in ("eta", "all"):
-        eta_table(halves, args.sweep)
+        tile_table("Symmetry-index kernel compiled for sm_90a", halves, eta_triton.ETA_CONFIGS,
+                   ETA_SWEEP, args.sweep, compile_eta)
         print()
     if args.kernel in ("stability", "all"):
-        stability_table(halves, args.sweep)
+        tile_table("Stability Probe kernel compiled for sm_90a (m = d)", halves,
+                   {d: tiles for (d, _), tiles in stability_triton.STABILITY_CONFIGS.items()},
+                   STABILITY_SWEEP, args.sweep, compile_stability)
         print()
     if args.kernel not in ("fused", "all"):
         return

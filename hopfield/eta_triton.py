@@ -14,8 +14,6 @@ and hands the rest of the process to the torch path. The import is lazy.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from . import fused_triton
@@ -72,11 +70,5 @@ def symmetry_index_triton(q: torch.Tensor, k: torch.Tensor, *,
 def try_symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
     """The kernel's eta, or None after it failed here (warned once; the caller takes the torch
     path, now and for the rest of the process)."""
-    try:
-        return symmetry_index_triton(q, k)
-    except Exception as error:  # any compile or launch failure; reported once, not retried
-        _FAILED.append(f"{type(error).__name__}: {error}")
-        warnings.warn(f"Hopfield Circulation: the symmetry-index Triton kernel failed here "
-                      f"({error!r}); using the torch path from now on", RuntimeWarning,
-                      stacklevel=2)
-        return None
+    return fused_triton.first_failure_hands_over(
+        "symmetry-index", _FAILED, lambda: symmetry_index_triton(q, k))

@@ -108,6 +108,19 @@ def facts() -> ProcessFacts:
     return _FACTS[0]
 
 
+def first_failure_hands_over(what: str, failed: list[str], run):
+    """``run()``, or None when it raises (a kernel that does not compile or launch here): the
+    failure goes into ``failed`` (which its eligibility check reads, so the kernel is not tried
+    again in this process) and is reported once, with the torch path taking over."""
+    try:
+        return run()
+    except Exception as error:  # any compile or launch failure
+        failed.append(f"{type(error).__name__}: {error}")
+        warnings.warn(f"Hopfield Circulation: the {what} Triton kernel failed here ({error!r});"
+                      " using the torch path from now on", RuntimeWarning, stacklevel=3)
+        return None
+
+
 def kernel_usable() -> bool:
     """Triton compiles here (not the interpreter) and no kernel failed in this process."""
     found = facts()

@@ -20,7 +20,6 @@ the rest of the process to the torch path. The import is lazy.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
@@ -96,11 +95,5 @@ def stability_triton(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, 
 def try_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor):
     """``stability_triton``'s result, or None after it failed here (warned once; the caller
     takes the torch path, now and for the rest of the process)."""
-    try:
-        return stability_triton(q, k, retrieval)
-    except Exception as error:  # any compile or launch failure; reported once, not retried
-        _FAILED.append(f"{type(error).__name__}: {error}")
-        warnings.warn(f"Hopfield Circulation: the Stability Probe's Triton kernel failed here "
-                      f"({error!r}); using the torch path from now on", RuntimeWarning,
-                      stacklevel=2)
-        return None
+    return fused_triton.first_failure_hands_over(
+        "Stability Probe", _FAILED, lambda: stability_triton(q, k, retrieval))

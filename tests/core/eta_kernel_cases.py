@@ -1,23 +1,13 @@
-"""Cases for the one-launch symmetry-index Triton kernel under Triton's CPU interpreter, against
-the literal float64 eta_M (explicit L x L decomposition).
-
-Run by tests/core/test_fused_triton.py in a subprocess with TRITON_INTERPRET=1 (why a
-subprocess: see fused_kernel_cases.py). To run them directly:
-
-    TRITON_INTERPRET=1 python -m pytest tests/core/eta_kernel_cases.py
-"""
+"""Cases for the one-launch symmetry-index Triton kernel under Triton's CPU interpreter (see
+tests/core/interpreter.py), against the literal float64 eta_M (explicit L x L decomposition)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from core.interpreter import require_interpreter
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs TRITON_INTERPRET=1 before Triton is imported (test_fused_triton.py runs "
-                "this module that way)", allow_module_level=True)
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+require_interpreter()
 
 from hopfield_circulation.hopfield import reference as ref  # noqa: E402
 from hopfield_circulation.hopfield.eta_triton import eligible, symmetry_index_triton  # noqa: E402

@@ -1,11 +1,5 @@
-"""Cases for the fused Triton kernel under Triton's CPU interpreter, against float64 references.
-
-Run by tests/core/test_fused_triton.py in a subprocess with TRITON_INTERPRET=1: Triton fixes
-interpreted-or-compiled when it is first imported (its own library functions are jit'ed at that
-moment), so the interpreter gets a process of its own and nothing leaks into GPU use elsewhere in
-a test session. To run them directly:
-
-    TRITON_INTERPRET=1 python -m pytest tests/core/fused_kernel_cases.py
+"""Cases for the fused Triton kernel under Triton's CPU interpreter (see
+tests/core/interpreter.py), against float64 references.
 
 CI has no GPU, so this is where the kernel's math is checked; the interpreter runs the same
 kernel source on CPU tensors. It is slow, hence small shapes and small tiles. Compilation for
@@ -15,15 +9,11 @@ benchmarks/bench_gpu.py.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from core.interpreter import require_interpreter
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs TRITON_INTERPRET=1 before Triton is imported (test_fused_triton.py runs "
-                "this module that way)", allow_module_level=True)
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+require_interpreter()
 
 from hopfield_circulation.hopfield import (  # noqa: E402
     CirculationSettings,

@@ -1,24 +1,14 @@
-"""Cases for the Stability Probe's one-launch Triton kernel under Triton's CPU interpreter,
-against the literal float64 measures (the torch path, itself tested against the explicit L x L
-formulas in test_stability_math.py).
-
-Run by tests/core/test_fused_triton.py in a subprocess with TRITON_INTERPRET=1 (why a
-subprocess: see fused_kernel_cases.py). To run them directly:
-
-    TRITON_INTERPRET=1 python -m pytest tests/core/stability_kernel_cases.py
-"""
+"""Cases for the Stability Probe's one-launch Triton kernel under Triton's CPU interpreter (see
+tests/core/interpreter.py), against the literal float64 measures (the torch path, itself tested
+against the explicit L x L formulas in test_stability_math.py)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from core.interpreter import require_interpreter
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs TRITON_INTERPRET=1 before Triton is imported (test_fused_triton.py runs "
-                "this module that way)", allow_module_level=True)
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+require_interpreter()
 
 from hopfield_circulation.hopfield.stability import layer_stability  # noqa: E402
 from hopfield_circulation.hopfield.stability_triton import (  # noqa: E402

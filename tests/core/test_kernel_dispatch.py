@@ -93,6 +93,36 @@ def test_auto_falls_back_once_when_the_kernel_cannot_run_here(monkeypatch):
     assert circulation.needs_baseline(q, k, v, settings)  # auto has given up: host call again
 
 
+@pytest.mark.parametrize("which", ["eta", "stability"])
+def test_the_eta_and_probe_kernels_hand_over_to_torch_once_they_fail(monkeypatch, which):
+    """Eligible but failing (no C compiler, out of resources): one warning, the torch path's
+    result, and the kernel is not tried again in this process."""
+    from hopfield_circulation.hopfield import eta_triton, stability_triton
+    from hopfield_circulation.hopfield.stability import layer_stability, layer_stability_torch
+    from hopfield_circulation.hopfield.symmetry import symmetry_index, symmetry_index_torch
+
+    module = eta_triton if which == "eta" else stability_triton
+    monkeypatch.setattr(module, "_FAILED", [])
+    monkeypatch.setattr(module, "eligible", lambda *tensors: not module._FAILED)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of resource: shared memory")
+
+    monkeypatch.setattr(module, "symmetry_index_triton" if which == "eta" else
+                        "stability_triton", broken)
+    q, k, v = qkv(torch.float16)
+    measure, torch_path = ((symmetry_index, symmetry_index_torch) if which == "eta"
+                           else (layer_stability, layer_stability_torch))
+    with pytest.warns(RuntimeWarning, match="using the torch path from now on"):
+        got = measure(q, k, v) if which == "stability" else measure(q, k)
+    want = torch_path(q, k, v) if which == "stability" else torch_path(q, k)
+    if which == "stability":
+        got, want = got.token_map, want.token_map
+    assert torch.equal(got, want)
+    assert module._FAILED and "shared memory" in module._FAILED[0]
+    assert not module.eligible(q, k, v)
+
+
 def test_tiles_come_from_the_table_off_cuda_and_timing_keeps_the_fastest():
     from hopfield_circulation.hopfield.fused_triton import (
         DEFAULT_CONFIGS,
