@@ -49,6 +49,13 @@ class LayerStability:
     align: torch.Tensor  # [B]  Align_X
     eta: torch.Tensor  # [B]  eta_M, mean over heads
     token_map: torch.Tensor  # [B, L] lambda per token, mean over features and heads
+    stacked: torch.Tensor | None = None  # [4, B]: the four above, when made in one tensor
+
+    def values(self) -> torch.Tensor:
+        """[4, B]: E, r, Align, eta (a view when the kernel made them together)."""
+        if self.stacked is not None:
+            return self.stacked
+        return torch.stack([self.energy, self.instability, self.align, self.eta])
 
 
 def local_field(q: torch.Tensor, k: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
@@ -91,8 +98,7 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -
         found = stability_triton.try_stability(q, k, retrieval)
         if found is not None:
             values, token_map = found  # values [B, 4]: E, r, Align, eta
-            return LayerStability(values[:, 0], values[:, 1], values[:, 2], values[:, 3],
-                                  token_map)
+            return LayerStability(*values.T, token_map, stacked=values.T)
     return layer_stability_torch(q, k, retrieval)
 
 

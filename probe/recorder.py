@@ -176,8 +176,7 @@ def _record(run: ProbeRun, call: AttentionCall, out: torch.Tensor, steering: Ste
 def _measure(call, out, steering, rows, basis):
     """([4, b] E, r, Align, eta per sample, [b, L] lambda map) of the given rows."""
     stats = layer_stability(call.q[rows], call.k[rows], basis(call, out, steering, rows))
-    values = torch.stack([stats.energy, stats.instability, stats.align, stats.eta])
-    return values, stats.token_map
+    return stats.values(), stats.token_map
 
 
 def _accumulate(run: ProbeRun, call: AttentionCall, branch: int, values, token_map) -> None:
