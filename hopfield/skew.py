@@ -66,7 +66,7 @@ def concat_features(
 
 
 # A Python alpha at least this folds c1 into the attention's scale (c1 >= 1/4): one multiply
-# fewer per call, and the one left, k * c2 / c1, stays within |c2 / c1| <= 3 (the fp16 two-call
+# fewer per call, and the one left, q * c2 / c1, stays within |c2 / c1| <= 3 (the fp16 two-call
 # path keeps |values| <= 2^14, a factor 4 under fp16's largest).
 FOLD_MIN_ALPHA = -0.5
 
