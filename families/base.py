@@ -44,6 +44,14 @@ class InputSpace(ABC):
         """(W_v [H*d, C], b_v [H*d] or None) of that layer, cast like ``like``."""
 
 
+def no_block_input(why: str) -> str:
+    """The refusal of the input space for a model whose attention has no single block input X
+    (``why``: what it projects differently)."""
+    return ("space='input' (the authors' input-space formulation) and basis='input' exist for "
+            f"UNet (SDXL) self-attention only: {why}, so there is no single block input X. "
+            "Use 'value'.")
+
+
 class FamilyAdapter(ABC):
     """One architecture, bound to one model (a clone lineage)."""
 

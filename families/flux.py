@@ -12,7 +12,7 @@ matrix, text included, as for SD3) but kept out of the probe's token grid.
 from __future__ import annotations
 
 from ..hook.layers import LayerMap
-from .base import FamilyAdapter, Placement
+from .base import FamilyAdapter, Placement, no_block_input
 from .dit_blocks import dit_layer_map, install_block_patches, place_joint
 
 
@@ -20,11 +20,8 @@ class FluxFamily(FamilyAdapter):
     name = "flux"
     label = "Flux"
     supported = "Flux (dev, schnell, Kontext)"
-    input_space_refusal = (
-        "space='input' (the authors' input-space formulation) and basis='input' exist for UNet "
-        "(SDXL) self-attention only: Flux-style double blocks project text and image with "
-        "different W_v, so there is no single block input X. Use 'value'."
-    )
+    input_space_refusal = no_block_input(
+        "Flux-style double blocks project text and image with different W_v")
 
     @staticmethod
     def matches(diffusion_model) -> bool:

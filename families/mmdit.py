@@ -13,7 +13,7 @@ import math
 
 from ..hook.layers import LayerId, LayerMap
 from ..hook.schedule import LATENT_SHAPE_KEY
-from .base import FamilyAdapter, Placement
+from .base import FamilyAdapter, Placement, no_block_input
 
 GROUPS = ("early", "middle", "late")
 BLOCK_KEY = "hopfield_circulation_block"  # the joint block index, published per block
@@ -59,11 +59,8 @@ def _block_index_patch(index: int, previous):
 class MMDiTFamily(FamilyAdapter):
     name = "sd3"
     supported = "SD3/SD3.5 MMDiT"
-    input_space_refusal = (
-        "space='input' (the authors' input-space formulation) and basis='input' exist for UNet "
-        "(SDXL) self-attention only: SD3's joint attention projects text and image with "
-        "different W_v, so there is no single block input X. Use 'value'."
-    )
+    input_space_refusal = no_block_input(
+        "SD3's joint attention projects text and image with different W_v")
 
     @staticmethod
     def matches(diffusion_model) -> bool:

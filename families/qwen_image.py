@@ -10,18 +10,14 @@ image tokens: steered with the sequence, kept out of the probe's token grid.
 from __future__ import annotations
 
 from ..hook.layers import LayerMap
-from .base import FamilyAdapter, Placement
+from .base import FamilyAdapter, Placement, no_block_input
 from .dit_blocks import dit_layer_map, install_block_patches, place_joint
 
 
 class QwenImageFamily(FamilyAdapter):
     name = "qwen-image"
     supported = "Qwen-Image"
-    input_space_refusal = (
-        "space='input' (the authors' input-space formulation) and basis='input' exist for UNet "
-        "(SDXL) self-attention only: Qwen-Image projects text and image with different W_v, "
-        "so there is no single block input X. Use 'value'."
-    )
+    input_space_refusal = no_block_input("Qwen-Image projects text and image with different W_v")
 
     @staticmethod
     def matches(diffusion_model) -> bool:
