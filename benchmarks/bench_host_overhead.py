@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -93,18 +94,28 @@ def ops_of(fn) -> int:
     return mode.count
 
 
-class _NoLaunch:
-    """Stands in for a jit'ed Triton kernel: ``kernel[grid](*args)`` binds nothing, runs nothing."""
+_COMPILED_STUB = SimpleNamespace(run=lambda *launch: None, function=None, packed_metadata=None)
+
+
+class _StubKernel:
+    """A jit'ed Triton kernel's surface whose launches run nothing: ``kernel[grid](...)`` hands
+    back a 'compiled kernel' whose launcher is a no-op. The pack's CachedLauncher in front of
+    it does all its own work per call (key, lookup, argument list); only the driver is absent."""
+
+    def __init__(self, kernel):
+        self.arg_names, self.signature = kernel.arg_names, kernel.signature
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
+        return lambda *args, **kwargs: _COMPILED_STUB
 
 
 def stub_kernel_launches() -> None:
     """Route CPU fp16 calls down the CUDA paths (fused kernel, eta kernel, probe kernel) with
     every Triton launch replaced by a no-op: what is left is the pack's own host work per
-    call on those paths (hook, parsing, checks, argument marshalling, small allocations)."""
+    call on those paths (hook, parsing, checks, argument marshalling, small allocations,
+    the cached launcher's key and lookup)."""
     from hopfield_circulation.hopfield import eta_triton, fused_triton, stability_triton
+    from hopfield_circulation.hopfield.triton_launch import CachedLauncher
 
     fused_triton._FACTS[:] = [fused_triton.ProcessFacts(triton=True, interpreting=True,
                                                         tune=False)]
@@ -112,8 +123,13 @@ def stub_kernel_launches() -> None:
         q.dtype in fused_triton.AUTO_DTYPES and fused_triton.supports(q, k, v))
     eta_triton.eligible = lambda q, k: True
     stability_triton.eligible = lambda q, k, retrieval: True
-    for module in (fused_triton, eta_triton, stability_triton):
-        module._KERNEL = _NoLaunch()
+    runtime = (SimpleNamespace(get_current_device=lambda: 0, get_current_stream=lambda i: 0),
+               SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None))
+    for module, tensors in ((fused_triton, fused_triton.FUSED_TENSOR_ARGS),
+                            (eta_triton, eta_triton.ETA_TENSOR_ARGS),
+                            (stability_triton, stability_triton.STABILITY_TENSOR_ARGS)):
+        module._LAUNCHER = CachedLauncher(_StubKernel(module._kernel()), tensors, enabled=True,
+                                          runtime=runtime)
 
 
 def main():

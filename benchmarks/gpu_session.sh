@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_session.sh             # writes $OUT/*.txt (else /tmp/hc-gpu)
 #
 # Order, most needed first: the GPU test tier; the host's time per steered call (fused path,
-# fp16, tiny shapes); the per-call kernel table with the tile sweep;
+# fp16, tiny shapes) and per launch (Triton's own against the cached launcher); the per-call
+# kernel table with the tile sweep;
 # the full-size end-to-end table, fp16 then bf16 (each its own process, so a slow one still
 # leaves the other's rows), then TorchCompileModel's variants on SDXL fp16 (compiling is
 # slow). HC_GPU_STEPS / HC_GPU_ROUNDS shorten the end-to-end runs.
@@ -39,9 +40,11 @@ step gpu_tier 165 "$py" -m pytest tests/gpu -m gpu -q -rs -p no:cacheprovider
 # the table's tiles, no timing of candidates: this step measures the host, not the tiles
 HOPFIELD_CIRCULATION_TUNE=0 step host_overhead 40 "$py" benchmarks/bench_host_overhead.py \
   --device cuda --dtype fp16
+HOPFIELD_CIRCULATION_TUNE=0 step triton_launch 20 "$py" benchmarks/bench_triton_launch.py \
+  --device cuda
 step bench_gpu 90 "$py" benchmarks/bench_gpu.py --quick --sweep
 for dtype in fp16 bf16; do
-  step "bench_e2e_$dtype" 105 "$py" benchmarks/bench_e2e_gpu.py --dtypes "$dtype" \
+  step "bench_e2e_$dtype" 95 "$py" benchmarks/bench_e2e_gpu.py --dtypes "$dtype" \
     --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
 done
 step bench_e2e_compiled 55 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \

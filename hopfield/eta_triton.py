@@ -37,6 +37,21 @@ def _kernel():
     return _KERNEL
 
 
+_LAUNCHER = None
+ETA_TENSOR_ARGS = 3  # q, k, eta
+
+
+def _launcher():
+    """What launches the kernel: Triton's bookkeeping done once per specialisation
+    (hopfield/triton_launch.py)."""
+    global _LAUNCHER
+    if _LAUNCHER is None:
+        from .triton_launch import cached_launcher
+
+        _LAUNCHER = cached_launcher(_kernel(), ETA_TENSOR_ARGS)
+    return _LAUNCHER
+
+
 def eligible(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether ``symmetry_index`` takes the kernel for this call: compiled Triton on CUDA
     (never the interpreter there), fp16/bf16, d 64/128, q and k alike, outside a compile trace."""
@@ -56,7 +71,7 @@ def symmetry_index_triton(q: torch.Tensor, k: torch.Tensor, *,
     batch, heads, length, d = q.shape
     block_l, warps, stages = config or ETA_CONFIGS[d]
     eta = torch.empty(batch, heads, dtype=torch.float32, device=q.device)
-    _kernel()[(batch * heads,)](
+    _launcher()[(batch * heads,)](
         q, k, eta, *q.stride(), *k.stride(), heads, length,
         D=d, BLOCK_L=block_l,
         # The interpreter multiplies bf16 as raw integers (numpy has no bf16): upcast there.

@@ -229,6 +229,21 @@ def _kernel():
     return _KERNEL
 
 
+_LAUNCHER = None
+FUSED_TENSOR_ARGS = 10  # q, k, v, out, alpha, beta, v_max, active, eta, coefficients
+
+
+def _launcher():
+    """What launches the kernel: Triton's bookkeeping done once per specialisation
+    (hopfield/triton_launch.py)."""
+    global _LAUNCHER
+    if _LAUNCHER is None:
+        from .triton_launch import cached_launcher
+
+        _LAUNCHER = cached_launcher(_kernel(), FUSED_TENSOR_ARGS)
+    return _LAUNCHER
+
+
 def _coefficient(value, batch: int, name: str):
     """(flat tensor or None, value): a per-sample tensor stays on the device as it is."""
     if isinstance(value, torch.Tensor):
@@ -339,7 +354,7 @@ def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_matc
     # that a new batch size or head count compiles nothing new (ints are specialised on).
     eta_block = 1 if adaptive is None else 1 << (
         (heads if adaptive.per_sample else batch * heads) - 1).bit_length()
-    _kernel()[grid](
+    _launcher()[grid](
         q, k, v, out, alpha_t if alpha_t is not None else out,
         beta_t if beta_t is not None else out, v_max, active if active is not None else out,
         adaptive.eta if adaptive else out, adaptive.coefficients if adaptive else out,

@@ -48,6 +48,21 @@ def _kernel():
     return _KERNEL
 
 
+_LAUNCHER = None
+STABILITY_TENSOR_ARGS = 5  # q, k, retrieval, parts, tokens
+
+
+def _launcher():
+    """What launches the kernel: Triton's bookkeeping done once per specialisation
+    (hopfield/triton_launch.py)."""
+    global _LAUNCHER
+    if _LAUNCHER is None:
+        from .triton_launch import cached_launcher
+
+        _LAUNCHER = cached_launcher(_kernel(), STABILITY_TENSOR_ARGS)
+    return _LAUNCHER
+
+
 def eligible(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> bool:
     """Whether ``layer_stability`` takes the kernel: compiled Triton on CUDA, outside a compile
     trace, q, k and the retrieval of one half-precision dtype, widths in STABILITY_CONFIGS."""
@@ -75,7 +90,7 @@ def stability_triton(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, 
     blocks = m // M_BLOCK
     parts = torch.empty(batch, heads, blocks, 4, dtype=torch.float32, device=q.device)
     tokens = torch.empty(batch, heads, blocks, length, dtype=torch.float32, device=q.device)
-    _kernel()[(batch * heads, blocks)](
+    _launcher()[(batch * heads, blocks)](
         q, k, retrieval, parts, tokens,
         *q.stride(), *k.stride(), *retrieval.stride(),
         heads, length, 0.5 / math.sqrt(d), 1.0 / (heads * m), 1.0 / (heads * m),

@@ -216,3 +216,33 @@ def test_probe_measures_on_tensor_cores(dtype):
     for name in ("energy", "instability", "align", "eta"):
         torch.testing.assert_close(getattr(fast, name).double(), getattr(exact, name),
                                    rtol=tol, atol=tol)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cached_launches_match_tritons_own(dtype):
+    """After its first launch per specialisation, each kernel goes straight to its compiled
+    launcher (hopfield/triton_launch.py): the same outputs, bit for bit, as Triton's own
+    launch, and no further trip through Triton's binder, including for a misaligned view."""
+    from hopfield_circulation.hopfield import eta_triton, fused_triton, stability_triton
+
+    q, k, v = inputs(2, 10, 1000, 64, dtype, strided=True, seed=23)
+    calls = {
+        fused_triton: lambda q: fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0),
+        eta_triton: lambda q: eta_triton.symmetry_index_triton(q, k),
+        stability_triton: lambda q: stability_triton.stability_triton(q, k, v)[0],
+    }
+    misaligned = torch.empty(q.numel() + 1, dtype=dtype, device="cuda")[1:].view(
+        q.shape).copy_(q)  # 2 bytes off: Triton specialises it apart
+    for module, call in calls.items():
+        launcher = module._launcher()
+        for query in (q, misaligned):
+            launcher.enabled = False
+            own = call(query).clone()
+            launcher.enabled = True
+            first = call(query).clone()
+            misses = launcher.misses
+            again = call(query)
+            assert launcher.misses == misses, f"{module.__name__}: the cache missed"
+            torch.testing.assert_close(first, own, rtol=0, atol=0)
+            torch.testing.assert_close(again, own, rtol=0, atol=0)

@@ -1,0 +1,183 @@
+"""Host time of one Triton launch of each of the pack's kernels: Triton's own path against the
+pack's cached launcher (hopfield/triton_launch.py).
+
+    python benchmarks/bench_triton_launch.py            # CPU: the work before the driver call
+    python benchmarks/bench_triton_launch.py --device cuda    # real launches too
+
+On the CPU (no driver) it times, for each kernel's real argument list at SDXL's shapes:
+Triton's binder and cache key (what ``kernel[grid](...)`` does on every call before it looks
+the compiled kernel up and launches it: a lower bound on that path) against everything the
+cached launcher does per call (its key, the lookup, the argument list), with the compiled
+launcher a no-op. On CUDA it also times whole steered calls, tiny and launch-bound, with the
+cache on and off in one process, and checks that both give bit-identical outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_attention import hopfield  # noqa: E402,F401  (registers the pack's package)
+from hopfield_circulation.hopfield import (  # noqa: E402
+    eta_triton,
+    fused_triton,
+    stability_triton,
+)
+from hopfield_circulation.hopfield.triton_launch import CachedLauncher  # noqa: E402
+
+MODULES = {"fused": (fused_triton, fused_triton.FUSED_TENSOR_ARGS),
+           "eta": (eta_triton, eta_triton.ETA_TENSOR_ARGS),
+           "probe": (stability_triton, stability_triton.STABILITY_TENSOR_ARGS)}
+
+
+class Capture:
+    """Stands in for a launcher: records the grid, arguments and keywords of one launch."""
+
+    def __getitem__(self, grid):
+        def record(*args, **kwargs):
+            self.launch = (grid, args, kwargs)
+
+        return record
+
+
+def launches(device: str) -> dict:
+    """Each kernel's real launch (grid, args, kwargs) at SDXL's 64 x 64 level, fp16, CFG."""
+    if device == "cpu":  # let the CUDA-only paths build their launch on CPU tensors
+        fused_triton._FACTS[:] = [fused_triton.ProcessFacts(True, True, False)]
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4096, 10, 64, generator=gen).to(device, torch.float16)
+               .transpose(1, 2) for _ in range(3))
+    calls = {"fused": lambda: fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0),
+             "eta": lambda: eta_triton.symmetry_index_triton(q, k),
+             "probe": lambda: stability_triton.stability_triton(q, k, v)}
+    found = {}
+    for name, (module, _) in MODULES.items():
+        kept, module._LAUNCHER = module._LAUNCHER, Capture()
+        try:
+            calls[name]()
+            found[name] = module._LAUNCHER.launch
+        finally:
+            module._LAUNCHER = kept
+    fused_triton._FACTS.clear()
+    return found
+
+
+def per_call_us(fn, calls=2000, rounds=7, sync=lambda: None) -> float:
+    for _ in range(100):
+        fn()
+    sync()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        times.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(times)
+
+
+def cpu_rows(found: dict) -> list:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import compute_cache_key, create_function_from_signature
+
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    stub = SimpleNamespace(run=lambda *launch: None, function=None, packed_metadata=None)
+    runtime = (SimpleNamespace(get_current_device=lambda: 0, get_current_stream=lambda i: 0),
+               SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None))
+    rows = []
+    for name, (grid, args, kwargs) in found.items():
+        module, tensors = MODULES[name]
+        kernel = module._kernel()
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        options = {**kwargs, "debug": False, "instrumentation_mode": ""}
+        key_cache: dict = {}
+
+        def triton_path(binder=binder, args=args, options=options, key_cache=key_cache):
+            _, specialisation, opts = binder(*args, **options)
+            compute_cache_key(key_cache, specialisation, opts)
+
+        launcher = CachedLauncher(_Returns(kernel, stub), tensors, enabled=True,
+                                  runtime=runtime)
+
+        def cached_path(launcher=launcher, grid=grid, args=args, kwargs=kwargs):
+            launcher[grid](*args, **kwargs)
+
+        rows.append((name, len(args) + len(kwargs), per_call_us(triton_path),
+                     per_call_us(cached_path)))
+    print(f"Host time per launch, CPU (no driver), Triton {triton.__version__}, "
+          f"torch {torch.__version__}")
+    print("| kernel | arguments | Triton's binder + cache key, µs | cached launcher, whole "
+          "call, µs |")
+    print("|---|---:|---:|---:|")
+    for name, count, triton_us, cached_us in rows:
+        print(f"| {name} | {count} | {triton_us:.1f} | {cached_us:.1f} |")
+    return rows
+
+
+class _Returns:
+    """A jit'ed kernel's surface whose ``[grid](...)`` hands back ``compiled``."""
+
+    def __init__(self, kernel, compiled):
+        self.arg_names, self.signature, self.compiled = kernel.arg_names, kernel.signature, \
+            compiled
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.compiled
+
+
+def cuda_rows() -> None:
+    """Whole steered calls at a tiny shape (launch-bound): cache on against off."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 16, 10, 64, generator=gen).cuda().half().transpose(1, 2)
+               for _ in range(3))
+    eta = eta_triton.symmetry_index_triton(q, k)  # warm each kernel up (compiles, tunes)
+    calls = {
+        "fused (Skew)": lambda: fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0),
+        "fused adaptive": lambda: fused_triton.fused_adaptive_circulation(
+            q, k, v, eta, 1.2, 5.0, per_sample=True, norm_match=True)[0],
+        "eta": lambda: eta_triton.symmetry_index_triton(q, k),
+        "probe": lambda: stability_triton.stability_triton(q, k, v)[0],
+    }
+    launchers = [module._launcher() for module, _ in MODULES.values()]
+    print(f"\nWhole calls at [2, 10, 16, 64] fp16 on {torch.cuda.get_device_name()}: µs per "
+          "call, the device synchronised once per round")
+    print("| call | Triton's launch | cached launch | saved | outputs identical |")
+    print("|---|---:|---:|---:|---|")
+    for name, call in calls.items():
+        timed, outputs = {}, {}
+        for enabled in (False, True, False, True):
+            for launcher in launchers:
+                launcher.enabled = enabled
+            timed.setdefault(enabled, []).append(
+                per_call_us(call, calls=500, sync=torch.cuda.synchronize))
+            outputs[enabled] = call().clone()
+        same = torch.equal(outputs[False], outputs[True])
+        off, on = min(timed[False]), min(timed[True])
+        print(f"| {name} | {off:.1f} | {on:.1f} | {off - on:.1f} | {same} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    cli = parser.parse_args()
+    if not fused_triton.available():
+        sys.exit("bench_triton_launch: Triton is not installed (pip install triton)")
+    if cli.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_triton_launch: --device cuda needs a CUDA device (none here)")
+    cpu_rows(launches("cpu"))
+    if cli.device == "cuda":
+        cuda_rows()
+
+
+if __name__ == "__main__":
+    main()

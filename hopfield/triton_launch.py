@@ -1,0 +1,132 @@
+"""Launching the pack's Triton kernels with Triton's per-launch bookkeeping done once.
+
+``kernel[grid](*args, **constexprs)`` on a jit'ed function binds and specialises every
+argument, builds a cache key (a string of the options) and looks the compiled kernel up, in
+every call: for the fused kernel's 34 arguments that is most of a steered call's host time
+besides the pack's own (``benchmarks/bench_triton_launch.py`` prints both). ``CachedLauncher``
+does that once per *specialisation* and afterwards calls the compiled kernel's launcher
+directly, the way torch inductor launches its own Triton kernels.
+
+Its cache key holds exactly what Triton specialises a launch on, so an entry is only reused
+where Triton would pick the same compiled kernel:
+
+* tensors: dtype, and whether the address is a multiple of 16 bytes;
+* ints: the value itself (Triton makes 1 a constant, marks multiples of 16, and picks i32, i64
+  or u64 by magnitude: all functions of the value);
+* floats, bools, None: their type (Triton specialises none of them on the value);
+* the constexpr keywords and the launch options, by value;
+* the current device.
+
+``tests/core/test_triton_launch.py`` checks the key against Triton's own specialisation on
+random argument lists. Everything that does not fit that contract takes Triton's own launch:
+the interpreter, a profiler's launch hook, a Triton whose launcher refuses the call.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+
+CACHE_ENV = "HOPFIELD_CIRCULATION_LAUNCH_CACHE"  # "0": every launch through Triton's own path
+
+
+class CachedLauncher:
+    """``launcher[grid](*args, **constexprs)`` like the jit'ed ``kernel[grid](...)`` it wraps.
+
+    ``tensors``: how many leading positional arguments are tensors (every call passes them
+    there; the others are ints and floats). Every constexpr comes as a keyword. ``runtime``:
+    (driver, runtime knobs) instead of Triton's, which its first launch sets up (tests and
+    benchmarks that run without a GPU).
+    """
+
+    def __init__(self, kernel, tensors: int, *, enabled: bool | None = None,
+                 runtime: tuple | None = None):
+        self.kernel = kernel
+        self.tensors = tensors
+        self.names = tuple(kernel.arg_names)
+        self.defaults = {name: p.default for name, p in kernel.signature.parameters.items()
+                         if p.default is not inspect.Parameter.empty}
+        if enabled is None:
+            enabled = os.environ.get(CACHE_ENV, "1") != "0"
+        self.enabled = enabled
+        self.compiled: dict[tuple, tuple] = {}  # key -> (compiled kernel, constexpr values)
+        self.misses = 0  # launches that went through Triton's own path (tests, benchmarks)
+        # Triton's active driver and its runtime knobs (launch hooks), after a first launch
+        self._driver, self._hooks = runtime or (None, None)
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launch(grid, args, kwargs)
+
+    def key(self, args: tuple, kwargs: dict) -> tuple:
+        n = self.tensors
+        return (
+            tuple([(t.dtype, not t.data_ptr() & 15) for t in args[:n]]),
+            tuple([a if type(a) is int else type(a) for a in args[n:]]),
+            tuple(kwargs.items()),
+        )
+
+    def launch(self, grid: tuple, args: tuple, kwargs: dict) -> None:
+        if not self.enabled:
+            self.kernel[grid](*args, **kwargs)
+            return
+        driver = self._driver
+        if driver is None:  # first launch: Triton's own path, which sets its driver up
+            self._miss(grid, args, kwargs, None)
+            return
+        device = driver.get_current_device()
+        key = (device, self.key(args, kwargs))
+        entry = self.compiled.get(key)
+        if entry is None or self._hooks.launch_enter_hook is not None \
+                or self._hooks.launch_exit_hook is not None:  # a profiler's: Triton's path
+            self._miss(grid, args, kwargs, key)
+            return
+        compiled, constants = entry
+        grid_1 = grid[1] if len(grid) > 1 else 1
+        grid_2 = grid[2] if len(grid) > 2 else 1
+        try:
+            # As JITFunction.run calls it (Triton 3.6 and 3.9 alike, and torch inductor's
+            # launchers): the grid, the stream, the loaded function, the packed metadata,
+            # launch metadata and hooks (None without a profiler's hook), then every argument
+            # in signature order, constexprs included (the launcher skips those).
+            compiled.run(grid[0], grid_1, grid_2, driver.get_current_stream(device),
+                         compiled.function, compiled.packed_metadata, None, None, None,
+                         *args, *constants)
+        except (TypeError, ValueError, SystemError, AttributeError) as error:
+            # The launcher parses its arguments before it launches: a refusal means this
+            # Triton calls it differently, and nothing ran. Triton's own path from now on.
+            self.enabled = False
+            warnings.warn(f"Hopfield Circulation: Triton's compiled launcher refused the "
+                          f"cached launch ({error!r}); launching through Triton's own path "
+                          f"from now on", RuntimeWarning, stacklevel=3)
+            self.kernel[grid](*args, **kwargs)
+
+    def _miss(self, grid, args, kwargs, key) -> None:
+        self.misses += 1
+        compiled = self.kernel[grid](*args, **kwargs)
+        if self._driver is None:
+            import triton
+            from triton.runtime import driver
+
+            if not hasattr(triton, "knobs"):  # before 3.4: launch hooks live elsewhere
+                self.enabled = False
+                return
+            self._driver, self._hooks = driver.active, triton.knobs.runtime
+            key = (self._driver.get_current_device(), self.key(args, kwargs))
+        if compiled is None or not hasattr(compiled, "packed_metadata"):
+            return  # an interpreter, or a Triton that hands back no compiled kernel
+        tail = self.names[len(args):]
+        constants = tuple(kwargs[name] if name in kwargs else self.defaults[name]
+                          for name in tail)
+        self.compiled[key] = (compiled, constants)
+
+
+def cached_launcher(kernel, tensors: int):
+    """A ``CachedLauncher`` for compiled Triton; under the interpreter the kernel itself (it
+    hands back no compiled kernel to cache)."""
+    from .fused_triton import facts
+
+    if facts().interpreting:
+        return kernel
+    return CachedLauncher(kernel, tensors)
+
