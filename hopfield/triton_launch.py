@@ -29,6 +29,9 @@ import os
 import warnings
 
 CACHE_ENV = "HOPFIELD_CIRCULATION_LAUNCH_CACHE"  # "0": every launch through Triton's own path
+# Entries kept per kernel: a key holds the call's shapes and strides, so a session that visits
+# many resolutions makes a few per resolution; past this the cache starts afresh.
+MAX_ENTRIES = 512
 
 
 class CachedLauncher:
@@ -118,6 +121,8 @@ class CachedLauncher:
         tail = self.names[len(args):]
         constants = tuple(kwargs[name] if name in kwargs else self.defaults[name]
                           for name in tail)
+        if len(self.compiled) >= MAX_ENTRIES:
+            self.compiled.clear()
         self.compiled[key] = (compiled, constants)
 
 

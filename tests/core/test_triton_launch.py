@@ -223,3 +223,17 @@ def test_switched_off_by_the_environment(monkeypatch):
     for _ in range(2):
         launcher[(1,)](a, b, 5, 0.5, X=1)
     assert len(kernel.jit_launches) == 2 and not kernel.cached_launches
+
+
+def test_the_cache_stays_bounded(monkeypatch):
+    from hopfield_circulation.hopfield import triton_launch
+
+    monkeypatch.setattr(triton_launch, "MAX_ENTRIES", 4)
+    kernel = StandIn()
+    launcher = stand_in_launcher(kernel)
+    a, b = torch.zeros(8), torch.zeros(8)
+    for n in range(2, 12):  # ten integer values: ten specialisations
+        launcher[(1,)](a, b, n, 0.5, X=1)
+    assert 1 <= len(launcher.compiled) <= 4
+    launcher[(1,)](a, b, 11, 0.5, X=1)  # the newest is still there
+    assert kernel.cached_launches
