@@ -48,7 +48,8 @@ class CachedLauncher:
         self.kernel = kernel
         self.tensors = tensors
         self.names = tuple(kernel.arg_names)
-        self.defaults = {name: p.default for name, p in kernel.signature.parameters.items()
+        signature = getattr(kernel, "signature", None) or inspect.signature(kernel.fn)
+        self.defaults = {name: p.default for name, p in signature.parameters.items()
                          if p.default is not inspect.Parameter.empty}
         if enabled is None:
             enabled = os.environ.get(CACHE_ENV, "1") != "0"
@@ -107,6 +108,9 @@ class CachedLauncher:
     def _miss(self, grid, args, kwargs, key) -> None:
         self.misses += 1
         compiled = self.kernel[grid](*args, **kwargs)
+        if compiled is None or not hasattr(compiled, "packed_metadata"):
+            self.enabled = False  # an interpreter, or a Triton that hands back nothing to cache
+            return
         if self._driver is None:
             import triton
             from triton.runtime import driver
@@ -116,8 +120,6 @@ class CachedLauncher:
                 return
             self._driver, self._hooks = driver.active, triton.knobs.runtime
             key = (self._driver.get_current_device(), self.key(args, kwargs))
-        if compiled is None or not hasattr(compiled, "packed_metadata"):
-            return  # an interpreter, or a Triton that hands back no compiled kernel
         tail = self.names[len(args):]
         constants = tuple(kwargs[name] if name in kwargs else self.defaults[name]
                           for name in tail)

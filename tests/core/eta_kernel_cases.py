@@ -74,3 +74,19 @@ def test_the_interpreter_never_takes_the_kernel_in_eager_calls():
     """``eligible`` wants compiled Triton on CUDA: CPU tensors keep the torch path."""
     (q, k), _ = rounded_qk(1, 1, 8, 64, seed=5, dtype=torch.float16)
     assert not eligible(q, k)
+
+
+def test_a_cached_launcher_in_front_of_the_interpreter_steps_aside(monkeypatch):
+    """The interpreter hands back no compiled kernel: a CachedLauncher made anyway (facts
+    asked before TRITON_INTERPRET was known) runs every launch through it, results intact."""
+    from hopfield_circulation.hopfield import eta_triton
+    from hopfield_circulation.hopfield.triton_launch import CachedLauncher
+
+    (q, k), _ = rounded_qk(1, 2, 40, 64, seed=5, dtype=torch.float16)
+    want = symmetry_index_triton(q, k, config=SMALL)
+    launcher = CachedLauncher(eta_triton._kernel(), eta_triton.ETA_TENSOR_ARGS, enabled=True)
+    monkeypatch.setattr(eta_triton, "_LAUNCHER", launcher)
+    for _ in range(2):
+        torch.testing.assert_close(symmetry_index_triton(q, k, config=SMALL), want,
+                                   rtol=0, atol=0)
+    assert not launcher.enabled and not launcher.compiled

@@ -237,3 +237,13 @@ def test_the_cache_stays_bounded(monkeypatch):
     assert 1 <= len(launcher.compiled) <= 4
     launcher[(1,)](a, b, 11, 0.5, X=1)  # the newest is still there
     assert kernel.cached_launches
+
+
+def test_a_kernel_that_hands_back_nothing_is_launched_by_triton_from_then_on():
+    kernel = StandIn()
+    kernel.compiled = None  # as the interpreter's launch returns
+    launcher = stand_in_launcher(kernel)
+    a, b = torch.zeros(8), torch.zeros(8)
+    for _ in range(3):
+        launcher[(1,)](a, b, 5, 0.5, X=1)
+    assert len(kernel.jit_launches) == 3 and not launcher.enabled and not launcher.compiled
