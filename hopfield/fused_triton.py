@@ -189,13 +189,16 @@ def fastest(candidates, time_ms) -> LaunchConfig:
 def tuned_config(q: torch.Tensor, launch) -> LaunchConfig:
     """The tiles for this call: timed once per shape class on a CUDA device (``launch(config)``
     runs the kernel on the call's own inputs), the table's otherwise. The timing waits for the
-    device once per shape class, never again."""
+    device once per shape class, never again; a first call inside a CUDA graph capture takes
+    the table's tiles untimed (the class is timed at its first call outside one)."""
     table = default_config(q.shape[-1], q.dtype)
     found = facts()
     if not q.is_cuda or found.interpreting or not found.tune:
         return table
     key = shape_class(q)
     if key not in _TUNED:
+        if torch.cuda.is_current_stream_capturing():  # a CUDA graph capture cannot time or wait
+            return table
         candidates = (table, *(c for c in TILE_CANDIDATES[q.shape[-1]] if c != table))
         _TUNED[key] = fastest(candidates, lambda config: _time_ms(launch, config))
     return _TUNED[key]

@@ -143,3 +143,25 @@ def test_tiles_come_from_the_table_off_cuda_and_timing_keeps_the_fastest():
     for d, candidates in TILE_CANDIDATES.items():
         assert DEFAULT_CONFIGS[(d, "fp16")] in candidates and DEFAULT_CONFIGS[(d, "bf16")] in \
             candidates
+
+
+def test_no_timing_inside_a_cuda_graph_capture(monkeypatch):
+    """A shape class first met while a CUDA graph is being captured gets the table's tiles
+    without timing (events and waits are illegal there) and is timed at its next call."""
+    from types import SimpleNamespace
+
+    from hopfield_circulation.hopfield import fused_triton
+
+    monkeypatch.setattr(fused_triton, "_FACTS", [fused_triton.ProcessFacts(True, False)])
+    monkeypatch.setattr(fused_triton, "_TUNED", {})
+    q = SimpleNamespace(is_cuda=True, shape=(1, 1, 8, 64), dtype=torch.float16,
+                        device=torch.device("cuda", 0))
+    timed = []
+    monkeypatch.setattr(fused_triton, "_time_ms", lambda launch, config: timed.append(config))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    table = fused_triton.DEFAULT_CONFIGS[(64, "fp16")]
+    assert fused_triton.tuned_config(q, None) == table and not timed
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    with pytest.raises(RuntimeError, match="no tile configuration"):  # every time is None
+        fused_triton.tuned_config(q, None)
+    assert len(timed) == len(fused_triton.TILE_CANDIDATES[64])
