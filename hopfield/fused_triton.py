@@ -200,7 +200,8 @@ def tuned_config(q: torch.Tensor, launch) -> LaunchConfig:
         if torch.cuda.is_current_stream_capturing():  # a CUDA graph capture cannot time or wait
             return table
         candidates = (table, *(c for c in TILE_CANDIDATES[q.shape[-1]] if c != table))
-        _TUNED[key] = fastest(candidates, lambda config: _time_ms(launch, config))
+        with torch.cuda.device(q.device):  # the events time q's device, current or not
+            _TUNED[key] = fastest(candidates, lambda config: _time_ms(launch, config))
     return _TUNED[key]
 
 

@@ -15,7 +15,7 @@ where Triton would pick the same compiled kernel:
   or u64 by magnitude: all functions of the value);
 * floats, bools, None: their type (Triton specialises none of them on the value);
 * the constexpr keywords and the launch options, by value;
-* the current device.
+* the current device (made the tensors' own for the launch).
 
 ``tests/core/test_triton_launch.py`` checks the key against Triton's own specialisation on
 random argument lists. Everything that does not fit that contract takes Triton's own launch:
@@ -27,6 +27,8 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
+
+import torch
 
 CACHE_ENV = "HOPFIELD_CIRCULATION_LAUNCH_CACHE"  # "0": every launch through Triton's own path
 # Entries kept per kernel: a key holds the call's shapes and strides, so a session that visits
@@ -71,6 +73,17 @@ class CachedLauncher:
         )
 
     def launch(self, grid: tuple, args: tuple, kwargs: dict) -> None:
+        # Triton launches on the current device, torch's own ops on their tensors' device: a
+        # model on another GPU than the current one (multi-GPU set-ups) needs its device made
+        # current for the launch, else the kernel would run where its tensors are not.
+        index = args[0].get_device()
+        if index >= 0 and index != torch.cuda.current_device():
+            with torch.cuda.device(index):
+                self._launch(grid, args, kwargs)
+            return
+        self._launch(grid, args, kwargs)
+
+    def _launch(self, grid: tuple, args: tuple, kwargs: dict) -> None:
         if not self.enabled:
             self.kernel[grid](*args, **kwargs)
             return

@@ -3,6 +3,7 @@ being needed: the fused kernel's own math is in fused_kernel_cases.py."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,10 @@ def test_no_timing_inside_a_cuda_graph_capture(monkeypatch):
     table = fused_triton.DEFAULT_CONFIGS[(64, "fp16")]
     assert fused_triton.tuned_config(q, None) == table and not timed
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "device", lambda device: made_current.append(device) or
+                        contextlib.nullcontext())
     with pytest.raises(RuntimeError, match="no tile configuration"):  # every time is None
         fused_triton.tuned_config(q, None)
     assert len(timed) == len(fused_triton.TILE_CANDIDATES[64])
+    assert made_current == [q.device]  # timed on q's device, whichever is current

@@ -3,6 +3,7 @@ specialisation, and its launch logic against a stand-in kernel (no GPU needed fo
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import random
 import warnings
@@ -247,3 +248,34 @@ def test_a_kernel_that_hands_back_nothing_is_launched_by_triton_from_then_on():
     for _ in range(3):
         launcher[(1,)](a, b, 5, 0.5, X=1)
     assert len(kernel.jit_launches) == 3 and not launcher.enabled and not launcher.compiled
+
+
+class OnDevice:
+    """A CUDA tensor's surface as the launcher reads it (a CPU machine has none)."""
+
+    def __init__(self, index: int):
+        self.index, self.dtype = index, torch.float16
+
+    def get_device(self) -> int:
+        return self.index
+
+    def data_ptr(self) -> int:
+        return 4096
+
+
+def test_tensors_on_another_gpu_are_launched_with_their_device_current(monkeypatch):
+    kernel = StandIn()
+    launcher = stand_in_launcher(kernel)
+    made_current = []
+
+    @contextlib.contextmanager
+    def device(index):
+        made_current.append(index)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", device)
+    launcher[(1,)](OnDevice(0), OnDevice(0), 5, 0.5, X=1)
+    assert made_current == []  # already current: nothing to switch
+    launcher[(1,)](OnDevice(1), OnDevice(1), 5, 0.5, X=1)
+    assert made_current == [1]

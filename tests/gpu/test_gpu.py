@@ -246,3 +246,22 @@ def test_cached_launches_match_tritons_own(dtype):
             assert launcher.misses == misses, f"{module.__name__}: the cache missed"
             torch.testing.assert_close(first, own, rtol=0, atol=0)
             torch.testing.assert_close(again, own, rtol=0, atol=0)
+
+
+@needs_triton
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_kernels_run_on_their_tensors_device_not_the_current_one():
+    """A model on the second GPU while the first is current (multi-GPU set-ups): each kernel
+    launches on its tensors' device and gives what it gives on the first."""
+    from hopfield_circulation.hopfield import eta_triton, fused_triton, stability_triton
+
+    q, k, v = inputs(2, 10, 300, 64, torch.float16, seed=29)
+    calls = (lambda q, k, v: fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0),
+             lambda q, k, v: eta_triton.symmetry_index_triton(q, k),
+             lambda q, k, v: stability_triton.stability_triton(q, k, v)[0])
+    with torch.cuda.device(0):
+        for call in calls:
+            here = call(q, k, v)
+            there = call(*(t.to("cuda:1") for t in (q, k, v)))
+            assert there.device == torch.device("cuda", 1)
+            torch.testing.assert_close(there.cpu(), here.cpu(), rtol=0, atol=0)
