@@ -2,10 +2,11 @@
 
 ``kernel[grid](*args, **constexprs)`` on a jit'ed function binds and specialises every
 argument, builds a cache key (a string of the options) and looks the compiled kernel up, in
-every call: for the fused kernel's 34 arguments that is most of a steered call's host time
-besides the pack's own (``benchmarks/bench_triton_launch.py`` prints both). ``CachedLauncher``
-does that once per *specialisation* and afterwards calls the compiled kernel's launcher
-directly, the way torch inductor launches its own Triton kernels.
+every call: host time that a launch-bound sampling step pays in every steered attention call,
+growing with the argument count (the fused kernel has 34 besides its constexprs;
+``benchmarks/bench_triton_launch.py`` measures both paths). ``CachedLauncher`` does that once
+per *specialisation* and afterwards calls the compiled kernel's launcher directly, the way
+torch inductor launches its own Triton kernels.
 
 Its cache key holds exactly what Triton specialises a launch on, so an entry is only reused
 where Triton would pick the same compiled kernel:
