@@ -42,20 +42,34 @@ ETA_EPS = 1e-20
 
 @dataclass
 class LayerStability:
-    """Per-sample measures of one attention call, averaged over features and heads."""
+    """Per-sample measures of one attention call, averaged over features and heads: E_X, r_X,
+    Align_X and eta_M (mean over heads) as the rows of one [4, B] tensor, and the lambda map.
 
-    energy: torch.Tensor  # [B]  E_X
-    instability: torch.Tensor  # [B]  r_X
-    align: torch.Tensor  # [B]  Align_X
-    eta: torch.Tensor  # [B]  eta_M, mean over heads
+    One tensor, because that is how the probe records them (one op per call, not four) and
+    how the kernel makes them; the four are views of it by name."""
+
+    stacked: torch.Tensor  # [4, B]: E, r, Align, eta
     token_map: torch.Tensor  # [B, L] lambda per token, mean over features and heads
-    stacked: torch.Tensor | None = None  # [4, B]: the four above, when made in one tensor
 
     def values(self) -> torch.Tensor:
-        """[4, B]: E, r, Align, eta (a view when the kernel made them together)."""
-        if self.stacked is not None:
-            return self.stacked
-        return torch.stack([self.energy, self.instability, self.align, self.eta])
+        """[4, B]: E, r, Align, eta."""
+        return self.stacked
+
+    @property
+    def energy(self) -> torch.Tensor:  # [B]  E_X
+        return self.stacked[0]
+
+    @property
+    def instability(self) -> torch.Tensor:  # [B]  r_X
+        return self.stacked[1]
+
+    @property
+    def align(self) -> torch.Tensor:  # [B]  Align_X
+        return self.stacked[2]
+
+    @property
+    def eta(self) -> torch.Tensor:  # [B]  eta_M, mean over heads
+        return self.stacked[3]
 
 
 def local_field(q: torch.Tensor, k: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
@@ -98,7 +112,7 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -
         found = stability_triton.try_stability(q, k, retrieval)
         if found is not None:
             values, token_map = found  # values [B, 4]: E, r, Align, eta
-            return LayerStability(*values.T, token_map, stacked=values.T)
+            return LayerStability(values.T, token_map)
     return layer_stability_torch(q, k, retrieval)
 
 
@@ -145,10 +159,10 @@ def layer_stability_torch(q: torch.Tensor, k: torch.Tensor,
     align = total / (col_sq.squeeze(-2) * field_sq).sqrt().clamp_min(EPS)  # |xi| |h|
 
     per_head = (b, heads, m)
-    return LayerStability(
-        energy=(-0.5 * total).view(per_head).mean(dim=(1, 2)),
-        instability=(negative / tokens).view(per_head).mean(dim=(1, 2)),
-        align=align.view(per_head).mean(dim=(1, 2)),
-        eta=eta.view(b, heads).mean(dim=-1),
-        token_map=lam.view(b, heads, tokens, m).sum(dim=-1).mean(dim=1) / m,
-    )
+    stacked = torch.stack([
+        (-0.5 * total).view(per_head).mean(dim=(1, 2)),  # E
+        (negative / tokens).view(per_head).mean(dim=(1, 2)),  # r
+        align.view(per_head).mean(dim=(1, 2)),  # Align
+        eta.view(b, heads).mean(dim=-1),  # eta
+    ])
+    return LayerStability(stacked, lam.view(b, heads, tokens, m).sum(dim=-1).mean(dim=1) / m)

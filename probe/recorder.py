@@ -108,7 +108,15 @@ def _run_bracket(state: ProbeState):
 
 def _value_basis(call: AttentionCall, out: torch.Tensor, steering, rows: slice) -> torch.Tensor:
     """The value basis: the attention output the model used, d channels per head."""
-    return out[rows]
+    return _rows(out, rows)
+
+
+def _rows(t: torch.Tensor, rows: slice) -> torch.Tensor:
+    """``t[rows]``; the whole batch as it is (a slice is an op, in every probed call)."""
+    return t if rows == ALL_ROWS else t[rows]
+
+
+ALL_ROWS = slice(None)
 
 
 def _input_basis(input_space, channels: int):
@@ -128,7 +136,7 @@ def _input_basis(input_space, channels: int):
         if key not in subsets:
             subset = channel_subset(x.shape[-1], channels)
             subsets[key] = subset.to(x.device) if subset is not None else None
-        q, k, x = call.q[rows], call.k[rows], x[rows]
+        q, k, x = _rows(call.q, rows), _rows(call.k, rows), _rows(x, rows)
         if steering is None:
             return input_retrieval(q, k, x, subsets[key])
         return _steered(steering, q, k, x, subsets[key], rows)
@@ -163,7 +171,7 @@ def _record(run: ProbeRun, call: AttentionCall, out: torch.Tensor, steering: Ste
     """
     per_chunk = call.batch // len(call.cond_or_uncond)
     parts = [(branch, slice(c * per_chunk, (c + 1) * per_chunk)) for branch, c in chunks]
-    whole = _measure(call, out, steering, slice(None), basis) \
+    whole = _measure(call, out, steering, ALL_ROWS, basis) \
         if len(chunks) == len(call.cond_or_uncond) else None
     for branch, rows in parts:
         if whole is None:
@@ -175,7 +183,8 @@ def _record(run: ProbeRun, call: AttentionCall, out: torch.Tensor, steering: Ste
 
 def _measure(call, out, steering, rows, basis):
     """([4, b] E, r, Align, eta per sample, [b, L] lambda map) of the given rows."""
-    stats = layer_stability(call.q[rows], call.k[rows], basis(call, out, steering, rows))
+    stats = layer_stability(_rows(call.q, rows), _rows(call.k, rows),
+                            basis(call, out, steering, rows))
     return stats.values(), stats.token_map
 
 
