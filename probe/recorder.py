@@ -36,6 +36,7 @@ from .registry import (
 )
 
 WRAPPER_KEY = "hopfield_circulation_probe"
+ALL_ROWS = slice(None)  # a whole-batch measurement
 
 
 def patch_probe(model_patcher, settings: ProbeSettings):
@@ -114,9 +115,6 @@ def _value_basis(call: AttentionCall, out: torch.Tensor, steering, rows: slice) 
 def _rows(t: torch.Tensor, rows: slice) -> torch.Tensor:
     """``t[rows]``; the whole batch as it is (a slice is an op, in every probed call)."""
     return t if rows == ALL_ROWS else t[rows]
-
-
-ALL_ROWS = slice(None)
 
 
 def _input_basis(input_space, channels: int):
