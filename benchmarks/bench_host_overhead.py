@@ -128,8 +128,9 @@ def stub_kernel_launches() -> None:
     for module, tensors in ((fused_triton, fused_triton.FUSED_TENSOR_ARGS),
                             (eta_triton, eta_triton.ETA_TENSOR_ARGS),
                             (stability_triton, stability_triton.STABILITY_TENSOR_ARGS)):
-        module._LAUNCHER = CachedLauncher(_StubKernel(module._kernel()), tensors, enabled=True,
-                                          runtime=runtime)
+        launcher = CachedLauncher(_StubKernel(module._kernel()), tensors, enabled=True,
+                                  runtime=runtime)
+        module._launcher = lambda launcher=launcher: launcher
 
 
 def main():

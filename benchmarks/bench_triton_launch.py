@@ -60,12 +60,13 @@ def launches(device: str) -> dict:
              "probe": lambda: stability_triton.stability_triton(q, k, v)}
     found = {}
     for name, (module, _) in MODULES.items():
-        kept, module._LAUNCHER = module._LAUNCHER, Capture()
+        capture = Capture()
+        kept, module._launcher = module._launcher, lambda capture=capture: capture
         try:
             calls[name]()
-            found[name] = module._LAUNCHER.launch
+            found[name] = capture.launch
         finally:
-            module._LAUNCHER = kept
+            module._launcher = kept
     fused_triton._FACTS.clear()
     return found
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from . import fused_triton
+from .triton_launch import launcher_of
 
 ETA_HEAD_DIMS = (64, 128)
 ETA_DTYPES = (torch.float16, torch.bfloat16)
@@ -37,19 +38,9 @@ def _kernel():
     return _KERNEL
 
 
-_LAUNCHER = None
 ETA_TENSOR_ARGS = 3  # q, k, eta
-
-
-def _launcher():
-    """What launches the kernel: Triton's bookkeeping done once per specialisation
-    (hopfield/triton_launch.py)."""
-    global _LAUNCHER
-    if _LAUNCHER is None:
-        from .triton_launch import cached_launcher
-
-        _LAUNCHER = cached_launcher(_kernel(), ETA_TENSOR_ARGS)
-    return _LAUNCHER
+# what launches it: Triton's bookkeeping once per specialisation (triton_launch.py)
+_launcher = launcher_of(_kernel, ETA_TENSOR_ARGS)
 
 
 def eligible(q: torch.Tensor, k: torch.Tensor) -> bool:

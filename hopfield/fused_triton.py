@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .triton_launch import launcher_of
+
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634
@@ -233,19 +235,9 @@ def _kernel():
     return _KERNEL
 
 
-_LAUNCHER = None
 FUSED_TENSOR_ARGS = 10  # q, k, v, out, alpha, beta, v_max, active, eta, coefficients
-
-
-def _launcher():
-    """What launches the kernel: Triton's bookkeeping done once per specialisation
-    (hopfield/triton_launch.py)."""
-    global _LAUNCHER
-    if _LAUNCHER is None:
-        from .triton_launch import cached_launcher
-
-        _LAUNCHER = cached_launcher(_kernel(), FUSED_TENSOR_ARGS)
-    return _LAUNCHER
+# what launches it: Triton's bookkeeping once per specialisation (triton_launch.py)
+_launcher = launcher_of(_kernel, FUSED_TENSOR_ARGS)
 
 
 def _coefficient(value, batch: int, name: str):

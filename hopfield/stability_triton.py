@@ -24,6 +24,7 @@ import math
 import torch
 
 from . import fused_triton
+from .triton_launch import launcher_of
 
 STABILITY_DTYPES = (torch.float16, torch.bfloat16)
 # (head dim d, feature width m) -> (tokens per tile, warps, pipeline stages), from
@@ -48,19 +49,9 @@ def _kernel():
     return _KERNEL
 
 
-_LAUNCHER = None
 STABILITY_TENSOR_ARGS = 5  # q, k, retrieval, parts, tokens
-
-
-def _launcher():
-    """What launches the kernel: Triton's bookkeeping done once per specialisation
-    (hopfield/triton_launch.py)."""
-    global _LAUNCHER
-    if _LAUNCHER is None:
-        from .triton_launch import cached_launcher
-
-        _LAUNCHER = cached_launcher(_kernel(), STABILITY_TENSOR_ARGS)
-    return _LAUNCHER
+# what launches it: Triton's bookkeeping once per specialisation (triton_launch.py)
+_launcher = launcher_of(_kernel, STABILITY_TENSOR_ARGS)
 
 
 def eligible(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> bool:

@@ -151,3 +151,16 @@ def cached_launcher(kernel, tensors: int):
         return kernel
     return CachedLauncher(kernel, tensors)
 
+
+
+def launcher_of(load_kernel, tensors: int):
+    """A kernel module's ``_launcher()``: ``cached_launcher(load_kernel(), tensors)``, made at
+    its first call (the kernel's import, and Triton's, wait until a launch needs them)."""
+    made: list = []
+
+    def launcher():
+        if not made:
+            made.append(cached_launcher(load_kernel(), tensors))
+        return made[0]
+
+    return launcher
