@@ -72,6 +72,12 @@ def _heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.transpose(1, 2)
 
 
+def _head_width(t: torch.Tensor, heads: int) -> int:
+    """Features per head of a [B, L, H*d] tensor, or of [B, L, H, d] / [B, H, L, d] (SD3 passes
+    q and k in the first layout and v in the second)."""
+    return t.shape[-1] // heads if t.ndim == 3 else t.shape[-1]
+
+
 def _attends_everywhere(mask: torch.Tensor) -> bool:
     """A mask that changes nothing: all True, or an all-zero additive bias. Reading it waits for
     the device, so it is asked only of placed self-attention calls that carry a mask (Qwen-Image
@@ -92,16 +98,20 @@ def parse_call(adapter: FamilyAdapter, args: tuple, kwargs: dict) -> AttentionCa
     options = kwargs.get("transformer_options") or {}
     if heads is None:
         return None
-    if kwargs.get("skip_reshape"):
-        qh, kh, vh = q, k, v
-    else:
-        qh, kh, vh = (_heads_first(t, heads) for t in (q, k, v))
-    n_q, n_k = qh.shape[-2], kh.shape[-2]
-    if n_q != n_k or vh.shape[-1] != qh.shape[-1]:
+    # Tokens and widths from the host's own layout first: cross-attention (every other call
+    # in a UNet) is turned away before any view is made.
+    heads_first = bool(kwargs.get("skip_reshape"))
+    token_axis = -2 if heads_first else 1
+    n_q, n_k = q.shape[token_axis], k.shape[token_axis]
+    if n_q != n_k or _head_width(v, heads) != _head_width(q, heads):
         return None
     placement = adapter.place(options, n_q, n_k)
     if placement is None or (mask is not None and not _attends_everywhere(mask)):
         return None
+    if heads_first:
+        qh, kh, vh = q, k, v
+    else:
+        qh, kh, vh = (_heads_first(t, heads) for t in (q, k, v))
     step = options.get(STEP_KEY)
     return AttentionCall(
         q=qh,

@@ -305,3 +305,30 @@ def test_effective_value_weight_is_what_the_layer_applies(comfy_host, kind):
         layer.comfy_cast_weights = True
     weight, bias = effective_weight(layer, x)
     torch.testing.assert_close(torch.nn.functional.linear(x, weight, bias), layer(x))
+
+
+def test_cross_attention_costs_the_hook_no_op_of_its_own(nodes, sdxl):
+    """Every other UNet call is cross-attention: the hook turns it away from the host's own
+    tensor shapes, before any view, so the call dispatches exactly the host's ops."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import comfy.ldm.modules.attention as host_attention
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    options = dict(skew(nodes, sdxl).model_options["transformer_options"])
+    override = options.pop("optimized_attention_override")
+    host = host_attention.attention_pytorch.__wrapped__
+    q, context = torch.randn(2, 16, 64), torch.randn(2, 77, 64)  # 2 heads of 32, 77 tokens
+    with Ops() as own:
+        want = host(q, context, context, 2, transformer_options=options)
+    with Ops() as hooked:
+        got = override(host, q, context, context, 2, transformer_options=options)
+    assert torch.equal(got, want) and hooked.seen == own.seen
