@@ -310,9 +310,8 @@ def test_effective_value_weight_is_what_the_layer_applies(comfy_host, kind):
 def test_cross_attention_costs_the_hook_no_op_of_its_own(nodes, sdxl):
     """Every other UNet call is cross-attention: the hook turns it away from the host's own
     tensor shapes, before any view, so the call dispatches exactly the host's ops."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     import comfy.ldm.modules.attention as host_attention
+    from torch.utils._python_dispatch import TorchDispatchMode
 
     class Ops(TorchDispatchMode):
         def __init__(self):
