@@ -204,6 +204,14 @@ def main():
             return override(host, *call_args, **call_kwargs)
 
         calls[name if name.startswith("Stability") else f"{name} ({path})"] = call
+    # A cross-attention call (every other call of a UNet), which the hook hands to the host.
+    context = torch.randn(BATCH, 77, HEADS * HEAD_DIM, generator=gen).to(device, dtype)
+    cross = (args[0], context, context, HEADS)
+    skew_override, _, skew_kwargs = attn1_call(variants["Skew Circulation"], device, dtype)
+    calls["ComfyUI attention_pytorch, cross-attention (77 keys)"] = \
+        lambda: wrapped(*cross, **plain)
+    calls["Skew Circulation on that cross-attention call (handed on)"] = \
+        lambda: skew_override(host, *cross, **skew_kwargs)
     times = per_call_us(calls, sync=sync)
     for name, fn in calls.items():
         counted[name] = ops_of(fn)
