@@ -7,8 +7,9 @@ process, one table.
 
 Models are ComfyUI's own full-size SDXL / SD3-medium / SD3.5 classes with seeded random weights
 (tests/gpu/full_size_models.py), sampled by comfy.sample at 1024², CFG 5, euler, batch 1.
-Variants: baseline; Skew Circulation (auto = fused kernel on CUDA), the same forced onto the
-two-call path, branch = cond only; Adaptive Circulation; Stability Probe (value); space = input
+Variants: baseline; Skew Circulation (auto = fused kernel on CUDA), the same with every kernel
+launched through Triton's own path instead of the pack's cached launcher, the same forced onto
+the two-call path, branch = cond only; Adaptive Circulation; Stability Probe (value); space = input
 (SDXL, the authors' formulation); the peers in core ComfyUI (PerturbedAttentionGuidance 3,
 SelfAttentionGuidance 0.5 on SDXL; SkipLayerGuidanceDiT 7,8,9 at 1-15 % on SD3); and
 TorchCompileModel (inductor) alone and with Skew, Adaptive and the Probe. Columns: median
@@ -20,6 +21,7 @@ per step. Exits with a clear message without CUDA (use --tiny to check the scrip
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -64,6 +66,7 @@ def variants(model, name: str):
 
     yield "baseline", lambda: model
     yield "Skew Circulation (auto)", lambda: skew(model)
+    yield UNCACHED, lambda: skew(model)  # run with launch_cache(False)
     yield "Skew, two-call path", lambda: patch_circulation(
         model, CirculationSettings(alpha, 3.0, kernel="two_call"))
     yield "Skew, branch = cond", lambda: skew(model, branch="cond")
@@ -82,6 +85,29 @@ def variants(model, name: str):
     yield "TorchCompileModel + Skew", lambda: compiled(skew(model))
     yield "TorchCompileModel + Adaptive", lambda: compiled(adaptive(model))
     yield "TorchCompileModel + Probe", lambda: compiled(probe(model))
+
+
+UNCACHED = "Skew, Triton's own launches"  # the pack's cached launcher switched off
+
+
+@contextlib.contextmanager
+def launch_cache(enabled: bool):
+    """Every kernel launch through the pack's cached launcher (the default) or, for the
+    UNCACHED row, through Triton's own ``kernel[grid](...)`` (hopfield/triton_launch.py)."""
+    from hopfield_circulation.hopfield import eta_triton, fused_triton, stability_triton
+    from hopfield_circulation.hopfield.triton_launch import CachedLauncher
+
+    modules = (fused_triton, eta_triton, stability_triton) if fused_triton.available() else ()
+    launchers = [m._launcher() for m in modules]
+    launchers = [launcher for launcher in launchers if isinstance(launcher, CachedLauncher)]
+    before = [launcher.enabled for launcher in launchers]
+    for launcher in launchers:
+        launcher.enabled = enabled and launcher.enabled
+    try:
+        yield
+    finally:
+        for launcher, was in zip(launchers, before, strict=True):
+            launcher.enabled = was
 
 
 def profile_run(run, steps: int, cuda: bool) -> tuple[float, float]:
@@ -134,8 +160,9 @@ def main():
                 torch._dynamo.reset()
                 patched = make()
 
-                def run(patched=patched, run_model=run_model):
-                    out = run_model(patched)
+                def run(patched=patched, run_model=run_model, cached=label != UNCACHED):
+                    with launch_cache(cached):
+                        out = run_model(patched)
                     if cuda:
                         torch.cuda.synchronize()
                     return out
