@@ -20,7 +20,6 @@ from ..hook.call import AttentionCall, Steering
 from ..hook.layers import select_layers
 from ..hook.override import add_observer, install_attention_hook
 from ..hook.schedule import LATENT_SHAPE_KEY, in_window, sigma_window
-from ..hopfield.heatmap import tokens_to_grid
 from ..hopfield.input_space import channel_subset, input_retrieval, steered_input_retrieval
 from ..hopfield.stability import layer_stability
 from .registry import (
@@ -196,8 +195,10 @@ def _accumulate(run: ProbeRun, call: AttentionCall, branch: int, values, token_m
     if latent is None or call.token_grid is None:
         return
     run.latent_shape = tuple(latent)
-    grid_map = tokens_to_grid(token_map, call.token_grid, tuple(latent[-2:]), call.text_tokens)
-    for group in (call.layer.group, "all"):
-        mkey = MapKey(group, branch)
-        run.maps[mkey] = run.maps[mkey] + grid_map if mkey in run.maps else grid_map
-        run.map_counts[mkey] = run.map_counts.get(mkey, 0) + 1
+    h, w = call.token_grid
+    image = call.text_tokens, call.text_tokens + h * w
+    if image != (0, token_map.shape[-1]):  # joint attention: the text tokens come first
+        token_map = token_map[:, image[0]:image[1]]
+    mkey = MapKey(call.layer.group, branch, call.token_grid)
+    run.maps[mkey] = run.maps[mkey] + token_map if mkey in run.maps else token_map
+    run.map_counts[mkey] = run.map_counts.get(mkey, 0) + 1

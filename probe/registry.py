@@ -70,10 +70,11 @@ class LayerKey(NamedTuple):
 
 
 class MapKey(NamedTuple):
-    """A block group of one CFG branch: the key of a run's lambda maps."""
+    """A block group of one CFG branch at one token grid: the key of a run's lambda sums."""
 
     group: str
     branch: int
+    grid: tuple[int, int]  # (h, w) of the layers' image tokens, row-major
 
 
 class SeriesEntry(NamedTuple):
@@ -95,7 +96,9 @@ class ProbeRun:
     # [4, B] sums of MEASURES over recorded steps, and their count
     sums: dict[LayerKey, torch.Tensor] = field(default_factory=dict)
     counts: dict[LayerKey, int] = field(default_factory=dict)
-    # [B, H, W] sums of per-token lambda maps on the latent grid, and their count
+    # [B, h * w] sums of per-token lambda maps on each layer grid, and their count: resized to
+    # the latent grid and summed over grids (and groups, for "all") when a report reads them
+    # (summary.py), since both are linear, rather than in every probed call
     maps: dict[MapKey, torch.Tensor] = field(default_factory=dict)
     map_counts: dict[MapKey, int] = field(default_factory=dict)
     series: list[SeriesEntry] = field(default_factory=list)

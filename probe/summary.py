@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..hopfield.heatmap import tokens_to_grid
 from ..vocabulary import BRANCH_NAME, MEASURES
-from .registry import LayerKey, MapKey, ProbeRun, ProbeState
+from .registry import LayerKey, ProbeRun, ProbeState
 
 SCALE_NOTE = (
     "E and λ are computed from the scaled logits QKᵀ/√d, so they are the paper's X S Xᵀ values "
@@ -30,6 +31,21 @@ class Summary:
     group_values: torch.Tensor  # [samples, groups, 4]
     maps: dict[str, torch.Tensor]  # group -> [samples, H, W] mean lambda map
     groups_note: str = ""  # how this family's groups fill the Down/Mid/Up outputs
+
+
+def mean_map(sums: dict, counts: dict, group: str, branch: int,
+             latent: tuple[int, int]) -> torch.Tensor | None:
+    """[B, H, W] mean lambda map of a block group ("all": every layer) for one CFG branch, on
+    the latent grid; None when nothing was recorded there. ``sums``/``counts``: a run's maps
+    (one sum per group, branch and layer grid) and their counts. Resizing is linear, so
+    resizing each sum once and dividing by the count is the mean of the resized per-call maps."""
+    total, count = None, 0
+    for key, summed in sums.items():
+        if key.branch == branch and group in ("all", key.group):
+            resized = tokens_to_grid(summed, key.grid, latent)
+            total = resized if total is None else total + resized
+            count += counts[key]
+    return None if total is None else total / count
 
 
 def summarise(state: ProbeState, run: ProbeRun) -> Summary:
@@ -56,14 +72,13 @@ def summarise(state: ProbeState, run: ProbeRun) -> Summary:
         if cols:
             group_values[:, g] = layer_values[:, cols].nanmean(dim=1)
     maps = {}
+    map_sums = {key: summed.float().cpu() for key, summed in run.maps.items()}
+    latent = tuple(run.latent_shape[-2:]) if run.latent_shape else None
     for group in groups:
-        per_sample = []
-        for branch, row in sample_keys:
-            key = MapKey(group, branch)
-            if key in run.maps:
-                per_sample.append((run.maps[key][row] / run.map_counts[key]).float().cpu())
-        if per_sample and len(per_sample) == len(sample_keys):
-            maps[group] = torch.stack(per_sample)
+        per_branch = {branch: mean_map(map_sums, run.map_counts, group, branch, latent)
+                      for branch in branches}
+        if all(m is not None for m in per_branch.values()):
+            maps[group] = torch.stack([per_branch[branch][row] for branch, row in sample_keys])
     layer_list = [(index, kind, group_of[index]) for index, kind in layers]
     return Summary(state.family, groups, labels, sample_keys, layer_list, layer_values,
                    group_values, maps, state.layer_map.report_note)
