@@ -52,14 +52,17 @@ def attn1_call(model, device="cpu", dtype=torch.float32):
     """(override, args, kwargs) of one SDXL attn1 call of ``model``, as the UNet makes it."""
     from hopfield_circulation.families import adapter_for
     from hopfield_circulation.families.unet_attn1 import unet_attn1_marker
-    from hopfield_circulation.hook.schedule import STEP_KEY, StepInfo
+    from hopfield_circulation.hook.schedule import LATENT_SHAPE_KEY, STEP_KEY, StepInfo
 
     layer_key = next(iter(adapter_for(model).layer_map.by_key))  # (block name, number, index)
     options = {**model.model_options["transformer_options"]}
     side = int(TOKENS**0.5)
     options |= {"block": layer_key[:2], "block_index": layer_key[2], "cond_or_uncond": [1, 0],
                 "activations_shape": [BATCH, HEADS * HEAD_DIM, side, side],
-                STEP_KEY: StepInfo(10.0, 0, 0.0, 1)}
+                STEP_KEY: StepInfo(10.0, 0, 0.0, 1),
+                # the latent the step wrapper records (the probe's maps need it): a UNet
+                # level below the latent's own resolution
+                LATENT_SHAPE_KEY: [BATCH, 4, 2 * side, 2 * side]}
     unet_attn1_marker(model).key = ((layer_key[0], layer_key[1]), layer_key[2])
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(BATCH, TOKENS, HEADS * HEAD_DIM, generator=gen).to(device, dtype)
