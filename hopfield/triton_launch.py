@@ -80,11 +80,13 @@ class CachedLauncher:
         index = args[0].get_device()
         if index >= 0 and index != torch.cuda.current_device():
             with torch.cuda.device(index):
-                self._launch(grid, args, kwargs)
+                self._launch(grid, args, kwargs, index)
             return
-        self._launch(grid, args, kwargs)
+        self._launch(grid, args, kwargs, index)
 
-    def _launch(self, grid: tuple, args: tuple, kwargs: dict) -> None:
+    def _launch(self, grid: tuple, args: tuple, kwargs: dict, index: int) -> None:
+        """``index``: the tensors' device, current now (-1: not a CUDA tensor, then the
+        driver says which device is current)."""
         if not self.enabled:
             self.kernel[grid](*args, **kwargs)
             return
@@ -92,7 +94,7 @@ class CachedLauncher:
         if driver is None:  # first launch: Triton's own path, which sets its driver up
             self._miss(grid, args, kwargs, None)
             return
-        device = driver.get_current_device()
+        device = index if index >= 0 else driver.get_current_device()
         key = (device, self.key(args, kwargs))
         entry = self.compiled.get(key)
         if entry is None or self._hooks.launch_enter_hook is not None \
