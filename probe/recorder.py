@@ -19,7 +19,7 @@ from ..families import adapter_for
 from ..hook.call import AttentionCall, Steering
 from ..hook.layers import select_layers
 from ..hook.override import add_observer, install_attention_hook
-from ..hook.schedule import LATENT_SHAPE_KEY, in_window, sigma_window
+from ..hook.schedule import LATENT_SHAPE_KEY, sigma_window, window_bounds
 from ..hopfield.input_space import channel_subset, input_retrieval, steered_input_retrieval
 from ..hopfield.stability import layer_stability
 from .registry import (
@@ -44,6 +44,7 @@ def patch_probe(model_patcher, settings: ProbeSettings):
     adapter.require_space(settings.basis)
     m = model_patcher.clone()
     sigma_start, sigma_end = sigma_window(m, settings.start_percent, settings.end_percent)
+    sigma_low, sigma_high = window_bounds(sigma_start, sigma_end)  # in_window's, once
     install_attention_hook(m, adapter=adapter)
     selected = select_layers(settings.layers, adapter.layer_map)
     if settings.basis == "value":
@@ -62,7 +63,7 @@ def patch_probe(model_patcher, settings: ProbeSettings):
         run = state.current
         if run is None or call.layer.index not in selected:
             return
-        if call.sigma is not None and not in_window(call.sigma, sigma_start, sigma_end):
+        if call.sigma is not None and not sigma_low <= call.sigma <= sigma_high:
             return
         step = call.step if call.step is not None else call.sigma  # a step's own key
         chunks = []
