@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Everything one lent GPU session checks, as one command from the repository root (device time
-# is scarce: one start, every check, the outputs written as they come so a timeout keeps what
-# ran). Carry .gpu (laid out by the workplace's gpu-bundle.sh: a ComfyUI copy and its missing
-# wheels) and run:
+# Everything one lent GPU session checks, in two commands from the repository root (device time
+# is scarce: one start, the outputs written as they come so a timeout keeps what ran). Carry
+# .gpu (laid out by the workplace's gpu-bundle.sh: a ComfyUI copy and its missing wheels) and run
 #
-#   bash benchmarks/gpu_session.sh             # writes $OUT/*.txt (else /tmp/hc-gpu)
+#   bash benchmarks/gpu_session.sh main       # ≈ 9 minutes; writes $OUT/*.txt (else /tmp/hc-gpu)
+#   bash benchmarks/gpu_session.sh compiled   # ≈ 3 minutes, on the same warm machine if time is left
 #
-# Order, most needed first: the GPU test tier; the host's time per steered call (fused path,
-# fp16, tiny shapes) and per launch (Triton's own against the cached launcher); the per-call
-# kernel table with the tile sweep;
-# the full-size end-to-end table, fp16 then bf16 (each its own process, so a slow one still
-# leaves the other's rows), then TorchCompileModel's variants on SDXL fp16 (compiling is
-# slow). HC_GPU_STEPS / HC_GPU_ROUNDS shorten the end-to-end runs.
+# main, most needed first: the GPU test tier without its compile cases; the host's time per
+# steered call (fused path, fp16, tiny shapes) and per launch (Triton's own against the cached
+# launcher); the full-size end-to-end table in fp16; the per-call kernel table with the tile
+# sweep; the end-to-end table in bf16 (each its own process, so a slow one still leaves the
+# others' rows). compiled: the tier's compile cases (torch.compile of the steering, full-size
+# sampling under TorchCompileModel), then TorchCompileModel's variants on SDXL fp16 (inductor
+# compiles are slow). HC_GPU_STEPS / HC_GPU_ROUNDS shorten the end-to-end runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
@@ -32,20 +33,38 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its output, say how it en
   echo "== $name (limit ${limit}s)"
   timeout "$limit" "$@" >"$out/$name.txt" 2>&1
   echo "== $name: exit $?"
-  tail -n 40 "$out/$name.txt"
+  tail -n 12 "$out/$name.txt"
 }
 
-# Limits sum to under the device tool's 600 s per command, with room for the wheel install.
-step gpu_tier 165 "$py" -m pytest tests/gpu -m gpu -q -rs -p no:cacheprovider
-# the table's tiles, no timing of candidates: this step measures the host, not the tiles
-HOPFIELD_CIRCULATION_TUNE=0 step host_overhead 40 "$py" benchmarks/bench_host_overhead.py \
-  --device cuda --dtype fp16
-HOPFIELD_CIRCULATION_TUNE=0 step triton_launch 20 "$py" benchmarks/bench_triton_launch.py \
-  --device cuda
-step bench_gpu 90 "$py" benchmarks/bench_gpu.py --quick --sweep
-for dtype in fp16 bf16; do
-  step "bench_e2e_$dtype" 95 "$py" benchmarks/bench_e2e_gpu.py --dtypes "$dtype" \
+part=${1:-main}
+export PYTHONUNBUFFERED=1
+timeout_flag=()  # a hung test ends itself, not the whole step
+"$py" -c "import pytest_timeout" 2>/dev/null && timeout_flag=(--timeout 90)
+tier=("$py" -m pytest tests/gpu -m gpu -v -rs -p no:cacheprovider --durations 12 "${timeout_flag[@]}")
+compile_cases="compile or (full_size and True)"  # full_size ids: [<compiled>-<model>]
+
+# Each part's limits sum to under the device tool's 600 s per command, with room for set-up.
+case $part in
+main)
+  step gpu_tier 110 "${tier[@]}" -k "not ($compile_cases)"
+  # the table's tiles, no timing of candidates: these steps measure the host, not the tiles
+  HOPFIELD_CIRCULATION_TUNE=0 step host_overhead 30 "$py" benchmarks/bench_host_overhead.py \
+    --device cuda --dtype fp16
+  HOPFIELD_CIRCULATION_TUNE=0 step triton_launch 15 "$py" benchmarks/bench_triton_launch.py \
+    --device cuda
+  step bench_e2e_fp16 150 "$py" benchmarks/bench_e2e_gpu.py --dtypes fp16 \
     --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
-done
-step bench_e2e_compiled 55 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
-  --steps "$steps" --rounds 2 --only TorchCompileModel
+  step bench_gpu 70 "$py" benchmarks/bench_gpu.py --quick --sweep
+  step bench_e2e_bf16 150 "$py" benchmarks/bench_e2e_gpu.py --dtypes bf16 \
+    --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
+  ;;
+compiled)
+  step gpu_tier_compile 100 "${tier[@]}" -k "$compile_cases"
+  step bench_e2e_compiled 90 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
+    --steps "$steps" --rounds 2 --only TorchCompileModel
+  ;;
+*)
+  echo "gpu_session.sh: unknown part '$part' (main or compiled)" >&2
+  exit 2
+  ;;
+esac

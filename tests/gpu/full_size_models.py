@@ -47,11 +47,13 @@ MODELS = {
 
 def random_init(module: torch.nn.Module, seed: int = 0) -> None:
     """Weights ~ N(0, 1/fan_in), norm scales ~1, biases small: activations stay O(1), so fp16
-    sampling stays finite, as with trained weights."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    sampling stays finite, as with trained weights. Drawn on the weights' device: a CPU
+    generator takes seconds per billion weights, device time on a lent GPU."""
+    device = next(module.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=gen).to(p.device, p.dtype)
+            noise = torch.randn(p.shape, generator=gen, device=device).to(p.device, p.dtype)
             if p.ndim >= 2:
                 p.copy_(noise / math.sqrt(p[0].numel()))
             elif name.endswith("weight"):
@@ -60,7 +62,7 @@ def random_init(module: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(0.02 * noise)
         for name, b in module.named_buffers():
             if name.startswith("diffusion_model.") and b.is_floating_point():
-                b.copy_(0.1 * torch.randn(b.shape, generator=gen).to(b.device, b.dtype))
+                b.copy_(0.1 * torch.randn(b.shape, generator=gen, device=device).to(b.dtype))
 
 
 def build(name: str, dtype: torch.dtype, device: torch.device, seed: int = 0):
