@@ -152,19 +152,29 @@ def cuda_rows() -> None:
     launchers = [module._launcher() for module, _ in MODULES.values()]
     print(f"\nWhole calls at [2, 10, 16, 64] fp16 on {torch.cuda.get_device_name()}: µs per "
           "call, the device synchronised once per round")
-    print("| call | Triton's launch | cached launch | saved | outputs identical |")
-    print("|---|---:|---:|---:|---|")
+    print("| call | Triton's launch | cached launch | saved | outputs identical | cache misses "
+          "while timed |")
+    print("|---|---:|---:|---:|---|---:|")
     for name, call in calls.items():
-        timed, outputs = {}, {}
+        timed, outputs, misses = {}, {}, 0
         for enabled in (False, True, False, True):
             for launcher in launchers:
                 launcher.enabled = enabled
+            before = sum(launcher.misses for launcher in launchers)
             timed.setdefault(enabled, []).append(
                 per_call_us(call, calls=500, sync=torch.cuda.synchronize))
+            if enabled:
+                misses += sum(launcher.misses for launcher in launchers) - before
             outputs[enabled] = call().clone()
         same = torch.equal(outputs[False], outputs[True])
         off, on = min(timed[False]), min(timed[True])
-        print(f"| {name} | {off:.1f} | {on:.1f} | {off - on:.1f} | {same} |")
+        print(f"| {name} | {off:.1f} | {on:.1f} | {off - on:.1f} | {same} | {misses} |")
+    import triton
+
+    hooks = triton.knobs.runtime
+    print(f"Triton launch hooks: enter {hooks.launch_enter_hook!r}, exit "
+          f"{hooks.launch_exit_hook!r}; launchers enabled: "
+          f"{[launcher.enabled for launcher in launchers]}")
 
 
 def main():

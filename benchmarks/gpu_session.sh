@@ -3,8 +3,9 @@
 # is scarce: one start, the outputs written as they come so a timeout keeps what ran). Carry
 # .gpu (laid out by the workplace's gpu-bundle.sh: a ComfyUI copy and its missing wheels) and run
 #
-#   bash benchmarks/gpu_session.sh main       # ≈ 9 minutes; writes $OUT/*.txt (else /tmp/hc-gpu)
-#   bash benchmarks/gpu_session.sh compiled   # ≈ 3 minutes, on the same warm machine if time is left
+#   bash benchmarks/gpu_session.sh main       # ≈ 8 minutes; writes $OUT/*.txt (else /tmp/hc-gpu)
+#   bash benchmarks/gpu_session.sh compiled   # ≈ 4 minutes, on the same warm machine if time is left
+#   HC_GPU_SKIP="bench_gpu bench_e2e_compiled" bash benchmarks/gpu_session.sh main compiled
 #
 # main, most needed first: the GPU test tier without its compile cases; the host's time per
 # steered call (fused path, fp16, tiny shapes) and per launch (Triton's own against the cached
@@ -30,13 +31,13 @@ rounds=${HC_GPU_ROUNDS:-3}
 step() {  # step NAME SECONDS COMMAND...: run it, keep its output, say how it ended
   local name=$1 limit=$2
   shift 2
+  case " ${HC_GPU_SKIP:-} " in *" $name "*) echo "== $name: skipped (HC_GPU_SKIP)"; return;; esac
   echo "== $name (limit ${limit}s)"
   timeout "$limit" "$@" >"$out/$name.txt" 2>&1
   echo "== $name: exit $?"
   tail -n 12 "$out/$name.txt"
 }
 
-part=${1:-main}
 export PYTHONUNBUFFERED=1
 timeout_flag=()  # a hung test ends itself, not the whole step
 "$py" -c "import pytest_timeout" 2>/dev/null && timeout_flag=(--timeout 90)
@@ -44,27 +45,30 @@ tier=("$py" -m pytest tests/gpu -m gpu -v -rs -p no:cacheprovider --durations 12
 compile_cases="compile or (full_size and True)"  # full_size ids: [<compiled>-<model>]
 
 # Each part's limits sum to under the device tool's 600 s per command, with room for set-up.
-case $part in
-main)
-  step gpu_tier 110 "${tier[@]}" -k "not ($compile_cases)"
-  # the table's tiles, no timing of candidates: these steps measure the host, not the tiles
-  HOPFIELD_CIRCULATION_TUNE=0 step host_overhead 30 "$py" benchmarks/bench_host_overhead.py \
-    --device cuda --dtype fp16
-  HOPFIELD_CIRCULATION_TUNE=0 step triton_launch 15 "$py" benchmarks/bench_triton_launch.py \
-    --device cuda
-  step bench_e2e_fp16 150 "$py" benchmarks/bench_e2e_gpu.py --dtypes fp16 \
-    --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
-  step bench_gpu 70 "$py" benchmarks/bench_gpu.py --quick --sweep
-  step bench_e2e_bf16 150 "$py" benchmarks/bench_e2e_gpu.py --dtypes bf16 \
-    --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
-  ;;
-compiled)
-  step gpu_tier_compile 100 "${tier[@]}" -k "$compile_cases"
-  step bench_e2e_compiled 90 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
-    --steps "$steps" --rounds 2 --only TorchCompileModel
-  ;;
-*)
-  echo "gpu_session.sh: unknown part '$part' (main or compiled)" >&2
-  exit 2
-  ;;
-esac
+for part in "${@:-main}"; do
+  case $part in
+  main)
+    step gpu_tier 110 "${tier[@]}" -k "not ($compile_cases)"
+    # the table's tiles, no timing of candidates: these steps measure the host, not the tiles
+    HOPFIELD_CIRCULATION_TUNE=0 step triton_launch 15 "$py" benchmarks/bench_triton_launch.py \
+      --device cuda
+    HOPFIELD_CIRCULATION_TUNE=0 step host_overhead 25 "$py" benchmarks/bench_host_overhead.py \
+      --device cuda --dtype fp16
+    step bench_e2e_fp16 150 "$py" benchmarks/bench_e2e_gpu.py --dtypes fp16 \
+      --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
+    step bench_gpu 70 "$py" benchmarks/bench_gpu.py --quick --sweep
+    step bench_e2e_bf16 130 "$py" benchmarks/bench_e2e_gpu.py --dtypes bf16 \
+      --steps "$steps" --rounds "$rounds" --skip TorchCompileModel "space = input"
+    ;;
+  compiled)
+    # one full-size compile (SDXL) in the tier: inductor takes a minute or more per model
+    step gpu_tier_compile 130 "${tier[@]}" -k "compile or (full_size and True and sdxl)"
+    step bench_e2e_compiled 90 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
+      --steps "$steps" --rounds 2 --only TorchCompileModel
+    ;;
+  *)
+    echo "gpu_session.sh: unknown part '$part' (main, compiled)" >&2
+    exit 2
+    ;;
+  esac
+done

@@ -41,9 +41,12 @@ def comfyui_path() -> Path:
 def _torchvision_cpu_shim() -> None:
     """torchvision 0.28 for torch 2.13 is a CUDA build: its import registers fake kernels for
     ops its CPU-less _C never defined. Defining the two schemas first lets it import (test set-up
-    only; nothing here runs inside the pack)."""
+    only; nothing here runs inside the pack). Only beside a CPU build of torch: a torchvision
+    whose _C defines them (CUDA machines) aborts the process on a second definition."""
     import torch
 
+    if torch.version.cuda is not None:
+        return
     try:
         lib = torch.library.Library("torchvision", "DEF")
         lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
