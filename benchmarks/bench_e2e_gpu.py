@@ -14,8 +14,9 @@ the two-call path, branch = cond only; Adaptive Circulation; Stability Probe (va
 SelfAttentionGuidance 0.5 on SDXL; SkipLayerGuidanceDiT 7,8,9 at 1-15 % on SD3); and
 TorchCompileModel (inductor) alone and with Skew, Adaptive and the Probe. Columns: median
 seconds per run over rounds (after a warm-up run), ratio to the baseline of the same model and
-dtype, peak GPU memory, and from torch.profiler over one run: GPU-busy ms and kernel launches
-per step. Exits with a clear message without CUDA (use --tiny to check the script on a CPU).
+dtype, peak GPU memory, and from torch.profiler over a shorter run (device activity only,
+--profile-steps): GPU-busy ms and kernel launches per step. Exits with a clear message without
+CUDA (use --tiny to check the script on a CPU).
 """
 
 from __future__ import annotations
@@ -111,12 +112,14 @@ def launch_cache(enabled: bool):
 
 
 def profile_run(run, steps: int, cuda: bool) -> tuple[float, float]:
-    """(GPU-busy ms, kernel launches) per step, from torch.profiler over one run."""
+    """(GPU-busy ms, kernel launches) per step, from torch.profiler over one run of ``steps``
+    steps. Only the device's activity is recorded: the host's op events would make reading the
+    profile take longer than the runs themselves."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
-        run()
+        run(steps)
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"] if cuda else []
     busy_us = sum(e.device_time for e in kernels)
     return busy_us / 1000 / steps, len(kernels) / steps
@@ -128,6 +131,8 @@ def main():
     parser.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=list(DTYPES))
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile-steps", type=int, default=3,
+                        help="steps of the profiled run (GPU ms and launches per step)")
     parser.add_argument("--only", nargs="*", help="variant labels to run (substring match)")
     parser.add_argument("--skip", nargs="*", help="variant labels to leave out (substring match)")
     parser.add_argument("--tiny", action="store_true",
@@ -160,9 +165,10 @@ def main():
                 torch._dynamo.reset()
                 patched = make()
 
-                def run(patched=patched, run_model=run_model, cached=label != UNCACHED):
+                def run(steps=args.steps, patched=patched, run_model=run_model,
+                        cached=label != UNCACHED):
                     with launch_cache(cached):
-                        out = run_model(patched)
+                        out = run_model(patched, steps)
                     if cuda:
                         torch.cuda.synchronize()
                     return out
@@ -177,7 +183,7 @@ def main():
                     times.append(time.perf_counter() - start)
                 seconds = statistics.median(times)
                 peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-                busy, launches = profile_run(run, args.steps, cuda)
+                busy, launches = profile_run(run, args.profile_steps, cuda)
                 base_time = base_time or seconds
                 print(f"| {name} | {dtype_name} | {label} | {seconds:.3f} | "
                       f"{seconds / base_time:.2f} | {peak:.1f} | {busy:.1f} | {launches:.0f} |",
@@ -188,16 +194,17 @@ def main():
 
 
 def load(name: str, dtype, device, args):
-    """(model, run(patched) -> latent) for a full-size model, or the tiny SDXL with --tiny."""
+    """(model, run(patched, steps) -> latent) for a full-size model, or the tiny SDXL with
+    --tiny."""
     if args.tiny:
         from host import tiny_models
 
         model = tiny_models.tiny_sdxl()
-        return model, lambda m: tiny_models.sample_sdxl(m, steps=args.steps)
+        return model, lambda m, steps: tiny_models.sample_sdxl(m, steps=steps)
     from gpu.full_size_models import build, sample
 
     model = build(name, dtype, device)
-    return model, lambda m: sample(m, name, steps=args.steps)
+    return model, lambda m, steps: sample(m, name, steps=steps)
 
 
 if __name__ == "__main__":

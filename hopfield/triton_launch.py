@@ -97,8 +97,9 @@ class CachedLauncher:
         device = index if index >= 0 else driver.get_current_device()
         key = (device, self.key(args, kwargs))
         entry = self.compiled.get(key)
-        if entry is None or self._hooks.launch_enter_hook is not None \
-                or self._hooks.launch_exit_hook is not None:  # a profiler's: Triton's path
+        hooks = self._hooks
+        if entry is None or hook_set(hooks.launch_enter_hook) \
+                or hook_set(hooks.launch_exit_hook):  # a profiler's: Triton's path
             self._miss(grid, args, kwargs, key)
             return
         compiled, constants = entry
@@ -142,6 +143,12 @@ class CachedLauncher:
         if len(self.compiled) >= MAX_ENTRIES:
             self.compiled.clear()
         self.compiled[key] = (compiled, constants)
+
+
+def hook_set(hook) -> bool:
+    """Whether a launch hook would do anything. Triton 3.4 and later keep each hook as a
+    ``HookChain`` that is never None, only empty (its ``calls``) until a profiler adds one."""
+    return hook is not None and bool(getattr(hook, "calls", True))
 
 
 def cached_launcher(kernel, tensors: int):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hopfield_circulation.hopfield.triton_launch import CachedLauncher
+from hopfield_circulation.hopfield.triton_launch import CachedLauncher, hook_set
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="triton is not installed (the launcher wraps its "
@@ -200,6 +200,41 @@ def test_a_profiler_hook_sends_launches_through_triton():
     hooks.launch_enter_hook = print
     launcher[(1,)](a, b, 5, 0.5, X=1)
     assert len(kernel.jit_launches) == 2 and not kernel.cached_launches
+
+
+class HookChain:
+    """Triton 3.4+'s knobs.runtime hooks: never None, a list of calls that starts empty."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *args):
+        for call in self.calls:
+            call(*args)
+
+
+def test_an_empty_hook_chain_is_no_hook_and_a_filled_one_is():
+    kernel = StandIn()
+    hooks = SimpleNamespace(launch_enter_hook=HookChain(), launch_exit_hook=HookChain())
+    launcher = stand_in_launcher(kernel, hooks)
+    a, b = torch.zeros(8), torch.zeros(8)
+    launcher[(1,)](a, b, 5, 0.5, X=1)
+    launcher[(1,)](a, b, 5, 0.5, X=1)
+    assert len(kernel.jit_launches) == 1 and len(kernel.cached_launches) == 1
+    hooks.launch_exit_hook.calls.append(print)  # a profiler's hook: Triton's path calls it
+    launcher[(1,)](a, b, 5, 0.5, X=1)
+    assert len(kernel.jit_launches) == 2 and len(kernel.cached_launches) == 1
+
+
+def test_the_installed_tritons_hooks_start_empty():
+    """What the real Triton holds when nothing profiles (the GPU found every launch of the
+    cache sent through Triton's path when an empty HookChain counted as a hook)."""
+    triton = pytest.importorskip("triton")
+    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+    if runtime is None:
+        pytest.skip("Triton before 3.4 keeps no launch hooks in knobs (the cache is off there)")
+    assert not hook_set(runtime.launch_enter_hook)
+    assert not hook_set(runtime.launch_exit_hook)
 
 
 def test_a_refusing_launcher_hands_over_to_triton_once_with_a_warning():
