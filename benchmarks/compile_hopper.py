@@ -58,7 +58,8 @@ def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, h
                  "PV_FP16": dtype == "bf16", "HAS_ACTIVE": True,
                  "UPCAST": False, "PRECISION": fp32_precision if dtype == "fp32" else "tf32",
                  "ADAPTIVE": adaptive, "ETA_PER_SAMPLE": True,
-                 "ETA_BLOCK": 16 if adaptive else 1}
+                 "ETA_BLOCK": 16 if adaptive else 1,
+                 "DIFFERENCE": True, "ANCHOR_PERT": False}  # alpha >= 1's form
     if adaptive:
         constants.update(ALPHA_PER_SAMPLE=False)
     pointers = {"Q": dtype, "K": dtype, "V": dtype, "Out": dtype, "VMAX": dtype,  # v's dtype

@@ -147,7 +147,7 @@ def circulate_value_space(
             # bit for bit.
             out = fused_triton.fused_skew_circulation(
                 q, k, v, alpha, beta, norm_match=settings.norm_match, active=active,
-                fallback=settings.kernel == "auto")
+                fallback=settings.kernel == "auto", alpha_hint=settings.alpha)
         else:
             out = two_call(q, k, v, base, alpha, beta, settings.norm_match)
     dtype = q.dtype if base is None else base.dtype

@@ -7,7 +7,9 @@ keeps two online softmaxes over the same tiles:
     S1 = Q_i K_j^T * s                  the baseline logits M_ij
     A  = c1 * S1 + c2 * (K_i Q_j^T * s) M_sym + alpha M_skew, since (K Q^T)_ij = M_ji
 
-accumulating P1 V_j and P2 V_j in fp32. The epilogue blends and norm-matches in fp32 with the
+accumulating in fp32 either P1 V_j and (P2 - P1) V_j at P2's scale (alpha >= 1), or P2 V_j and
+(P1 - P2) V_j at P1's (0 <= alpha < 1), or P1 V_j and P2 V_j apart (alpha < 0): see
+``accumulation_form``. The epilogue blends and norm-matches in fp32 with the
 semantics of hopfield.blend.blend_retrievals (reference norm = the perturbed retrieval's, ratio
 clamped to [0.25, 4], eps 1e-6, non-finite -> 0) and writes one output in the input dtype.
 
@@ -21,7 +23,8 @@ sums, both P V accumulators and the whole epilogue. P is rounded for the P V pro
 every flash-attention kernel: to fp16 for fp16 inputs, and to fp16 as well for bf16 inputs,
 with V converted to fp16 (scaled by a power of two per head when its max exceeds 2^14): bf16's
 8-bit mantissa on P would cost a multiple of the unavoidable output-rounding error on Δ at
-alpha near 1, fp16 barely adds to it (benchmarks/precision.py prints both). fp32 inputs use
+alpha near 1, fp16 barely adds to it (benchmarks/precision.py prints both). Rounding the
+difference of the two P's rather than each keeps fp16's Δ near that error too. fp32 inputs use
 tf32 tensor-core dot products (fp16-grade logits): "tf32x3" or "ieee" would need more registers
 than Hopper has per thread (they spill, benchmarks/compile_hopper.py), so ``kernel="auto"``
 sends fp32 models to the exact two-call path and uses this kernel for fp16 and bf16 only.
@@ -240,6 +243,22 @@ FUSED_TENSOR_ARGS = 10  # q, k, v, out, alpha, beta, v_max, active, eta, coeffic
 _launcher = launcher_of(_kernel, FUSED_TENSOR_ARGS)
 
 
+def accumulation_form(alpha: float) -> tuple[bool, bool]:
+    """(DIFFERENCE, ANCHOR_PERT) for the kernel, by which side of 1 alpha is on (a per-sample
+    or adaptive alpha stays on its user's side). P V rounds P to 16 bits; two softmaxes
+    rounded apart leave Delta 2-4x the output's own rounding when it is a few percent of the
+    output (alpha near 1). Accumulating their difference at the peakier softmax's scale rounds
+    Delta itself instead: anchored on the baseline for alpha >= 1, on the circulation-scaled
+    softmax for 0 <= alpha < 1; for alpha < 0, where neither dominates, the two apart (each
+    choice the best of the three over alpha and logit spread under the interpreter, whose
+    roundings the H200 reproduced: README, GPU; tests/core/fused_kernel_cases.py)."""
+    if alpha >= 1.0:
+        return True, False
+    if alpha >= 0.0:
+        return True, True
+    return False, False
+
+
 def _coefficient(value, batch: int, name: str):
     """(flat tensor or None, value): a per-sample tensor stays on the device as it is."""
     if isinstance(value, torch.Tensor):
@@ -279,6 +298,7 @@ def fused_skew_circulation(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha, beta, *,
     norm_match: bool = True, active: torch.Tensor | None = None,
     config: LaunchConfig | None = None, fallback: bool = False,
+    alpha_hint: float | None = None,
 ) -> torch.Tensor:
     """Blended, norm-matched output [B, H, L, d] (q's dtype; in eager calls q's memory layout)
     for q, k, v of shape [B, H, L, d] with any strides. ``alpha``/``beta``: numbers, or
@@ -286,6 +306,8 @@ def fused_skew_circulation(
     [B] on q's device; the other samples get the plain attention output, computed in the
     same launch at half the cost, so steering the cond half of a CFG batch needs no call of
     the host's attention at all.
+    ``alpha_hint``: for a tensor ``alpha``, the user's alpha it derives from (the side of 1
+    it lies on picks how the kernel accumulates, see ``accumulation_form``; default 1).
     ``config`` overrides the tile sizes (tests, sweeps). ``fallback``: a kernel that fails to
     compile or launch here gives the two-call result instead, with one warning, and is not
     tried again in this process (what ``kernel="auto"`` wants).
@@ -296,6 +318,8 @@ def fused_skew_circulation(
     _check(q, k, v, active)
     batch = q.shape[0]
     alpha_t, alpha_value = _coefficient(alpha, batch, "alpha")
+    if alpha_t is not None:  # the kernel reads alpha_t; alpha_value only picks the form
+        alpha_value = 1.0 if alpha_hint is None else float(alpha_hint)
     beta_t, beta_value = _coefficient(beta, batch, "beta")
     for name, t in (("alpha", alpha_t), ("beta", beta_t)):
         if t is not None and t.device != q.device:
@@ -350,6 +374,7 @@ def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_matc
     # that a new batch size or head count compiles nothing new (ints are specialised on).
     eta_block = 1 if adaptive is None else 1 << (
         (heads if adaptive.per_sample else batch * heads) - 1).bit_length()
+    difference, anchor_pert = accumulation_form(alpha_value)
     _launcher()[grid](
         q, k, v, out, alpha_t if alpha_t is not None else out,
         beta_t if beta_t is not None else out, v_max, active if active is not None else out,
@@ -365,6 +390,7 @@ def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_matc
         ADAPTIVE=adaptive is not None,
         ETA_PER_SAMPLE=adaptive is None or adaptive.per_sample,
         ETA_BLOCK=eta_block,
+        DIFFERENCE=difference, ANCHOR_PERT=anchor_pert,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out.to(q.dtype) if emulate_bf16 else out
@@ -438,7 +464,8 @@ def fused_adaptive_circulation(
         eta_bar = aggregate_eta(eta, per_sample)
         alpha_eff, beta_eff = adaptive_coefficients(alpha, beta, eta_bar)
         out = fused_skew_circulation(q, k, v, alpha_eff, beta_eff, norm_match=norm_match,
-                                     active=active, config=config, fallback=fallback)
+                                     active=active, config=config, fallback=fallback,
+                                     alpha_hint=alpha)
         return out, torch.stack((eta_bar, alpha_eff, beta_eff))
     adaptive = AdaptiveInputs(eta.contiguous(), torch.empty(
         3, batch if per_sample else 1, dtype=torch.float32, device=q.device), per_sample)

@@ -21,7 +21,7 @@ def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _attend_key_tile(
+def _attend_key_tile_apart(
     acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
     sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
     D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PV_FP16: tl.constexpr,
@@ -68,6 +68,64 @@ def _attend_key_tile(
     l_a = l_a * rescale_a + tl.sum(p_a, 1)
     acc_a = acc_a * rescale_a[:, None] + _dot(p_a.to(v_j.dtype), v_j, UPCAST, PRECISION)
     return acc_b, l_b, m_b_new, acc_a, l_a, m_a_new
+
+
+@triton.jit
+def _attend_key_tile_difference(
+    acc_b, l_b, m_b, acc_d, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
+    sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PV_FP16: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, ANCHOR_PERT: tl.constexpr,
+):
+    cols = start + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, D)
+    # K_j^T and Q_j^T are loaded transposed ([D, BLOCK_N]) straight into dot layout.
+    kt_ptrs = k_base + cols[None, :] * skl + dims[:, None] * skd
+    qt_ptrs = q_base + cols[None, :] * sql + dims[:, None] * sqd
+    v_ptrs = v_base + cols[:, None] * svl + dims[None, :] * svd
+    if MASKED:  # only the last, partial key tile pays for bounds checks
+        col_ok = cols < length
+        k_jt = tl.load(kt_ptrs, mask=col_ok[None, :], other=0.0)
+        q_jt = tl.load(qt_ptrs, mask=col_ok[None, :], other=0.0)
+        v_j = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+    else:
+        k_jt = tl.load(kt_ptrs)
+        q_jt = tl.load(qt_ptrs)
+        v_j = tl.load(v_ptrs)
+    if PV_FP16:  # bf16 inputs: P V in fp16, see hopfield/fused_triton.py
+        v_j = (v_j.to(tl.float32) * v_inv_scale).to(tl.float16)
+
+    # Raw logits (no 1/sqrt(d) yet): S1 = Q_i K_j^T and A = c1 S1 + c2 K_i Q_j^T.
+    s1 = _dot(q_i, k_jt, UPCAST, PRECISION)
+    a = c1 * s1 + c2 * _dot(k_i, q_jt, UPCAST, PRECISION)
+    if MASKED:
+        s1 = tl.where(col_ok[None, :], s1, float("-inf"))
+        a = tl.where(col_ok[None, :], a, float("-inf"))
+    if ANCHOR_PERT:  # alpha < 1: the baseline is the peakier softmax, the difference its side
+        s1, a = a, s1
+
+    # Online softmax of the baseline at its own running maximum m_b. Maxima are kept in log2
+    # units of the scaled logits, so each probability is one FMA and one exp2 (MUFU.EX2, the
+    # hardware exponential). Every tile has a valid column: the maxima are finite from the
+    # first tile on.
+    m_b_new = tl.maximum(m_b, tl.max(s1, 1) * scale_log2)
+    p_b = tl.exp2(s1 * scale_log2 - m_b_new[:, None])
+    rescale_b = tl.exp2(m_b - m_b_new)
+    l_b = l_b * rescale_b + tl.sum(p_b, 1)
+    acc_b = acc_b * rescale_b[:, None] + _dot(p_b.to(v_j.dtype), v_j, UPCAST, PRECISION)
+
+    # The circulation-scaled softmax enters only as its difference from the baseline, both at
+    # the larger running maximum m_a (>= m_b, so no term exceeds 1). P V rounds P to 16 bits:
+    # rounding P_a and P_b separately leaves each retrieval ~2^-12 off, uncorrelated, which is
+    # 3x the output's own rounding once Delta = pert - base is a few percent of it (flat
+    # logits); the rounded difference P_a - P_b errs only ~2^-12 of Delta itself.
+    m_a_new = tl.maximum(tl.maximum(m_a, tl.max(a, 1) * scale_log2), m_b_new)
+    p_a = tl.exp2(a * scale_log2 - m_a_new[:, None])
+    rescale_a = tl.exp2(m_a - m_a_new)
+    l_a = l_a * rescale_a + tl.sum(p_a, 1)
+    p_diff = p_a - p_b * tl.exp2(m_b_new - m_a_new)[:, None]
+    acc_d = acc_d * rescale_a[:, None] + _dot(p_diff.to(v_j.dtype), v_j, UPCAST, PRECISION)
+    return acc_b, l_b, m_b_new, acc_d, l_a, m_a_new
 
 
 @triton.jit
@@ -162,6 +220,7 @@ def skew_circulation_fwd(
     NORM_MATCH: tl.constexpr, PV_FP16: tl.constexpr, HAS_ACTIVE: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     ADAPTIVE: tl.constexpr, ETA_PER_SAMPLE: tl.constexpr, ETA_BLOCK: tl.constexpr,
+    DIFFERENCE: tl.constexpr, ANCHOR_PERT: tl.constexpr,
 ):
     # Axis 0 runs over query tiles of one (batch, head): neighbouring programs stream the
     # same K, Q, V, which then come from L2.
@@ -217,23 +276,46 @@ def skew_circulation_fwd(
     l_b = tl.zeros([BLOCK_M], tl.float32)
     l_a = tl.zeros([BLOCK_M], tl.float32)
     acc_b = tl.zeros([BLOCK_M, D], tl.float32)
+    # DIFFERENCE: (P_a - P_b) V at the running maximum m_a; else P_a V at its own maximum
     acc_a = tl.zeros([BLOCK_M, D], tl.float32)
     full_end = (length // BLOCK_N) * BLOCK_N
-    for start in range(0, full_end, BLOCK_N):
-        acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile(
-            acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
-            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
-            D, BLOCK_N, False, PV_FP16, UPCAST, PRECISION)
-    if full_end < length:
-        acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile(
-            acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, full_end,
-            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
-            D, BLOCK_N, True, PV_FP16, UPCAST, PRECISION)
-
-    # Epilogue, all fp32: the two retrievals never round before their difference is taken.
-    base = acc_b * (v_scale / l_b)[:, None]
-    pert = acc_a * (v_scale / l_a)[:, None]
-    new = base + beta * (pert - base)
+    if DIFFERENCE:
+        for start in range(0, full_end, BLOCK_N):
+            acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile_difference(
+                acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
+                sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+                D, BLOCK_N, False, PV_FP16, UPCAST, PRECISION, ANCHOR_PERT)
+        if full_end < length:
+            acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile_difference(
+                acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, full_end,
+                sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+                D, BLOCK_N, True, PV_FP16, UPCAST, PRECISION, ANCHOR_PERT)
+        # pert = (acc_b 2^(m_b - m_a) + acc_a) / l_a, so Delta = pert - base
+        # = acc_a / l_a + acc_b (2^(m_b - m_a) / l_a - 1 / l_b): the baseline's rounding enters
+        # Delta only through the small difference of its two normalisers.
+        inv_l_a = v_scale / l_a
+        base = acc_b * (v_scale / l_b)[:, None]
+        drift = inv_l_a * tl.exp2(m_b - m_a) - v_scale / l_b
+        delta = acc_a * inv_l_a[:, None] + acc_b * drift[:, None]
+        if ANCHOR_PERT:  # the accumulators ran with the two softmaxes' roles swapped
+            base = base + delta
+            delta = -delta
+    else:
+        for start in range(0, full_end, BLOCK_N):
+            acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile_apart(
+                acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
+                sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+                D, BLOCK_N, False, PV_FP16, UPCAST, PRECISION)
+        if full_end < length:
+            acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile_apart(
+                acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, full_end,
+                sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+                D, BLOCK_N, True, PV_FP16, UPCAST, PRECISION)
+        # Epilogue, all fp32: the two retrievals never round before their difference is taken.
+        base = acc_b * (v_scale / l_b)[:, None]
+        delta = acc_a * (v_scale / l_a)[:, None] - base
+    pert = base + delta
+    new = base + beta * delta
     if NORM_MATCH:
         ref = tl.maximum(tl.sqrt(tl.sum(pert * pert, 1)), 1e-6)
         cur = tl.maximum(tl.sqrt(tl.sum(new * new, 1)), 1e-6)
