@@ -21,12 +21,13 @@ def _dot(a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _attend_key_tile_apart(
-    acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
-    sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PV_FP16: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+def _key_tile_scores(
+    q_i, k_i, q_base, k_base, v_base, start, sql, sqd, skl, skd, svl, svd, length, c1, c2,
+    v_inv_scale, D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+    PV_FP16: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    # (S1, A, V_j) of key tile j: the baseline and circulation-scaled logits, -inf past the
+    # sequence's end, and V_j ready for the P V products.
     cols = start + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, D)
     # K_j^T and Q_j^T are loaded transposed ([D, BLOCK_N]) straight into dot layout.
@@ -51,6 +52,19 @@ def _attend_key_tile_apart(
     if MASKED:
         s1 = tl.where(col_ok[None, :], s1, float("-inf"))
         a = tl.where(col_ok[None, :], a, float("-inf"))
+    return s1, a, v_j
+
+
+@triton.jit
+def _attend_key_tile_apart(
+    acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
+    sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PV_FP16: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    s1, a, v_j = _key_tile_scores(
+        q_i, k_i, q_base, k_base, v_base, start, sql, sqd, skl, skd, svl, svd, length, c1, c2,
+        v_inv_scale, D, BLOCK_N, MASKED, PV_FP16, UPCAST, PRECISION)
 
     # Online softmax 1, the baseline. Maxima are kept in log2 units of the scaled logits, so
     # each probability is one FMA and one exp2 (MUFU.EX2, the hardware exponential). Every tile
@@ -77,30 +91,9 @@ def _attend_key_tile_difference(
     D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PV_FP16: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, ANCHOR_PERT: tl.constexpr,
 ):
-    cols = start + tl.arange(0, BLOCK_N)
-    dims = tl.arange(0, D)
-    # K_j^T and Q_j^T are loaded transposed ([D, BLOCK_N]) straight into dot layout.
-    kt_ptrs = k_base + cols[None, :] * skl + dims[:, None] * skd
-    qt_ptrs = q_base + cols[None, :] * sql + dims[:, None] * sqd
-    v_ptrs = v_base + cols[:, None] * svl + dims[None, :] * svd
-    if MASKED:  # only the last, partial key tile pays for bounds checks
-        col_ok = cols < length
-        k_jt = tl.load(kt_ptrs, mask=col_ok[None, :], other=0.0)
-        q_jt = tl.load(qt_ptrs, mask=col_ok[None, :], other=0.0)
-        v_j = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
-    else:
-        k_jt = tl.load(kt_ptrs)
-        q_jt = tl.load(qt_ptrs)
-        v_j = tl.load(v_ptrs)
-    if PV_FP16:  # bf16 inputs: P V in fp16, see hopfield/fused_triton.py
-        v_j = (v_j.to(tl.float32) * v_inv_scale).to(tl.float16)
-
-    # Raw logits (no 1/sqrt(d) yet): S1 = Q_i K_j^T and A = c1 S1 + c2 K_i Q_j^T.
-    s1 = _dot(q_i, k_jt, UPCAST, PRECISION)
-    a = c1 * s1 + c2 * _dot(k_i, q_jt, UPCAST, PRECISION)
-    if MASKED:
-        s1 = tl.where(col_ok[None, :], s1, float("-inf"))
-        a = tl.where(col_ok[None, :], a, float("-inf"))
+    s1, a, v_j = _key_tile_scores(
+        q_i, k_i, q_base, k_base, v_base, start, sql, sqd, skl, skd, svl, svd, length, c1, c2,
+        v_inv_scale, D, BLOCK_N, MASKED, PV_FP16, UPCAST, PRECISION)
     if ANCHOR_PERT:  # alpha < 1: the baseline is the peakier softmax, the difference its side
         s1, a = a, s1
 
