@@ -251,7 +251,8 @@ def accumulation_form(alpha: float) -> tuple[bool, bool]:
     Delta itself instead: anchored on the baseline for alpha >= 1, on the circulation-scaled
     softmax for 0 <= alpha < 1; for alpha < 0, where neither dominates, the two apart (each
     choice the best of the three over alpha and logit spread under the interpreter, whose
-    roundings the H200 reproduced: README, GPU; tests/core/fused_kernel_cases.py)."""
+    roundings the H200 reproduced: README, GPU; tests/core/fused_kernel_cases.py). NaN (a
+    tensor alpha of unknown side): apart, which is never far off; a wrong anchor can be."""
     if alpha >= 1.0:
         return True, False
     if alpha >= 0.0:
@@ -307,7 +308,8 @@ def fused_skew_circulation(
     same launch at half the cost, so steering the cond half of a CFG batch needs no call of
     the host's attention at all.
     ``alpha_hint``: for a tensor ``alpha``, the user's alpha it derives from (the side of 1
-    it lies on picks how the kernel accumulates, see ``accumulation_form``; default 1).
+    it lies on picks how the kernel accumulates, see ``accumulation_form``; without one, the
+    form that suits every alpha, if not best).
     ``config`` overrides the tile sizes (tests, sweeps). ``fallback``: a kernel that fails to
     compile or launch here gives the two-call result instead, with one warning, and is not
     tried again in this process (what ``kernel="auto"`` wants).
@@ -319,7 +321,7 @@ def fused_skew_circulation(
     batch = q.shape[0]
     alpha_t, alpha_value = _coefficient(alpha, batch, "alpha")
     if alpha_t is not None:  # the kernel reads alpha_t; alpha_value only picks the form
-        alpha_value = 1.0 if alpha_hint is None else float(alpha_hint)
+        alpha_value = float("nan") if alpha_hint is None else float(alpha_hint)
     beta_t, beta_value = _coefficient(beta, batch, "beta")
     for name, t in (("alpha", alpha_t), ("beta", beta_t)):
         if t is not None and t.device != q.device:

@@ -134,6 +134,9 @@ def test_a_tensor_alpha_takes_its_users_side_from_the_hint():
     assert fused_triton.accumulation_form(0.6) == (True, True)
     assert fused_triton.accumulation_form(1.0) == (True, False)
     assert fused_triton.accumulation_form(-0.1) == (False, False)
+    unhinted = fused_skew_circulation(q, k, v, alphas, 3.0, config=WIDE)  # side unknown: apart
+    assert fused_triton.accumulation_form(float("nan")) == (False, False)
+    assert not torch.equal(unhinted, by_number)
 
 
 def test_bf16_values_beyond_fp16_range_are_scaled_not_clipped():
