@@ -56,48 +56,23 @@ def _key_tile_scores(
 
 
 @triton.jit
-def _attend_key_tile_apart(
+def _attend_key_tile(
     acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
     sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
     D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PV_FP16: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, DIFFERENCE: tl.constexpr,
+    ANCHOR_PERT: tl.constexpr,
 ):
+    # One key tile of both online softmaxes, in the form accumulation_form (fused_triton.py)
+    # picked: acc_a holds P_a V at its own running maximum, or with DIFFERENCE (P_a - P_b) V at
+    # the larger one; ANCHOR_PERT swaps the two softmaxes' roles (alpha < 1).
     s1, a, v_j = _key_tile_scores(
         q_i, k_i, q_base, k_base, v_base, start, sql, sqd, skl, skd, svl, svd, length, c1, c2,
         v_inv_scale, D, BLOCK_N, MASKED, PV_FP16, UPCAST, PRECISION)
-
-    # Online softmax 1, the baseline. Maxima are kept in log2 units of the scaled logits, so
-    # each probability is one FMA and one exp2 (MUFU.EX2, the hardware exponential). Every tile
-    # has a valid column, so the maxima are finite from the first tile on.
-    m_b_new = tl.maximum(m_b, tl.max(s1, 1) * scale_log2)
-    p_b = tl.exp2(s1 * scale_log2 - m_b_new[:, None])
-    rescale_b = tl.exp2(m_b - m_b_new)
-    l_b = l_b * rescale_b + tl.sum(p_b, 1)
-    acc_b = acc_b * rescale_b[:, None] + _dot(p_b.to(v_j.dtype), v_j, UPCAST, PRECISION)
-
-    # Online softmax 2, the circulation-scaled logits.
-    m_a_new = tl.maximum(m_a, tl.max(a, 1) * scale_log2)
-    p_a = tl.exp2(a * scale_log2 - m_a_new[:, None])
-    rescale_a = tl.exp2(m_a - m_a_new)
-    l_a = l_a * rescale_a + tl.sum(p_a, 1)
-    acc_a = acc_a * rescale_a[:, None] + _dot(p_a.to(v_j.dtype), v_j, UPCAST, PRECISION)
-    return acc_b, l_b, m_b_new, acc_a, l_a, m_a_new
-
-
-@triton.jit
-def _attend_key_tile_difference(
-    acc_b, l_b, m_b, acc_d, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
-    sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PV_FP16: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, ANCHOR_PERT: tl.constexpr,
-):
-    s1, a, v_j = _key_tile_scores(
-        q_i, k_i, q_base, k_base, v_base, start, sql, sqd, skl, skd, svl, svd, length, c1, c2,
-        v_inv_scale, D, BLOCK_N, MASKED, PV_FP16, UPCAST, PRECISION)
-    if ANCHOR_PERT:  # alpha < 1: the baseline is the peakier softmax, the difference its side
+    if ANCHOR_PERT:  # the baseline is the peakier softmax: the difference goes on its side
         s1, a = a, s1
 
-    # Online softmax of the baseline at its own running maximum m_b. Maxima are kept in log2
+    # Online softmax of the anchor at its own running maximum m_b. Maxima are kept in log2
     # units of the scaled logits, so each probability is one FMA and one exp2 (MUFU.EX2, the
     # hardware exponential). Every tile has a valid column: the maxima are finite from the
     # first tile on.
@@ -107,18 +82,21 @@ def _attend_key_tile_difference(
     l_b = l_b * rescale_b + tl.sum(p_b, 1)
     acc_b = acc_b * rescale_b[:, None] + _dot(p_b.to(v_j.dtype), v_j, UPCAST, PRECISION)
 
-    # The circulation-scaled softmax enters only as its difference from the baseline, both at
-    # the larger running maximum m_a (>= m_b, so no term exceeds 1). P V rounds P to 16 bits:
-    # rounding P_a and P_b separately leaves each retrieval ~2^-12 off, uncorrelated, which is
-    # 3x the output's own rounding once Delta = pert - base is a few percent of it (flat
-    # logits); the rounded difference P_a - P_b errs only ~2^-12 of Delta itself.
-    m_a_new = tl.maximum(tl.maximum(m_a, tl.max(a, 1) * scale_log2), m_b_new)
+    # The other softmax. With DIFFERENCE it enters only as its difference from the anchor, both
+    # at the larger running maximum (so no term exceeds 1). P V rounds P to 16 bits: rounding
+    # P_a and P_b separately leaves each retrieval ~2^-12 off, uncorrelated, which is 3x the
+    # output's own rounding once Delta = pert - base is a few percent of it (flat logits); the
+    # rounded difference P_a - P_b errs only ~2^-12 of Delta itself.
+    m_a_new = tl.maximum(m_a, tl.max(a, 1) * scale_log2)
+    if DIFFERENCE:
+        m_a_new = tl.maximum(m_a_new, m_b_new)
     p_a = tl.exp2(a * scale_log2 - m_a_new[:, None])
     rescale_a = tl.exp2(m_a - m_a_new)
     l_a = l_a * rescale_a + tl.sum(p_a, 1)
-    p_diff = p_a - p_b * tl.exp2(m_b_new - m_a_new)[:, None]
-    acc_d = acc_d * rescale_a[:, None] + _dot(p_diff.to(v_j.dtype), v_j, UPCAST, PRECISION)
-    return acc_b, l_b, m_b_new, acc_d, l_a, m_a_new
+    if DIFFERENCE:
+        p_a = p_a - p_b * tl.exp2(m_b_new - m_a_new)[:, None]
+    acc_a = acc_a * rescale_a[:, None] + _dot(p_a.to(v_j.dtype), v_j, UPCAST, PRECISION)
+    return acc_b, l_b, m_b_new, acc_a, l_a, m_a_new
 
 
 @triton.jit
@@ -272,40 +250,30 @@ def skew_circulation_fwd(
     # DIFFERENCE: (P_a - P_b) V at the running maximum m_a; else P_a V at its own maximum
     acc_a = tl.zeros([BLOCK_M, D], tl.float32)
     full_end = (length // BLOCK_N) * BLOCK_N
+    for start in range(0, full_end, BLOCK_N):
+        acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile(
+            acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
+            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+            D, BLOCK_N, False, PV_FP16, UPCAST, PRECISION, DIFFERENCE, ANCHOR_PERT)
+    if full_end < length:
+        acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile(
+            acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, full_end,
+            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+            D, BLOCK_N, True, PV_FP16, UPCAST, PRECISION, DIFFERENCE, ANCHOR_PERT)
+
+    # Epilogue, all fp32: the two retrievals never round before their difference is taken.
+    base = acc_b * (v_scale / l_b)[:, None]
     if DIFFERENCE:
-        for start in range(0, full_end, BLOCK_N):
-            acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile_difference(
-                acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
-                sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
-                D, BLOCK_N, False, PV_FP16, UPCAST, PRECISION, ANCHOR_PERT)
-        if full_end < length:
-            acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile_difference(
-                acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, full_end,
-                sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
-                D, BLOCK_N, True, PV_FP16, UPCAST, PRECISION, ANCHOR_PERT)
         # pert = (acc_b 2^(m_b - m_a) + acc_a) / l_a, so Delta = pert - base
-        # = acc_a / l_a + acc_b (2^(m_b - m_a) / l_a - 1 / l_b): the baseline's rounding enters
+        # = acc_a / l_a + acc_b (2^(m_b - m_a) / l_a - 1 / l_b): the anchor's rounding enters
         # Delta only through the small difference of its two normalisers.
         inv_l_a = v_scale / l_a
-        base = acc_b * (v_scale / l_b)[:, None]
         drift = inv_l_a * tl.exp2(m_b - m_a) - v_scale / l_b
         delta = acc_a * inv_l_a[:, None] + acc_b * drift[:, None]
         if ANCHOR_PERT:  # the accumulators ran with the two softmaxes' roles swapped
             base = base + delta
             delta = -delta
     else:
-        for start in range(0, full_end, BLOCK_N):
-            acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile_apart(
-                acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
-                sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
-                D, BLOCK_N, False, PV_FP16, UPCAST, PRECISION)
-        if full_end < length:
-            acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile_apart(
-                acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, full_end,
-                sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
-                D, BLOCK_N, True, PV_FP16, UPCAST, PRECISION)
-        # Epilogue, all fp32: the two retrievals never round before their difference is taken.
-        base = acc_b * (v_scale / l_b)[:, None]
         delta = acc_a * (v_scale / l_a)[:, None] - base
     pert = base + delta
     new = base + beta * delta
