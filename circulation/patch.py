@@ -8,7 +8,7 @@ from ..families import adapter_for
 from ..hook.call import AttentionCall, Steering
 from ..hook.layers import select_layers
 from ..hook.override import HostBaseline, Steered, install_attention_hook
-from ..hook.schedule import sigma_window, window_bounds
+from ..hook.schedule import require_host_sigma, sigma_window, whole_run, window_bounds
 from ..hopfield import (
     CirculationResult,
     CirculationSettings,
@@ -44,6 +44,8 @@ def patch_circulation(
     if settings.is_identity:  # alpha = 1 or beta = 0: the model runs unpatched
         return m
     sigma_low, sigma_high = window_bounds(sigma_start, sigma_end)  # in_window's, once
+    if not whole_run(start_percent, end_percent):
+        require_host_sigma(m)  # else the model calls never wait for the device (schedule.py)
 
     masks = RowMasks(branch)
     kernel = settings.kernel

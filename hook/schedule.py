@@ -2,9 +2,14 @@
 
 The sigma of a model call is a device tensor. Reading it inside every attention layer would
 synchronise the GPU 70 times per step, so an APPLY_MODEL wrapper reads it (with the schedule, in
-one transfer) once per model call, where the sampler itself already waits for the device each
-step, and leaves a ``StepInfo`` in the call's transformer_options for the attention hooks. The
-step window is then a comparison of Python floats, the SkipLayerGuidance convention.
+one transfer) once per model call and leaves a ``StepInfo`` in the call's transformer_options for
+the attention hooks. The step window is then a comparison of Python floats, the
+SkipLayerGuidance convention.
+
+Even one read per model call stops the host from queueing the next step while the device
+finishes this one, so it is made only for models that asked for it (``require_host_sigma``: a
+step window narrower than the whole run, the Stability Probe's per-step bookkeeping). A
+circulation over the whole run never needs it, and its model calls wait for nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from . import intact
 STEP_KEY = "hopfield_circulation_step"
 LATENT_SHAPE_KEY = "hopfield_circulation_latent_shape"
 WRAPPER_KEY = "hopfield_circulation"
+# In model_options["transformer_options"]: some feature of this model reads the step on the host
+READS_SIGMA_KEY = "hopfield_circulation_reads_sigma"
 
 
 _MODEL_CALLS = itertools.count()
@@ -26,10 +33,13 @@ _MODEL_CALLS = itertools.count()
 
 @dataclass(frozen=True)
 class StepInfo:
-    sigma: float
+    sigma: float | None  # None: not read (no feature of the model needs it on the host)
     step: int | None  # index into the sampler's schedule; None when the host gave none
     percent: float | None  # step / (number of steps), 0 at the first step
     model_call: int = -1  # increases with every model call (tells guidance re-runs apart)
+
+
+UNREAD = StepInfo(None, None, None)
 
 
 def locate_step(sigma: float, schedule: list[float] | None) -> StepInfo:
@@ -72,6 +82,17 @@ def sigma_window(model_patcher, start_percent: float, end_percent: float) -> tup
     return sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent)
 
 
+def require_host_sigma(model_patcher) -> None:
+    """Have every model call of ``model_patcher`` (a clone) read its sigma and step on the host:
+    one device synchronisation per model call, for features that decide per step."""
+    model_patcher.model_options.setdefault("transformer_options", {})[READS_SIGMA_KEY] = True
+
+
+def whole_run(start_percent: float, end_percent: float) -> bool:
+    """A window that holds every step of any schedule: no need to read the step."""
+    return start_percent == 0.0 and end_percent == 1.0
+
+
 def _read_sigma_and_schedule(t, schedule) -> tuple[float, list[float] | None]:
     """This call's sigma and the sampler's schedule as Python floats, in one device transfer
     (all rows of a model call share one sigma)."""
@@ -89,8 +110,11 @@ def _apply_model_wrapper(executor, x, t, *args, **kwargs):
     transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options")
     if transformer_options is None:
         return executor(x, t, *args, **kwargs)
-    sigma, schedule = _read_sigma_and_schedule(t, transformer_options.get("sample_sigmas"))
-    step = locate_step(sigma, schedule)
+    if transformer_options.get(READS_SIGMA_KEY):
+        sigma, schedule = _read_sigma_and_schedule(t, transformer_options.get("sample_sigmas"))
+        step = locate_step(sigma, schedule)
+    else:
+        step = UNREAD
     transformer_options[STEP_KEY] = StepInfo(step.sigma, step.step, step.percent,
                                              next(_MODEL_CALLS))
     transformer_options[LATENT_SHAPE_KEY] = tuple(x.shape)

@@ -19,7 +19,7 @@ from ..families import adapter_for
 from ..hook.call import AttentionCall, Steering
 from ..hook.layers import select_layers
 from ..hook.override import add_observer, install_attention_hook
-from ..hook.schedule import LATENT_SHAPE_KEY, sigma_window, window_bounds
+from ..hook.schedule import LATENT_SHAPE_KEY, require_host_sigma, sigma_window, window_bounds
 from ..hopfield.input_space import channel_subset, input_retrieval, steered_input_retrieval
 from ..hopfield.stability import layer_stability
 from .registry import (
@@ -46,6 +46,7 @@ def patch_probe(model_patcher, settings: ProbeSettings):
     sigma_start, sigma_end = sigma_window(m, settings.start_percent, settings.end_percent)
     sigma_low, sigma_high = window_bounds(sigma_start, sigma_end)  # in_window's, once
     install_attention_hook(m, adapter=adapter)
+    require_host_sigma(m)  # its first-call-per-step bookkeeping keys on the step
     selected = select_layers(settings.layers, adapter.layer_map)
     if settings.basis == "value":
         basis = _value_basis

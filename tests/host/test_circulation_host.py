@@ -211,6 +211,33 @@ def test_step_window(nodes, sampling, sdxl, sd3):
     assert 0 < sum(s[2] for s in seen) < len(seen)
 
 
+@pytest.mark.parametrize("window, reads", [((0.0, 1.0), False), ((0.0, 0.5), True),
+                                           ((0.2, 1.0), True)])
+def test_sigma_is_read_on_the_host_only_when_a_window_needs_it(nodes, sampling, sdxl,
+                                                                 monkeypatch, window, reads):
+    """Reading a model call's sigma waits for the device: a circulation over the whole run
+    never does it, a narrower window does once per model call (and the probe always)."""
+    from hopfield_circulation.hook import schedule
+    from hopfield_circulation.nodes import probe_nodes
+
+    read = []
+    real = schedule._read_sigma_and_schedule
+    monkeypatch.setattr(schedule, "_read_sigma_and_schedule",
+                        lambda *a: read.append(1) or real(*a))
+    steps = 3
+    steered = sampling["sdxl"](skew(nodes, sdxl, start=window[0], end=window[1]), steps=steps)
+    assert len(read) == (steps if reads else 0)  # CFG: one batched model call per step
+    if not reads:  # the whole run steered, as with the sigma read
+        read_anyway = skew(nodes, sdxl, start=window[0], end=window[1])
+        schedule.require_host_sigma(read_anyway)
+        assert torch.equal(sampling["sdxl"](read_anyway, steps=steps), steered)
+    read.clear()
+    probed, _ = probe_nodes.StabilityProbe.execute(sdxl, "value", 64, 0.0, 1.0, "cond",
+                                                   "all").result
+    sampling["sdxl"](probed, steps=steps)
+    assert len(read) == steps
+
+
 def test_input_space_sdxl(nodes, sampling, sdxl):
     base = sampling["sdxl"](sdxl)
     value = sampling["sdxl"](skew(nodes, sdxl, space="value"))
