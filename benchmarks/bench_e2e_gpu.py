@@ -15,17 +15,26 @@ SelfAttentionGuidance 0.5 on SDXL; SkipLayerGuidanceDiT 7,8,9 at 1-15 % on SD3);
 TorchCompileModel (inductor) alone and with Skew, Adaptive and the Probe. Columns: median
 seconds per run over rounds (after a warm-up run), ratio to the baseline of the same model and
 dtype, peak GPU memory, and from torch.profiler over a shorter run (device activity only,
---profile-steps): GPU-busy ms and kernel launches per step. Exits with a clear message without
-CUDA (use --tiny to check the script on a CPU).
+--profile-steps): GPU-busy ms and kernel launches per step. Two diagnostic rows and columns say
+where a steered step's wall time goes when it is not the GPU's: "our hook only" (the pack's
+attention hook on every call, nothing steered) and "baseline + a sigma read per step" (the one
+device synchronisation per model call a step window or the probe costs); "host ms/step" (the
+host's time inside the model calls, timed without waiting for the device: close to the wall
+time per step means the step is host-bound) and "syncs/run" (host synchronisations in one run,
+from torch.cuda.set_sync_debug_mode, the run's final wait and ComfyUI's own included; their
+places are printed under the table). Exits with a
+clear message without CUDA (use --tiny to check the script on a CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,6 +75,8 @@ def variants(model, name: str):
         return TorchCompileModel.execute(m, "inductor").result[0]
 
     yield "baseline", lambda: model
+    yield HOOK_ONLY, lambda: hook_only(model)
+    yield SIGMA_READ, lambda: reads_sigma(model)
     yield "Skew Circulation (auto)", lambda: skew(model)
     yield UNCACHED, lambda: skew(model)  # run with launch_cache(False)
     yield "Skew, two-call path", lambda: patch_circulation(
@@ -89,6 +100,68 @@ def variants(model, name: str):
 
 
 UNCACHED = "Skew, Triton's own launches"  # the pack's cached launcher switched off
+HOOK_ONLY = "our hook only (nothing steered)"
+SIGMA_READ = "baseline + a sigma read per step"
+
+
+def hook_only(model):
+    """The pack's attention hook on every call (parsing, placement), handing every one back."""
+    from hopfield_circulation.hook.override import install_attention_hook
+
+    m = model.clone()
+    install_attention_hook(m, lambda call, baseline: None)
+    return m
+
+
+def reads_sigma(model):
+    """The baseline with one read of each model call's sigma on the host, as the pack's step
+    wrapper makes for a step window or the probe (hook/schedule.py)."""
+    from comfy.patcher_extension import WrappersMP
+
+    def read_sigma(executor, x, t, *args, **kwargs):
+        float(t.reshape(-1)[0])
+        return executor(x, t, *args, **kwargs)
+
+    m = model.clone()
+    m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, "bench_sigma_read", read_sigma)
+    return m
+
+
+def timed_model_calls(model):
+    """(clone, seconds list): a clone whose model calls add their host time to the list (the
+    outermost APPLY_MODEL wrapper; the device is never waited for)."""
+    from comfy.patcher_extension import WrappersMP
+
+    seconds = []
+
+    def time_model_call(executor, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    m = model.clone()
+    m.wrappers.setdefault(WrappersMP.APPLY_MODEL, {}).setdefault(
+        "bench_host_time", []).insert(0, time_model_call)
+    return m, seconds
+
+
+def count_syncs(run, cuda: bool) -> tuple[int, collections.Counter]:
+    """(host synchronisations in one run, how many at each place), from torch's sync debug
+    mode (it flags the synchronising CUDA calls: item/tolist, blocking copies, waits)."""
+    if not cuda:
+        return 0, collections.Counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    return len(syncs), collections.Counter(
+        f"{Path(w.filename).name}:{w.lineno}" for w in syncs)
 
 
 @contextlib.contextmanager
@@ -151,8 +224,9 @@ def main():
     print(f"{name_of_device}, torch {torch.__version__}, {args.steps} steps, CFG 5, "
           f"{'tiny models' if args.tiny else '1024²'}, batch 1")
     print("| model | dtype | variant | s per run | × baseline | peak GiB | GPU ms/step | "
-          "launches/step |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+          "launches/step | host ms/step | syncs/run |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    sync_places = {}
     for name in args.models:
         for dtype_name in args.dtypes:
             model, run_model = load(name, DTYPES[dtype_name], device, args)
@@ -163,7 +237,7 @@ def main():
                 if args.skip and any(o in label for o in args.skip):
                     continue
                 torch._dynamo.reset()
-                patched = make()
+                patched, host_seconds = timed_model_calls(make())
 
                 def run(steps=args.steps, patched=patched, run_model=run_model,
                         cached=label != UNCACHED):
@@ -176,21 +250,28 @@ def main():
                 run()  # warm-up: compiles kernels, loads the model
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
-                times = []
+                times, first_timed = [], len(host_seconds)
                 for _ in range(args.rounds):
                     start = time.perf_counter()
                     run()
                     times.append(time.perf_counter() - start)
                 seconds = statistics.median(times)
+                # all model calls of a step (guidance nodes make two)
+                host_ms = 1000 * sum(host_seconds[first_timed:]) / (args.steps * args.rounds)
                 peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
                 busy, launches = profile_run(run, args.profile_steps, cuda)
+                syncs, places = count_syncs(run, cuda)
+                if places:
+                    sync_places[f"{name} {dtype_name} {label}"] = places
                 base_time = base_time or seconds
                 print(f"| {name} | {dtype_name} | {label} | {seconds:.3f} | "
-                      f"{seconds / base_time:.2f} | {peak:.1f} | {busy:.1f} | {launches:.0f} |",
-                      flush=True)
+                      f"{seconds / base_time:.2f} | {peak:.1f} | {busy:.1f} | {launches:.0f} | "
+                      f"{host_ms:.1f} | {syncs} |", flush=True)
             del model
             if cuda:
                 torch.cuda.empty_cache()
+    for variant, places in sync_places.items():
+        print(f"syncs, {variant}: " + ", ".join(f"{p} ×{n}" for p, n in places.most_common(6)))
 
 
 def load(name: str, dtype, device, args):

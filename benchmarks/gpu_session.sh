@@ -3,17 +3,17 @@
 # is scarce: one start, the outputs written as they come so a timeout keeps what ran). Carry
 # .gpu (laid out by the workplace's gpu-bundle.sh: a ComfyUI copy and its missing wheels) and run
 #
-#   bash benchmarks/gpu_session.sh main       # ≈ 8 minutes; writes $OUT/*.txt (else /tmp/hc-gpu)
-#   bash benchmarks/gpu_session.sh compiled   # ≈ 6.5 minutes, a command of its own
+#   bash benchmarks/gpu_session.sh main       # ≈ 9 minutes; writes $OUT/*.txt (else /tmp/hc-gpu)
+#   bash benchmarks/gpu_session.sh compiled   # ≈ 7.5 minutes, a command of its own
 #   HC_GPU_SKIP="bench_gpu bench_e2e_compiled" bash benchmarks/gpu_session.sh main compiled
 #
 # main, most needed first: the GPU test tier without its compile cases; the host's time per
 # steered call (fused path, fp16, tiny shapes) and per launch (Triton's own against the cached
-# launcher); the full-size end-to-end table in fp16; the per-call kernel table with the tile
-# sweep; the end-to-end table in bf16 (each its own process, so a slow one still leaves the
-# others' rows). compiled: the tier's compile cases (torch.compile of the steering, full-size
-# sampling under TorchCompileModel), then TorchCompileModel's variants on SDXL fp16 (inductor
-# compiles are slow). HC_GPU_STEPS / HC_GPU_ROUNDS shorten the end-to-end runs.
+# launcher); the full-size end-to-end tables in fp16 (SDXL, then SD3-medium); the per-call
+# kernel table with the tile sweep; SDXL's end-to-end table in bf16 (each its own process, so
+# a slow one still leaves the others' rows). compiled: the tier's compile cases (torch.compile
+# of the steering, full-size sampling under TorchCompileModel), then TorchCompileModel's
+# variants on SDXL fp16 (inductor compiles are slow), then SDXL's space = input row. HC_GPU_STEPS / HC_GPU_ROUNDS shorten the end-to-end runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
@@ -54,11 +54,14 @@ for part in "${@:-main}"; do
       --device cuda
     HOPFIELD_CIRCULATION_TUNE=0 step host_overhead 25 "$py" benchmarks/bench_host_overhead.py \
       --device cuda --dtype fp16
-    step bench_e2e_fp16 150 "$py" benchmarks/bench_e2e_gpu.py --dtypes fp16 \
-      --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
-    step bench_gpu 70 "$py" benchmarks/bench_gpu.py --quick --sweep
-    step bench_e2e_bf16 130 "$py" benchmarks/bench_e2e_gpu.py --dtypes bf16 \
+    # one model per step, so that a slow row costs only its own model's later rows
+    step bench_e2e_sdxl_fp16 120 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
       --steps "$steps" --rounds "$rounds" --skip TorchCompileModel "space = input"
+    step bench_e2e_sd3_fp16 75 "$py" benchmarks/bench_e2e_gpu.py --models sd3-medium \
+      --dtypes fp16 --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
+    step bench_gpu 70 "$py" benchmarks/bench_gpu.py --quick --sweep
+    step bench_e2e_bf16 100 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes bf16 \
+      --steps "$steps" --rounds "$rounds" --skip TorchCompileModel "space = input" core
     ;;
   compiled)
     # one full-size compile (SDXL) in the tier: on an H200, dynamo alone traced the UNet for
@@ -67,6 +70,9 @@ for part in "${@:-main}"; do
       --timeout 280
     step bench_e2e_compiled 90 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
       --steps "$steps" --rounds 2 --only TorchCompileModel
+    # the authors' formulation is several times a step: its row alone, after the rest
+    step bench_e2e_input_space 60 "$py" benchmarks/bench_e2e_gpu.py --models sdxl \
+      --dtypes fp16 --steps "$steps" --rounds 2 --only "space = input"
     ;;
   *)
     echo "gpu_session.sh: unknown part '$part' (main, compiled)" >&2
