@@ -183,6 +183,45 @@ def test_full_size_sampling_through_comfyui(comfy_host, name, compiled):
     assert torch.isfinite(out).all() and not torch.equal(out, base)
 
 
+def host_syncs(run) -> list[str]:
+    """Where ``run()`` synchronised the host with the device (torch's sync debug mode)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+
+
+@pytest.mark.parametrize("name", ["sdxl"])
+def test_steered_sampling_waits_for_the_device_no_more_than_the_baseline(comfy_host, name):
+    """Full-size SDXL, fp16, 2 steps: Skew, cond-only and Adaptive Circulation over the whole
+    run add not one host synchronisation to what ComfyUI's own sampling makes."""
+    from hopfield_circulation.nodes.circulation_nodes import AdaptiveCirculation, SkewCirculation
+
+    from gpu.full_size_models import build, sample
+
+    model = build(name, torch.float16, torch.device("cuda"))
+    variants = {
+        "skew": SkewCirculation.execute(model, 1.05, 3.0, 0.0, 1.0, "all", "both",
+                                        "value").result[0],
+        "cond": SkewCirculation.execute(model, 1.05, 3.0, 0.0, 1.0, "all", "cond",
+                                        "value").result[0],
+        "adaptive": AdaptiveCirculation.execute(model, 1.2, 5.0, 0.0, 1.0, "all", "both",
+                                                "value", "per sample").result[0],
+    }
+    sample(model, name, steps=2, size=512)
+    baseline = host_syncs(lambda: sample(model, name, steps=2, size=512))
+    for label, patched in variants.items():
+        sample(patched, name, steps=2, size=512)  # compiles, times the tiles (one wait each)
+        steered = host_syncs(lambda patched=patched: sample(patched, name, steps=2, size=512))
+        assert len(steered) <= len(baseline), (label, sorted(set(steered) - set(baseline)))
+
+
 @needs_triton
 @pytest.mark.parametrize("shape, strided", [((2, 10, 4096, 64), False), ((1, 24, 1178, 64), True),
                                             ((1, 3, 77, 64), False), ((1, 4, 333, 128), True)])
