@@ -17,6 +17,7 @@ from ..hopfield import (
     fused_triton,
 )
 from ..hopfield.circulation import circulate_rows, needs_baseline, use_fused
+from ..hopfield.fused_plan import SkewPlans
 from ..hopfield.symmetry import half_into_fp32
 from ..vocabulary import FEATURE_SPACES, STEER_BRANCHES, FeatureSpace, SteerBranch, check_choice
 from .branches import RowMasks, steers_branch
@@ -51,6 +52,9 @@ def patch_circulation(
     kernel = settings.kernel
     # Static settings on every row: the same Steering for every call.
     everywhere = Steering(space, settings.alpha, settings.beta, settings.norm_match, None)
+    # Static settings on the fused path: each call layout's launch prepared once (fused_plan)
+    plans = SkewPlans(settings.alpha, settings.beta, settings.norm_match) \
+        if input_space is None and not settings.adaptive and kernel != "two_call" else None
 
     def steer(call: AttentionCall, baseline: HostBaseline) -> Steered | None:
         # Cheapest refusals first: every attention call of the model comes through here.
@@ -63,6 +67,14 @@ def patch_circulation(
         active, run = masks(call)
         if input_space is None:
             q, k, v = call.q, call.k, call.v
+            # A planned layout launches at once (a chained earlier override must see every
+            # call, so those take the general path, which runs it)
+            layout = None
+            if plans is not None and not baseline.chained and not torch.compiler.is_compiling():
+                layout = plans.layout(q, k, v, call.cond_or_uncond)
+                planned = plans.get(layout)
+                if planned is not None and (out := planned[0].run(q, k, v, active)) is not None:
+                    return Steered(out, planned[1])
             fused = use_fused(q, k, v, kernel)
             if run is not None and not fused and not settings.adaptive:
                 # One branch on the two-call path: compute only its rows.
@@ -72,6 +84,10 @@ def patch_circulation(
                 wanted = baseline.chained or needs_baseline(q, k, v, settings, active, fused)
                 base = baseline.heads(call.heads) if wanted else None  # fused: no host call
                 result = circulate_value_space(q, k, v, base, settings, active, fused=fused)
+                if fused and layout is not None:
+                    plans.learn(layout, q, k, v, active, everywhere if active is None else
+                                Steering(space, settings.alpha, settings.beta,
+                                         settings.norm_match, active))
         else:
             result = _steer_input_space(input_space, call, baseline.heads(call.heads),
                                         settings, active)

@@ -113,6 +113,11 @@ def facts() -> ProcessFacts:
     return _FACTS[0]
 
 
+def disabled() -> bool:
+    """Whether the kernel failed here, and ``kernel="auto"`` stopped choosing it."""
+    return bool(_DISABLED)
+
+
 def first_failure_hands_over(what: str, failed: list[str], run):
     """``run()``, or None when it raises (a kernel that does not compile or launch here): the
     failure goes into ``failed`` (which its eligibility check reads, so the kernel is not tried
@@ -208,6 +213,15 @@ def tuned_config(q: torch.Tensor, launch) -> LaunchConfig:
         with torch.cuda.device(q.device):  # the events time q's device, current or not
             _TUNED[key] = fastest(candidates, lambda config: _time_ms(launch, config))
     return _TUNED[key]
+
+
+def settled_config(q: torch.Tensor) -> LaunchConfig | None:
+    """The tiles ``tuned_config`` gives q's calls without timing anything: None while its
+    shape class still waits for its timing."""
+    found = facts()
+    if not q.is_cuda or found.interpreting or not found.tune:
+        return default_config(q.shape[-1], q.dtype)
+    return _TUNED.get(shape_class(q))
 
 
 def _time_ms(launch, config: LaunchConfig, reps: int = 3) -> float | None:
@@ -355,9 +369,6 @@ class AdaptiveInputs:
 def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_match,
             cfg: LaunchConfig, adaptive: AdaptiveInputs | None = None,
             like_q: bool = False) -> torch.Tensor:
-    batch, heads, length, d = q.shape
-    if active is not None:
-        active = active.contiguous().view(torch.uint8)
     # The interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest even), which
     # would double the output's rounding error: there the kernel writes fp32 and torch rounds.
     emulate_bf16 = facts().interpreting and q.dtype == torch.bfloat16
@@ -367,6 +378,20 @@ def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_matc
     out_dtype = torch.float32 if emulate_bf16 else q.dtype
     out = torch.empty_like(q, dtype=out_dtype) if like_q else torch.empty(
         q.shape, dtype=out_dtype, device=q.device)
+    grid, args, constexprs = launch_arguments(q, k, v, out, alpha_t, beta_t, alpha_value,
+                                              beta_value, active, norm_match, cfg, adaptive)
+    _launcher()[grid](*args, **constexprs)
+    return out.to(q.dtype) if emulate_bf16 else out
+
+
+def launch_arguments(q, k, v, out, alpha_t, beta_t, alpha_value, beta_value, active,
+                     norm_match, cfg: LaunchConfig, adaptive: AdaptiveInputs | None = None):
+    """(grid, arguments, constexprs) of one launch writing ``out`` (fused_plan.py replays
+    them). The first FUSED_TENSOR_ARGS arguments are tensors, ``out`` standing in for those
+    a launch does not read."""
+    batch, heads, length, d = q.shape
+    if active is not None:
+        active = active.contiguous().view(torch.uint8)
     pv_fp16 = q.dtype == torch.bfloat16
     # Per (batch, head) max |V|, one small reduction on the device (no copy, no sync): the
     # kernel scales V by a power of two when it would not fit fp16.
@@ -377,17 +402,19 @@ def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_matc
     eta_block = 1 if adaptive is None else 1 << (
         (heads if adaptive.per_sample else batch * heads) - 1).bit_length()
     difference, anchor_pert = accumulation_form(alpha_value)
-    _launcher()[grid](
+    args = (
         q, k, v, out, alpha_t if alpha_t is not None else out,
         beta_t if beta_t is not None else out, v_max, active if active is not None else out,
         adaptive.eta if adaptive else out, adaptive.coefficients if adaptive else out,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         _stride(alpha_t), _stride(beta_t), alpha_value, beta_value,
         batch if adaptive else 0, heads, length, d**-0.5 * LOG2E,
+    )
+    constexprs = dict(
         D=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         ALPHA_PER_SAMPLE=alpha_t is not None, BETA_PER_SAMPLE=beta_t is not None,
         NORM_MATCH=norm_match, PV_FP16=pv_fp16, HAS_ACTIVE=active is not None,
-        UPCAST=emulate_bf16,
+        UPCAST=out.dtype != q.dtype,  # the interpreter's bf16 (see _launch)
         PRECISION=FP32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",  # else ignored
         ADAPTIVE=adaptive is not None,
         ETA_PER_SAMPLE=adaptive is None or adaptive.per_sample,
@@ -395,7 +422,7 @@ def _launch(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_matc
         DIFFERENCE=difference, ANCHOR_PERT=anchor_pert,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out.to(q.dtype) if emulate_bf16 else out
+    return grid, args, constexprs
 
 
 def _stride(t: torch.Tensor | None) -> int:

@@ -114,13 +114,38 @@ class CachedLauncher:
                          compiled.function, compiled.packed_metadata, None, None, None,
                          *args, *constants)
         except (TypeError, ValueError, SystemError, AttributeError) as error:
-            # The launcher parses its arguments before it launches: a refusal means this
-            # Triton calls it differently, and nothing ran. Triton's own path from now on.
-            self.enabled = False
-            warnings.warn(f"Hopfield Circulation: Triton's compiled launcher refused the "
-                          f"cached launch ({error!r}); launching through Triton's own path "
-                          f"from now on", RuntimeWarning, stacklevel=3)
+            self.refused(error)
             self.kernel[grid](*args, **kwargs)
+
+    def refused(self, error: Exception) -> None:
+        """The compiled launcher refused a cached launch. It parses its arguments before it
+        launches, so nothing ran: this Triton calls it differently, and every launch takes
+        Triton's own path from now on."""
+        self.enabled = False
+        warnings.warn(f"Hopfield Circulation: Triton's compiled launcher refused the cached "
+                      f"launch ({error!r}); launching through Triton's own path from now on",
+                      RuntimeWarning, stacklevel=4)
+
+    @property
+    def hooks(self):
+        """Triton's runtime knobs (launch hooks); set by the first launch."""
+        return self._hooks
+
+    def stream(self, device: int):
+        """The current stream of ``device`` (-1: the current device), as a launch takes it."""
+        driver = self._driver
+        return driver.get_current_stream(device if device >= 0 else
+                                         driver.get_current_device())
+
+    def entry(self, args: tuple, kwargs: dict) -> tuple | None:
+        """(compiled kernel, constexpr values) that a launch with these arguments on their
+        device would use, once one has run (fused_plan.py replays it); None before."""
+        driver = self._driver
+        if not self.enabled or driver is None:
+            return None
+        index = args[0].get_device()
+        device = index if index >= 0 else driver.get_current_device()
+        return self.compiled.get((device, self.key(args, kwargs)))
 
     def _miss(self, grid, args, kwargs, key) -> None:
         self.misses += 1

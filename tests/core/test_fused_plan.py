@@ -1,0 +1,162 @@
+"""Prepared launches of the fused kernel (hopfield/fused_plan.py): a plan launches exactly what
+the general path launches for the same call, argument for argument, and steps aside wherever
+that path could launch differently. A recording stand-in takes the compiled kernel's place
+(no GPU needed); the GPU tier runs the real kernel through both."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+from core.launch_recorder import record_fused_launches
+from hopfield_circulation.hopfield import fused_plan, fused_triton
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason="triton is not installed (plans replay its launches)")
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    return record_fused_launches(monkeypatch)
+
+
+def host_layout(batch, tokens, heads, d, dtype, seed=0):
+    """q, k, v as [B, H, L, d] views of the host's [B, L, H*d] tensors (a UNet's call)."""
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(batch, tokens, heads * d, generator=gen).to(dtype)
+                 .view(batch, tokens, heads, d).transpose(1, 2) for _ in range(3))
+
+
+def joint_layout(batch, tokens, heads, d, dtype, seed=0):
+    """q, k, v as views of one joint qkv projection (SD3's layout)."""
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(batch, tokens, 3, heads, d, generator=gen).to(dtype)
+    return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
+
+
+CASES = [  # (layout, dtype, d, alpha, beta, norm_match, active)
+    (host_layout, torch.float16, 64, 1.05, 3.0, True, None),
+    (host_layout, torch.bfloat16, 64, 1.05, 3.0, True, None),
+    (host_layout, torch.float16, 128, 0.95, 4.0, False, None),
+    (joint_layout, torch.bfloat16, 64, 0.95, 3.0, True, None),
+    (joint_layout, torch.float16, 64, -0.5, 2.0, True, [True, False]),
+    (host_layout, torch.bfloat16, 128, 1.3, 3.0, True, [False, True]),
+    (host_layout, torch.float32, 64, 0.0, 3.0, True, None),
+]
+
+
+def same_launch(general: tuple, planned: tuple, general_out, planned_out):
+    """Argument for argument: each call's own output where the other has its own, the same
+    input tensors, equal values elsewhere (v's maxima are recomputed, equal)."""
+    assert len(general) == len(planned)
+    for i, (a, b) in enumerate(zip(general, planned, strict=True)):
+        if isinstance(a, torch.Tensor):
+            assert isinstance(b, torch.Tensor), i
+            if a is general_out:
+                assert b is planned_out, i
+            elif a.data_ptr() == b.data_ptr():
+                assert (a.dtype, a.shape, a.stride()) == (b.dtype, b.shape, b.stride()), i
+            else:  # recomputed on each call: v's per-head maxima
+                assert torch.equal(a, b), i
+        else:
+            assert type(a) is type(b) and a == b, (i, a, b)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0].__name__}-{c[1]}-d{c[2]}-"
+                         f"a{c[3]}-nm{c[5]}-{'rows' if c[6] else 'all'}")
+def test_a_plan_launches_what_the_general_path_launches(recorder, case):
+    layout, dtype, d, alpha, beta, norm_match, rows = case
+    q, k, v = layout(2, 37, 3, d, dtype)
+    active = None if rows is None else torch.tensor(rows)
+
+    def general():
+        return fused_triton.fused_skew_circulation(q, k, v, alpha, beta, norm_match=norm_match,
+                                                   active=active, alpha_hint=alpha)
+
+    general()  # Triton's own path once, then the cached launcher's
+    general_out = general()
+    plan = fused_plan.make_skew_plan(q, k, v, alpha, beta, norm_match, active)
+    assert plan is not None
+    planned_out = plan.run(q, k, v, active)
+    assert planned_out is not None
+    assert (planned_out.shape, planned_out.stride(), planned_out.dtype) == (
+        general_out.shape, general_out.stride(), general_out.dtype)
+    same_launch(recorder.launches[-2], recorder.launches[-1], general_out, planned_out)
+    # and for new tensors of the same layout
+    q2, k2, v2 = layout(2, 37, 3, d, dtype, seed=1)
+    out2 = plan.run(q2, k2, v2, active)
+    assert recorder.launches[-1][9:12] == (q2, k2, v2)
+    assert out2.stride() == general_out.stride()
+
+
+def test_a_plan_steps_aside_where_the_general_path_could_launch_otherwise(recorder):
+    q, k, v = host_layout(2, 37, 3, 64, torch.float16)
+    fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0)
+    plan = fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None)
+    launches = len(recorder.launches)
+
+    # an address off 16 bytes: Triton specialises on it
+    storage = torch.randn(2 * 37 * 192 + 1).to(torch.float16)
+    off = storage[1:].view(2, 37, 3, 64).transpose(1, 2)
+    assert plan.run(off, k, v, None) is None
+    assert fused_plan.make_skew_plan(off, k, v, 1.05, 3.0, True, None) is None
+    # a profiler's launch hook: Triton's own path, so the profiler sees the launch
+    recorder.hooks.launch_enter_hook = SimpleNamespace(calls=[print])
+    assert plan.run(q, k, v, None) is None
+    recorder.hooks.launch_enter_hook = None
+    # the kernel failed in this process: the general path hands over to the two-call path
+    fused_triton._DISABLED.append("failed")
+    assert plan.run(q, k, v, None) is None
+    assert fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None) is None
+    fused_triton._DISABLED.clear()
+    assert len(recorder.launches) == launches  # none of these launched
+    assert plan.run(q, k, v, None) is not None
+
+
+def test_a_refusing_launcher_hands_every_launch_to_tritons_own_path(recorder):
+    q, k, v = host_layout(2, 37, 3, 64, torch.float16)
+    fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0)
+    plan = fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None)
+
+    def refuse(*args):
+        raise TypeError("function takes exactly 40 arguments")
+
+    recorder.compiled.run = refuse
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert plan.run(q, k, v, None) is None
+    assert not recorder.launcher.enabled
+    assert any("refused" in str(w.message) for w in caught)
+    assert fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None) is None
+
+
+def test_no_plan_under_the_interpreter_or_before_the_tiles_are_settled(recorder, monkeypatch):
+    q, k, v = host_layout(2, 37, 3, 64, torch.float16)
+    monkeypatch.setattr(fused_triton, "_launcher", lambda: fused_triton._kernel())
+    assert fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None) is None  # no launcher
+    monkeypatch.setattr(fused_triton, "_launcher", lambda: recorder.launcher)
+    assert fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None) is None  # nothing ran
+    monkeypatch.setattr(fused_triton, "settled_config", lambda q: None)
+    fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0, config=fused_triton.default_config(
+        64, torch.float16))
+    assert fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None) is None  # tiles untimed
+
+
+def test_plans_are_kept_per_layout_and_bounded(recorder, monkeypatch):
+    plans = fused_plan.SkewPlans(1.05, 3.0, True)
+    q, k, v = host_layout(2, 37, 3, 64, torch.float16)
+    fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0)
+    fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0)
+    layout = plans.layout(q, k, v, [1, 0])
+    assert plans.get(layout) is None
+    plans.learn(layout, q, k, v, None, "steering")
+    plan, extra = plans.get(layout)
+    assert extra == "steering" and plan.run(q, k, v, None) is not None
+    assert plans.layout(q, k, v, [0, 1]) != layout  # the chunk labels decide the rows
+    assert plans.layout(*joint_layout(2, 37, 3, 64, torch.float16), [1, 0]) != layout
+    monkeypatch.setattr(fused_plan, "MAX_PLANS", 1)
+    plans.learn(plans.layout(q, k, v, [0]), q, k, v, None)
+    assert len(plans.plans) == 1 and plans.get(layout) is None
