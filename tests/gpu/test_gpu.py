@@ -288,6 +288,28 @@ def test_cached_launches_match_tritons_own(dtype):
 
 
 @needs_triton
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_planned_launches_match_the_general_path(dtype):
+    """A steered call whose layout was planned (hopfield/fused_plan.py) launches the same
+    compiled kernel with the same arguments: the same output, bit for bit, for new inputs of
+    that layout, all rows steered or only some."""
+    from hopfield_circulation.hopfield import fused_plan, fused_triton
+
+    rows = torch.tensor([False, True], device="cuda")
+    for strided, active, alpha in ((False, None, 1.05), (True, rows, 0.95)):
+        q, k, v = inputs(2, 10, 1000, 64, dtype, strided, seed=31)
+        fused_triton.fused_skew_circulation(q, k, v, alpha, 3.0, active=active,
+                                            alpha_hint=alpha)
+        plan = fused_plan.make_skew_plan(q, k, v, alpha, 3.0, True, active)
+        assert plan is not None
+        q, k, v = inputs(2, 10, 1000, 64, dtype, strided, seed=32)
+        want = fused_triton.fused_skew_circulation(q, k, v, alpha, 3.0, active=active,
+                                                   alpha_hint=alpha)
+        got = plan.run(q, k, v, active)
+        assert got is not None and got.stride() == want.stride() and torch.equal(got, want)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_kernels_run_on_their_tensors_device_not_the_current_one():
     """A model on the second GPU while the first is current (multi-GPU set-ups): each kernel
