@@ -14,10 +14,10 @@ from ..hopfield import (
     CirculationSettings,
     circulate_input_space,
     circulate_value_space,
+    fused_plan,
     fused_triton,
 )
 from ..hopfield.circulation import circulate_rows, needs_baseline, use_fused
-from ..hopfield.fused_plan import SkewPlans
 from ..hopfield.symmetry import half_into_fp32
 from ..vocabulary import FEATURE_SPACES, STEER_BRANCHES, FeatureSpace, SteerBranch, check_choice
 from .branches import RowMasks, steers_branch
@@ -52,9 +52,9 @@ def patch_circulation(
     kernel = settings.kernel
     # Static settings on every row: the same Steering for every call.
     everywhere = Steering(space, settings.alpha, settings.beta, settings.norm_match, None)
-    # Static settings on the fused path: each call layout's launch prepared once (fused_plan)
-    plans = SkewPlans(settings.alpha, settings.beta, settings.norm_match) \
-        if input_space is None and not settings.adaptive and kernel != "two_call" else None
+    # The fused path: each call layout's launches prepared once (hopfield/fused_plan.py)
+    plans = fused_plan.LayoutPlans(_plan_maker(settings)) \
+        if input_space is None and kernel != "two_call" else None
 
     def steer(call: AttentionCall, baseline: HostBaseline) -> Steered | None:
         # Cheapest refusals first: every attention call of the model comes through here.
@@ -73,8 +73,11 @@ def patch_circulation(
             if plans is not None and not baseline.chained and not torch.compiler.is_compiling():
                 layout = plans.layout(q, k, v, call.cond_or_uncond)
                 planned = plans.get(layout)
-                if planned is not None and (out := planned[0].run(q, k, v, active)) is not None:
-                    return Steered(out, planned[1])
+                if planned is not None and (got := planned[0].run(q, k, v, active)) is not None:
+                    if not settings.adaptive:
+                        return Steered(got, planned[1])
+                    out, _, alpha, beta = got
+                    return Steered(out, Steering(space, alpha, beta, settings.norm_match, active))
             fused = use_fused(q, k, v, kernel)
             if run is not None and not fused and not settings.adaptive:
                 # One branch on the two-call path: compute only its rows.
@@ -84,8 +87,9 @@ def patch_circulation(
                 wanted = baseline.chained or needs_baseline(q, k, v, settings, active, fused)
                 base = baseline.heads(call.heads) if wanted else None  # fused: no host call
                 result = circulate_value_space(q, k, v, base, settings, active, fused=fused)
-                if fused and layout is not None:
-                    plans.learn(layout, q, k, v, active, everywhere if active is None else
+                if fused and layout is not None:  # plan the layout, with its static Steering
+                    plans.learn(layout, q, k, v, active, None if settings.adaptive else
+                                everywhere if active is None else
                                 Steering(space, settings.alpha, settings.beta,
                                          settings.norm_match, active))
         else:
@@ -101,6 +105,16 @@ def patch_circulation(
     fused_triton.facts()
     half_into_fp32(torch.device(getattr(m, "load_device", "cpu")))
     return m
+
+
+def _plan_maker(settings: CirculationSettings):
+    """What plans a layout's fused launches for these settings (hopfield/fused_plan.py)."""
+    if settings.adaptive:
+        return lambda q, k, v, active: fused_plan.make_adaptive_plan(
+            q, k, v, settings.alpha, settings.beta, settings.eta_per_sample,
+            settings.norm_match, active)
+    return lambda q, k, v, active: fused_plan.make_skew_plan(
+        q, k, v, settings.alpha, settings.beta, settings.norm_match, active)
 
 
 def _steer_input_space(input_space, call, base, settings, active):

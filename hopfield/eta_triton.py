@@ -59,18 +59,31 @@ def symmetry_index_triton(q: torch.Tensor, k: torch.Tensor, *,
     """eta_M per (batch, head), [B, H] fp32, for q, k [B, H, L, d] with any strides (fp16/bf16
     on CUDA; also fp32, and the CPU under Triton's interpreter, for tests). ``config``:
     (tokens per tile, warps, stages) instead of ETA_CONFIGS."""
+    eta = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+    grid, args, constexprs = launch_arguments(q, k, eta, config)
+    _launcher()[grid](*args, **constexprs)
+    return eta
+
+
+def launch_arguments(q, k, eta, config: tuple[int, int, int] | None = None):
+    """(grid, arguments, constexprs) of the launch writing ``eta`` (fused_plan.py replays
+    them); the first ETA_TENSOR_ARGS arguments are tensors."""
     batch, heads, length, d = q.shape
     block_l, warps, stages = config or ETA_CONFIGS[d]
-    eta = torch.empty(batch, heads, dtype=torch.float32, device=q.device)
-    _launcher()[(batch * heads,)](
-        q, k, eta, *q.stride(), *k.stride(), heads, length,
+    args = (q, k, eta, *q.stride(), *k.stride(), heads, length)
+    constexprs = dict(
         D=d, BLOCK_L=block_l,
         # The interpreter multiplies bf16 as raw integers (numpy has no bf16): upcast there.
         UPCAST=fused_triton.facts().interpreting and q.dtype == torch.bfloat16,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # else ignored
         num_warps=warps, num_stages=stages,
     )
-    return eta
+    return (batch * heads,), args, constexprs
+
+
+def failed() -> bool:
+    """Whether the kernel failed here (eager calls then take the torch path)."""
+    return bool(_FAILED)
 
 
 def try_symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:

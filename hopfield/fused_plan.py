@@ -1,27 +1,27 @@
-"""A steered call's fused launch, prepared once per call layout.
+"""A steered call's kernel launches, prepared once per call layout.
 
 The steered calls of a sampling run repeat a few layouts: one per UNet level or DiT width and
 CFG batch, each with the same shapes, strides, dtype, device and settings. The general path
-(``fused_skew_circulation``) checks and derives all of that again in every call: eligibility,
-the tiles, the launch's 49 arguments and the cached launcher's key, about half of the host
-time a steered call costs (``benchmarks/bench_host_overhead.py --stub-kernels``). A
-``SkewPlan`` keeps what one general launch of a layout found (the compiled kernel and every
-argument that is not one of the call's own tensors) and afterwards launches it with the new
-call's tensors only: a fresh output, the current stream, and the 16-byte address checks that
-Triton specialises on.
+(``fused_skew_circulation``, ``fused_adaptive_circulation``) checks and derives all of that
+again in every call: eligibility, the tiles, each launch's arguments (49 for the fused kernel)
+and the cached launcher's key, about half of the host time a steered call costs
+(``benchmarks/bench_host_overhead.py --stub-kernels``). A plan keeps what one general call of a
+layout launched (the compiled kernels and every argument that is not one of the call's own
+tensors) and afterwards launches them with the new call's tensors only: fresh outputs, the
+current stream, and the 16-byte address checks that Triton specialises on.
 
-A plan steps aside (``run`` returns None, the caller takes the general path) whenever the
-general path could launch differently: a profiler's launch hook, another current device, an
-address off 16 bytes, a kernel that failed in this process, a launcher that refused.
-``tests/core/test_fused_plan.py`` checks, with a recording stand-in for the compiled kernel,
-that a plan's launch equals the general path's argument for argument.
+A plan steps aside (``run`` returns None and launches nothing; the caller takes the general
+path) wherever that path could launch differently: a profiler's launch hook, another current
+device, an address off 16 bytes, a kernel that failed in this process, a launcher that refused.
+``tests/core/test_fused_plan.py`` checks, with a recording stand-in for the compiled kernels,
+that a plan launches what the general path launches, argument for argument.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import fused_triton
+from . import eta_triton, fused_triton
 from .triton_launch import CachedLauncher, hook_set
 
 # Layouts kept per patched model: a session that visits many resolutions makes a few per
@@ -29,27 +29,77 @@ from .triton_launch import CachedLauncher, hook_set
 MAX_PLANS = 256
 
 
-class SkewPlan:
-    """One layout's launch of the fused kernel with static alpha and beta."""
+class PreparedLaunch:
+    """One kernel launch of one layout: its compiled kernel, grid and every argument after
+    the tensors (constexprs included), as the cached launcher would pass them."""
 
-    __slots__ = ("launcher", "compiled", "grid", "tail", "device", "pv_fp16")
+    __slots__ = ("launcher", "compiled", "grid", "tail")
 
-    def __init__(self, launcher: CachedLauncher, compiled, grid: tuple, tail: tuple,
-                 device: int, pv_fp16: bool):
+    def __init__(self, launcher: CachedLauncher, compiled, grid: tuple, tail: tuple):
         self.launcher, self.compiled, self.grid, self.tail = launcher, compiled, grid, tail
-        self.device, self.pv_fp16 = device, pv_fp16
+
+    def ready(self) -> bool:
+        """The cached launcher would launch it now: enabled, no profiler's hook."""
+        launcher = self.launcher
+        hooks = launcher.hooks
+        return launcher.enabled and not hook_set(hooks.launch_enter_hook) \
+            and not hook_set(hooks.launch_exit_hook)
+
+    def __call__(self, device: int, *tensors) -> bool:
+        """Launch with these tensors (aligned, as planned); False where the compiled launcher
+        refused them (it parses its arguments first: nothing ran)."""
+        compiled, grid = self.compiled, self.grid
+        try:
+            compiled.run(grid[0], grid[1], 1, self.launcher.stream(device), compiled.function,
+                         compiled.packed_metadata, None, None, None, *tensors, *self.tail)
+        except (TypeError, ValueError, SystemError, AttributeError) as error:
+            self.launcher.refused(error)  # Triton's own path from now on
+            return False
+        return True
+
+
+def prepare(launcher, grid: tuple, args: tuple, constexprs: dict,
+            tensors: int) -> PreparedLaunch | None:
+    """The launch of ``args`` once it has run through ``launcher`` (the cached launcher holds
+    its compiled kernel), or None: another launcher (the interpreter's kernel itself), an
+    address off 16 bytes, nothing launched yet."""
+    if not isinstance(launcher, CachedLauncher) or not launcher.enabled:
+        return None
+    if any(t.data_ptr() & 15 for t in args[:tensors]):
+        return None
+    found = launcher.entry(args, constexprs)
+    if found is None:
+        return None
+    compiled, constants = found
+    return PreparedLaunch(launcher, compiled, (grid[0], grid[1] if len(grid) > 1 else 1),
+                          (*args[tensors:], *constants))
+
+
+def _device_current(device: int) -> bool:
+    return device < 0 or device == torch.cuda.current_device()
+
+
+def _aligned(*tensors) -> bool:
+    address = 0
+    for t in tensors:
+        address |= t.data_ptr()
+    return not address & 15
+
+
+class SkewPlan:
+    """Static alpha and beta: one fused launch."""
+
+    __slots__ = ("fused", "device", "pv_fp16")
+
+    def __init__(self, fused: PreparedLaunch, device: int, pv_fp16: bool):
+        self.fused, self.device, self.pv_fp16 = fused, device, pv_fp16
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             active: torch.Tensor | None) -> torch.Tensor | None:
         """The steered output [B, H, L, d] in q's memory layout, as the general path gives it,
         or None where that path must run instead (nothing launched then)."""
-        launcher = self.launcher
-        hooks = launcher.hooks
-        if not launcher.enabled or fused_triton.disabled() or hook_set(
-                hooks.launch_enter_hook) or hook_set(hooks.launch_exit_hook):
-            return None
-        device = self.device
-        if device >= 0 and device != torch.cuda.current_device():
+        fused, device = self.fused, self.device
+        if not fused.ready() or fused_triton.disabled() or not _device_current(device):
             return None
         if active is not None and not active.is_contiguous():
             return None
@@ -57,75 +107,128 @@ class SkewPlan:
         v_max = torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1)) \
             if self.pv_fp16 else out
         rows = out if active is None else active.view(torch.uint8)
-        if (q.data_ptr() | k.data_ptr() | v.data_ptr() | out.data_ptr() | v_max.data_ptr()
-                | rows.data_ptr()) & 15:
+        if not _aligned(q, k, v, out, v_max, rows):
             return None  # planned for 16-byte aligned tensors only
-        compiled = self.compiled
-        grid = self.grid
-        try:
-            compiled.run(grid[0], grid[1], 1, launcher.stream(device), compiled.function,
-                         compiled.packed_metadata, None, None, None,
-                         q, k, v, out, out, out, v_max, rows, out, out, *self.tail)
-        except (TypeError, ValueError, SystemError, AttributeError) as error:
-            launcher.refused(error)  # nothing ran: the general path from now on
+        if not fused(device, q, k, v, out, out, out, v_max, rows, out, out):
             return None
         return out
+
+
+class AdaptivePlan:
+    """Adaptive settings: the eta kernel's launch, then the fused kernel's, which derives
+    alpha_eff and beta_eff from eta itself (fused_triton.fused_adaptive_circulation)."""
+
+    __slots__ = ("eta", "fused", "device", "pv_fp16", "lanes")
+
+    def __init__(self, eta: PreparedLaunch, fused: PreparedLaunch, device: int, pv_fp16: bool,
+                 lanes: int):
+        self.eta, self.fused, self.device = eta, fused, device
+        self.pv_fp16, self.lanes = pv_fp16, lanes
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            active: torch.Tensor | None) -> tuple | None:
+        """(output, eta-bar, alpha_eff, beta_eff) as the general path gives them (the
+        coefficients [B|1, 1, 1, 1]), or None where that path must run instead."""
+        eta_launch, fused, device = self.eta, self.fused, self.device
+        if not eta_launch.ready() or not fused.ready() or fused_triton.disabled() \
+                or eta_triton.failed() or not _device_current(device):
+            return None
+        if active is not None and not active.is_contiguous():
+            return None
+        eta = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+        coefficients = torch.empty(3, self.lanes, dtype=torch.float32, device=q.device)
+        out = torch.empty_like(q)
+        v_max = torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1)) \
+            if self.pv_fp16 else out
+        rows = out if active is None else active.view(torch.uint8)
+        if not _aligned(q, k, v, out, v_max, rows, eta, coefficients):
+            return None
+        if not eta_launch(device, q, k, eta):
+            return None
+        if not fused(device, q, k, v, out, out, out, v_max, rows, eta, coefficients):
+            return None
+        eta_bar, alpha, beta = coefficients.unbind(0)
+        return out, eta_bar, alpha.view(-1, 1, 1, 1), beta.view(-1, 1, 1, 1)
 
 
 def make_skew_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float,
                    beta: float, norm_match: bool, active: torch.Tensor | None) -> SkewPlan | None:
     """The plan of this call's layout, right after a general launch of it (which compiled the
-    kernel and timed the tiles), or None where there is none to make: not the cached launcher
-    (the interpreter), an address off 16 bytes, tiles not settled yet."""
-    launcher = fused_triton._launcher()
-    if not isinstance(launcher, CachedLauncher) or not launcher.enabled \
-            or fused_triton.disabled():
-        return None
-    if fused_triton.facts().interpreting and q.dtype == torch.bfloat16:
-        return None  # the interpreter's bf16 writes fp32 (fused_triton._launch)
-    if active is not None and (not active.is_contiguous() or active.dtype != torch.bool):
-        return None
-    cfg = fused_triton.settled_config(q)
+    kernel and timed the tiles), or None where there is none to make."""
+    cfg = _plannable(q, active)
     if cfg is None:
         return None
     out = torch.empty_like(q)
     grid, args, constexprs = fused_triton.launch_arguments(
         q, k, v, out, None, None, float(alpha), float(beta), active, norm_match, cfg)
-    tensors = args[:fused_triton.FUSED_TENSOR_ARGS]
-    if any(t.data_ptr() & 15 for t in tensors):
-        return None
-    found = launcher.entry(args, constexprs)
-    if found is None:
-        return None
-    compiled, constants = found
-    device = q.get_device()
-    return SkewPlan(launcher, compiled, (grid[0], grid[1]),
-                    (*args[fused_triton.FUSED_TENSOR_ARGS:], *constants), device,
-                    q.dtype == torch.bfloat16)
+    fused = prepare(fused_triton._launcher(), grid, args, constexprs,
+                    fused_triton.FUSED_TENSOR_ARGS)
+    return None if fused is None else SkewPlan(fused, q.get_device(),
+                                               q.dtype == torch.bfloat16)
 
 
-class SkewPlans:
+def make_adaptive_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float,
+                       beta: float, per_sample: bool, norm_match: bool,
+                       active: torch.Tensor | None) -> AdaptivePlan | None:
+    """Likewise for Adaptive Circulation, after a general call that took the eta kernel and
+    the fused kernel's adaptive launch (not the torch paths either hands over to)."""
+    cfg = _plannable(q, active)
+    batch, heads = q.shape[:2]
+    lanes = heads if per_sample else batch * heads
+    if cfg is None or eta_triton.failed() or lanes > fused_triton.MAX_ETA_LANES:
+        return None
+    eta = torch.empty(batch, heads, dtype=torch.float32, device=q.device)
+    grid, args, constexprs = eta_triton.launch_arguments(q, k, eta)
+    eta_launch = prepare(eta_triton._launcher(), grid, args, constexprs,
+                         eta_triton.ETA_TENSOR_ARGS)
+    adaptive = fused_triton.AdaptiveInputs(eta, torch.empty(
+        3, batch if per_sample else 1, dtype=torch.float32, device=q.device), per_sample)
+    grid, args, constexprs = fused_triton.launch_arguments(
+        q, k, v, torch.empty_like(q), None, None, float(alpha), float(beta), active,
+        norm_match, cfg, adaptive)
+    fused = prepare(fused_triton._launcher(), grid, args, constexprs,
+                    fused_triton.FUSED_TENSOR_ARGS)
+    if eta_launch is None or fused is None:
+        return None
+    return AdaptivePlan(eta_launch, fused, q.get_device(), q.dtype == torch.bfloat16,
+                        adaptive.coefficients.shape[1])
+
+
+def _plannable(q: torch.Tensor, active: torch.Tensor | None):
+    """The tiles a plan of q's layout launches with, or None where no plan is made: a kernel
+    failed here, the interpreter's bf16 (it writes fp32, fused_triton._launch), rows not as
+    the kernel reads them, tiles not timed yet."""
+    if fused_triton.disabled() or (fused_triton.facts().interpreting
+                                   and q.dtype == torch.bfloat16):
+        return None
+    if active is not None and (not active.is_contiguous() or active.dtype != torch.bool):
+        return None
+    return fused_triton.settled_config(q)
+
+
+class LayoutPlans:
     """The plans of one patched model, by call layout (q, k, v shapes and strides, dtype,
     device and the CFG chunk labels, which decide the steered rows), each with what its
-    caller keeps beside it (``extra``: what it hands back with the output)."""
+    caller keeps beside it (``extra``). ``make(q, k, v, active)`` makes one, or None."""
 
-    def __init__(self, alpha: float, beta: float, norm_match: bool):
-        self.alpha, self.beta, self.norm_match = alpha, beta, norm_match
-        self.plans: dict[tuple, tuple[SkewPlan, object] | None] = {}
+    def __init__(self, make):
+        self.make = make
+        self.plans: dict[tuple, tuple | None] = {}
 
     @staticmethod
     def layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, labels: list) -> tuple:
         return (q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.get_device(),
                 tuple(labels))
 
-    def get(self, layout: tuple) -> tuple[SkewPlan, object] | None:
+    def get(self, layout: tuple) -> tuple | None:
+        """(plan, extra) of a planned layout, else None."""
         return self.plans.get(layout)
 
     def learn(self, layout: tuple, q, k, v, active, extra=None) -> None:
-        """After a general fused launch of ``layout``: plan it (or note that it has none)."""
+        """After a general fused call of ``layout``: plan it (or note that it has none)."""
         if layout in self.plans:
             return
         if len(self.plans) >= MAX_PLANS:
             self.plans.clear()
-        plan = make_skew_plan(q, k, v, self.alpha, self.beta, self.norm_match, active)
+        plan = self.make(q, k, v, active)
         self.plans[layout] = None if plan is None else (plan, extra)

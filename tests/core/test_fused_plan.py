@@ -48,21 +48,24 @@ CASES = [  # (layout, dtype, d, alpha, beta, norm_match, active)
 ]
 
 
-def same_launch(general: tuple, planned: tuple, general_out, planned_out):
-    """Argument for argument: each call's own output where the other has its own, the same
-    input tensors, equal values elsewhere (v's maxima are recomputed, equal)."""
+def same_launches(general: list[tuple], planned: list[tuple]):
+    """Argument for argument: the same input tensors; where one path passes a tensor of its
+    own making (outputs, eta, the coefficients, v's maxima), the other passes its own of the
+    same kind, consistently across its launches; equal values elsewhere."""
     assert len(general) == len(planned)
-    for i, (a, b) in enumerate(zip(general, planned, strict=True)):
-        if isinstance(a, torch.Tensor):
+    own: dict[int, int] = {}  # id of a general path's tensor -> id of the plan's
+    for g_launch, p_launch in zip(general, planned, strict=True):
+        assert len(g_launch) == len(p_launch)
+        for i, (a, b) in enumerate(zip(g_launch, p_launch, strict=True)):
+            if not isinstance(a, torch.Tensor):
+                assert type(a) is type(b) and a == b, (i, a, b)
+                continue
             assert isinstance(b, torch.Tensor), i
-            if a is general_out:
-                assert b is planned_out, i
-            elif a.data_ptr() == b.data_ptr():
-                assert (a.dtype, a.shape, a.stride()) == (b.dtype, b.shape, b.stride()), i
-            else:  # recomputed on each call: v's per-head maxima
-                assert torch.equal(a, b), i
-        else:
-            assert type(a) is type(b) and a == b, (i, a, b)
+            assert (a.dtype, a.shape, a.stride()) == (b.dtype, b.shape, b.stride()), i
+            if a.data_ptr() != b.data_ptr():  # made by each path: the same one throughout
+                assert own.setdefault(id(a), id(b)) == id(b), i
+            else:
+                assert id(a) not in own, i
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0].__name__}-{c[1]}-d{c[2]}-"
@@ -84,7 +87,7 @@ def test_a_plan_launches_what_the_general_path_launches(recorder, case):
     assert planned_out is not None
     assert (planned_out.shape, planned_out.stride(), planned_out.dtype) == (
         general_out.shape, general_out.stride(), general_out.dtype)
-    same_launch(recorder.launches[-2], recorder.launches[-1], general_out, planned_out)
+    same_launches(recorder.launches[-2:-1], recorder.launches[-1:])
     # and for new tensors of the same layout
     q2, k2, v2 = layout(2, 37, 3, d, dtype, seed=1)
     out2 = plan.run(q2, k2, v2, active)
@@ -146,7 +149,8 @@ def test_no_plan_under_the_interpreter_or_before_the_tiles_are_settled(recorder,
 
 
 def test_plans_are_kept_per_layout_and_bounded(recorder, monkeypatch):
-    plans = fused_plan.SkewPlans(1.05, 3.0, True)
+    plans = fused_plan.LayoutPlans(lambda q, k, v, active: fused_plan.make_skew_plan(
+        q, k, v, 1.05, 3.0, True, active))
     q, k, v = host_layout(2, 37, 3, 64, torch.float16)
     fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0)
     fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0)
@@ -160,3 +164,57 @@ def test_plans_are_kept_per_layout_and_bounded(recorder, monkeypatch):
     monkeypatch.setattr(fused_plan, "MAX_PLANS", 1)
     plans.learn(plans.layout(q, k, v, [0]), q, k, v, None)
     assert len(plans.plans) == 1 and plans.get(layout) is None
+
+
+ADAPTIVE_CASES = [  # (layout, dtype, d, per_sample, active)
+    (host_layout, torch.float16, 64, True, None),
+    (joint_layout, torch.bfloat16, 64, False, None),
+    (host_layout, torch.bfloat16, 128, True, [False, True]),
+]
+
+
+@pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=lambda c: f"{c[0].__name__}-{c[1]}-"
+                         f"d{c[2]}-{'per_sample' if c[3] else 'per_call'}-"
+                         f"{'rows' if c[4] else 'all'}")
+def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, case):
+    """Adaptive Circulation: the eta kernel's launch, then the fused kernel's adaptive one,
+    each as the general path makes it, with eta and the coefficients passed between them."""
+    from hopfield_circulation.hopfield.symmetry import symmetry_index
+
+    layout, dtype, d, per_sample, rows = case
+    q, k, v = layout(2, 37, 3, d, dtype)
+    active = None if rows is None else torch.tensor(rows)
+
+    def general():
+        return fused_triton.fused_adaptive_circulation(
+            q, k, v, symmetry_index(q, k), 1.2, 5.0, per_sample=per_sample, active=active)
+
+    general()
+    general_out, general_coefficients = general()
+    plan = fused_plan.make_adaptive_plan(q, k, v, 1.2, 5.0, per_sample, True, active)
+    assert plan is not None
+    out, eta_bar, alpha, beta = plan.run(q, k, v, active)
+    assert (out.shape, out.stride(), out.dtype) == (
+        general_out.shape, general_out.stride(), general_out.dtype)
+    assert general_coefficients.shape == (3, 2 if per_sample else 1)
+    assert eta_bar.shape == general_coefficients[0].shape
+    assert alpha.shape == beta.shape == (general_coefficients.shape[1], 1, 1, 1)
+    assert alpha.data_ptr() == eta_bar.data_ptr() + 4 * eta_bar.numel()  # rows of one tensor
+    fused_launches, eta_launches = recorder.launches, recorder.eta.launches
+    same_launches([eta_launches[-2], fused_launches[-2]], [eta_launches[-1], fused_launches[-1]])
+    assert fused_launches[-1][9 + 8] is eta_launches[-1][9 + 2]  # eta: written, then read
+
+
+def test_no_adaptive_plan_where_the_general_path_takes_torch_ops(recorder, monkeypatch):
+    q, k, v = host_layout(2, 37, 3, 64, torch.float16)
+    from hopfield_circulation.hopfield.symmetry import symmetry_index
+
+    fused_triton.fused_adaptive_circulation(q, k, v, symmetry_index(q, k), 1.2, 5.0)
+    plan = fused_plan.make_adaptive_plan(q, k, v, 1.2, 5.0, True, True, None)
+    eta_triton = pytest.importorskip("hopfield_circulation.hopfield.eta_triton")
+    monkeypatch.setattr(eta_triton, "_FAILED", ["failed"])  # the eta kernel failed since
+    assert plan.run(q, k, v, None) is None
+    assert fused_plan.make_adaptive_plan(q, k, v, 1.2, 5.0, True, True, None) is None
+    monkeypatch.setattr(eta_triton, "_FAILED", [])
+    monkeypatch.setattr(fused_triton, "MAX_ETA_LANES", 2)  # three heads: torch ops average
+    assert fused_plan.make_adaptive_plan(q, k, v, 1.2, 5.0, True, True, None) is None

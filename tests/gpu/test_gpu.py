@@ -310,6 +310,32 @@ def test_planned_launches_match_the_general_path(dtype):
         assert got is not None and got.stride() == want.stride() and torch.equal(got, want)
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_planned_adaptive_launches_match_the_general_path(dtype):
+    """Adaptive Circulation planned (the eta launch, then the fused one): the general path's
+    output and coefficients, bit for bit, for new inputs of the layout."""
+    from hopfield_circulation.hopfield import fused_plan, fused_triton
+    from hopfield_circulation.hopfield.symmetry import symmetry_index
+
+    rows = torch.tensor([False, True], device="cuda")
+    for strided, active, per_sample in ((False, None, True), (True, rows, False)):
+        def general(q, k, v, per_sample=per_sample, active=active):
+            return fused_triton.fused_adaptive_circulation(
+                q, k, v, symmetry_index(q, k), 1.2, 5.0, per_sample=per_sample, active=active)
+
+        general(*inputs(2, 10, 1000, 64, dtype, strided, seed=33))
+        plan = fused_plan.make_adaptive_plan(*inputs(2, 10, 1000, 64, dtype, strided, seed=33),
+                                             1.2, 5.0, per_sample, True, active)
+        assert plan is not None
+        q, k, v = inputs(2, 10, 1000, 64, dtype, strided, seed=34)
+        want, coefficients = general(q, k, v)
+        out, eta_bar, alpha, beta = plan.run(q, k, v, active)
+        assert torch.equal(out, want) and out.stride() == want.stride()
+        assert torch.equal(torch.stack((eta_bar, alpha.flatten(), beta.flatten())),
+                           coefficients)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_kernels_run_on_their_tensors_device_not_the_current_one():
     """A model on the second GPU while the first is current (multi-GPU set-ups): each kernel

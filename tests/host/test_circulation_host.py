@@ -238,26 +238,33 @@ def test_sigma_is_read_on_the_host_only_when_a_window_needs_it(nodes, sampling, 
     assert len(read) == steps
 
 
-@pytest.mark.parametrize("branch", ["both", "cond"])
+@pytest.mark.parametrize("node, branch", [("skew", "both"), ("skew", "cond"),
+                                          ("adaptive", "both"), ("adaptive", "cond")])
 def test_steered_calls_replay_their_layouts_prepared_launch(nodes, sampling, sd3, monkeypatch,
-                                                            branch):
-    """On the fused path each call layout's launch is prepared once (hopfield/fused_plan.py):
-    the general path runs for a layout's first call, every later call launches the plan, with
+                                                            node, branch):
+    """On the fused path each call layout's launches are prepared once (fused_plan.py): the
+    general path runs for a layout's first call, every later call launches the plan, with
     the arguments the general path would give it (tests/core/test_fused_plan.py). Recorded,
-    not run: the kernel needs a GPU (tiny SD3: heads of 64)."""
+    not run: the kernels need a GPU (tiny SD3: heads of 64)."""
     from core.launch_recorder import record_fused_launches
-    from hopfield_circulation.hopfield import fused_triton
+    from hopfield_circulation.circulation import patch as circulation_patch
 
     recorder = record_fused_launches(monkeypatch)
     general = []
-    real = fused_triton.fused_skew_circulation
-    monkeypatch.setattr(fused_triton, "fused_skew_circulation",
-                        lambda *a, **kw: general.append(a[0].shape) or real(*a, **kw))
-    steered = skew(nodes, sd3, alpha=0.95, branch=branch)
-    sampling["sd3"](steered, steps=3)
+    real = circulation_patch.circulate_value_space
+    monkeypatch.setattr(circulation_patch, "circulate_value_space",
+                        lambda q, *a, **kw: general.append(q.shape) or real(q, *a, **kw))
+    make = {"skew": lambda m: skew(nodes, m, alpha=0.95, branch=branch),
+            "adaptive": lambda m: adaptive(nodes, m, alpha=0.9, beta=3.0, branch=branch)}[node]
+    sampling["sd3"](make(sd3), steps=3)
     assert len(set(general)) == len(general) > 0  # each layout once
     # 2 joint blocks, 3 steps: the first through Triton's own launch, the rest compiled
     assert len(recorder.own_launches) + len(recorder.launches) == 3 * 2 > len(general)
+    if node == "adaptive":  # each with its eta launch first, eta handed over
+        assert len(recorder.eta.own_launches) + len(recorder.eta.launches) == 3 * 2
+        assert all(f[9 + 8] is e[9 + 2] for f, e in zip(recorder.launches[-4:],
+                                                         recorder.eta.launches[-4:],
+                                                         strict=True))
     rows = [launch[9 + 7] for launch in recorder.launches]  # the steered-rows argument
     if branch == "both":
         assert all(r is launch[9 + 3] for r, launch in zip(rows, recorder.launches, strict=True))
@@ -268,7 +275,7 @@ def test_steered_calls_replay_their_layouts_prepared_launch(nodes, sampling, sd3
     chained = sd3.clone()
     chained.model_options.setdefault("transformer_options", {})[
         "optimized_attention_override"] = lambda func, *a, **kw: func(*a, **kw)
-    sampling["sd3"](skew(nodes, chained, alpha=0.95, branch=branch), steps=3)
+    sampling["sd3"](make(chained), steps=3)
     assert len(general) == 3 * 2
 
 
