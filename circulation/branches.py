@@ -21,7 +21,7 @@ def active_rows(call: AttentionCall, branch: SteerBranch) -> torch.Tensor | None
         return None  # "both", or a call of the chosen branch alone (cfg = 1, split calls)
     per_chunk = call.batch // len(chunks)
     return torch.cat([
-        torch.full((per_chunk,), label == wanted, dtype=torch.bool, device=call.q.device)
+        torch.full((per_chunk,), label == wanted, dtype=torch.bool, device=call.host_q.device)
         for label in chunks
     ])
 
@@ -62,7 +62,7 @@ class RowMasks:
             return None, None
         if torch.compiler.is_compiling():
             return active_rows(call, self.branch), None
-        key = (tuple(call.cond_or_uncond), call.batch, call.q.device)
+        key = (tuple(call.cond_or_uncond), call.batch, call.host_q.device)
         found = self._masks.get(key)
         if found is None:
             mask = active_rows(call, self.branch)

@@ -66,18 +66,26 @@ def patch_circulation(
             return None  # no chunk of the steered branch in this call (cfg 1, split calls)
         active, run = masks(call)
         if input_space is None:
-            q, k, v = call.q, call.k, call.v
-            # A planned layout launches at once (a chained earlier override must see every
-            # call, so those take the general path, which runs it)
+            # A planned layout launches at once, on the host's tensors as they are, and hands
+            # its output back in the host's layout (a chained earlier override must see every
+            # call: those take the general path, which runs it)
             layout = None
             if plans is not None and not baseline.chained and not torch.compiler.is_compiling():
-                layout = plans.layout(q, k, v, call.cond_or_uncond)
+                layout = plans.layout(call.host_q, call.host_k, call.host_v, call.heads,
+                                      call.host_heads_first, call.output_heads_first,
+                                      tuple(call.cond_or_uncond))
                 planned = plans.get(layout)
-                if planned is not None and (got := planned[0].run(q, k, v, active)) is not None:
-                    if not settings.adaptive:
-                        return Steered(got, planned[1])
-                    out, _, alpha, beta = got
-                    return Steered(out, Steering(space, alpha, beta, settings.norm_match, active))
+                if planned is not None:
+                    plan, steering = planned
+                    got = plan.run(call.host_q, call.host_k, call.host_v, active,
+                                   call.v if plan.pv_fp16 else None)
+                    if got is not None and not settings.adaptive:
+                        return Steered(got, steering, host_layout=True)
+                    if got is not None:
+                        out, _, alpha, beta = got
+                        return Steered(out, Steering(space, alpha, beta, settings.norm_match,
+                                                     active), host_layout=True)
+            q, k, v = call.q, call.k, call.v
             fused = use_fused(q, k, v, kernel)
             if run is not None and not fused and not settings.adaptive:
                 # One branch on the two-call path: compute only its rows.
@@ -91,7 +99,7 @@ def patch_circulation(
                     plans.learn(layout, q, k, v, active, None if settings.adaptive else
                                 everywhere if active is None else
                                 Steering(space, settings.alpha, settings.beta,
-                                         settings.norm_match, active))
+                                         settings.norm_match, active), call.to_host)
         else:
             result = _steer_input_space(input_space, call, baseline.heads(call.heads),
                                         settings, active)
@@ -110,11 +118,11 @@ def patch_circulation(
 def _plan_maker(settings: CirculationSettings):
     """What plans a layout's fused launches for these settings (hopfield/fused_plan.py)."""
     if settings.adaptive:
-        return lambda q, k, v, active: fused_plan.make_adaptive_plan(
+        return lambda q, k, v, active, to_host: fused_plan.make_adaptive_plan(
             q, k, v, settings.alpha, settings.beta, settings.eta_per_sample,
-            settings.norm_match, active)
-    return lambda q, k, v, active: fused_plan.make_skew_plan(
-        q, k, v, settings.alpha, settings.beta, settings.norm_match, active)
+            settings.norm_match, active, to_host)
+    return lambda q, k, v, active, to_host: fused_plan.make_skew_plan(
+        q, k, v, settings.alpha, settings.beta, settings.norm_match, active, to_host)
 
 
 def _steer_input_space(input_space, call, base, settings, active):

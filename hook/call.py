@@ -17,7 +17,7 @@ it sits before or after a circulation node.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,25 +49,82 @@ class CallScope:
     steering: Steering | None = None
 
 
-@dataclass(slots=True)
+def heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, L, H*d] or [B, L, H, d] -> [B, H, L, d] (a view)."""
+    if t.ndim == 3:
+        t = t.view(t.shape[0], t.shape[1], heads, -1)  # Tensor.unflatten is Python, view is not
+    return t.transpose(1, 2)
+
+
 class AttentionCall:
-    q: torch.Tensor  # [B, H, L, d]
-    k: torch.Tensor  # [B, H, L, d]
-    v: torch.Tensor  # [B, H, L, d]
-    heads: int
-    layer: LayerId
-    sigma: float | None  # this model call's sigma, read once per call (hook.schedule)
-    percent: float | None  # schedule position 0..1 of this step, when known
-    step: int | None  # index of sigma in the sampler's schedule (nearest), when known
-    model_call: int  # id of the model call this attention call belongs to (-1: unknown)
-    cond_or_uncond: list[int]  # one entry per batch chunk: 0 cond, 1 uncond
-    text_tokens: int = 0  # joint attention: context tokens come first in the sequence
-    token_grid: tuple[int, int] | None = None  # (h, w) of the image tokens, row-major
-    transformer_options: dict[str, Any] = field(default_factory=dict)
+    """One self-attention call in SDPA layout [B, H, L, d] (``q``, ``k``, ``v``), placed in the
+    model and the schedule.
+
+    The host hands its tensors over in its own layout (``host_q``, ``host_k``, ``host_v``:
+    [B, L, H*d] from UNets, [B, L, H, d] or [B, H, L, d] from DiTs). The SDPA views are made on
+    first use: a planned fused launch (circulation/patch.py) reads the host's tensors as they
+    are and hands its output back in the host's layout, so most steered calls never make them.
+    """
+
+    __slots__ = ("host_q", "host_k", "host_v", "heads", "layer", "sigma", "percent", "step",
+                 "model_call", "cond_or_uncond", "text_tokens", "token_grid",
+                 "transformer_options", "host_heads_first", "output_heads_first", "_views")
+
+    def __init__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                 layer: LayerId, sigma: float | None, percent: float | None, step: int | None,
+                 model_call: int, cond_or_uncond: list[int], text_tokens: int = 0,
+                 token_grid: tuple[int, int] | None = None,
+                 transformer_options: dict[str, Any] | None = None, *,
+                 host_heads_first: bool = True, output_heads_first: bool = True):
+        """q, k, v: [B, H, L, d], or the host's tensors when ``host_heads_first`` is False
+        (viewed on first use). ``output_heads_first``: the host wants [B, H, L, d] back
+        (skip_output_reshape), else [B, L, H*d]."""
+        self.host_q, self.host_k, self.host_v = q, k, v
+        self.heads = heads
+        self.layer = layer
+        self.sigma = sigma  # this model call's sigma, read once per call (hook.schedule)
+        self.percent = percent  # schedule position 0..1 of this step, when known
+        self.step = step  # index of sigma in the sampler's schedule (nearest), when known
+        self.model_call = model_call  # id of the model call of this attention call (-1: unknown)
+        self.cond_or_uncond = cond_or_uncond  # one entry per batch chunk: 0 cond, 1 uncond
+        self.text_tokens = text_tokens  # joint attention: context tokens come first
+        self.token_grid = token_grid  # (h, w) of the image tokens, row-major
+        self.transformer_options = {} if transformer_options is None else transformer_options
+        self.host_heads_first, self.output_heads_first = host_heads_first, output_heads_first
+        self._views = (q, k, v) if host_heads_first else None
+
+    def views(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k, v) as [B, H, L, d] views of the host's tensors."""
+        if self._views is None:
+            heads = self.heads
+            self._views = (heads_first(self.host_q, heads), heads_first(self.host_k, heads),
+                           heads_first(self.host_v, heads))
+        return self._views
+
+    @property
+    def q(self) -> torch.Tensor:
+        return self.views()[0]
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self.views()[1]
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.views()[2]
 
     @property
     def batch(self) -> int:
-        return self.q.shape[0]
+        return self.host_q.shape[0]
+
+    def to_host(self, out: torch.Tensor) -> torch.Tensor:
+        """An output [B, H, L, d] in the layout the host's attention function returns (a view
+        when ``out`` has the host's memory layout, as the fused kernel writes it)."""
+        return out if self.output_heads_first else out.transpose(1, 2).flatten(2)
+
+    def from_host(self, out: torch.Tensor) -> torch.Tensor:
+        """An output in the host's layout as [B, H, L, d] (a view)."""
+        return out if self.output_heads_first else heads_first(out, self.heads)
 
 
 Observer = Callable[[AttentionCall, torch.Tensor, "Steering | None"], None]

@@ -22,7 +22,15 @@ import torch
 
 from ..families import FamilyAdapter, adapter_for
 from . import intact
-from .call import OBSERVERS_KEY, SCOPE_KEY, AttentionCall, CallScope, Observer, Steering
+from .call import (
+    OBSERVERS_KEY,
+    SCOPE_KEY,
+    AttentionCall,
+    CallScope,
+    Observer,
+    Steering,
+    heads_first,
+)
 from .schedule import STEP_KEY, ensure_step_wrapper
 
 
@@ -50,26 +58,21 @@ class HostBaseline:
 
     def heads(self, heads: int) -> torch.Tensor:
         out = self.output()
-        return out if self.kwargs.get("skip_output_reshape") else _heads_first(out, heads)
+        return out if self.kwargs.get("skip_output_reshape") else heads_first(out, heads)
 
 
 @dataclass(frozen=True)
 class Steered:
-    """A handler's result: the new output [B, H, L, d] and what was applied to get it."""
+    """A handler's result: the new output and what was applied to get it. ``out`` is
+    [B, H, L, d], or already in the host's layout with ``host_layout`` (AttentionCall.to_host)."""
 
     out: torch.Tensor
     steering: Steering
+    host_layout: bool = False
 
 
 # handler(call, baseline) -> Steered, or None to keep the baseline
 Handler = Callable[[AttentionCall, HostBaseline], "Steered | None"]
-
-
-def _heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """[B, L, H*d] or [B, L, H, d] -> [B, H, L, d] (a view)."""
-    if t.ndim == 3:
-        t = t.view(t.shape[0], t.shape[1], heads, -1)  # Tensor.unflatten is Python, view is not
-    return t.transpose(1, 2)
 
 
 def _head_width(t: torch.Tensor, heads: int) -> int:
@@ -100,41 +103,26 @@ def parse_call(adapter: FamilyAdapter, args: tuple, kwargs: dict) -> AttentionCa
         return None
     # Tokens and widths from the host's own layout first: cross-attention (every other call
     # in a UNet) is turned away before any view is made.
-    heads_first = bool(kwargs.get("skip_reshape"))
-    token_axis = -2 if heads_first else 1
+    host_heads_first = bool(kwargs.get("skip_reshape"))
+    token_axis = -2 if host_heads_first else 1
     n_q, n_k = q.shape[token_axis], k.shape[token_axis]
     if n_q != n_k or _head_width(v, heads) != _head_width(q, heads):
         return None
     placement = adapter.place(options, n_q, n_k)
     if placement is None or (mask is not None and not _attends_everywhere(mask)):
         return None
-    if heads_first:
-        qh, kh, vh = q, k, v
-    else:
-        qh, kh, vh = (_heads_first(t, heads) for t in (q, k, v))
     step = options.get(STEP_KEY)
-    return AttentionCall(
-        q=qh,
-        k=kh,
-        v=vh,
-        heads=heads,
-        layer=placement.layer,
-        sigma=step.sigma if step else None,
-        percent=step.percent if step else None,
-        step=step.step if step else None,
-        model_call=step.model_call if step else -1,
-        cond_or_uncond=options.get("cond_or_uncond") or [0],  # read only, never copied
-        text_tokens=placement.text_tokens,
-        token_grid=placement.token_grid,
-        transformer_options=options,
+    return AttentionCall(  # [B, H, L, d] views of q, k, v made on first use
+        q, k, v, heads, placement.layer,
+        step.sigma if step else None,
+        step.percent if step else None,
+        step.step if step else None,
+        step.model_call if step else -1,
+        options.get("cond_or_uncond") or [0],  # read only, never copied
+        placement.text_tokens, placement.token_grid, options,
+        host_heads_first=host_heads_first,
+        output_heads_first=bool(kwargs.get("skip_output_reshape")),
     )
-
-
-def _to_host_layout(out: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    """[B, H, L, d] back to the layout the host's attention function returns ([B, L, H*d])."""
-    if kwargs.get("skip_output_reshape"):
-        return out
-    return out.transpose(1, 2).flatten(2)
 
 
 def install_attention_hook(model_patcher, handler: Handler | None = None,
@@ -170,11 +158,12 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
             if steered is None:
                 out = baseline.output()
             else:
-                out = _to_host_layout(steered.out, kwargs)
+                out = steered.out if steered.host_layout else call.to_host(steered.out)
                 if scope is not None:
                     scope.steering = steered.steering
             if observers:
-                out_heads = baseline.heads(call.heads) if steered is None else steered.out
+                out_heads = baseline.heads(call.heads) if steered is None else \
+                    call.from_host(out) if steered.host_layout else steered.out
                 for observer in observers:
                     observer(call, out_heads, scope.steering)
             return out

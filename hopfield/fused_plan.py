@@ -86,26 +86,56 @@ def _aligned(*tensors) -> bool:
     return not address & 15
 
 
+class OutputLayout:
+    """Where a plan's launch writes its output: the general path's [B, H, L, d] output as the
+    caller hands it on (``to_host``, a view of it: the host's own layout), allocated as such."""
+
+    __slots__ = ("shape", "stride")
+
+    def __init__(self, shape, stride):
+        self.shape, self.stride = shape, stride
+
+    @staticmethod
+    def of(q: torch.Tensor, to_host) -> OutputLayout | None:
+        """The layout of ``to_host(torch.empty_like(q))``; None where that is a copy."""
+        out = torch.empty_like(q)
+        handed = to_host(out)
+        if handed.data_ptr() != out.data_ptr() or handed.dtype != out.dtype:
+            return None
+        return OutputLayout(tuple(handed.shape), handed.stride())
+
+    def new(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.empty_strided(self.shape, self.stride, dtype=like.dtype, device=like.device)
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 class SkewPlan:
     """Static alpha and beta: one fused launch."""
 
-    __slots__ = ("fused", "device", "pv_fp16")
+    __slots__ = ("fused", "device", "pv_fp16", "output")
 
-    def __init__(self, fused: PreparedLaunch, device: int, pv_fp16: bool):
-        self.fused, self.device, self.pv_fp16 = fused, device, pv_fp16
+    def __init__(self, fused: PreparedLaunch, device: int, pv_fp16: bool,
+                 output: OutputLayout):
+        self.fused, self.device, self.pv_fp16, self.output = fused, device, pv_fp16, output
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            active: torch.Tensor | None) -> torch.Tensor | None:
-        """The steered output [B, H, L, d] in q's memory layout, as the general path gives it,
-        or None where that path must run instead (nothing launched then)."""
+            active: torch.Tensor | None, v_heads: torch.Tensor | None = None
+            ) -> torch.Tensor | None:
+        """The steered output, as the general path's and handed on as its caller's
+        ``to_host`` does, or None where that path must run instead (nothing launched then).
+        q, k, v: the planned call's tensors, [B, H, L, d] or the host's own (the launch reads
+        addresses; the layout is planned). ``v_heads``: v as [B, H, L, d] (bf16 needs its
+        per-head maxima)."""
         fused, device = self.fused, self.device
         if not fused.ready() or fused_triton.disabled() or not _device_current(device):
             return None
         if active is not None and not active.is_contiguous():
             return None
-        out = torch.empty_like(q)
-        v_max = torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1)) \
-            if self.pv_fp16 else out
+        out = self.output.new(q)
+        v_max = _v_max(v if v_heads is None else v_heads) if self.pv_fp16 else out
         rows = out if active is None else active.view(torch.uint8)
         if not _aligned(q, k, v, out, v_max, rows):
             return None  # planned for 16-byte aligned tensors only
@@ -118,28 +148,28 @@ class AdaptivePlan:
     """Adaptive settings: the eta kernel's launch, then the fused kernel's, which derives
     alpha_eff and beta_eff from eta itself (fused_triton.fused_adaptive_circulation)."""
 
-    __slots__ = ("eta", "fused", "device", "pv_fp16", "lanes")
+    __slots__ = ("eta", "fused", "device", "pv_fp16", "eta_shape", "lanes", "output")
 
     def __init__(self, eta: PreparedLaunch, fused: PreparedLaunch, device: int, pv_fp16: bool,
-                 lanes: int):
+                 eta_shape: tuple[int, int], lanes: int, output: OutputLayout):
         self.eta, self.fused, self.device = eta, fused, device
-        self.pv_fp16, self.lanes = pv_fp16, lanes
+        self.pv_fp16, self.eta_shape, self.lanes, self.output = pv_fp16, eta_shape, lanes, output
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            active: torch.Tensor | None) -> tuple | None:
+            active: torch.Tensor | None, v_heads: torch.Tensor | None = None) -> tuple | None:
         """(output, eta-bar, alpha_eff, beta_eff) as the general path gives them (the
-        coefficients [B|1, 1, 1, 1]), or None where that path must run instead."""
+        coefficients [B|1, 1, 1, 1]; the output as ``SkewPlan.run``'s), or None where that
+        path must run instead."""
         eta_launch, fused, device = self.eta, self.fused, self.device
         if not eta_launch.ready() or not fused.ready() or fused_triton.disabled() \
                 or eta_triton.failed() or not _device_current(device):
             return None
         if active is not None and not active.is_contiguous():
             return None
-        eta = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+        out = self.output.new(q)
+        eta = torch.empty(self.eta_shape, dtype=torch.float32, device=q.device)
         coefficients = torch.empty(3, self.lanes, dtype=torch.float32, device=q.device)
-        out = torch.empty_like(q)
-        v_max = torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1)) \
-            if self.pv_fp16 else out
+        v_max = _v_max(v if v_heads is None else v_heads) if self.pv_fp16 else out
         rows = out if active is None else active.view(torch.uint8)
         if not _aligned(q, k, v, out, v_max, rows, eta, coefficients):
             return None
@@ -151,12 +181,20 @@ class AdaptivePlan:
         return out, eta_bar, alpha.view(-1, 1, 1, 1), beta.view(-1, 1, 1, 1)
 
 
+def _v_max(v: torch.Tensor) -> torch.Tensor:
+    """Per (batch, head) max |V| of v [B, H, L, d], as fused_triton.launch_arguments takes it."""
+    return torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1))
+
+
 def make_skew_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float,
-                   beta: float, norm_match: bool, active: torch.Tensor | None) -> SkewPlan | None:
-    """The plan of this call's layout, right after a general launch of it (which compiled the
-    kernel and timed the tiles), or None where there is none to make."""
+                   beta: float, norm_match: bool, active: torch.Tensor | None,
+                   to_host=_identity) -> SkewPlan | None:
+    """The plan of this call's layout (q, k, v [B, H, L, d]), right after a general launch of
+    it (which compiled the kernel and timed the tiles), or None where there is none to make.
+    ``to_host``: how the caller hands the general path's output on (a view of it)."""
     cfg = _plannable(q, active)
-    if cfg is None:
+    output = OutputLayout.of(q, to_host)
+    if cfg is None or output is None:
         return None
     out = torch.empty_like(q)
     grid, args, constexprs = fused_triton.launch_arguments(
@@ -164,18 +202,20 @@ def make_skew_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: flo
     fused = prepare(fused_triton._launcher(), grid, args, constexprs,
                     fused_triton.FUSED_TENSOR_ARGS)
     return None if fused is None else SkewPlan(fused, q.get_device(),
-                                               q.dtype == torch.bfloat16)
+                                               q.dtype == torch.bfloat16, output)
 
 
 def make_adaptive_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float,
                        beta: float, per_sample: bool, norm_match: bool,
-                       active: torch.Tensor | None) -> AdaptivePlan | None:
+                       active: torch.Tensor | None, to_host=_identity) -> AdaptivePlan | None:
     """Likewise for Adaptive Circulation, after a general call that took the eta kernel and
     the fused kernel's adaptive launch (not the torch paths either hands over to)."""
     cfg = _plannable(q, active)
+    output = OutputLayout.of(q, to_host)
     batch, heads = q.shape[:2]
     lanes = heads if per_sample else batch * heads
-    if cfg is None or eta_triton.failed() or lanes > fused_triton.MAX_ETA_LANES:
+    if cfg is None or output is None or eta_triton.failed() \
+            or lanes > fused_triton.MAX_ETA_LANES:
         return None
     eta = torch.empty(batch, heads, dtype=torch.float32, device=q.device)
     grid, args, constexprs = eta_triton.launch_arguments(q, k, eta)
@@ -191,7 +231,7 @@ def make_adaptive_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha:
     if eta_launch is None or fused is None:
         return None
     return AdaptivePlan(eta_launch, fused, q.get_device(), q.dtype == torch.bfloat16,
-                        adaptive.coefficients.shape[1])
+                        (batch, heads), adaptive.coefficients.shape[1], output)
 
 
 def _plannable(q: torch.Tensor, active: torch.Tensor | None):
@@ -207,28 +247,30 @@ def _plannable(q: torch.Tensor, active: torch.Tensor | None):
 
 
 class LayoutPlans:
-    """The plans of one patched model, by call layout (q, k, v shapes and strides, dtype,
-    device and the CFG chunk labels, which decide the steered rows), each with what its
-    caller keeps beside it (``extra``). ``make(q, k, v, active)`` makes one, or None."""
+    """The plans of one patched model, by call layout (the shapes and strides of the tensors
+    a call hands over, dtype, device and whatever else the caller's views and rows depend on:
+    ``extra``), each with what its caller keeps beside it. ``make(q, k, v, active, to_host)``
+    makes one, or None."""
 
     def __init__(self, make):
         self.make = make
         self.plans: dict[tuple, tuple | None] = {}
 
     @staticmethod
-    def layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, labels: list) -> tuple:
-        return (q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.get_device(),
-                tuple(labels))
+    def layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *extra) -> tuple:
+        return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype,
+                q.get_device(), *extra)
 
     def get(self, layout: tuple) -> tuple | None:
         """(plan, extra) of a planned layout, else None."""
         return self.plans.get(layout)
 
-    def learn(self, layout: tuple, q, k, v, active, extra=None) -> None:
-        """After a general fused call of ``layout``: plan it (or note that it has none)."""
+    def learn(self, layout: tuple, q, k, v, active, extra=None, to_host=_identity) -> None:
+        """After a general fused call of ``layout`` (q, k, v [B, H, L, d]): plan it (or note
+        that it has none)."""
         if layout in self.plans:
             return
         if len(self.plans) >= MAX_PLANS:
             self.plans.clear()
-        plan = self.make(q, k, v, active)
+        plan = self.make(q, k, v, active, to_host)
         self.plans[layout] = None if plan is None else (plan, extra)

@@ -197,16 +197,15 @@ def host_syncs(run) -> list[str]:
     return [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
 
 
-@pytest.mark.parametrize("name", ["sdxl"])
-def test_steered_sampling_waits_for_the_device_no_more_than_the_baseline(comfy_host, name):
-    """Full-size SDXL, fp16, 2 steps: Skew, cond-only and Adaptive Circulation over the whole
-    run add not one host synchronisation to what ComfyUI's own sampling makes."""
+@pytest.fixture(scope="module")
+def sdxl_steered(comfy_host):
+    """Full-size SDXL (random weights, fp16) and its steered variants over the whole run."""
     from hopfield_circulation.nodes.circulation_nodes import AdaptiveCirculation, SkewCirculation
 
-    from gpu.full_size_models import build, sample
+    from gpu.full_size_models import build
 
-    model = build(name, torch.float16, torch.device("cuda"))
-    variants = {
+    model = build("sdxl", torch.float16, torch.device("cuda"))
+    return model, {
         "skew": SkewCirculation.execute(model, 1.05, 3.0, 0.0, 1.0, "all", "both",
                                         "value").result[0],
         "cond": SkewCirculation.execute(model, 1.05, 3.0, 0.0, 1.0, "all", "cond",
@@ -214,12 +213,37 @@ def test_steered_sampling_waits_for_the_device_no_more_than_the_baseline(comfy_h
         "adaptive": AdaptiveCirculation.execute(model, 1.2, 5.0, 0.0, 1.0, "all", "both",
                                                 "value", "per sample").result[0],
     }
-    sample(model, name, steps=2, size=512)
-    baseline = host_syncs(lambda: sample(model, name, steps=2, size=512))
+
+
+def test_steered_sampling_waits_for_the_device_no_more_than_the_baseline(sdxl_steered):
+    """Full-size SDXL, fp16, 2 steps: Skew, cond-only and Adaptive Circulation over the whole
+    run add not one host synchronisation to what ComfyUI's own sampling makes."""
+    from gpu.full_size_models import sample
+
+    model, variants = sdxl_steered
+    sample(model, "sdxl", steps=2, size=512)
+    baseline = host_syncs(lambda: sample(model, "sdxl", steps=2, size=512))
     for label, patched in variants.items():
-        sample(patched, name, steps=2, size=512)  # compiles, times the tiles (one wait each)
-        steered = host_syncs(lambda patched=patched: sample(patched, name, steps=2, size=512))
+        sample(patched, "sdxl", steps=2, size=512)  # compiles, times the tiles (one wait each)
+        steered = host_syncs(lambda patched=patched: sample(patched, "sdxl", steps=2, size=512))
         assert len(steered) <= len(baseline), (label, sorted(set(steered) - set(baseline)))
+
+
+def test_planned_sampling_equals_the_general_path(sdxl_steered, monkeypatch):
+    """The calls replayed from their layouts' plans (hopfield/fused_plan.py, on the host's own
+    tensors and layout) give the sample the general path gives, bit for bit."""
+    from hopfield_circulation.hopfield import fused_plan
+
+    from gpu.full_size_models import sample
+
+    _, variants = sdxl_steered
+    for label, patched in variants.items():
+        sample(patched, "sdxl", steps=2, size=512)
+        planned = sample(patched, "sdxl", steps=2, size=512)
+        with monkeypatch.context() as never_planned:
+            never_planned.setattr(fused_plan.LayoutPlans, "get", lambda self, layout: None)
+            general = sample(patched, "sdxl", steps=2, size=512)
+        assert torch.equal(planned, general), label
 
 
 @needs_triton
