@@ -34,7 +34,6 @@ import contextlib
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -152,16 +151,10 @@ def count_syncs(run, cuda: bool) -> tuple[int, collections.Counter]:
     mode (it flags the synchronising CUDA calls: item/tolist, blocking copies, waits)."""
     if not cuda:
         return 0, collections.Counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            run()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    return len(syncs), collections.Counter(
-        f"{Path(w.filename).name}:{w.lineno}" for w in syncs)
+    from gpu.sync_debug import host_syncs
+
+    places = host_syncs(run)
+    return len(places), collections.Counter(Path(place).name for place in places)
 
 
 @contextlib.contextmanager

@@ -183,20 +183,6 @@ def test_full_size_sampling_through_comfyui(comfy_host, name, compiled):
     assert torch.isfinite(out).all() and not torch.equal(out, base)
 
 
-def host_syncs(run) -> list[str]:
-    """Where ``run()`` synchronised the host with the device (torch's sync debug mode)."""
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            run()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return [f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
-
-
 @pytest.fixture(scope="module")
 def sdxl_steered(comfy_host):
     """Full-size SDXL (random weights, fp16) and its steered variants over the whole run."""
@@ -219,6 +205,7 @@ def test_steered_sampling_waits_for_the_device_no_more_than_the_baseline(sdxl_st
     """Full-size SDXL, fp16, 2 steps: Skew, cond-only and Adaptive Circulation over the whole
     run add not one host synchronisation to what ComfyUI's own sampling makes."""
     from gpu.full_size_models import sample
+    from gpu.sync_debug import host_syncs
 
     model, variants = sdxl_steered
     sample(model, "sdxl", steps=2, size=512)
