@@ -2,9 +2,10 @@
 
 ComfyUI hands an attention override positional and keyword arguments whose layout depends on the
 model (UNets: q, k, v as [B, L, H*d] with ``heads`` positional; MMDiT: ``heads=`` keyword and v
-as [B, L, H, d]). ``hook.override`` parses them once into an ``AttentionCall`` in the SDPA layout
-[B, H, L, d], placed in the model and the schedule by the model's family adapter, so that the
-circulation and the probe never look at raw arguments.
+as [B, L, H, d]). ``hook.override`` parses them once into an ``AttentionCall`` that offers them
+in the SDPA layout [B, H, L, d] (views made on first use), placed in the model and the schedule
+by the model's family adapter, so that the circulation and the probe never look at raw
+arguments.
 
 Observers (the Stability Probe) are registered in ``model_options["transformer_options"]
 [OBSERVERS_KEY]`` as a list of plain functions ``observer(call, out, steering) -> None``
