@@ -48,14 +48,14 @@ compile_cases="compile or (full_size and True)"  # full_size ids: [<compiled>-<m
 for part in "${@:-main}"; do
   case $part in
   main)
-    step gpu_tier 110 "${tier[@]}" -k "not ($compile_cases)"
+    step gpu_tier 140 "${tier[@]}" -k "not ($compile_cases)"
     # the table's tiles, no timing of candidates: these steps measure the host, not the tiles
     HOPFIELD_CIRCULATION_TUNE=0 step triton_launch 15 "$py" benchmarks/bench_triton_launch.py \
       --device cuda
     HOPFIELD_CIRCULATION_TUNE=0 step host_overhead 25 "$py" benchmarks/bench_host_overhead.py \
       --device cuda --dtype fp16
     # one model per step, so that a slow row costs only its own model's later rows
-    step bench_e2e_sdxl_fp16 120 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
+    step bench_e2e_sdxl_fp16 110 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
       --steps "$steps" --rounds "$rounds" --skip TorchCompileModel "space = input"
     step bench_e2e_sd3_fp16 75 "$py" benchmarks/bench_e2e_gpu.py --models sd3-medium \
       --dtypes fp16 --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
