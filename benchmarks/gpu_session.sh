@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Everything one lent GPU session checks, in two commands from the repository root (device time
-# is scarce: one start, the outputs written as they come so a timeout keeps what ran). Carry
+# What a lent GPU session checks, one part per command from the repository root (device time is
+# scarce: one start, the outputs written as they come so a timeout keeps what ran; 15 minutes
+# fit main and one other part, main first while its numbers are open). Carry
 # .gpu (laid out by the workplace's gpu-bundle.sh: a ComfyUI copy and its missing wheels) and run
 #
 #   bash benchmarks/gpu_session.sh main       # ≈ 9 minutes; writes $OUT/*.txt (else /tmp/hc-gpu)
 #   bash benchmarks/gpu_session.sh compiled   # ≈ 7.5 minutes, a command of its own
+#   bash benchmarks/gpu_session.sh families   # ≈ 5.5 minutes: SD3 bf16, SD3.5-medium
 #   HC_GPU_SKIP="bench_gpu bench_e2e_compiled" bash benchmarks/gpu_session.sh main compiled
 #
 # main, most needed first: the GPU test tier without its compile cases; the host's time per
@@ -13,7 +15,9 @@
 # kernel table with the tile sweep; SDXL's end-to-end table in bf16 (each its own process, so
 # a slow one still leaves the others' rows). compiled: the tier's compile cases (torch.compile
 # of the steering, full-size sampling under TorchCompileModel), then TorchCompileModel's
-# variants on SDXL fp16 (inductor compiles are slow), then SDXL's space = input row. HC_GPU_STEPS / HC_GPU_ROUNDS shorten the end-to-end runs.
+# variants on SDXL fp16 (inductor compiles are slow), then SDXL's space = input row. families:
+# the models and dtypes main leaves out. HC_GPU_STEPS / HC_GPU_ROUNDS shorten the end-to-end
+# runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
@@ -74,8 +78,18 @@ for part in "${@:-main}"; do
     step bench_e2e_input_space 60 "$py" benchmarks/bench_e2e_gpu.py --models sdxl \
       --dtypes fp16 --steps "$steps" --rounds 2 --only "space = input"
     ;;
+  families)
+    # the rows main leaves out: SD3-medium in bf16, SD3.5-medium (its extra image
+    # self-attention blocks), the peers' rows there included
+    step bench_e2e_sd3_bf16 90 "$py" benchmarks/bench_e2e_gpu.py --models sd3-medium \
+      --dtypes bf16 --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
+    step bench_e2e_sd35_fp16 120 "$py" benchmarks/bench_e2e_gpu.py --models sd3.5-medium \
+      --dtypes fp16 --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
+    step bench_e2e_sd35_bf16 120 "$py" benchmarks/bench_e2e_gpu.py --models sd3.5-medium \
+      --dtypes bf16 --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
+    ;;
   *)
-    echo "gpu_session.sh: unknown part '$part' (main, compiled)" >&2
+    echo "gpu_session.sh: unknown part '$part' (main, compiled, families)" >&2
     exit 2
     ;;
   esac

@@ -40,8 +40,8 @@ def mmdit(depth: int, patches: int, qk_norm: str | None = None, image_self=()) -
 MODELS = {
     "sdxl": ("SDXL", SDXL_UNET),
     "sd3-medium": ("SD3", mmdit(24, 36864)),
-    "sd3.5-medium": ("SD35", mmdit(24, 147456, "rms", range(13))),
-    "sd3.5-large": ("SD35", mmdit(38, 36864, "rms")),
+    "sd3.5-medium": ("SD3", mmdit(24, 147456, "rms", range(13))),
+    "sd3.5-large": ("SD3", mmdit(38, 36864, "rms")),
 }
 
 

@@ -1,0 +1,41 @@
+"""The full-size model configurations the GPU tier and benchmarks/bench_e2e_gpu.py build
+(tests/gpu/full_size_models.py), checked here without a GPU: each builds in ComfyUI on the meta
+device (no weights) at its released size, and the pack's family adapter places its layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.host
+
+# name: (parameters in billions, family, layers the adapter maps, blocks with image-only
+#        self-attention besides the joint one: SD3.5-Medium's first 13)
+EXPECTED = {
+    "sdxl": (2.57, "sdxl", 70, 0),
+    "sd3-medium": (2.03, "sd3", 24, 0),
+    "sd3.5-medium": (2.24, "sd3", 24, 13),
+    "sd3.5-large": (8.06, "sd3", 38, 0),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_full_size_config_builds_and_is_placed(comfy_host, name):
+    import comfy.model_patcher
+    import comfy.supported_models
+    from gpu.full_size_models import MODELS
+    from hopfield_circulation.families import adapter_for
+
+    config_class, unet = MODELS[name]
+    config = getattr(comfy.supported_models, config_class)(dict(unet))
+    config.set_inference_dtype(torch.float16, None)
+    meta = torch.device("meta")
+    with meta:
+        model = config.get_model({}, device=meta)
+    billions, family, layers, image_only = EXPECTED[name]
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == billions
+    blocks = getattr(model.diffusion_model, "joint_blocks", [])
+    assert sum(bool(getattr(b.x_block, "x_block_self_attn", False)) for b in blocks) == image_only
+    adapter = adapter_for(comfy.model_patcher.ModelPatcher(model, load_device=meta,
+                                                           offload_device=meta))
+    assert adapter.name == family and len(adapter.layer_map.layers) == layers
