@@ -137,7 +137,10 @@ class _Returns:
 
 
 def cuda_rows() -> None:
-    """Whole steered calls at a tiny shape (launch-bound): cache on against off."""
+    """Whole steered calls at a tiny shape (launch-bound): cache off, cache on, and the call
+    layout's launch plan (hopfield/fused_plan.py, what a steered model's later calls take)."""
+    from hopfield_circulation.hopfield import fused_plan
+
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 16, 10, 64, generator=gen).cuda().half().transpose(1, 2)
                for _ in range(3))
@@ -147,14 +150,26 @@ def cuda_rows() -> None:
         "fused adaptive": lambda: fused_triton.fused_adaptive_circulation(
             q, k, v, eta, 1.2, 5.0, per_sample=True, norm_match=True)[0],
         "eta": lambda: eta_triton.symmetry_index_triton(q, k),
+        "Adaptive (eta, then fused)": lambda: fused_triton.fused_adaptive_circulation(
+            q, k, v, eta_triton.symmetry_index_triton(q, k), 1.2, 5.0, per_sample=True,
+            norm_match=True)[0],
         "probe": lambda: stability_triton.stability_triton(q, k, v)[0],
+    }
+    for call in calls.values():
+        call()
+    skew_plan = fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None)
+    adaptive_plan = fused_plan.make_adaptive_plan(q, k, v, 1.2, 5.0, True, True, None)
+    planned = {
+        "fused (Skew)": skew_plan and (lambda: skew_plan.run(q, k, v, None)),
+        "Adaptive (eta, then fused)": adaptive_plan and (
+            lambda: adaptive_plan.run(q, k, v, None)[0]),
     }
     launchers = [module._launcher() for module, _ in MODULES.values()]
     print(f"\nWhole calls at [2, 10, 16, 64] fp16 on {torch.cuda.get_device_name()}: µs per "
           "call, the device synchronised once per round")
-    print("| call | Triton's launch | cached launch | saved | outputs identical | cache misses "
-          "while timed |")
-    print("|---|---:|---:|---:|---|---:|")
+    print("| call | Triton's launch | cached launch | saved | planned launch | outputs "
+          "identical | cache misses while timed |")
+    print("|---|---:|---:|---:|---:|---|---:|")
     for name, call in calls.items():
         timed, outputs, misses = {}, {}, 0
         for enabled in (False, True, False, True):
@@ -167,8 +182,15 @@ def cuda_rows() -> None:
                 misses += sum(launcher.misses for launcher in launchers) - before
             outputs[enabled] = call().clone()
         same = torch.equal(outputs[False], outputs[True])
+        plan_us = "–"
+        if planned.get(name):
+            best = min(per_call_us(planned[name], calls=500, sync=torch.cuda.synchronize)
+                       for _ in range(2))
+            plan_us = f"{best:.1f}"
+            same = same and torch.equal(planned[name]().clone(), outputs[True])
         off, on = min(timed[False]), min(timed[True])
-        print(f"| {name} | {off:.1f} | {on:.1f} | {off - on:.1f} | {same} | {misses} |")
+        print(f"| {name} | {off:.1f} | {on:.1f} | {off - on:.1f} | {plan_us} | {same} | "
+              f"{misses} |")
     import triton
 
     hooks = triton.knobs.runtime
