@@ -26,11 +26,16 @@ def blend_retrievals(
     norm_match: bool = True,
     ratio_min: float = RATIO_MIN,
     ratio_max: float = RATIO_MAX,
+    unscale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Blend over the last axis (the feature axis of one head); returns fp32 (fp64 for fp64 input).
 
     ``beta`` may be a tensor broadcasting against ``base`` (e.g. [B, 1, 1, 1]). Non-finite
     values produced by the rescale are zeroed rather than propagated into the model.
+    ``unscale``: base and perturbed come scaled by 1 / unscale, a power of two (the bf16
+    two-call path's exact fp16 scaling); the blend scales with them exactly, so it is computed
+    as they are and unscaled once, in the norm match's own multiply (the norm floor scaled
+    alike): the same result, bit for bit, as unscaling both retrievals first.
     """
     dtype = torch.promote_types(base.dtype, torch.float32)  # fp64 inputs keep fp64
     base32 = base.to(dtype)
@@ -38,8 +43,10 @@ def blend_retrievals(
     weight = beta.to(device=base.device, dtype=dtype) if isinstance(beta, torch.Tensor) else beta
     new = torch.lerp(base32, pert32, weight)  # base + beta (perturbed - base), one pass
     if not norm_match:
-        return new
-    ref = torch.linalg.vector_norm(pert32, dim=-1, keepdim=True).clamp_min(NORM_EPS)
-    cur = torch.linalg.vector_norm(new, dim=-1, keepdim=True).clamp_min(NORM_EPS)
-    new.mul_(ref.div_(cur).clamp_(ratio_min, ratio_max))  # in place: new is ours
+        return new if unscale is None else new.mul_(unscale)
+    eps = NORM_EPS if unscale is None else NORM_EPS / unscale
+    ref = torch.linalg.vector_norm(pert32, dim=-1, keepdim=True).clamp_min(eps)
+    cur = torch.linalg.vector_norm(new, dim=-1, keepdim=True).clamp_min(eps)
+    ratio = ref.div_(cur).clamp_(ratio_min, ratio_max)
+    new.mul_(ratio if unscale is None else ratio.mul_(unscale))  # in place: new is ours
     return torch.nan_to_num_(new, nan=0.0, posinf=0.0, neginf=0.0)

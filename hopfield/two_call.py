@@ -44,8 +44,9 @@ def two_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, base: torch.Tens
     if own_baseline(q):
         compute = bf16_compute or (torch.float32 if q.device.type == "cpu" else torch.float16)
         if compute == torch.float16:
-            base, perturbed = _retrievals_in_fp16(q, k, v, alpha)
-            return blend_retrievals(base, perturbed, beta, norm_match=norm_match)
+            base, perturbed, v_unscale = _retrievals_in_fp16(q, k, v, alpha)
+            return blend_retrievals(base, perturbed, beta, norm_match=norm_match,
+                                    unscale=v_unscale)
         q, k, v = q.to(compute), k.to(compute), v.to(compute)
         base = F.scaled_dot_product_attention(q, k, v)
     perturbed = skew_scaled_attention(q, k, v, alpha)
@@ -68,7 +69,9 @@ def _fp16_exponents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
 
 def _retrievals_in_fp16(q, k, v, alpha):
-    """(baseline, perturbed) of bf16 inputs computed in fp16, returned in fp32.
+    """(baseline, perturbed, unscale) of bf16 inputs computed in fp16: both retrievals in fp32
+    and still scaled by V's power of two, which ``unscale`` (a power of two, fp32 on the
+    device) undoes; blend_retrievals applies it once to the blend, which scales exactly.
 
     Powers of two keep every conversion exact: q is divided and k multiplied by the same 2^a
     (every logit, of either term of the concat trick, is unchanged), V is scaled by 2^b and the
@@ -77,8 +80,11 @@ def _retrievals_in_fp16(q, k, v, alpha):
     """
     powers = torch.exp2(_fp16_exponents(q, k, v))
     scales = powers.to(q.dtype)  # powers of two: exact in bf16
-    q16, k16, v16 = ((t * scales[i]).to(torch.float16) for i, t in enumerate((q, k, v)))
-    v_unscale = powers[3]
-    base = F.scaled_dot_product_attention(q16, k16, v16).float().mul_(v_unscale)
-    perturbed = skew_scaled_attention(q16, k16, v16, alpha).float().mul_(v_unscale)
-    return base, perturbed
+    # Scaled and converted in one pass each: the product of a bf16 value and a power of two
+    # is exact in bf16, then converts exactly into the fp16 output (on CUDA one kernel casts
+    # as it stores; the CPU goes through a temporary)
+    q16, k16, v16 = (torch.mul(t, scales[i], out=torch.empty_like(t, dtype=torch.float16))
+                     for i, t in enumerate((q, k, v)))
+    base = F.scaled_dot_product_attention(q16, k16, v16).float()
+    perturbed = skew_scaled_attention(q16, k16, v16, alpha).float()
+    return base, perturbed, powers[3]

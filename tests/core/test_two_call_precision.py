@@ -92,3 +92,27 @@ def test_bf16_in_fp16_keeps_logits_when_q_and_k_differ_in_scale():
     got = two_call(q, k, v, None, 1.05, 3.0, bf16_compute=torch.float16).to(torch.bfloat16)
     floor = (want.to(torch.bfloat16).double() - want).norm()
     assert (got.double() - want).norm() < 1.5 * floor
+
+
+@pytest.mark.parametrize("norm_match", [True, False])
+@pytest.mark.parametrize("v_scale", [1e-8, 1.0, 6e4])  # 1e-8: norms under the norm floor
+def test_bf16_in_fp16_unscales_once_bit_for_bit(norm_match, v_scale):
+    """The fp16 retrievals stay scaled by V's power of two through the blend, which is undone
+    once at its end (the norm floor scaled alike): bit for bit what unscaling both retrievals
+    first gives, with one full pass fewer each."""
+    from hopfield_circulation.hopfield.blend import blend_retrievals
+    from hopfield_circulation.hopfield.skew import skew_scaled_attention
+    from hopfield_circulation.hopfield.two_call import _fp16_exponents, two_call
+
+    q, k, v = inputs(torch.bfloat16, seed=13)
+    v = (v.double() * v_scale).to(torch.bfloat16)
+    v[:, 1] = 0  # a head whose retrievals are zero
+    beta = torch.tensor([3.0]).reshape(1, 1, 1, 1)
+    powers = torch.exp2(_fp16_exponents(q, k, v))
+    q16, k16, v16 = ((t * powers[i].to(t.dtype)).to(torch.float16)
+                     for i, t in enumerate((q, k, v)))
+    base = F.scaled_dot_product_attention(q16, k16, v16).float().mul_(powers[3])
+    perturbed = skew_scaled_attention(q16, k16, v16, 1.05).float().mul_(powers[3])
+    want = blend_retrievals(base, perturbed, beta, norm_match=norm_match)
+    got = two_call(q, k, v, None, 1.05, beta, norm_match, bf16_compute=torch.float16)
+    assert torch.equal(got, want)
