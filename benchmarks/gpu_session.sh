@@ -45,7 +45,7 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its output, say how it en
 export PYTHONUNBUFFERED=1
 timeout_flag=()  # a hung test ends itself, not the whole step
 "$py" -c "import pytest_timeout" 2>/dev/null && timeout_flag=(--timeout 90)
-tier=("$py" -m pytest tests/gpu -m gpu -v -rs -p no:cacheprovider --durations 12 "${timeout_flag[@]}")
+tier=("$py" -m pytest tests/gpu tests/core -m gpu -v -rs -p no:cacheprovider --durations 12 "${timeout_flag[@]}")
 compile_cases="compile or (full_size and True)"  # full_size ids: [<compiled>-<model>]
 
 # Each part's limits sum to under the device tool's 600 s per command, with room for set-up.

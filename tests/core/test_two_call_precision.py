@@ -94,9 +94,14 @@ def test_bf16_in_fp16_keeps_logits_when_q_and_k_differ_in_scale():
     assert (got.double() - want).norm() < 1.5 * floor
 
 
+ON_CUDA = pytest.param("cuda", marks=[  # run by the GPU tier: pytest tests/gpu tests/core -m gpu
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")])
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
 @pytest.mark.parametrize("norm_match", [True, False])
 @pytest.mark.parametrize("v_scale", [1e-8, 1.0, 6e4])  # 1e-8: norms under the norm floor
-def test_bf16_in_fp16_unscales_once_bit_for_bit(norm_match, v_scale):
+def test_bf16_in_fp16_unscales_once_bit_for_bit(norm_match, v_scale, device):
     """The fp16 retrievals stay scaled by V's power of two through the blend, which is undone
     once at its end (the norm floor scaled alike): bit for bit what unscaling both retrievals
     first gives, with one full pass fewer each."""
@@ -104,10 +109,10 @@ def test_bf16_in_fp16_unscales_once_bit_for_bit(norm_match, v_scale):
     from hopfield_circulation.hopfield.skew import skew_scaled_attention
     from hopfield_circulation.hopfield.two_call import _fp16_exponents, two_call
 
-    q, k, v = inputs(torch.bfloat16, seed=13)
+    q, k, v = (t.to(device) for t in inputs(torch.bfloat16, seed=13))
     v = (v.double() * v_scale).to(torch.bfloat16)
     v[:, 1] = 0  # a head whose retrievals are zero
-    beta = torch.tensor([3.0]).reshape(1, 1, 1, 1)
+    beta = torch.tensor([3.0], device=device).reshape(1, 1, 1, 1)
     powers = torch.exp2(_fp16_exponents(q, k, v))
     q16, k16, v16 = ((t * powers[i].to(t.dtype)).to(torch.float16)
                      for i, t in enumerate((q, k, v)))

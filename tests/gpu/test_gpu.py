@@ -1,6 +1,7 @@
 """GPU tier: the fused kernel, the no-Triton fallback and torch.compile on real CUDA hardware,
 and a full-size sampling smoke test through real ComfyUI. Skipped, with the reason, without
-CUDA (CI never has one); run on a GPU machine with `python -m pytest tests/gpu -m gpu`.
+CUDA (CI never has one); run on a GPU machine with
+`python -m pytest tests/gpu tests/core -m gpu` (core tests mark their CUDA cases `gpu`).
 """
 
 from __future__ import annotations
