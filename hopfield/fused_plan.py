@@ -65,7 +65,7 @@ def prepare(launcher, grid: tuple, args: tuple, constexprs: dict,
     address off 16 bytes, nothing launched yet."""
     if not isinstance(launcher, CachedLauncher) or not launcher.enabled:
         return None
-    if any(t.data_ptr() & 15 for t in args[:tensors]):
+    if not _aligned(*args[:tensors]):
         return None
     found = launcher.entry(args, constexprs)
     if found is None:
@@ -75,8 +75,22 @@ def prepare(launcher, grid: tuple, args: tuple, constexprs: dict,
                           (*args[tensors:], *constants))
 
 
-def _device_current(device: int) -> bool:
-    return device < 0 or device == torch.cuda.current_device()
+def _launchable(device: int, active: torch.Tensor | None, *launches: PreparedLaunch) -> bool:
+    """A plan's launches would go as planned now: their launchers ready, no kernel failed,
+    the tensors' device current, the steered rows as the kernel reads them."""
+    return all(launch.ready() for launch in launches) and not fused_triton.disabled() \
+        and (device < 0 or device == torch.cuda.current_device()) \
+        and (active is None or active.is_contiguous())
+
+
+def _fused_operands(plan, q, v, active, v_heads):
+    """(output, v's per-head maxima, steered rows) of one planned fused launch: the output
+    laid out as planned, the maxima only for bf16 (else the output stands in), the rows as
+    the kernel reads them (else the output)."""
+    out = plan.output.new(q)
+    v_max = fused_triton.per_head_v_max(v if v_heads is None else v_heads) \
+        if plan.pv_fp16 else out
+    return out, v_max, out if active is None else active.view(torch.uint8)
 
 
 def _aligned(*tensors) -> bool:
@@ -130,13 +144,9 @@ class SkewPlan:
         addresses; the layout is planned). ``v_heads``: v as [B, H, L, d] (bf16 needs its
         per-head maxima)."""
         fused, device = self.fused, self.device
-        if not fused.ready() or fused_triton.disabled() or not _device_current(device):
+        if not _launchable(device, active, fused):
             return None
-        if active is not None and not active.is_contiguous():
-            return None
-        out = self.output.new(q)
-        v_max = _v_max(v if v_heads is None else v_heads) if self.pv_fp16 else out
-        rows = out if active is None else active.view(torch.uint8)
+        out, v_max, rows = _fused_operands(self, q, v, active, v_heads)
         if not _aligned(q, k, v, out, v_max, rows):
             return None  # planned for 16-byte aligned tensors only
         if not fused(device, q, k, v, out, out, out, v_max, rows, out, out):
@@ -161,16 +171,11 @@ class AdaptivePlan:
         coefficients [B|1, 1, 1, 1]; the output as ``SkewPlan.run``'s), or None where that
         path must run instead."""
         eta_launch, fused, device = self.eta, self.fused, self.device
-        if not eta_launch.ready() or not fused.ready() or fused_triton.disabled() \
-                or eta_triton.failed() or not _device_current(device):
+        if not _launchable(device, active, eta_launch, fused) or eta_triton.failed():
             return None
-        if active is not None and not active.is_contiguous():
-            return None
-        out = self.output.new(q)
+        out, v_max, rows = _fused_operands(self, q, v, active, v_heads)
         eta = torch.empty(self.eta_shape, dtype=torch.float32, device=q.device)
         coefficients = torch.empty(3, self.lanes, dtype=torch.float32, device=q.device)
-        v_max = _v_max(v if v_heads is None else v_heads) if self.pv_fp16 else out
-        rows = out if active is None else active.view(torch.uint8)
         if not _aligned(q, k, v, out, v_max, rows, eta, coefficients):
             return None
         if not eta_launch(device, q, k, eta):
@@ -179,11 +184,6 @@ class AdaptivePlan:
             return None
         eta_bar, alpha, beta = coefficients.unbind(0)
         return out, eta_bar, alpha.view(-1, 1, 1, 1), beta.view(-1, 1, 1, 1)
-
-
-def _v_max(v: torch.Tensor) -> torch.Tensor:
-    """Per (batch, head) max |V| of v [B, H, L, d], as fused_triton.launch_arguments takes it."""
-    return torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1))
 
 
 def make_skew_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float,

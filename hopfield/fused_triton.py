@@ -201,23 +201,22 @@ def tuned_config(q: torch.Tensor, launch) -> LaunchConfig:
     runs the kernel on the call's own inputs), the table's otherwise. The timing waits for the
     device once per shape class, never again; a first call inside a CUDA graph capture takes
     the table's tiles untimed (the class is timed at its first call outside one)."""
+    settled = settled_config(q)
+    if settled is not None:
+        return settled
     table = default_config(q.shape[-1], q.dtype)
-    found = facts()
-    if not q.is_cuda or found.interpreting or not found.tune:
+    if torch.cuda.is_current_stream_capturing():  # a CUDA graph capture cannot time or wait
         return table
-    key = shape_class(q)
-    if key not in _TUNED:
-        if torch.cuda.is_current_stream_capturing():  # a CUDA graph capture cannot time or wait
-            return table
-        candidates = (table, *(c for c in TILE_CANDIDATES[q.shape[-1]] if c != table))
-        with torch.cuda.device(q.device):  # the events time q's device, current or not
-            _TUNED[key] = fastest(candidates, lambda config: _time_ms(launch, config))
-    return _TUNED[key]
+    candidates = (table, *(c for c in TILE_CANDIDATES[q.shape[-1]] if c != table))
+    with torch.cuda.device(q.device):  # the events time q's device, current or not
+        tuned = _TUNED[shape_class(q)] = fastest(
+            candidates, lambda config: _time_ms(launch, config))
+    return tuned
 
 
 def settled_config(q: torch.Tensor) -> LaunchConfig | None:
-    """The tiles ``tuned_config`` gives q's calls without timing anything: None while its
-    shape class still waits for its timing."""
+    """The tiles ``tuned_config`` gives q's calls without timing anything (the table's off
+    CUDA, or with tuning off): None while its shape class still waits for its timing."""
     found = facts()
     if not q.is_cuda or found.interpreting or not found.tune:
         return default_config(q.shape[-1], q.dtype)
@@ -393,9 +392,7 @@ def launch_arguments(q, k, v, out, alpha_t, beta_t, alpha_value, beta_value, act
     if active is not None:
         active = active.contiguous().view(torch.uint8)
     pv_fp16 = q.dtype == torch.bfloat16
-    # Per (batch, head) max |V|, one small reduction on the device (no copy, no sync): the
-    # kernel scales V by a power of two when it would not fit fp16.
-    v_max = torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1)) if pv_fp16 else out
+    v_max = per_head_v_max(v) if pv_fp16 else out
     grid = (-(-length // cfg.block_m), batch * heads)  # plain ints: triton.cdiv costs more
     # Only adaptive launches see the batch size and an eta block: others pass constants, so
     # that a new batch size or head count compiles nothing new (ints are specialised on).
@@ -423,6 +420,13 @@ def launch_arguments(q, k, v, out, alpha_t, beta_t, alpha_value, beta_value, act
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return grid, args, constexprs
+
+
+def per_head_v_max(v: torch.Tensor) -> torch.Tensor:
+    """Per (batch, head) max |V| of v [B, H, L, d], one small reduction on the device (no
+    copy, no sync): for bf16 inputs the kernel scales V by a power of two when it would not
+    fit fp16."""
+    return torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1))
 
 
 def _stride(t: torch.Tensor | None) -> int:

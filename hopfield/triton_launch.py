@@ -94,7 +94,7 @@ class CachedLauncher:
         if driver is None:  # first launch: Triton's own path, which sets its driver up
             self._miss(grid, args, kwargs, None)
             return
-        device = index if index >= 0 else driver.get_current_device()
+        device = self.device_of(index)
         key = (device, self.key(args, kwargs))
         entry = self.compiled.get(key)
         hooks = self._hooks
@@ -131,21 +131,22 @@ class CachedLauncher:
         """Triton's runtime knobs (launch hooks); set by the first launch."""
         return self._hooks
 
+    def device_of(self, index: int) -> int:
+        """The device a launch on tensors of device ``index`` runs on (-1, not a CUDA
+        tensor: the driver's current one). Needs the driver (after a first launch)."""
+        return index if index >= 0 else self._driver.get_current_device()
+
     def stream(self, device: int):
         """The current stream of ``device`` (-1: the current device), as a launch takes it."""
-        driver = self._driver
-        return driver.get_current_stream(device if device >= 0 else
-                                         driver.get_current_device())
+        return self._driver.get_current_stream(self.device_of(device))
 
     def entry(self, args: tuple, kwargs: dict) -> tuple | None:
         """(compiled kernel, constexpr values) that a launch with these arguments on their
         device would use, once one has run (fused_plan.py replays it); None before."""
-        driver = self._driver
-        if not self.enabled or driver is None:
+        if not self.enabled or self._driver is None:
             return None
-        index = args[0].get_device()
-        device = index if index >= 0 else driver.get_current_device()
-        return self.compiled.get((device, self.key(args, kwargs)))
+        return self.compiled.get((self.device_of(args[0].get_device()),
+                                  self.key(args, kwargs)))
 
     def _miss(self, grid, args, kwargs, key) -> None:
         self.misses += 1
@@ -161,7 +162,7 @@ class CachedLauncher:
                 self.enabled = False
                 return
             self._driver, self._hooks = driver.active, triton.knobs.runtime
-            key = (self._driver.get_current_device(), self.key(args, kwargs))
+            key = (self.device_of(args[0].get_device()), self.key(args, kwargs))
         tail = self.names[len(args):]
         constants = tuple(kwargs[name] if name in kwargs else self.defaults[name]
                           for name in tail)
