@@ -23,7 +23,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -98,28 +97,13 @@ def ops_of(fn) -> int:
     return mode.count
 
 
-_COMPILED_STUB = SimpleNamespace(run=lambda *launch: None, function=None, packed_metadata=None)
-
-
-class _StubKernel:
-    """A jit'ed Triton kernel's surface whose launches run nothing: ``kernel[grid](...)`` hands
-    back a 'compiled kernel' whose launcher is a no-op. The pack's CachedLauncher in front of
-    it does all its own work per call (key, lookup, argument list); only the driver is absent."""
-
-    def __init__(self, kernel):
-        self.arg_names, self.signature = kernel.arg_names, kernel.signature
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: _COMPILED_STUB
-
-
 def stub_kernel_launches() -> None:
     """Route CPU fp16 calls down the CUDA paths (fused kernel, eta kernel, probe kernel) with
     every Triton launch replaced by a no-op: what is left is the pack's own host work per
     call on those paths (hook, parsing, checks, argument marshalling, small allocations,
     the cached launcher's key and lookup)."""
+    from core.launch_recorder import KernelSurface, no_op_compiled, stand_in_launcher
     from hopfield_circulation.hopfield import eta_triton, fused_triton, stability_triton
-    from hopfield_circulation.hopfield.triton_launch import CachedLauncher
 
     fused_triton._FACTS[:] = [fused_triton.ProcessFacts(triton=True, interpreting=True,
                                                         tune=False)]
@@ -127,13 +111,12 @@ def stub_kernel_launches() -> None:
         q.dtype in fused_triton.AUTO_DTYPES and fused_triton.supports(q, k, v))
     eta_triton.eligible = lambda q, k: True
     stability_triton.eligible = lambda q, k, retrieval: True
-    runtime = (SimpleNamespace(get_current_device=lambda: 0, get_current_stream=lambda i: 0),
-               SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None))
     for module, tensors in ((fused_triton, fused_triton.FUSED_TENSOR_ARGS),
                             (eta_triton, eta_triton.ETA_TENSOR_ARGS),
                             (stability_triton, stability_triton.STABILITY_TENSOR_ARGS)):
-        launcher = CachedLauncher(_StubKernel(module._kernel()), tensors, enabled=True,
-                                  runtime=runtime)
+        # a compiled kernel whose launches run nothing, behind the pack's real launcher
+        launcher = stand_in_launcher(KernelSurface(module._kernel(), no_op_compiled()),
+                                     tensors)
         module._launcher = lambda launcher=launcher: launcher
 
 

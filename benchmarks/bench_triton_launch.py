@@ -19,19 +19,19 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_attention import hopfield  # noqa: E402,F401  (registers the pack's package)
+from core.launch_recorder import KernelSurface, no_op_compiled, stand_in_launcher  # noqa: E402
 from hopfield_circulation.hopfield import (  # noqa: E402
     eta_triton,
     fused_triton,
     stability_triton,
 )
-from hopfield_circulation.hopfield.triton_launch import CachedLauncher  # noqa: E402
 
 MODULES = {"fused": (fused_triton, fused_triton.FUSED_TENSOR_ARGS),
            "eta": (eta_triton, eta_triton.ETA_TENSOR_ARGS),
@@ -92,9 +92,6 @@ def cpu_rows(found: dict) -> list:
     from triton.runtime.jit import compute_cache_key, create_function_from_signature
 
     backend = make_backend(GPUTarget("cuda", 90, 32))
-    stub = SimpleNamespace(run=lambda *launch: None, function=None, packed_metadata=None)
-    runtime = (SimpleNamespace(get_current_device=lambda: 0, get_current_stream=lambda i: 0),
-               SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None))
     rows = []
     for name, (grid, args, kwargs) in found.items():
         module, tensors = MODULES[name]
@@ -107,8 +104,7 @@ def cpu_rows(found: dict) -> list:
             _, specialisation, opts = binder(*args, **options)
             compute_cache_key(key_cache, specialisation, opts)
 
-        launcher = CachedLauncher(_Returns(kernel, stub), tensors, enabled=True,
-                                  runtime=runtime)
+        launcher = stand_in_launcher(KernelSurface(kernel, no_op_compiled()), tensors)
 
         def cached_path(launcher=launcher, grid=grid, args=args, kwargs=kwargs):
             launcher[grid](*args, **kwargs)
@@ -123,17 +119,6 @@ def cpu_rows(found: dict) -> list:
     for name, count, triton_us, cached_us in rows:
         print(f"| {name} | {count} | {triton_us:.1f} | {cached_us:.1f} |")
     return rows
-
-
-class _Returns:
-    """A jit'ed kernel's surface whose ``[grid](...)`` hands back ``compiled``."""
-
-    def __init__(self, kernel, compiled):
-        self.arg_names, self.signature, self.compiled = kernel.arg_names, kernel.signature, \
-            compiled
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.compiled
 
 
 def cuda_rows() -> None:

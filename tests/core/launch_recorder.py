@@ -1,6 +1,7 @@
-"""Recording stand-ins for the fused and eta kernels' compiled launchers (no GPU needed): every
-launch through the pack's cached launcher, or a plan (hopfield/fused_plan.py), is recorded with
-its arguments instead of run. Outputs are left unwritten."""
+"""Stand-ins for Triton's compiled kernels (no GPU needed), behind the pack's real
+CachedLauncher: tests record every launch through it, or through a plan
+(hopfield/fused_plan.py), with its arguments instead of running it; benchmarks time the pack's
+own host work with launches that do nothing. Outputs are left unwritten."""
 
 from __future__ import annotations
 
@@ -10,21 +11,42 @@ from hopfield_circulation.hopfield import eta_triton, fused_triton
 from hopfield_circulation.hopfield.triton_launch import CachedLauncher
 
 
-class Recorder:
-    """A jit'ed kernel's surface (names, signature) whose compiled launcher records every
-    launch's arguments instead of running anything."""
+def no_op_compiled():
+    """A compiled kernel whose launcher runs nothing."""
+    return SimpleNamespace(run=lambda *launch: None, function="function",
+                           packed_metadata="metadata")
+
+
+class KernelSurface:
+    """A jit'ed kernel's surface (names, signature) whose ``kernel[grid](...)`` hands back
+    ``compiled`` instead of compiling and launching."""
+
+    def __init__(self, kernel, compiled):
+        self.arg_names, self.signature, self.compiled = kernel.arg_names, kernel.signature, \
+            compiled
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.compiled
+
+
+def stand_in_launcher(surface: KernelSurface, tensors: int) -> CachedLauncher:
+    """The pack's CachedLauncher around ``surface``, with a stand-in for Triton's driver (device
+    0, stream 7) and no launch hooks, set up as after a first launch."""
+    driver = SimpleNamespace(get_current_device=lambda: 0, get_current_stream=lambda i: 7)
+    hooks = SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)
+    return CachedLauncher(surface, tensors, enabled=True, runtime=(driver, hooks))
+
+
+class Recorder(KernelSurface):
+    """A kernel whose compiled launcher records every launch's arguments."""
 
     def __init__(self, module=fused_triton, tensors: int = fused_triton.FUSED_TENSOR_ARGS):
-        kernel = module._kernel()
-        self.arg_names, self.signature = kernel.arg_names, kernel.signature
+        super().__init__(module._kernel(), no_op_compiled())
+        self.compiled.run = self.run
         self.launches: list[tuple] = []  # through the compiled launcher (cached or planned)
         self.own_launches: list[tuple] = []  # through "Triton's own" kernel[grid](...)
-        self.compiled = SimpleNamespace(run=self.run, function="function",
-                                        packed_metadata="metadata")
-        self.hooks = SimpleNamespace(launch_enter_hook=None, launch_exit_hook=None)
-        driver = SimpleNamespace(get_current_device=lambda: 0, get_current_stream=lambda i: 7)
-        self.launcher = CachedLauncher(self, tensors, enabled=True,
-                                       runtime=(driver, self.hooks))
+        self.launcher = stand_in_launcher(self, tensors)
+        self.hooks = self.launcher.hooks
 
     def run(self, *args):
         self.launches.append(args)
