@@ -164,8 +164,8 @@ def launch_cache(enabled: bool):
     from hopfield_circulation.hopfield import eta_triton, fused_triton, stability_triton
     from hopfield_circulation.hopfield.triton_launch import CachedLauncher
 
-    modules = (fused_triton, eta_triton, stability_triton) if fused_triton.available() else ()
-    launchers = [m._launcher() for m in modules]
+    launchers = [fused_triton._launcher(), eta_triton._launcher(),
+                 *stability_triton.launchers()] if fused_triton.available() else []
     launchers = [launcher for launcher in launchers if isinstance(launcher, CachedLauncher)]
     before = [launcher.enabled for launcher in launchers]
     for launcher in launchers:

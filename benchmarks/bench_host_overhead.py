@@ -102,7 +102,12 @@ def stub_kernel_launches() -> None:
     every Triton launch replaced by a no-op: what is left is the pack's own host work per
     call on those paths (hook, parsing, checks, argument marshalling, small allocations,
     the cached launcher's key and lookup)."""
-    from core.launch_recorder import KernelSurface, no_op_compiled, stand_in_launcher
+    from core.launch_recorder import (
+        KernelSurface,
+        no_op_compiled,
+        pack_kernels,
+        stand_in_launcher,
+    )
     from hopfield_circulation.hopfield import eta_triton, fused_triton, stability_triton
 
     fused_triton._FACTS[:] = [fused_triton.ProcessFacts(triton=True, interpreting=True,
@@ -111,13 +116,11 @@ def stub_kernel_launches() -> None:
         q.dtype in fused_triton.AUTO_DTYPES and fused_triton.supports(q, k, v))
     eta_triton.eligible = lambda q, k: True
     stability_triton.eligible = lambda q, k, retrieval: True
-    for module, tensors in ((fused_triton, fused_triton.FUSED_TENSOR_ARGS),
-                            (eta_triton, eta_triton.ETA_TENSOR_ARGS),
-                            (stability_triton, stability_triton.STABILITY_TENSOR_ARGS)):
+    for kernel in pack_kernels():
         # a compiled kernel whose launches run nothing, behind the pack's real launcher
-        launcher = stand_in_launcher(KernelSurface(module._kernel(), no_op_compiled()),
-                                     tensors)
-        module._launcher = lambda launcher=launcher: launcher
+        launcher = stand_in_launcher(KernelSurface(kernel.load(), no_op_compiled()),
+                                     kernel.tensors)
+        kernel.set_launcher_getter(lambda launcher=launcher: launcher)
 
 
 def main():

@@ -26,16 +26,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_attention import hopfield  # noqa: E402,F401  (registers the pack's package)
-from core.launch_recorder import KernelSurface, no_op_compiled, stand_in_launcher  # noqa: E402
+from core.launch_recorder import (  # noqa: E402
+    KernelSurface,
+    no_op_compiled,
+    pack_kernels,
+    stand_in_launcher,
+)
 from hopfield_circulation.hopfield import (  # noqa: E402
     eta_triton,
     fused_triton,
     stability_triton,
 )
 
-MODULES = {"fused": (fused_triton, fused_triton.FUSED_TENSOR_ARGS),
-           "eta": (eta_triton, eta_triton.ETA_TENSOR_ARGS),
-           "probe": (stability_triton, stability_triton.STABILITY_TENSOR_ARGS)}
+KERNELS = {kernel.name: kernel for kernel in pack_kernels()}
 
 
 class Capture:
@@ -55,18 +58,20 @@ def launches(device: str) -> dict:
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4096, 10, 64, generator=gen).to(device, torch.float16)
                .transpose(1, 2) for _ in range(3))
-    calls = {"fused": lambda: fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0),
-             "eta": lambda: eta_triton.symmetry_index_triton(q, k),
-             "probe": lambda: stability_triton.stability_triton(q, k, v)}
-    found = {}
-    for name, (module, _) in MODULES.items():
-        capture = Capture()
-        kept, module._launcher = module._launcher, lambda capture=capture: capture
-        try:
-            calls[name]()
-            found[name] = capture.launch
-        finally:
-            module._launcher = kept
+    calls = [lambda: fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0),
+             lambda: eta_triton.symmetry_index_triton(q, k),
+             lambda: stability_triton.stability_triton(q, k, v)]  # its four stages
+    captures = {name: Capture() for name in KERNELS}
+    kept = {name: kernel.launcher_getter() for name, kernel in KERNELS.items()}
+    try:
+        for name, kernel in KERNELS.items():
+            kernel.set_launcher_getter(lambda capture=captures[name]: capture)
+        for call in calls:
+            call()
+    finally:
+        for name, kernel in KERNELS.items():
+            kernel.set_launcher_getter(kept[name])
+    found = {name: capture.launch for name, capture in captures.items()}
     fused_triton._FACTS.clear()
     return found
 
@@ -94,8 +99,8 @@ def cpu_rows(found: dict) -> list:
     backend = make_backend(GPUTarget("cuda", 90, 32))
     rows = []
     for name, (grid, args, kwargs) in found.items():
-        module, tensors = MODULES[name]
-        kernel = module._kernel()
+        tensors = KERNELS[name].tensors
+        kernel = KERNELS[name].load()
         binder = create_function_from_signature(kernel.signature, kernel.params, backend)
         options = {**kwargs, "debug": False, "instrumentation_mode": ""}
         key_cache: dict = {}
@@ -149,7 +154,7 @@ def cuda_rows() -> None:
         "Adaptive (eta, then fused)": adaptive_plan and (
             lambda: adaptive_plan.run(q, k, v, None)[0]),
     }
-    launchers = [module._launcher() for module, _ in MODULES.values()]
+    launchers = [kernel.launcher_getter()() for kernel in KERNELS.values()]
     print(f"\nWhole calls at [2, 10, 16, 64] fp16 on {torch.cuda.get_device_name()}: µs per "
           "call, the device synchronised once per round")
     print("| call | Triton's launch | cached launch | saved | planned launch | outputs "

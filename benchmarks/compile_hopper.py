@@ -135,19 +135,57 @@ def compile_eta(dtype: str, d: int, config: tuple[int, int, int], heads=10,
 
 def compile_stability(dtype: str, d: int, config: tuple[int, int, int], heads=10,
                       length=4096) -> dict:
-    """The Stability Probe's kernel (hopfield/stability_triton.py), m = d."""
-    kernel = stability_triton._kernel()
+    """The Stability Probe's four stages (hopfield/stability_triton.py), m = d: stage -> the
+    compile_sm90 dict. ``config`` is the token-sweeping stages' (grams, field) tiles."""
     block_l, warps, stages = config
-    values = {"heads": heads, "length": length}
+    strides = {}
     for t in "qkx":
-        values.update({f"s{t}b": heads * length * d, f"s{t}h": length * d, f"s{t}l": d,
-                       f"s{t}d": 1})
-    constants = {"D": d, "M_BLOCK": stability_triton.M_BLOCK, "BLOCK_L": block_l,
-                 "UPCAST": False, "PRECISION": "tf32", "WITH_ETA": d == 64}
-    pointers = {"Q": dtype, "K": dtype, "X": dtype, "PARTS": "fp32", "TOKENS": "fp32"}
-    signature = specialise(kernel, constants, pointers,
-                           ("field_scale", "head_scale", "token_scale"), values)
-    return compile_sm90(kernel, *signature, warps, stages)
+        strides.update({f"s{t}b": heads * length * d, f"s{t}h": length * d, f"s{t}l": d,
+                        f"s{t}d": 1})
+    offsets = {"eta_grams": 3 << 20, "stats": 5 << 20, "field": 6 << 20, "tokens": 7 << 20,
+               "eta": 8 << 20, "eta_out": 8 << 20}
+    values = {**strides, **offsets, "heads": heads, "length": length, "chunk": 640,
+              "splits": 7, "out_stride": length + 4}
+    shared = {"D": d, "M_BLOCK": stability_triton.M_BLOCK}
+    sweeping = {**shared, "BLOCK_L": block_l, "UPCAST": False, "PRECISION": "tf32"}
+    pointers = {"Q": dtype, "K": dtype, "X": dtype, "WORK": "fp32", "OUT": "fp32"}
+    stages_of = {
+        "grams": ({**sweeping, "REF_ROWS": stability_triton.REF_ROWS, "WITH_ETA": d == 64},
+                  (), warps, stages),
+        "weights": ({**shared, "WITH_ETA": d == 64}, ("field_scale",), warps, 1),
+        "field": (sweeping, ("token_scale",), warps, stages),
+        "finish": ({**shared, "BLOCKS": 1, "TOKEN_BLOCK": stability_triton.TOKEN_BLOCK},
+                   ("head_scale",), stability_triton.STAGE_WARPS, 1),
+    }
+    found = {}
+    for stage, (constants, floats, num_warps, num_stages) in stages_of.items():
+        kernel = stability_triton._kernel(stage)
+        signature = specialise(kernel, constants, pointers, floats, values)
+        found[stage] = compile_sm90(kernel, *signature, num_warps, num_stages)
+    return found
+
+
+def stability_table(dtypes, sweep: bool) -> None:
+    """One row per (dtype, head dim, tiles, stage) of the probe's kernels."""
+    print("Stability Probe kernels compiled for sm_90a (m = d; tiles: grams' and field's)")
+    print("| dtype | d | tokens per tile | warps | stages | stage | regs/thread "
+          "| spill (stack+local B) | shared KB | HGMMA | |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|")
+    for dtype in dtypes:
+        for (d, _), default in stability_triton.STABILITY_CONFIGS.items():
+            tiles = [default, *(c for c in STABILITY_SWEEP if c != default)] if sweep \
+                else [default]
+            for config in tiles:
+                note = "default" if config == default else ""
+                cells = f"| {dtype} | {d} | {config[0]} | {config[1]} | {config[2]} |"
+                try:
+                    stages = compile_stability(dtype, d, config)
+                except Exception as error:  # a config that does not fit is a finding
+                    print(f"{cells} | failed: {type(error).__name__} | | | | {note} |")
+                    continue
+                for stage, r in stages.items():
+                    print(f"{cells} {stage} | {r['regs']} | {r['stack'] + r['local']} | "
+                          f"{r['shared_kb']:.0f} | {r['hgmma']} | {note} |", flush=True)
 
 
 STABILITY_SWEEP = [(32, 8, 2), (64, 8, 2), (32, 4, 2), (16, 8, 2), (64, 8, 3), (16, 4, 2)]
@@ -194,9 +232,7 @@ def main():
                    ETA_SWEEP, args.sweep, compile_eta)
         print()
     if args.kernel in ("stability", "all"):
-        tile_table("Stability Probe kernel compiled for sm_90a (m = d)", halves,
-                   {d: tiles for (d, _), tiles in stability_triton.STABILITY_CONFIGS.items()},
-                   STABILITY_SWEEP, args.sweep, compile_stability)
+        stability_table(halves, args.sweep)
         print()
     if args.kernel not in ("fused", "all"):
         return

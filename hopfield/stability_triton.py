@@ -1,19 +1,33 @@
-"""The Stability Probe's measures of one attention call in one Triton launch.
+"""The Stability Probe's measures of one attention call in four Triton launches.
 
 ``layer_stability`` (hopfield/stability.py) needs three batched products and some twenty-five
 elementwise passes and reductions per probed call; in a launch-bound sampling step each costs
-host time. Here one program per (sample, head, 64 retrieval columns) sweeps its tokens three
-times: the columns' means, then every Gram matrix (the field's K^T Xc, Q^T Xc and, at d = 64,
-eta's K^T K, K^T Q, Q^T Q: fp32 accumulators fed by tensor-core products of the model-dtype
-inputs), then the field tile by tile with its reductions. It writes each program's share of
-E, r, Align, eta and of the lambda map; two small torch sums give the call's values. Same
-math and the same roundings as the torch path (the centred retrieval and the field's weights
-rounded to the model's dtype before their products, everything else fp32).
+host time. Its sums over tokens are what make the work: every Gram matrix, the columns' means
+and norms, the field's norms. One program per (sample, head) sweeping all the tokens itself
+gives a call only batch x heads programs (20 at SDXL's 64 x 64 level, on a GPU with 132
+processors): most of the chip idles while each program walks 4,096 tokens alone. So the tokens
+are split into chunks, enough for about one program per processor, in four launches:
+
+1. grams (per head, column block and chunk): the chunk's share of K^T xs, Q^T xs, the token
+   sums of k, q, xs, xs^2 and, at d = 64, eta's K^T K, K^T Q, Q^T Q; xs = x - ref, ref a
+   column's mean over 32 evenly spread tokens (so that centring cancels little), rounded to the
+   model's dtype for the tensor cores, fp32 accumulation;
+2. weights (per head and column block): the chunks' shares summed in a fixed order (the same
+   bits every run), centred, and turned into the field's weights, shift, sum(lambda), |xc|^2
+   and eta;
+3. field (per head, column block and chunk): the field tile by tile, lambda per token, and the
+   chunk's |h|^2 and count of lambda < 0 per column;
+4. finish (per sample and 1,024 tokens): the lambda map summed over heads, and each sample's
+   E, r, Align and eta.
+
+Everything in between lives in one fp32 workspace; the call's output is one [B, 4 + L] tensor
+(the measures, then the map). Same math as the torch path; its roundings differ only in that
+the centring happens after the products (exact inputs, fp32 corrections) rather than before.
 
 Used by ``layer_stability`` in eager mode on CUDA when q, k and the retrieval share fp16 or
 bf16 with widths (d, m) of (64, 64) (SDXL's and SD3's heads in the value basis, or a 64-channel
-input basis) or (128, 128) (Flux, Chroma, Qwen-Image: eta then by its own kernel, two launches);
-other calls keep the torch path. A failure to compile or launch warns once and hands
+input basis) or (128, 128) (Flux, Chroma, Qwen-Image: eta then by its own kernel, one launch
+more); other calls keep the torch path. A failure to compile or launch warns once and hands
 the rest of the process to the torch path. The import is lazy.
 """
 
@@ -23,7 +37,7 @@ import math
 
 import torch
 
-from . import fused_triton
+from . import eta_triton, fused_triton
 from .triton_launch import launcher_of
 
 STABILITY_DTYPES = (torch.float16, torch.bfloat16)
@@ -35,23 +49,30 @@ STABILITY_DTYPES = (torch.float16, torch.bfloat16)
 # tensor-core instructions take (with 32 the compiler falls back to the older ones).
 STABILITY_CONFIGS = {(64, 64): (64, 8, 2), (128, 128): (64, 8, 2)}
 M_BLOCK = 64  # retrieval columns per program: wider retrievals take several programs
+REF_ROWS = 32  # tokens whose mean is a column's reference value
+TOKEN_BLOCK = 1024  # lambda-map tokens per program of the last stage
+STAGE_WARPS = 4  # the last two stages' light programs
+
+# stage -> how many of its leading arguments are tensors (its cached launcher's key)
+STAGE_TENSOR_ARGS = {"grams": 4, "weights": 1, "field": 4, "finish": 2}
 
 _FAILED: list[str] = []
-_KERNEL = None
+_KERNELS: dict = {}
 
 
-def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        from .stability_triton_kernel import stability_fwd
+def _kernel(stage: str):
+    if not _KERNELS:
+        from . import stability_triton_kernel as kernels
 
-        _KERNEL = stability_fwd
-    return _KERNEL
+        _KERNELS.update(grams=kernels.stability_grams, weights=kernels.stability_weights,
+                        field=kernels.stability_field, finish=kernels.stability_finish)
+    return _KERNELS[stage]
 
 
-STABILITY_TENSOR_ARGS = 5  # q, k, retrieval, parts, tokens
-# what launches it: Triton's bookkeeping once per specialisation (triton_launch.py)
-_launcher = launcher_of(_kernel, STABILITY_TENSOR_ARGS)
+# what launches each stage: Triton's bookkeeping once per specialisation (triton_launch.py)
+_launchers = {stage: launcher_of(lambda stage=stage: _kernel(stage), tensors)
+              for stage, tensors in STAGE_TENSOR_ARGS.items()}
+_processors: dict = {}  # CUDA device index -> streaming multiprocessors
 
 
 def eligible(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> bool:
@@ -68,34 +89,86 @@ def eligible(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> bool:
     )
 
 
+def processors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (read once); 8 elsewhere (the interpreter's
+    tests, so that its default splits the tokens too)."""
+    if device.type != "cuda":
+        return 8
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _processors:
+        _processors[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _processors[index]
+
+
+def token_chunks(programs: int, length: int, block_l: int, device: torch.device,
+                 splits: int | None = None) -> tuple[int, int]:
+    """(chunks, tokens per chunk): about one program per processor for ``programs`` (sample,
+    head, column block) triples, whole tiles per chunk, no empty chunk. ``splits`` asks for
+    that many chunks (at most one per tile)."""
+    tiles = -(-length // block_l)
+    wanted = splits or -(-processors(device) // programs)
+    per_chunk = -(-tiles // max(1, min(wanted, tiles)))
+    return -(-tiles // per_chunk), per_chunk * block_l
+
+
 def stability_triton(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, *,
-                     config: tuple[int, int, int] | None = None):
+                     config: tuple[int, int, int] | None = None, splits: int | None = None):
     """(per sample [B, 4]: E, r, Align, eta, each averaged over heads and features; the lambda
-    map [B, L]) for q, k [B, H, L, d] and the retrieval [B, H, L, m], any strides (fp16/bf16
-    on CUDA; also fp32, and the CPU under Triton's interpreter, for tests). ``config``:
-    (tokens per tile, warps, stages)."""
+    map [B, L]), two views of one fresh tensor, for q, k [B, H, L, d] and the retrieval
+    [B, H, L, m], any strides (fp16/bf16 on CUDA; also fp32, and the CPU under Triton's
+    interpreter, for tests). ``config``: (tokens per tile, warps, stages) of the two stages
+    that sweep the tokens; ``splits``: how many chunks the tokens are split into (default:
+    about one program per processor)."""
     batch, heads, length, d = q.shape
     m = retrieval.shape[-1]
     block_l, warps, stages = config or STABILITY_CONFIGS[(d, m)]
     with_eta = d == 64
     blocks = m // M_BLOCK
-    parts = torch.empty(batch, heads, blocks, 4, dtype=torch.float32, device=q.device)
-    tokens = torch.empty(batch, heads, blocks, length, dtype=torch.float32, device=q.device)
-    _launcher()[(batch * heads, blocks)](
-        q, k, retrieval, parts, tokens,
-        *q.stride(), *k.stride(), *retrieval.stride(),
-        heads, length, 0.5 / math.sqrt(d), 1.0 / (heads * m), 1.0 / (heads * m),
-        D=d, M_BLOCK=M_BLOCK, BLOCK_L=block_l,
+    programs = batch * heads * blocks
+    chunks, chunk = token_chunks(programs, length, block_l, q.device, splits)
+
+    # the workspace: stage 1's records, eta's Grams, stage 2's stats, stage 3's parts and
+    # lambda rows, eta per head
+    record = 2 * d * M_BLOCK + 2 * d + 3 * M_BLOCK
+    eta_grams = programs * chunks * record
+    stats = eta_grams + (batch * heads * chunks * 3 * d * d if with_eta else 0)
+    field = stats + programs * (2 * d * M_BLOCK + 4 * M_BLOCK)
+    tokens = field + programs * chunks * 2 * M_BLOCK
+    eta = tokens + programs * length
+    work = torch.empty(eta + batch * heads, dtype=torch.float32, device=q.device)
+    out = torch.empty(batch, 4 + length, dtype=torch.float32, device=q.device)
+
+    strides = (*q.stride(), *k.stride(), *retrieval.stride())
+    common = dict(
+        D=d, M_BLOCK=M_BLOCK,
+        # The interpreter multiplies bf16 as raw integers (numpy has no bf16): upcast there.
         UPCAST=fused_triton.facts().interpreting and q.dtype == torch.bfloat16,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # else ignored
-        WITH_ETA=with_eta, num_warps=warps, num_stages=stages,
     )
-    values = parts.sum(dim=(1, 2))
-    if not with_eta:
-        from .eta_triton import symmetry_index_triton
+    _launchers["grams"]()[(batch * heads, blocks, chunks)](
+        q, k, retrieval, work, *strides, heads, length, chunk, eta_grams,
+        BLOCK_L=block_l, REF_ROWS=REF_ROWS, WITH_ETA=with_eta, **common,
+        num_warps=warps, num_stages=stages)
+    _launchers["weights"]()[(batch * heads, blocks)](
+        work, length, chunks, stats, eta_grams, eta, 0.5 / math.sqrt(d),
+        D=d, M_BLOCK=M_BLOCK, WITH_ETA=with_eta, num_warps=warps, num_stages=1)
+    if not with_eta:  # eta by its own kernel, into the workspace's eta rows
+        grid, args, constexprs = eta_triton.launch_arguments(
+            q, k, work[eta:].view(batch, heads))
+        eta_triton._launcher()[grid](*args, **constexprs)
+    _launchers["field"]()[(batch * heads, blocks, chunks)](
+        q, k, retrieval, work, *strides, heads, length, chunk, stats, field, tokens,
+        1.0 / (heads * m), BLOCK_L=block_l, **common, num_warps=warps, num_stages=stages)
+    _launchers["finish"]()[(batch, -(-length // TOKEN_BLOCK))](
+        work, out, heads, length, chunks, stats, field, tokens, eta, out.stride(0),
+        1.0 / (heads * m), D=d, M_BLOCK=M_BLOCK, BLOCKS=blocks, TOKEN_BLOCK=TOKEN_BLOCK,
+        num_warps=STAGE_WARPS, num_stages=1)
+    return out[:, :4], out[:, 4:]
 
-        values[:, 3] = symmetry_index_triton(q, k).mean(dim=1)
-    return values, tokens.sum(dim=(1, 2))
+
+def launchers() -> list:
+    """Every stage's cached launcher (tests and benchmarks switch them together)."""
+    return [launcher() for launcher in _launchers.values()]
 
 
 def try_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor):

@@ -5,10 +5,47 @@ own host work with launches that do nothing. Outputs are left unwritten."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 
-from hopfield_circulation.hopfield import eta_triton, fused_triton
+from hopfield_circulation.hopfield import eta_triton, fused_triton, stability_triton
 from hopfield_circulation.hopfield.triton_launch import CachedLauncher
+
+
+@dataclass(frozen=True)
+class PackKernel:
+    """One of the pack's Triton kernels, with where its launcher lives: a module's
+    ``_launcher`` (fused, eta) or one entry of ``stability_triton._launchers`` (the probe's
+    stages)."""
+
+    name: str
+    load: object  # () -> the jit'ed kernel
+    tensors: int  # its leading tensor arguments
+    owner: object  # a module, or the dict of the probe's stage launchers
+    slot: str  # the attribute or key holding the launcher's getter
+
+    def launcher_getter(self):
+        return self.owner[self.slot] if isinstance(self.owner, dict) else \
+            getattr(self.owner, self.slot)
+
+    def set_launcher_getter(self, getter) -> None:
+        if isinstance(self.owner, dict):
+            self.owner[self.slot] = getter
+        else:
+            setattr(self.owner, self.slot, getter)
+
+
+def pack_kernels() -> list[PackKernel]:
+    """Every Triton kernel the pack launches."""
+    found = [PackKernel("fused", fused_triton._kernel, fused_triton.FUSED_TENSOR_ARGS,
+                        fused_triton, "_launcher"),
+             PackKernel("eta", eta_triton._kernel, eta_triton.ETA_TENSOR_ARGS, eta_triton,
+                        "_launcher")]
+    for stage, tensors in stability_triton.STAGE_TENSOR_ARGS.items():
+        found.append(PackKernel(f"probe {stage}",
+                                lambda stage=stage: stability_triton._kernel(stage), tensors,
+                                stability_triton._launchers, stage))
+    return found
 
 
 def no_op_compiled():
