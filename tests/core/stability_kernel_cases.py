@@ -1,6 +1,6 @@
-"""Cases for the Stability Probe's Triton kernels (four launches) under Triton's CPU interpreter (see
-tests/core/interpreter.py), against the literal float64 measures (the torch path, itself tested
-against the explicit L x L formulas in test_stability_math.py)."""
+"""Cases for the Stability Probe's Triton kernels (four launches) under Triton's CPU
+interpreter (see tests/core/interpreter.py), against the literal float64 measures (the torch
+path, itself tested against the explicit L x L formulas in test_stability_math.py)."""
 
 from __future__ import annotations
 
