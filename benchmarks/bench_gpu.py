@@ -19,8 +19,10 @@ Paths, each timed as what the attention override costs per steered call:
 - fused_adaptive: Adaptive Circulation on the fused path (eta_M, its coefficients, the kernel).
 - eta_kernel, eta_torch: eta_M alone, by the one-launch Triton kernel (what the adaptive path
   uses on CUDA) and by torch ops (concatenation and one fp32-accumulated Gram product).
-- probe_kernel, probe_torch: the Stability Probe's measures of one call in the value basis
-  (E, r, Align, eta, lambda map), by its one-launch Triton kernel and by torch ops.
+- probe_kernel, probe_unsplit, probe_torch: the Stability Probe's measures of one call in the
+  value basis (E, r, Align, eta, lambda map), by its Triton kernels (tokens split among about
+  one program per processor), by the same kernels with one chunk per (sample, head) (what
+  the kernel did before the split), and by torch ops.
 
 Columns: median ms over CUDA-event timings after warm-up (first calls compile the kernel); the
 ratio to baseline from the same run; fused TFLOP/s counting 8 L² d per (batch, head) (two
@@ -113,6 +115,7 @@ def extra_paths(q, k, v):
     return {"eta_kernel": lambda: eta_triton.symmetry_index_triton(q, k),
             "eta_torch": lambda: symmetry_index_torch(q, k),
             "probe_kernel": lambda: stability_triton(q, k, x),
+            "probe_unsplit": lambda: stability_triton(q, k, x, splits=1),
             "probe_torch": lambda: layer_stability_torch(q, k, x)}
 
 

@@ -4,11 +4,17 @@ An observer on the pack's attention hook measures each call; an OUTER_SAMPLE wra
 new ``ProbeRun`` (registry.py) at the start of each sampling run and keeps the sampler's output
 with it, so a report can find the run that produced its LATENT.
 
-Only the sampler's own passes are recorded: the first model call at a step for each CFG branch.
-Guidance nodes (PAG, SAG, SkipLayerGuidance) re-run the model later at the same step with
-modified attention; those calls are skipped. (A non-empty ``patches_replace`` is not used as the
-hint: IP-Adapter-style packs set attn2 replaces on every pass, and SD3 carries our own block
-patches.)
+Only the sampler's own passes are recorded: the first model call of each of the sampler's
+model evaluations (its guider's predict_noise, counted by a PREDICT_NOISE wrapper) for each CFG
+branch. Guidance nodes (PAG, SAG, SkipLayerGuidance) re-run the model later in the same
+evaluation with modified attention; those calls are skipped. (A non-empty ``patches_replace`` is
+not used as the hint: IP-Adapter-style packs set attn2 replaces on every pass, and SD3 carries
+our own block patches.)
+
+Over the whole run (start 0, end 1) nothing is read on the host while sampling: each
+evaluation's sigma stays a device tensor, and the series gets its sigmas and steps in one
+transfer when the run ends (ProbeRun.place_steps). A narrower window reads each model call's
+sigma (hook/schedule.py), as a circulation's does.
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ from ..families import adapter_for
 from ..hook.call import AttentionCall, Steering
 from ..hook.layers import select_layers
 from ..hook.override import add_observer, install_attention_hook
-from ..hook.schedule import LATENT_SHAPE_KEY, require_host_sigma, sigma_window, window_bounds
+from ..hook.schedule import (
+    LATENT_SHAPE_KEY,
+    require_host_sigma,
+    sigma_window,
+    whole_run,
+    window_bounds,
+)
 from ..hopfield.input_space import channel_subset, input_retrieval, steered_input_retrieval
 from ..hopfield.stability import layer_stability
 from .registry import (
@@ -46,7 +58,9 @@ def patch_probe(model_patcher, settings: ProbeSettings):
     sigma_start, sigma_end = sigma_window(m, settings.start_percent, settings.end_percent)
     sigma_low, sigma_high = window_bounds(sigma_start, sigma_end)  # in_window's, once
     install_attention_hook(m, adapter=adapter)
-    require_host_sigma(m)  # its first-call-per-step bookkeeping keys on the step
+    windowed = not whole_run(settings.start_percent, settings.end_percent)
+    if windowed:
+        require_host_sigma(m)  # the window is decided per model call, on the host
     selected = select_layers(settings.layers, adapter.layer_map)
     if settings.basis == "value":
         basis = _value_basis
@@ -64,14 +78,17 @@ def patch_probe(model_patcher, settings: ProbeSettings):
         run = state.current
         if run is None or call.layer.index not in selected:
             return
-        if call.sigma is not None and not sigma_low <= call.sigma <= sigma_high:
+        if windowed and call.sigma is not None and not sigma_low <= call.sigma <= sigma_high:
             return
-        step = call.step if call.step is not None else call.sigma  # a step's own key
+        # the sampler's evaluation this call belongs to (each model call its own, where
+        # sampling bypasses ComfyUI's guider and none was counted)
+        evaluation = run.evaluation
+        key = evaluation if evaluation is not None else ("call", call.model_call)
         chunks = []
         for branch in labels:
             if branch not in call.cond_or_uncond:
                 continue
-            first = run.first_call.setdefault((step, branch), call.model_call)
+            first = run.first_call.setdefault((key, branch), call.model_call)
             if first == call.model_call:  # later calls: guidance re-runs (PAG, SAG, SLG)
                 chunks.append((branch, call.cond_or_uncond.index(branch)))
         if chunks:
@@ -80,14 +97,25 @@ def patch_probe(model_patcher, settings: ProbeSettings):
             _record(run, call, out, steering, chunks, basis)
 
     add_observer(m, record_stability)
-    m.add_wrapper_with_key(_outer_sample_type(), WRAPPER_KEY, _run_bracket(state))
+    from comfy.patcher_extension import WrappersMP
+
+    m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _run_bracket(state))
+    m.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, WRAPPER_KEY, _evaluation_counter(state))
     return m, ProbeHandle(state.probe_id, state.family)
 
 
-def _outer_sample_type():
-    from comfy.patcher_extension import WrappersMP
+def _evaluation_counter(state: ProbeState):
+    """PREDICT_NOISE wrapper: each of the sampler's model evaluations starts a new one in the
+    current run, with its sigma (a device tensor, not read) and the schedule."""
 
-    return WrappersMP.OUTER_SAMPLE
+    def count_evaluation(executor, x, timestep, model_options=None, *args, **kwargs):
+        run = state.current
+        if run is not None:
+            options = (model_options or {}).get("transformer_options", {})
+            run.begin_evaluation(timestep, options.get("sample_sigmas"))
+        return executor(x, timestep, model_options, *args, **kwargs)
+
+    return count_evaluation
 
 
 def _run_bracket(state: ProbeState):
@@ -100,6 +128,7 @@ def _run_bracket(state: ProbeState):
             output = executor(*args, **kwargs)
             if isinstance(output, torch.Tensor):
                 run.output = output.detach().to("cpu", copy=True)
+            run.place_steps()  # the run is over: its one wait for the device
             return output
         finally:
             run.finished = True
@@ -192,7 +221,7 @@ def _accumulate(run: ProbeRun, call: AttentionCall, branch: int, values, token_m
     run.sums[key] = run.sums[key] + values if key in run.sums else values
     run.counts[key] = run.counts.get(key, 0) + 1
     run.series.append(SeriesEntry(call.step, call.sigma, call.layer.index, call.layer.kind,
-                                  branch, values))
+                                  branch, values, run.evaluation))
     latent = call.transformer_options.get(LATENT_SHAPE_KEY)
     if latent is None or call.token_grid is None:
         return

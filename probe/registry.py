@@ -80,12 +80,13 @@ class MapKey(NamedTuple):
 class SeriesEntry(NamedTuple):
     """One recorded (step, layer, branch) of the saved series."""
 
-    step: int | None
+    step: int | None  # None until the run ends (ProbeRun.place_steps), or when unknown
     sigma: float | None
     index: int
     kind: LayerKind
     branch: int
     values: torch.Tensor  # [4, B] MEASURES per sample row of the branch
+    evaluation: int | None = None  # the sampler's model evaluation (ProbeRun.evaluation)
 
 
 @dataclass
@@ -102,7 +103,12 @@ class ProbeRun:
     maps: dict[MapKey, torch.Tensor] = field(default_factory=dict)
     map_counts: dict[MapKey, int] = field(default_factory=dict)
     series: list[SeriesEntry] = field(default_factory=list)
-    first_call: dict = field(default_factory=dict)  # (step, branch) -> model call id
+    first_call: dict = field(default_factory=dict)  # (evaluation, branch) -> model call id
+    # The sampler's model evaluations so far (one per step, two for Heun-type samplers): each
+    # one's sigma stays a device tensor until the run ends, so that recording never waits
+    # for the device; place_steps then reads them all, with the schedule, in one transfer.
+    evaluation_sigmas: list[torch.Tensor] = field(default_factory=list)
+    schedule: torch.Tensor | None = None
     latent_shape: tuple | None = None
     output: torch.Tensor | None = None  # the sampler's result, to match a report's LATENT
     finished: bool = False
@@ -116,6 +122,42 @@ class ProbeRun:
     @property
     def steps(self) -> int:
         return len({entry.step for entry in self.series})
+
+    @property
+    def evaluation(self) -> int | None:
+        """The index of the sampler's current model evaluation; None before the first (or
+        where sampling does not go through ComfyUI's guider)."""
+        return len(self.evaluation_sigmas) - 1 if self.evaluation_sigmas else None
+
+    def begin_evaluation(self, sigma, schedule) -> None:
+        """The sampler starts a model evaluation at ``sigma`` (its guider's predict_noise);
+        ``schedule``: the run's sigmas, when the sampler gives them."""
+        sigma = torch.as_tensor(sigma).detach().reshape(-1)[:1]  # a view: no device work
+        self.evaluation_sigmas.append(sigma)
+        if self.schedule is None and isinstance(schedule, torch.Tensor):
+            self.schedule = schedule.detach()
+
+    def place_steps(self) -> None:
+        """Give the series entries recorded without a host sigma their sigma and step: every
+        evaluation's sigma and the schedule in one device-to-host transfer, at the run's end."""
+        unplaced = [e for e in self.series if e.sigma is None and e.evaluation is not None]
+        if not unplaced:
+            return
+        from ..hook.schedule import locate_step
+
+        device = self.evaluation_sigmas[0].device
+        parts = [s.to(device, torch.float32) for s in self.evaluation_sigmas]
+        if self.schedule is not None:
+            parts.append(self.schedule.reshape(-1).to(device, torch.float32))
+        count = len(self.evaluation_sigmas)
+        values = torch.cat(parts).tolist()
+        sigmas = values[:count]
+        schedule = values[count:] if self.schedule is not None else None
+        self.series = [
+            e._replace(step=(info := locate_step(sigmas[e.evaluation], schedule)).step,
+                       sigma=info.sigma) if e.sigma is None and e.evaluation is not None else e
+            for e in self.series
+        ]
 
 
 @dataclass

@@ -217,6 +217,26 @@ def test_steered_sampling_waits_for_the_device_no_more_than_the_baseline(sdxl_st
         assert len(steered) <= len(baseline), (label, sorted(set(steered) - set(baseline)))
 
 
+def test_the_probe_waits_for_the_device_only_when_a_run_ends(sdxl_steered):
+    """Full-size SDXL, fp16: the Stability Probe over the whole run makes no host
+    synchronisation per step; at the run's end it copies the sampler's output to the CPU
+    and reads the evaluations' sigmas (two waits, whatever the number of steps)."""
+    from hopfield_circulation.nodes.probe_nodes import StabilityProbe
+
+    from gpu.full_size_models import sample
+    from gpu.sync_debug import host_syncs
+
+    model, _ = sdxl_steered
+    probed, _ = StabilityProbe.execute(model, "value", 64, 0.0, 1.0, "both", "all").result
+    sample(probed, "sdxl", steps=2, size=512)  # compiles the kernels (waits of their own)
+    extra = []
+    for steps in (2, 4):
+        baseline = host_syncs(lambda steps=steps: sample(model, "sdxl", steps=steps, size=512))
+        probing = host_syncs(lambda steps=steps: sample(probed, "sdxl", steps=steps, size=512))
+        extra.append(len(probing) - len(baseline))
+    assert extra[0] == extra[1] <= 2, extra
+
+
 def test_planned_sampling_equals_the_general_path(sdxl_steered, monkeypatch):
     """The calls replayed from their layouts' plans (hopfield/fused_plan.py, on the host's own
     tensors and layout) give the sample the general path gives, bit for bit."""

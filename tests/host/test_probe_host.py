@@ -97,7 +97,7 @@ def test_memory_does_not_grow_with_steps(env):
         t.numel() for t in short.sums.values())
     # Only the saved series grows: four scalars per sample, recorded layer and step.
     assert len(long.series) == 10 * len(short.series)
-    assert all(v.numel() == 4 for *_, v in long.series)
+    assert all(entry.values.numel() == 4 for entry in long.series)
 
 
 @pytest.mark.parametrize("order", ["probe_after", "probe_before"])
@@ -143,6 +143,31 @@ def test_two_samplers_share_one_probe(env):
     report_second = report(env, handle, second).result
     assert report_first[5] != report_second[5]
     assert report(env, handle, first).result[5] == report_first[5]  # re-queue recomputes
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_series_steps_and_sigmas_placed_after_the_run(env, sampler):
+    """Over the whole run the probe reads nothing on the host while sampling: each entry's
+    sigma and step come from the sampler's evaluations when the run ends, and equal what a
+    per-call read gives (a narrower window's path). Heun evaluates twice per step: both
+    evaluations are recorded, each placed by its own sigma."""
+    from hopfield_circulation.hook.schedule import require_host_sigma
+
+    steps = 4
+    whole, whole_handle = probe(env, env["sdxl"])
+    read, read_handle = probe(env, env["sdxl"])
+    require_host_sigma(read)  # every model call reads its sigma, as under a narrower window
+    placed = run_of(whole_handle, env["tiny"].sample_sdxl(whole, steps=steps, sampler=sampler))
+    direct = run_of(read_handle, env["tiny"].sample_sdxl(read, steps=steps, sampler=sampler))
+    assert placed.steps == direct.steps == steps
+    assert [e.step for e in placed.series] == [e.step for e in direct.series]
+    assert [e.sigma for e in placed.series] == pytest.approx([e.sigma for e in direct.series],
+                                                             rel=1e-6)
+    evaluations = len({e.evaluation for e in placed.series})
+    assert evaluations == (steps if sampler == "euler" else 2 * steps - 1)
+    assert len(placed.series) == evaluations * len(placed.sums)
+    assert placed.sums.keys() == direct.sums.keys()
+    assert all(torch.equal(placed.sums[key], direct.sums[key]) for key in placed.sums)
 
 
 def test_guidance_passes_are_not_recorded(env):
