@@ -50,8 +50,9 @@ class PreparedLaunch:
         refused them (it parses its arguments first: nothing ran)."""
         compiled, grid = self.compiled, self.grid
         try:
-            compiled.run(grid[0], grid[1], 1, self.launcher.stream(device), compiled.function,
-                         compiled.packed_metadata, None, None, None, *tensors, *self.tail)
+            compiled.run(grid[0], grid[1], grid[2], self.launcher.stream(device),
+                         compiled.function, compiled.packed_metadata, None, None, None,
+                         *tensors, *self.tail)
         except (TypeError, ValueError, SystemError, AttributeError) as error:
             self.launcher.refused(error)  # Triton's own path from now on
             return False
@@ -65,17 +66,16 @@ def prepare(launcher, grid: tuple, args: tuple, constexprs: dict,
     address off 16 bytes, nothing launched yet."""
     if not isinstance(launcher, CachedLauncher) or not launcher.enabled:
         return None
-    if not _aligned(*args[:tensors]):
+    if not aligned(*args[:tensors]):
         return None
     found = launcher.entry(args, constexprs)
     if found is None:
         return None
     compiled, constants = found
-    return PreparedLaunch(launcher, compiled, (grid[0], grid[1] if len(grid) > 1 else 1),
-                          (*args[tensors:], *constants))
+    return PreparedLaunch(launcher, compiled, (*grid, 1, 1)[:3], (*args[tensors:], *constants))
 
 
-def _launchable(device: int, active: torch.Tensor | None, *launches: PreparedLaunch) -> bool:
+def launchable(device: int, active: torch.Tensor | None, *launches: PreparedLaunch) -> bool:
     """A plan's launches would go as planned now: their launchers ready, no kernel failed,
     the tensors' device current, the steered rows as the kernel reads them."""
     return all(launch.ready() for launch in launches) and not fused_triton.disabled() \
@@ -93,7 +93,7 @@ def _fused_operands(plan, q, v, active, v_heads):
     return out, v_max, out if active is None else active.view(torch.uint8)
 
 
-def _aligned(*tensors) -> bool:
+def aligned(*tensors) -> bool:
     address = 0
     for t in tensors:
         address |= t.data_ptr()
@@ -144,10 +144,10 @@ class SkewPlan:
         addresses; the layout is planned). ``v_heads``: v as [B, H, L, d] (bf16 needs its
         per-head maxima)."""
         fused, device = self.fused, self.device
-        if not _launchable(device, active, fused):
+        if not launchable(device, active, fused):
             return None
         out, v_max, rows = _fused_operands(self, q, v, active, v_heads)
-        if not _aligned(q, k, v, out, v_max, rows):
+        if not aligned(q, k, v, out, v_max, rows):
             return None  # planned for 16-byte aligned tensors only
         if not fused(device, q, k, v, out, out, out, v_max, rows, out, out):
             return None
@@ -171,12 +171,12 @@ class AdaptivePlan:
         coefficients [B|1, 1, 1, 1]; the output as ``SkewPlan.run``'s), or None where that
         path must run instead."""
         eta_launch, fused, device = self.eta, self.fused, self.device
-        if not _launchable(device, active, eta_launch, fused) or eta_triton.failed():
+        if not launchable(device, active, eta_launch, fused) or eta_triton.failed():
             return None
         out, v_max, rows = _fused_operands(self, q, v, active, v_heads)
         eta = torch.empty(self.eta_shape, dtype=torch.float32, device=q.device)
         coefficients = torch.empty(3, self.lanes, dtype=torch.float32, device=q.device)
-        if not _aligned(q, k, v, out, v_max, rows, eta, coefficients):
+        if not aligned(q, k, v, out, v_max, rows, eta, coefficients):
             return None
         if not eta_launch(device, q, k, eta):
             return None

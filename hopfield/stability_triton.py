@@ -34,10 +34,11 @@ the rest of the process to the torch path. The import is lazy.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-from . import eta_triton, fused_triton
+from . import eta_triton, fused_plan, fused_triton
 from .triton_launch import launcher_of
 
 STABILITY_DTYPES = (torch.float16, torch.bfloat16)
@@ -111,6 +112,132 @@ def token_chunks(programs: int, length: int, block_l: int, device: torch.device,
     return -(-tiles // per_chunk), per_chunk * block_l
 
 
+class Geometry(NamedTuple):
+    """Everything about a call's launches that follows from its shapes, dtype and device."""
+
+    batch: int
+    heads: int
+    length: int
+    d: int
+    m: int
+    tiles: tuple[int, int, int]  # the sweeping stages' (tokens per tile, warps, stages)
+    with_eta: bool
+    blocks: int  # programs per head: blocks of M_BLOCK retrieval columns
+    chunks: int
+    chunk: int
+    offsets: dict  # the workspace's regions (floats)
+    work: int  # the workspace's size (floats)
+
+    @staticmethod
+    def of(q, retrieval, config=None, splits=None) -> Geometry:
+        batch, heads, length, d = q.shape
+        m = retrieval.shape[-1]
+        tiles = config or STABILITY_CONFIGS[(d, m)]
+        blocks = m // M_BLOCK
+        programs = batch * heads * blocks
+        chunks, chunk = token_chunks(programs, length, tiles[0], q.device, splits)
+        regions = [  # the workspace, in floats: stage 1's records, eta's Grams (d = 64),
+            # stage 2's stats, stage 3's parts and lambda rows, eta per head
+            ("records", programs * chunks * (2 * d * M_BLOCK + 2 * d + 3 * M_BLOCK)),
+            ("eta_grams", batch * heads * chunks * 3 * d * d if d == 64 else 0),
+            ("stats", programs * (2 * d * M_BLOCK + 4 * M_BLOCK)),
+            ("field", programs * chunks * 2 * M_BLOCK),
+            ("tokens", programs * length),
+            ("eta", batch * heads),
+        ]
+        offsets, at = {}, 0
+        for name, size in regions:
+            offsets[name] = at
+            at += -(-size // 4) * 4  # whole 16-byte units: every region's address aligned
+        return Geometry(batch, heads, length, d, m, tiles, d == 64, blocks, chunks, chunk,
+                        offsets, at)
+
+
+def launch_arguments(q, k, retrieval, work, out, g: Geometry) -> list:
+    """[(stage, grid, arguments, constexprs)] of the call's launches, in order (the first
+    STAGE_TENSOR_ARGS[stage] arguments are tensors; "eta": eta_triton's launch at d = 128)."""
+    block_l, warps, stages = g.tiles
+    at = g.offsets
+    strides = (*q.stride(), *k.stride(), *retrieval.stride())
+    common = dict(
+        D=g.d, M_BLOCK=M_BLOCK,
+        # The interpreter multiplies bf16 as raw integers (numpy has no bf16): upcast there.
+        UPCAST=fused_triton.facts().interpreting and q.dtype == torch.bfloat16,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # else ignored
+    )
+    rows = g.batch * g.heads
+    found = [
+        ("grams", (rows, g.blocks, g.chunks),
+         (q, k, retrieval, work, *strides, g.heads, g.length, g.chunk, at["eta_grams"]),
+         dict(BLOCK_L=block_l, REF_ROWS=REF_ROWS, WITH_ETA=g.with_eta, **common,
+              num_warps=warps, num_stages=stages)),
+        ("weights", (rows, g.blocks),
+         (work, g.length, g.chunks, at["stats"], at["eta_grams"], at["eta"], 0.5 / math.sqrt(g.d)),
+         dict(D=g.d, M_BLOCK=M_BLOCK, WITH_ETA=g.with_eta, num_warps=warps, num_stages=1)),
+    ]
+    if not g.with_eta:  # eta by its own kernel, into the workspace's eta rows
+        grid, args, constexprs = eta_triton.launch_arguments(
+            q, k, work[at["eta"]:at["eta"] + rows].view(g.batch, g.heads))
+        found.append(("eta", grid, args, constexprs))
+    found += [
+        ("field", (rows, g.blocks, g.chunks),
+         (q, k, retrieval, work, *strides, g.heads, g.length, g.chunk, at["stats"], at["field"],
+          at["tokens"], 1.0 / (g.heads * g.m)),
+         dict(BLOCK_L=block_l, **common, num_warps=warps, num_stages=stages)),
+        ("finish", (g.batch, -(-g.length // TOKEN_BLOCK)),
+         (work, out, g.heads, g.length, g.chunks, at["stats"], at["field"], at["tokens"],
+          at["eta"], out.stride(0), 1.0 / (g.heads * g.m)),
+         dict(D=g.d, M_BLOCK=M_BLOCK, BLOCKS=g.blocks, TOKEN_BLOCK=TOKEN_BLOCK,
+              num_warps=STAGE_WARPS, num_stages=1)),
+    ]
+    return found
+
+
+def _launcher(stage: str):
+    return eta_triton._launcher() if stage == "eta" else _launchers[stage]()
+
+
+def _tensor_args(stage: str) -> int:
+    return eta_triton.ETA_TENSOR_ARGS if stage == "eta" else STAGE_TENSOR_ARGS[stage]
+
+
+class ProbePlan:
+    """A call layout's launches prepared once (hopfield/fused_plan.py's ``prepare``): later
+    calls of the layout launch the compiled kernels with only their own tensors (the inputs,
+    a fresh workspace and output), without the geometry, the argument lists or the cached
+    launcher's key."""
+
+    __slots__ = ("launches", "device", "work", "out_shape", "eta_rows", "eta_shape")
+
+    def __init__(self, launches: list, device: int, g: Geometry):
+        self.launches, self.device = launches, device
+        self.work, self.out_shape = g.work, (g.batch, 4 + g.length)
+        self.eta_rows = (g.offsets["eta"], g.offsets["eta"] + g.batch * g.heads)
+        self.eta_shape = (g.batch, g.heads)
+
+    def run(self, q, k, retrieval):
+        """The call's (measures, lambda map), or None where the general path must run (a
+        launcher not ready, another current device, an address off 16 bytes, a refusal)."""
+        launches, device = self.launches, self.device
+        if not fused_plan.launchable(device, None, *(launch for _, launch in launches)):
+            return None
+        work = torch.empty(self.work, dtype=torch.float32, device=q.device)
+        out = torch.empty(self.out_shape, dtype=torch.float32, device=q.device)
+        if not fused_plan.aligned(q, k, retrieval, work, out):
+            return None
+        tensors = {"grams": (q, k, retrieval, work), "weights": (work,),
+                   "field": (q, k, retrieval, work), "finish": (work, out)}
+        for stage, launch in launches:
+            args = tensors[stage] if stage != "eta" else (
+                q, k, work[self.eta_rows[0]:self.eta_rows[1]].view(self.eta_shape))
+            if not launch(device, *args):
+                return None
+        return out[:, :4], out[:, 4:]
+
+
+_plans: dict[tuple, ProbePlan | None] = {}  # call layout -> its plan (None: none to make)
+
+
 def stability_triton(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, *,
                      config: tuple[int, int, int] | None = None, splits: int | None = None):
     """(per sample [B, 4]: E, r, Align, eta, each averaged over heads and features; the lambda
@@ -118,52 +245,35 @@ def stability_triton(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, 
     [B, H, L, m], any strides (fp16/bf16 on CUDA; also fp32, and the CPU under Triton's
     interpreter, for tests). ``config``: (tokens per tile, warps, stages) of the two stages
     that sweep the tokens; ``splits``: how many chunks the tokens are split into (default:
-    about one program per processor)."""
-    batch, heads, length, d = q.shape
-    m = retrieval.shape[-1]
-    block_l, warps, stages = config or STABILITY_CONFIGS[(d, m)]
-    with_eta = d == 64
-    blocks = m // M_BLOCK
-    programs = batch * heads * blocks
-    chunks, chunk = token_chunks(programs, length, block_l, q.device, splits)
-
-    # the workspace: stage 1's records, eta's Grams, stage 2's stats, stage 3's parts and
-    # lambda rows, eta per head
-    record = 2 * d * M_BLOCK + 2 * d + 3 * M_BLOCK
-    eta_grams = programs * chunks * record
-    stats = eta_grams + (batch * heads * chunks * 3 * d * d if with_eta else 0)
-    field = stats + programs * (2 * d * M_BLOCK + 4 * M_BLOCK)
-    tokens = field + programs * chunks * 2 * M_BLOCK
-    eta = tokens + programs * length
-    work = torch.empty(eta + batch * heads, dtype=torch.float32, device=q.device)
-    out = torch.empty(batch, 4 + length, dtype=torch.float32, device=q.device)
-
-    strides = (*q.stride(), *k.stride(), *retrieval.stride())
-    common = dict(
-        D=d, M_BLOCK=M_BLOCK,
-        # The interpreter multiplies bf16 as raw integers (numpy has no bf16): upcast there.
-        UPCAST=fused_triton.facts().interpreting and q.dtype == torch.bfloat16,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # else ignored
-    )
-    _launchers["grams"]()[(batch * heads, blocks, chunks)](
-        q, k, retrieval, work, *strides, heads, length, chunk, eta_grams,
-        BLOCK_L=block_l, REF_ROWS=REF_ROWS, WITH_ETA=with_eta, **common,
-        num_warps=warps, num_stages=stages)
-    _launchers["weights"]()[(batch * heads, blocks)](
-        work, length, chunks, stats, eta_grams, eta, 0.5 / math.sqrt(d),
-        D=d, M_BLOCK=M_BLOCK, WITH_ETA=with_eta, num_warps=warps, num_stages=1)
-    if not with_eta:  # eta by its own kernel, into the workspace's eta rows
-        grid, args, constexprs = eta_triton.launch_arguments(
-            q, k, work[eta:].view(batch, heads))
-        eta_triton._launcher()[grid](*args, **constexprs)
-    _launchers["field"]()[(batch * heads, blocks, chunks)](
-        q, k, retrieval, work, *strides, heads, length, chunk, stats, field, tokens,
-        1.0 / (heads * m), BLOCK_L=block_l, **common, num_warps=warps, num_stages=stages)
-    _launchers["finish"]()[(batch, -(-length // TOKEN_BLOCK))](
-        work, out, heads, length, chunks, stats, field, tokens, eta, out.stride(0),
-        1.0 / (heads * m), D=d, M_BLOCK=M_BLOCK, BLOCKS=blocks, TOKEN_BLOCK=TOKEN_BLOCK,
-        num_warps=STAGE_WARPS, num_stages=1)
+    about one program per processor). A layout's first call takes the general path and plans
+    the layout; its later calls launch the plan."""
+    layout = (q.shape, q.stride(), k.stride(), retrieval.shape, retrieval.stride(), q.dtype,
+              q.get_device(), config, splits)
+    plan = _plans.get(layout)
+    if plan is not None:
+        found = plan.run(q, k, retrieval)
+        if found is not None:
+            return found
+    g = Geometry.of(q, retrieval, config, splits)
+    work = torch.empty(g.work, dtype=torch.float32, device=q.device)
+    out = torch.empty(g.batch, 4 + g.length, dtype=torch.float32, device=q.device)
+    launches = launch_arguments(q, k, retrieval, work, out, g)
+    for stage, grid, args, constexprs in launches:
+        _launcher(stage)[grid](*args, **constexprs)
+    if layout not in _plans:
+        if len(_plans) >= fused_plan.MAX_PLANS:
+            _plans.clear()
+        _plans[layout] = _make_plan(launches, q.get_device(), g)
     return out[:, :4], out[:, 4:]
+
+
+def _make_plan(launches: list, device: int, g: Geometry) -> ProbePlan | None:
+    prepared = [(stage, fused_plan.prepare(_launcher(stage), grid, args, constexprs,
+                                           _tensor_args(stage)))
+                for stage, grid, args, constexprs in launches]
+    if any(launch is None for _, launch in prepared):
+        return None
+    return ProbePlan(prepared, device, g)
 
 
 def launchers() -> list:

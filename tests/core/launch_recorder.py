@@ -77,8 +77,9 @@ def stand_in_launcher(surface: KernelSurface, tensors: int) -> CachedLauncher:
 class Recorder(KernelSurface):
     """A kernel whose compiled launcher records every launch's arguments."""
 
-    def __init__(self, module=fused_triton, tensors: int = fused_triton.FUSED_TENSOR_ARGS):
-        super().__init__(module._kernel(), no_op_compiled())
+    def __init__(self, module=fused_triton, tensors: int = fused_triton.FUSED_TENSOR_ARGS,
+                 kernel=None):
+        super().__init__(kernel or module._kernel(), no_op_compiled())
         self.compiled.run = self.run
         self.launches: list[tuple] = []  # through the compiled launcher (cached or planned)
         self.own_launches: list[tuple] = []  # through "Triton's own" kernel[grid](...)

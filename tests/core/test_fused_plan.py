@@ -242,3 +242,44 @@ def test_no_adaptive_plan_where_the_general_path_takes_torch_ops(recorder, monke
     monkeypatch.setattr(eta_triton, "_FAILED", [])
     monkeypatch.setattr(fused_triton, "MAX_ETA_LANES", 2)  # three heads: torch ops average
     assert fused_plan.make_adaptive_plan(q, k, v, 1.2, 5.0, True, True, None) is None
+
+
+@pytest.mark.parametrize("layout, dtype, d", [(host_layout, torch.float16, 64),
+                                              (joint_layout, torch.bfloat16, 64),
+                                              (host_layout, torch.float16, 128)])
+def test_the_probes_plan_launches_what_its_general_path_launches(recorder, monkeypatch, layout,
+                                                                 dtype, d):
+    """The Stability Probe's four launches (five at d = 128, with eta's), planned per call
+    layout in hopfield/stability_triton.py: the same launches as the general path's, and the
+    general path again where the plan cannot launch as planned."""
+    from core.launch_recorder import Recorder
+    from hopfield_circulation.hopfield import stability_triton
+
+    for stage, tensors in stability_triton.STAGE_TENSOR_ARGS.items():
+        stand_in = Recorder(kernel=stability_triton._kernel(stage), tensors=tensors)
+        stand_in.launches = recorder.launches  # one sequence, with the eta kernel's
+        monkeypatch.setitem(stability_triton._launchers, stage,
+                            lambda stand_in=stand_in: stand_in.launcher)
+    recorder.eta.launches = recorder.launches
+    monkeypatch.setattr(stability_triton, "_plans", {})
+    q, k, x = layout(2, 37, 3, d, dtype)
+    stability_triton.stability_triton(q, k, x)  # Triton's own path once; plans the layout
+    (layout_key, plan), = stability_triton._plans.items()
+    assert plan is not None
+    launches = 4 if d == 64 else 5
+    stability_triton._plans[layout_key] = None  # the general path, through the launchers
+    general = stability_triton.stability_triton(q, k, x)
+    stability_triton._plans[layout_key] = plan
+    planned = stability_triton.stability_triton(q, k, x)
+    assert len(recorder.launches) == 2 * launches
+    same_launches(recorder.launches[:launches], recorder.launches[launches:])
+    assert [(t.shape, t.stride()) for t in planned] == [(t.shape, t.stride()) for t in general]
+    # new tensors of the layout: the plan launches on them
+    q2, k2, x2 = layout(2, 37, 3, d, dtype, seed=1)
+    stability_triton.stability_triton(q2, k2, x2)
+    assert recorder.launches[-launches][9:12] == (q2, k2, x2)
+    # an address off 16 bytes: the plan steps aside, the general path runs
+    storage = torch.empty(x.untyped_storage().nbytes() // x.element_size() + 1, dtype=dtype)
+    off = storage.as_strided(x.shape, x.stride(), x.storage_offset() + 1)  # x's layout
+    before = len(recorder.launches)
+    assert plan.run(q, k, off) is None and len(recorder.launches) == before

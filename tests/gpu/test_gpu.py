@@ -280,12 +280,15 @@ def test_probe_kernel_against_float64_and_the_torch_path(shape, strided, dtype):
 def test_probe_kernel_is_deterministic_and_any_token_split_agrees(dtype):
     """The tokens split into 1, the default or 64 chunks (one per tile): the same measures up
     to fp32 rounding, and bit for bit the same when a call runs again (no atomics: the
-    chunks' shares are summed in a fixed order)."""
+    chunks' shares are summed in a fixed order), the second call through the layout's plan
+    (prepared launches) and the first through the general path."""
     from hopfield_circulation.hopfield import stability_triton
 
     q, k, x = inputs(2, 10, 4096, 64, dtype, seed=31)
     x = x * 0.5 + 1.0
+    stability_triton._plans.clear()
     default = stability_triton.stability_triton(q, k, x)
+    assert any(plan is not None for plan in stability_triton._plans.values())
     again = stability_triton.stability_triton(q, k, x)
     assert torch.equal(default[0], again[0]) and torch.equal(default[1], again[1])
     for splits in (1, 64):
