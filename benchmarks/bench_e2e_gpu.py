@@ -164,7 +164,7 @@ def launch_cache(enabled: bool):
     from hopfield_circulation.hopfield import eta_triton, fused_triton, stability_triton
     from hopfield_circulation.hopfield.triton_launch import CachedLauncher
 
-    launchers = [fused_triton._launcher(), eta_triton._launcher(),
+    launchers = [fused_triton._launcher(), eta_triton._launcher(), eta_triton._reduce_launcher(),
                  *stability_triton.launchers()] if fused_triton.available() else []
     launchers = [launcher for launcher in launchers if isinstance(launcher, CachedLauncher)]
     before = [launcher.enabled for launcher in launchers]

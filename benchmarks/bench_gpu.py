@@ -17,8 +17,10 @@ Paths, each timed as what the attention override costs per steered call:
 - fused_half: every other sample steered (branch "cond" under CFG): one launch of the kernel,
   which writes the plain attention output of the unselected samples itself (no host call).
 - fused_adaptive: Adaptive Circulation on the fused path (eta_M, its coefficients, the kernel).
-- eta_kernel, eta_torch: eta_M alone, by the one-launch Triton kernel (what the adaptive path
-  uses on CUDA) and by torch ops (concatenation and one fp32-accumulated Gram product).
+- eta_kernel, eta_unsplit, eta_torch: eta_M alone, by the Triton kernels (what the adaptive
+  path uses on CUDA: the tokens split among about one program per processor, then a
+  reduction), by one launch of one program per (sample, head) (what it did before the split),
+  and by torch ops (concatenation and one fp32-accumulated Gram product).
 - probe_kernel, probe_unsplit, probe_torch: the Stability Probe's measures of one call in the
   value basis (E, r, Align, eta, lambda map), by its Triton kernels (tokens split among about
   one program per processor), by the same kernels with one chunk per (sample, head) (what
@@ -113,6 +115,7 @@ def extra_paths(q, k, v):
 
     x = F.scaled_dot_product_attention(q, k, v)  # the value basis: the call's own output
     return {"eta_kernel": lambda: eta_triton.symmetry_index_triton(q, k),
+            "eta_unsplit": lambda: eta_triton.symmetry_index_triton(q, k, splits=1),
             "eta_torch": lambda: symmetry_index_torch(q, k),
             "probe_kernel": lambda: stability_triton(q, k, x),
             "probe_unsplit": lambda: stability_triton(q, k, x, splits=1),

@@ -36,6 +36,7 @@ from hopfield_circulation.hopfield import (  # noqa: E402
     eta_triton,
     fused_triton,
     stability_triton,
+    token_chunks,
 )
 
 KERNELS = {kernel.name: kernel for kernel in pack_kernels()}
@@ -53,8 +54,10 @@ class Capture:
 
 def launches(device: str) -> dict:
     """Each kernel's real launch (grid, args, kwargs) at SDXL's 64 x 64 level, fp16, CFG."""
-    if device == "cpu":  # let the CUDA-only paths build their launch on CPU tensors
+    if device == "cpu":  # let the CUDA-only paths build their launch on CPU tensors, with
+        # the tokens split as on an H100's or H200's 132 processors
         fused_triton._FACTS[:] = [fused_triton.ProcessFacts(True, True, False)]
+        token_chunks.processors = lambda device: 132
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4096, 10, 64, generator=gen).to(device, torch.float16)
                .transpose(1, 2) for _ in range(3))

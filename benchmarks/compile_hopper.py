@@ -124,13 +124,21 @@ def compile_eta(dtype: str, d: int, config: tuple[int, int, int], heads=10,
     kernel = eta_triton._kernel()
     block_l, warps, stages = config
     values = {"sqb": heads * length * d, "sqh": length * d, "sql": d, "sqd": 1,
-              "heads": heads, "length": length}
+              "heads": heads, "length": length, "chunk": 640}
     values.update({f"sk{key[2:]}": value for key, value in values.items() if key[:2] == "sq"})
     constants = {"D": d, "BLOCK_L": block_l, "UPCAST": False,
-                 "PRECISION": "ieee" if dtype == "fp32" else "tf32"}
-    signature = specialise(kernel, constants, {"Q": dtype, "K": dtype, "ETA": "fp32"}, (),
-                           values)
+                 "PRECISION": "ieee" if dtype == "fp32" else "tf32", "SPLIT": True}
+    signature = specialise(kernel, constants, {"Q": dtype, "K": dtype, "ETA": "fp32",
+                                               "WORK": "fp32"}, (), values)
     return compile_sm90(kernel, *signature, warps, stages)
+
+
+def compile_eta_reduce(d: int) -> dict:
+    """The symmetry index's reduction of the chunks' Grams (split tokens)."""
+    kernel = eta_triton._reduce_kernel()
+    signature = specialise(kernel, {"D": d, "ROWS": eta_triton.REDUCE_ROWS},
+                           {"WORK": "fp32", "ETA": "fp32"}, (), {"splits": 7})
+    return compile_sm90(kernel, *signature, 4, 1)
 
 
 def compile_stability(dtype: str, d: int, config: tuple[int, int, int], heads=10,
@@ -228,8 +236,12 @@ def main():
     args = parser.parse_args()
     halves = [t for t in ("fp16", "bf16") if not args.dtype or t in args.dtype]
     if args.kernel in ("eta", "all"):
-        tile_table("Symmetry-index kernel compiled for sm_90a", halves, eta_triton.ETA_CONFIGS,
-                   ETA_SWEEP, args.sweep, compile_eta)
+        tile_table("Symmetry-index kernel (split tokens) compiled for sm_90a", halves,
+                   eta_triton.ETA_CONFIGS, ETA_SWEEP, args.sweep, compile_eta)
+        for d in eta_triton.ETA_CONFIGS:
+            r = compile_eta_reduce(d)
+            print(f"Its reduction, d = {d}: {r['regs']} registers per thread, "
+                  f"{r['stack'] + r['local']} B spilled, {r['shared_kb']:.0f} KB shared")
         print()
     if args.kernel in ("stability", "all"):
         stability_table(halves, args.sweep)

@@ -1,9 +1,13 @@
-"""The symmetry index eta_M in one Triton launch (Adaptive Circulation's per-call extra work).
+"""The symmetry index eta_M in one or two Triton launches (Adaptive Circulation's per-call
+extra work).
 
-One program per (batch, head) streams its Q and K once in tiles of BLOCK_L tokens and keeps the
-three d x d Gram matrices K^T K, K^T Q and Q^T Q in fp32 registers, fed by tensor-core products
-of the inputs as they are (fp16/bf16; no concatenation, no fp32 copies); its epilogue takes the
-two traces of hopfield/symmetry.py and writes eta. The torch path it replaces on CUDA is seven
+Each program streams its Q and K once in tiles of BLOCK_L tokens and keeps the three d x d Gram
+matrices K^T K, K^T Q and Q^T Q in fp32 registers, fed by tensor-core products of the inputs as
+they are (fp16/bf16; no concatenation, no fp32 copies). One program per (batch, head) is only
+20 programs at SDXL's 64 x 64 level (hopfield/token_chunks.py), so the tokens are split into
+chunks, about one program per processor: each writes its chunk's Grams, and a second launch
+sums them in a fixed order and takes the two traces of hopfield/symmetry.py. Where batch x heads
+already fills the GPU one launch does it all. The torch path it replaces on CUDA is seven
 launches (concatenation, Gram product, roll, product, block sum, clamp, division), each a few
 microseconds of host time in every steered call of a launch-bound sampling step.
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import fused_triton
+from .token_chunks import token_chunks
 from .triton_launch import launcher_of
 
 ETA_HEAD_DIMS = (64, 128)
@@ -25,22 +30,33 @@ ETA_DTYPES = (torch.float16, torch.bfloat16)
 # registers, so d = 128 takes more warps (benchmarks/compile_hopper.py --kernel eta: the fit).
 ETA_CONFIGS = {64: (64, 4, 3), 128: (32, 8, 2)}
 
+REDUCE_ROWS = 16  # Gram rows the reduction holds at a time (d = 128 fits in registers)
+
 _FAILED: list[str] = []  # why eager calls stopped using the kernel in this process, if they did
-_KERNEL = None
+_KERNELS: dict = {}
 
 
 def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        from .eta_triton_kernel import symmetry_index_fwd
-
-        _KERNEL = symmetry_index_fwd
-    return _KERNEL
+    return _kernels()["index"]
 
 
-ETA_TENSOR_ARGS = 3  # q, k, eta
-# what launches it: Triton's bookkeeping once per specialisation (triton_launch.py)
+def _reduce_kernel():
+    return _kernels()["reduce"]
+
+
+def _kernels() -> dict:
+    if not _KERNELS:
+        from .eta_triton_kernel import symmetry_index_fwd, symmetry_index_reduce
+
+        _KERNELS.update(index=symmetry_index_fwd, reduce=symmetry_index_reduce)
+    return _KERNELS
+
+
+ETA_TENSOR_ARGS = 4  # q, k, eta, the workspace
+REDUCE_TENSOR_ARGS = 2  # the workspace, eta
+# what launches them: Triton's bookkeeping once per specialisation (triton_launch.py)
 _launcher = launcher_of(_kernel, ETA_TENSOR_ARGS)
+_reduce_launcher = launcher_of(_reduce_kernel, REDUCE_TENSOR_ARGS)
 
 
 def eligible(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -55,30 +71,65 @@ def eligible(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 
 def symmetry_index_triton(q: torch.Tensor, k: torch.Tensor, *,
-                          config: tuple[int, int, int] | None = None) -> torch.Tensor:
+                          config: tuple[int, int, int] | None = None,
+                          splits: int | None = None) -> torch.Tensor:
     """eta_M per (batch, head), [B, H] fp32, for q, k [B, H, L, d] with any strides (fp16/bf16
     on CUDA; also fp32, and the CPU under Triton's interpreter, for tests). ``config``:
-    (tokens per tile, warps, stages) instead of ETA_CONFIGS."""
+    (tokens per tile, warps, stages) instead of ETA_CONFIGS; ``splits``: how many chunks the
+    tokens are split into (default: about one program per processor)."""
     eta = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
-    grid, args, constexprs = launch_arguments(q, k, eta, config)
-    _launcher()[grid](*args, **constexprs)
+    size = workspace_size(q, config, splits)
+    work = torch.empty(size, dtype=torch.float32, device=q.device) if size else eta
+    for stage, grid, args, constexprs in launch_arguments(q, k, eta, work, config, splits):
+        launcher_for(stage)[grid](*args, **constexprs)
     return eta
 
 
-def launch_arguments(q, k, eta, config: tuple[int, int, int] | None = None):
-    """(grid, arguments, constexprs) of the launch writing ``eta`` (fused_plan.py replays
-    them); the first ETA_TENSOR_ARGS arguments are tensors."""
+def chunks_of(q, config=None, splits=None) -> tuple[int, int]:
+    """(chunks, tokens per chunk) of q's tokens (hopfield/token_chunks.py)."""
+    batch, heads, length, d = q.shape
+    block_l = (config or ETA_CONFIGS[d])[0]
+    return token_chunks(batch * heads, length, block_l, q.device, splits)
+
+
+def workspace_size(q, config=None, splits=None) -> int:
+    """fp32 elements of the chunks' Grams; 0 when the tokens are not split (one launch)."""
+    chunks, _ = chunks_of(q, config, splits)
+    batch, heads, _, d = q.shape
+    return 0 if chunks == 1 else batch * heads * chunks * 3 * d * d
+
+
+def launch_arguments(q, k, eta, work, config: tuple[int, int, int] | None = None,
+                     splits: int | None = None) -> list:
+    """[(stage, grid, arguments, constexprs)] of the launches writing ``eta``: "index" alone,
+    or "index" (the chunks' Grams into ``work``, workspace_size elements) then "reduce"
+    (fused_plan.py and stability_triton.py replay them). Each stage's first
+    ETA_TENSOR_ARGS / REDUCE_TENSOR_ARGS arguments are tensors; unsplit, ``work`` is unused
+    (pass eta)."""
     batch, heads, length, d = q.shape
     block_l, warps, stages = config or ETA_CONFIGS[d]
-    args = (q, k, eta, *q.stride(), *k.stride(), heads, length)
-    constexprs = dict(
-        D=d, BLOCK_L=block_l,
-        # The interpreter multiplies bf16 as raw integers (numpy has no bf16): upcast there.
-        UPCAST=fused_triton.facts().interpreting and q.dtype == torch.bfloat16,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # else ignored
-        num_warps=warps, num_stages=stages,
-    )
-    return (batch * heads,), args, constexprs
+    chunks, chunk = chunks_of(q, config, splits)
+    split = chunks > 1
+    found = [("index", (batch * heads, chunks),
+              (q, k, eta, work, *q.stride(), *k.stride(), heads, length, chunk),
+              dict(D=d, BLOCK_L=block_l,
+                   # The interpreter multiplies bf16 as raw integers (numpy has no bf16).
+                   UPCAST=fused_triton.facts().interpreting and q.dtype == torch.bfloat16,
+                   PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # else ignored
+                   SPLIT=split, num_warps=warps, num_stages=stages))]
+    if split:
+        found.append(("reduce", (batch * heads,), (work, eta, chunks),
+                      dict(D=d, ROWS=REDUCE_ROWS, num_warps=4, num_stages=1)))
+    return found
+
+
+def launcher_for(stage: str):
+    """The cached launcher of a stage of launch_arguments."""
+    return _launcher() if stage == "index" else _reduce_launcher()
+
+
+def tensor_args(stage: str) -> int:
+    return ETA_TENSOR_ARGS if stage == "index" else REDUCE_TENSOR_ARGS
 
 
 def failed() -> bool:

@@ -155,31 +155,37 @@ class SkewPlan:
 
 
 class AdaptivePlan:
-    """Adaptive settings: the eta kernel's launch, then the fused kernel's, which derives
-    alpha_eff and beta_eff from eta itself (fused_triton.fused_adaptive_circulation)."""
+    """Adaptive settings: the eta kernel's launches (one, or the chunks' Grams and their
+    reduction: eta_triton.py), then the fused kernel's, which derives alpha_eff and beta_eff
+    from eta itself (fused_triton.fused_adaptive_circulation)."""
 
-    __slots__ = ("eta", "fused", "device", "pv_fp16", "eta_shape", "lanes", "output")
+    __slots__ = ("eta", "fused", "device", "pv_fp16", "eta_shape", "work", "lanes", "output")
 
-    def __init__(self, eta: PreparedLaunch, fused: PreparedLaunch, device: int, pv_fp16: bool,
-                 eta_shape: tuple[int, int], lanes: int, output: OutputLayout):
-        self.eta, self.fused, self.device = eta, fused, device
-        self.pv_fp16, self.eta_shape, self.lanes, self.output = pv_fp16, eta_shape, lanes, output
+    def __init__(self, eta: list, fused: PreparedLaunch, device: int, pv_fp16: bool,
+                 eta_shape: tuple[int, int], work: int, lanes: int, output: OutputLayout):
+        self.eta, self.fused, self.device = eta, fused, device  # eta: [(stage, launch)]
+        self.pv_fp16, self.eta_shape, self.work = pv_fp16, eta_shape, work
+        self.lanes, self.output = lanes, output
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             active: torch.Tensor | None, v_heads: torch.Tensor | None = None) -> tuple | None:
         """(output, eta-bar, alpha_eff, beta_eff) as the general path gives them (the
         coefficients [B|1, 1, 1, 1]; the output as ``SkewPlan.run``'s), or None where that
         path must run instead."""
-        eta_launch, fused, device = self.eta, self.fused, self.device
-        if not launchable(device, active, eta_launch, fused) or eta_triton.failed():
+        eta_launches, fused, device = self.eta, self.fused, self.device
+        if not launchable(device, active, fused, *(launch for _, launch in eta_launches)) \
+                or eta_triton.failed():
             return None
         out, v_max, rows = _fused_operands(self, q, v, active, v_heads)
         eta = torch.empty(self.eta_shape, dtype=torch.float32, device=q.device)
+        work = torch.empty(self.work, dtype=torch.float32, device=q.device) if self.work \
+            else eta
         coefficients = torch.empty(3, self.lanes, dtype=torch.float32, device=q.device)
-        if not aligned(q, k, v, out, v_max, rows, eta, coefficients):
+        if not aligned(q, k, v, out, v_max, rows, eta, work, coefficients):
             return None
-        if not eta_launch(device, q, k, eta):
-            return None
+        for stage, launch in eta_launches:
+            if not launch(device, *((q, k, eta, work) if stage == "index" else (work, eta))):
+                return None
         if not fused(device, q, k, v, out, out, out, v_max, rows, eta, coefficients):
             return None
         eta_bar, alpha, beta = coefficients.unbind(0)
@@ -218,9 +224,12 @@ def make_adaptive_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha:
             or lanes > fused_triton.MAX_ETA_LANES:
         return None
     eta = torch.empty(batch, heads, dtype=torch.float32, device=q.device)
-    grid, args, constexprs = eta_triton.launch_arguments(q, k, eta)
-    eta_launch = prepare(eta_triton._launcher(), grid, args, constexprs,
-                         eta_triton.ETA_TENSOR_ARGS)
+    size = eta_triton.workspace_size(q)
+    work = torch.empty(size, dtype=torch.float32, device=q.device) if size else eta
+    eta_launches = [(stage, prepare(eta_triton.launcher_for(stage), grid, args, constexprs,
+                                    eta_triton.tensor_args(stage)))
+                    for stage, grid, args, constexprs in eta_triton.launch_arguments(
+                        q, k, eta, work)]
     adaptive = fused_triton.AdaptiveInputs(eta, torch.empty(
         3, batch if per_sample else 1, dtype=torch.float32, device=q.device), per_sample)
     grid, args, constexprs = fused_triton.launch_arguments(
@@ -228,10 +237,10 @@ def make_adaptive_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha:
         norm_match, cfg, adaptive)
     fused = prepare(fused_triton._launcher(), grid, args, constexprs,
                     fused_triton.FUSED_TENSOR_ARGS)
-    if eta_launch is None or fused is None:
+    if fused is None or any(launch is None for _, launch in eta_launches):
         return None
-    return AdaptivePlan(eta_launch, fused, q.get_device(), q.dtype == torch.bfloat16,
-                        (batch, heads), adaptive.coefficients.shape[1], output)
+    return AdaptivePlan(eta_launches, fused, q.get_device(), q.dtype == torch.bfloat16,
+                        (batch, heads), size, adaptive.coefficients.shape[1], output)
 
 
 def _plannable(q: torch.Tensor, active: torch.Tensor | None):

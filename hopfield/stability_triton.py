@@ -39,6 +39,7 @@ from typing import NamedTuple
 import torch
 
 from . import eta_triton, fused_plan, fused_triton
+from .token_chunks import token_chunks
 from .triton_launch import launcher_of
 
 STABILITY_DTYPES = (torch.float16, torch.bfloat16)
@@ -73,7 +74,6 @@ def _kernel(stage: str):
 # what launches each stage: Triton's bookkeeping once per specialisation (triton_launch.py)
 _launchers = {stage: launcher_of(lambda stage=stage: _kernel(stage), tensors)
               for stage, tensors in STAGE_TENSOR_ARGS.items()}
-_processors: dict = {}  # CUDA device index -> streaming multiprocessors
 
 
 def eligible(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> bool:
@@ -88,28 +88,6 @@ def eligible(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> bool:
         and not _FAILED and fused_triton.kernel_usable()
         and not torch.compiler.is_compiling()
     )
-
-
-def processors(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (read once); 8 elsewhere (the interpreter's
-    tests, so that its default splits the tokens too)."""
-    if device.type != "cuda":
-        return 8
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _processors:
-        _processors[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _processors[index]
-
-
-def token_chunks(programs: int, length: int, block_l: int, device: torch.device,
-                 splits: int | None = None) -> tuple[int, int]:
-    """(chunks, tokens per chunk): about one program per processor for ``programs`` (sample,
-    head, column block) triples, whole tiles per chunk, no empty chunk. ``splits`` asks for
-    that many chunks (at most one per tile)."""
-    tiles = -(-length // block_l)
-    wanted = splits or -(-processors(device) // programs)
-    per_chunk = -(-tiles // max(1, min(wanted, tiles)))
-    return -(-tiles // per_chunk), per_chunk * block_l
 
 
 class Geometry(NamedTuple):
@@ -127,6 +105,7 @@ class Geometry(NamedTuple):
     chunk: int
     offsets: dict  # the workspace's regions (floats)
     work: int  # the workspace's size (floats)
+    eta_work: int  # of which eta's kernels' own (d = 128, tokens split)
 
     @staticmethod
     def of(q, retrieval, config=None, splits=None) -> Geometry:
@@ -144,13 +123,14 @@ class Geometry(NamedTuple):
             ("field", programs * chunks * 2 * M_BLOCK),
             ("tokens", programs * length),
             ("eta", batch * heads),
+            ("eta_work", 0 if d == 64 else eta_triton.workspace_size(q)),  # eta's own chunks
         ]
         offsets, at = {}, 0
         for name, size in regions:
             offsets[name] = at
             at += -(-size // 4) * 4  # whole 16-byte units: every region's address aligned
         return Geometry(batch, heads, length, d, m, tiles, d == 64, blocks, chunks, chunk,
-                        offsets, at)
+                        offsets, at, regions[-1][1])
 
 
 def launch_arguments(q, k, retrieval, work, out, g: Geometry) -> list:
@@ -175,10 +155,11 @@ def launch_arguments(q, k, retrieval, work, out, g: Geometry) -> list:
          (work, g.length, g.chunks, at["stats"], at["eta_grams"], at["eta"], 0.5 / math.sqrt(g.d)),
          dict(D=g.d, M_BLOCK=M_BLOCK, WITH_ETA=g.with_eta, num_warps=warps, num_stages=1)),
     ]
-    if not g.with_eta:  # eta by its own kernel, into the workspace's eta rows
-        grid, args, constexprs = eta_triton.launch_arguments(
-            q, k, work[at["eta"]:at["eta"] + rows].view(g.batch, g.heads))
-        found.append(("eta", grid, args, constexprs))
+    if not g.with_eta:  # eta by its own kernels, into the workspace's eta rows
+        eta = work[at["eta"]:at["eta"] + rows].view(g.batch, g.heads)
+        eta_work = work[at["eta_work"]:] if g.eta_work else eta
+        found += [(f"eta {stage}", grid, args, constexprs) for stage, grid, args, constexprs
+                  in eta_triton.launch_arguments(q, k, eta, eta_work)]
     found += [
         ("field", (rows, g.blocks, g.chunks),
          (q, k, retrieval, work, *strides, g.heads, g.length, g.chunk, at["stats"], at["field"],
@@ -194,11 +175,13 @@ def launch_arguments(q, k, retrieval, work, out, g: Geometry) -> list:
 
 
 def _launcher(stage: str):
-    return eta_triton._launcher() if stage == "eta" else _launchers[stage]()
+    return eta_triton.launcher_for(stage[4:]) if stage.startswith("eta ") \
+        else _launchers[stage]()
 
 
 def _tensor_args(stage: str) -> int:
-    return eta_triton.ETA_TENSOR_ARGS if stage == "eta" else STAGE_TENSOR_ARGS[stage]
+    return eta_triton.tensor_args(stage[4:]) if stage.startswith("eta ") \
+        else STAGE_TENSOR_ARGS[stage]
 
 
 class ProbePlan:
@@ -207,13 +190,15 @@ class ProbePlan:
     a fresh workspace and output), without the geometry, the argument lists or the cached
     launcher's key."""
 
-    __slots__ = ("launches", "device", "work", "out_shape", "eta_rows", "eta_shape")
+    __slots__ = ("launches", "device", "work", "out_shape", "eta_rows", "eta_shape",
+                 "eta_work")
 
     def __init__(self, launches: list, device: int, g: Geometry):
         self.launches, self.device = launches, device
         self.work, self.out_shape = g.work, (g.batch, 4 + g.length)
         self.eta_rows = (g.offsets["eta"], g.offsets["eta"] + g.batch * g.heads)
         self.eta_shape = (g.batch, g.heads)
+        self.eta_work = g.offsets["eta_work"] if g.eta_work else 0
 
     def run(self, q, k, retrieval):
         """The call's (measures, lambda map), or None where the general path must run (a
@@ -225,12 +210,13 @@ class ProbePlan:
         out = torch.empty(self.out_shape, dtype=torch.float32, device=q.device)
         if not fused_plan.aligned(q, k, retrieval, work, out):
             return None
+        eta = work[self.eta_rows[0]:self.eta_rows[1]].view(self.eta_shape)
+        eta_work = work[self.eta_work:] if self.eta_work else eta
         tensors = {"grams": (q, k, retrieval, work), "weights": (work,),
-                   "field": (q, k, retrieval, work), "finish": (work, out)}
+                   "field": (q, k, retrieval, work), "finish": (work, out),
+                   "eta index": (q, k, eta, eta_work), "eta reduce": (eta_work, eta)}
         for stage, launch in launches:
-            args = tensors[stage] if stage != "eta" else (
-                q, k, work[self.eta_rows[0]:self.eta_rows[1]].view(self.eta_shape))
-            if not launch(device, *args):
+            if not launch(device, *tensors[stage]):
                 return None
         return out[:, :4], out[:, 4:]
 

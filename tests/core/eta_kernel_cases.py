@@ -1,5 +1,6 @@
-"""Cases for the one-launch symmetry-index Triton kernel under Triton's CPU interpreter (see
-tests/core/interpreter.py), against the literal float64 eta_M (explicit L x L decomposition)."""
+"""Cases for the symmetry-index Triton kernels (one launch, or two with the tokens split) under
+Triton's CPU interpreter (see tests/core/interpreter.py), against the literal float64 eta_M
+(explicit L x L decomposition)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,17 @@ def test_matches_the_float64_decomposition(length, d, dtype):
     # is the trace form's worst cancellation: 5e-5 there, 1e-7 from 16 tokens on.
     atol = 1e-4 if dtype == torch.float32 and length == 1 else 2e-6
     torch.testing.assert_close(got.double(), ref.symmetry_index(q64, k64), rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("splits", [2, 3, 9])  # 9: one tile per chunk, the last partial
+@pytest.mark.parametrize("d", [64, 128])
+def test_split_tokens_give_the_float64_eta_and_the_same_bits_again(splits, d):
+    """The tokens in 2 to 9 chunks (130 tokens, tiles of 16), their Grams summed by the
+    reduction: eta within fp32 rounding of float64, and bit for bit the same when run again."""
+    (q, k), (q64, k64) = rounded_qk(2, 3, 130, d, seed=d + splits, dtype=torch.float16)
+    got = symmetry_index_triton(q, k, config=SMALL, splits=splits)
+    torch.testing.assert_close(got.double(), ref.symmetry_index(q64, k64), rtol=0, atol=2e-6)
+    assert torch.equal(symmetry_index_triton(q, k, config=SMALL, splits=splits), got)
 
 
 def test_default_tiles_and_the_torch_path_agree():

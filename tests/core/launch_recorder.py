@@ -40,7 +40,9 @@ def pack_kernels() -> list[PackKernel]:
     found = [PackKernel("fused", fused_triton._kernel, fused_triton.FUSED_TENSOR_ARGS,
                         fused_triton, "_launcher"),
              PackKernel("eta", eta_triton._kernel, eta_triton.ETA_TENSOR_ARGS, eta_triton,
-                        "_launcher")]
+                        "_launcher"),
+             PackKernel("eta reduce", eta_triton._reduce_kernel, eta_triton.REDUCE_TENSOR_ARGS,
+                        eta_triton, "_reduce_launcher")]
     for stage, tensors in stability_triton.STAGE_TENSOR_ARGS.items():
         found.append(PackKernel(f"probe {stage}",
                                 lambda stage=stage: stability_triton._kernel(stage), tensors,
@@ -98,13 +100,18 @@ class Recorder(KernelSurface):
 
 
 def record_fused_launches(monkeypatch) -> Recorder:
-    """The fused kernel's launches recorded for the rest of a test, and the eta kernel's (in
-    ``.eta``): CPU tensors pass as CUDA ones would (compiled Triton, tiles from the table,
-    ``kernel="auto"`` and the eta kernel taken for fp16, bf16 and fp32 alike)."""
+    """The fused kernel's launches recorded for the rest of a test, and the eta kernels' (in
+    ``.eta``, its reduction's too): CPU tensors pass as CUDA ones would (compiled Triton, tiles
+    from the table, ``kernel="auto"`` and the eta kernel taken for fp16, bf16 and fp32
+    alike)."""
     recording = Recorder()
     recording.eta = Recorder(eta_triton, eta_triton.ETA_TENSOR_ARGS)
+    recording.eta_reduce = Recorder(eta_triton, eta_triton.REDUCE_TENSOR_ARGS,
+                                    eta_triton._reduce_kernel())
+    recording.eta_reduce.launches = recording.eta.launches  # one sequence
     monkeypatch.setattr(fused_triton, "_launcher", lambda: recording.launcher)
     monkeypatch.setattr(eta_triton, "_launcher", lambda: recording.eta.launcher)
+    monkeypatch.setattr(eta_triton, "_reduce_launcher", lambda: recording.eta_reduce.launcher)
     monkeypatch.setattr(eta_triton, "_FAILED", [])
     monkeypatch.setattr(eta_triton, "eligible", lambda q, k: q.shape == k.shape)
     monkeypatch.setattr(fused_triton, "_FACTS", [fused_triton.ProcessFacts(True, False)])

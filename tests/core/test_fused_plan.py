@@ -200,13 +200,19 @@ ADAPTIVE_CASES = [  # (layout, dtype, d, per_sample, active)
 @pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=lambda c: f"{c[0].__name__}-{c[1]}-"
                          f"d{c[2]}-{'per_sample' if c[3] else 'per_call'}-"
                          f"{'rows' if c[4] else 'all'}")
-def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, case):
-    """Adaptive Circulation: the eta kernel's launch, then the fused kernel's adaptive one,
-    each as the general path makes it, with eta and the coefficients passed between them."""
+@pytest.mark.parametrize("split", [False, True], ids=["eta-one-launch", "eta-split"])
+def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, monkeypatch, case,
+                                                                  split):
+    """Adaptive Circulation: the eta kernel's launch (or, with the tokens split, its chunks'
+    Grams and their reduction), then the fused kernel's adaptive one, each as the general path
+    makes it, with eta and the coefficients passed between them."""
+    from hopfield_circulation.hopfield import token_chunks
     from hopfield_circulation.hopfield.symmetry import symmetry_index
 
     layout, dtype, d, per_sample, rows = case
-    q, k, v = layout(2, 37, 3, d, dtype)
+    if split:  # a GPU's 132 processors: 150 tokens in 3 (d 64) or 5 (d 128) chunks
+        monkeypatch.setattr(token_chunks, "processors", lambda device: 132)
+    q, k, v = layout(2, 150 if split else 37, 3, d, dtype)
     active = None if rows is None else torch.tensor(rows)
 
     def general():
@@ -225,8 +231,13 @@ def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, case
     assert alpha.shape == beta.shape == (general_coefficients.shape[1], 1, 1, 1)
     assert alpha.data_ptr() == eta_bar.data_ptr() + 4 * eta_bar.numel()  # rows of one tensor
     fused_launches, eta_launches = recorder.launches, recorder.eta.launches
-    same_launches([eta_launches[-2], fused_launches[-2]], [eta_launches[-1], fused_launches[-1]])
-    assert fused_launches[-1][9 + 8] is eta_launches[-1][9 + 2]  # eta: written, then read
+    n = 2 if split else 1  # eta's launches per call
+    assert [launch[:3] for launch in eta_launches[-n:]] == (
+        [(6, 3 if d == 64 else 5, 1), (6, 1, 1)] if split else [(6, 1, 1)])  # the grids
+    same_launches([*eta_launches[-2 * n:-n], fused_launches[-2]],
+                  [*eta_launches[-n:], fused_launches[-1]])
+    eta = eta_launches[-1][9 + 1] if split else eta_launches[-1][9 + 2]
+    assert fused_launches[-1][9 + 8] is eta  # eta: written, then read
 
 
 def test_no_adaptive_plan_where_the_general_path_takes_torch_ops(recorder, monkeypatch):
@@ -260,7 +271,7 @@ def test_the_probes_plan_launches_what_its_general_path_launches(recorder, monke
         stand_in.launches = recorder.launches  # one sequence, with the eta kernel's
         monkeypatch.setitem(stability_triton._launchers, stage,
                             lambda stand_in=stand_in: stand_in.launcher)
-    recorder.eta.launches = recorder.launches
+    recorder.eta.launches = recorder.eta_reduce.launches = recorder.launches
     monkeypatch.setattr(stability_triton, "_plans", {})
     q, k, x = layout(2, 37, 3, d, dtype)
     stability_triton.stability_triton(q, k, x)  # Triton's own path once; plans the layout

@@ -122,6 +122,9 @@ def test_eta_kernel_against_float64_and_the_torch_path(shape, strided, dtype):
     torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
     torch.testing.assert_close(got, symmetry_index_torch(q, k), rtol=0, atol=1e-5)
     assert torch.equal(symmetry_index(q, k), got)  # the eager dispatch takes the kernel
+    # one launch (tokens unsplit) agrees up to fp32 rounding with the default's chunks
+    torch.testing.assert_close(eta_triton.symmetry_index_triton(q, k, splits=1), got, rtol=0,
+                               atol=1e-6)
 
 
 @needs_triton
@@ -328,8 +331,9 @@ def test_cached_launches_match_tritons_own(dtype):
     misaligned = torch.empty(q.numel() + 1, dtype=dtype, device="cuda")[1:].view(
         q.shape).copy_(q)  # 2 bytes off: Triton specialises it apart
     for module, call in calls.items():
-        launchers = stability_triton.launchers() if module is stability_triton else \
-            [module._launcher()]
+        launchers = {stability_triton: stability_triton.launchers(),
+                     eta_triton: [eta_triton._launcher(), eta_triton._reduce_launcher()]
+                     }.get(module, [module._launcher()])
         for query in (q, misaligned):
             for launcher in launchers:
                 launcher.enabled = False
