@@ -196,7 +196,8 @@ class ProbePlan:
     def __init__(self, launches: list, device: int, g: Geometry):
         self.launches, self.device = launches, device
         self.work, self.out_shape = g.work, (g.batch, 4 + g.length)
-        self.eta_rows = (g.offsets["eta"], g.offsets["eta"] + g.batch * g.heads)
+        self.eta_rows = None if g.with_eta else (g.offsets["eta"],
+                                                 g.offsets["eta"] + g.batch * g.heads)
         self.eta_shape = (g.batch, g.heads)
         self.eta_work = g.offsets["eta_work"] if g.eta_work else 0
 
@@ -210,11 +211,12 @@ class ProbePlan:
         out = torch.empty(self.out_shape, dtype=torch.float32, device=q.device)
         if not fused_plan.aligned(q, k, retrieval, work, out):
             return None
-        eta = work[self.eta_rows[0]:self.eta_rows[1]].view(self.eta_shape)
-        eta_work = work[self.eta_work:] if self.eta_work else eta
         tensors = {"grams": (q, k, retrieval, work), "weights": (work,),
-                   "field": (q, k, retrieval, work), "finish": (work, out),
-                   "eta index": (q, k, eta, eta_work), "eta reduce": (eta_work, eta)}
+                   "field": (q, k, retrieval, work), "finish": (work, out)}
+        if self.eta_rows is not None:  # d = 128: eta's own kernels
+            eta = work[self.eta_rows[0]:self.eta_rows[1]].view(self.eta_shape)
+            eta_work = work[self.eta_work:] if self.eta_work else eta
+            tensors |= {"eta index": (q, k, eta, eta_work), "eta reduce": (eta_work, eta)}
         for stage, launch in launches:
             if not launch(device, *tensors[stage]):
                 return None
