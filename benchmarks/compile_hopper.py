@@ -173,41 +173,21 @@ def compile_stability(dtype: str, d: int, config: tuple[int, int, int], heads=10
     return found
 
 
-def stability_table(dtypes, sweep: bool) -> None:
-    """One row per (dtype, head dim, tiles, stage) of the probe's kernels."""
-    print("Stability Probe kernels compiled for sm_90a (m = d; tiles: grams' and field's)")
-    print("| dtype | d | tokens per tile | warps | stages | stage | regs/thread "
-          "| spill (stack+local B) | shared KB | HGMMA | |")
-    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|")
-    for dtype in dtypes:
-        for (d, _), default in stability_triton.STABILITY_CONFIGS.items():
-            tiles = [default, *(c for c in STABILITY_SWEEP if c != default)] if sweep \
-                else [default]
-            for config in tiles:
-                note = "default" if config == default else ""
-                cells = f"| {dtype} | {d} | {config[0]} | {config[1]} | {config[2]} |"
-                try:
-                    stages = compile_stability(dtype, d, config)
-                except Exception as error:  # a config that does not fit is a finding
-                    print(f"{cells} | failed: {type(error).__name__} | | | | {note} |")
-                    continue
-                for stage, r in stages.items():
-                    print(f"{cells} {stage} | {r['regs']} | {r['stack'] + r['local']} | "
-                          f"{r['shared_kb']:.0f} | {r['hgmma']} | {note} |", flush=True)
-
-
 STABILITY_SWEEP = [(32, 8, 2), (64, 8, 2), (32, 4, 2), (16, 8, 2), (64, 8, 3), (16, 4, 2)]
 ETA_SWEEP = [(64, 4, 3), (32, 4, 2), (128, 4, 3), (64, 8, 3), (32, 8, 2), (64, 8, 2)]
 
 
 def tile_table(title: str, dtypes, defaults: dict, candidates: list, sweep: bool,
-               compile_one) -> None:
+               compile_one, staged: bool = False) -> None:
     """One row per (dtype, head dim, tiles): ``defaults`` head dim -> the shipped tiles,
-    ``compile_one(dtype, d, tiles)`` -> compile_sm90's dict."""
+    ``compile_one(dtype, d, tiles)`` -> compile_sm90's dict, or with ``staged`` a dict of
+    them by stage (one row per stage: the probe's kernels)."""
     print(title)
-    print("| dtype | d | tokens per tile | warps | stages | regs/thread | spill (stack+local B) "
-          "| shared KB | HGMMA | HMMA (pre-Hopper MMA) | |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    stage_cell = " stage |" if staged else ""
+    print(f"| dtype | d | tokens per tile | warps | stages |{stage_cell} regs/thread "
+          "| spill (stack+local B) | shared KB | HGMMA | HMMA (pre-Hopper MMA) | |")
+    print("|---|---:|---:|---:|---:|" + ("---|" if staged else "")
+          + "---:|---:|---:|---:|---:|---|")
     for dtype in dtypes:
         for d, default in defaults.items():
             tiles = [default, *(c for c in candidates if c != default)] if sweep else [default]
@@ -215,13 +195,15 @@ def tile_table(title: str, dtypes, defaults: dict, candidates: list, sweep: bool
                 note = "default" if config == default else ""
                 cells = f"| {dtype} | {d} | {config[0]} | {config[1]} | {config[2]} |"
                 try:
-                    r = compile_one(dtype, d, config)
+                    found = compile_one(dtype, d, config)
                 except Exception as error:  # a config that does not fit is a finding
-                    print(f"{cells} failed: {type(error).__name__} | | | | | {note} |")
+                    print(f"{cells}{' |' if staged else ''} failed: {type(error).__name__} "
+                          f"| | | | | {note} |")
                     continue
-                print(f"{cells} {r['regs']} | {r['stack'] + r['local']} | "
-                      f"{r['shared_kb']:.0f} | {r['hgmma']} | {r['hmma']} | {note} |",
-                      flush=True)
+                for stage, r in (found.items() if staged else [("", found)]):
+                    print(f"{cells}{f' {stage} |' if staged else ''} {r['regs']} | "
+                          f"{r['stack'] + r['local']} | {r['shared_kb']:.0f} | {r['hgmma']} | "
+                          f"{r['hmma']} | {note} |", flush=True)
 
 
 def main():
@@ -244,7 +226,10 @@ def main():
                   f"{r['stack'] + r['local']} B spilled, {r['shared_kb']:.0f} KB shared")
         print()
     if args.kernel in ("stability", "all"):
-        stability_table(halves, args.sweep)
+        tile_table("Stability Probe kernels compiled for sm_90a (m = d; tiles: the grams' and "
+                   "field's)", halves,
+                   {d: tiles for (d, _), tiles in stability_triton.STABILITY_CONFIGS.items()},
+                   STABILITY_SWEEP, args.sweep, compile_stability, staged=True)
         print()
     if args.kernel not in ("fused", "all"):
         return

@@ -15,11 +15,16 @@ ETA_EPS = tl.constexpr(1e-20)
 
 
 @triton.jit
-def _bases(Q, K, X, pid, block, heads, sqb, sqh, skb, skh, sxb, sxh, sxd, M_BLOCK: tl.constexpr):
-    # this program's (sample, head) in q and k, and its block of retrieval columns in X
+def _chunk_program(Q, K, X, heads, sqb, sqh, skb, skh, sxb, sxh, sxd, M_BLOCK: tl.constexpr):
+    # A token-sweeping stage's program: (sample x heads + head, column block, chunk), the
+    # numbers of blocks and chunks, and where its head's q, k and its block of retrieval
+    # columns in X start.
+    pid = tl.program_id(0)
+    block = tl.program_id(1)
     b = (pid // heads).to(tl.int64)
     h = (pid % heads).to(tl.int64)
-    return (Q + b * sqb + h * sqh, K + b * skb + h * skh,
+    return (pid, block, tl.program_id(2), tl.num_programs(1), tl.num_programs(2),
+            Q + b * sqb + h * sqh, K + b * skb + h * skh,
             X + b * sxb + h * sxh + (block * M_BLOCK).to(tl.int64) * sxd)
 
 
@@ -68,13 +73,8 @@ def stability_grams(
     # rounded to the model's dtype (the operand tensor cores take): K^T xs, Q^T xs, the token
     # sums of k, q, xs and xs^2, and ref itself; with WITH_ETA also eta's K^T K, K^T Q, Q^T Q
     # at WORK[eta_grams:] (block 0's). fp32 accumulation throughout.
-    pid = tl.program_id(0)
-    block = tl.program_id(1)
-    split = tl.program_id(2)
-    blocks = tl.num_programs(1)
-    splits = tl.num_programs(2)
-    q_base, k_base, x_base = _bases(Q, K, X, pid, block, heads, sqb, sqh, skb, skh, sxb, sxh,
-                                    sxd, M_BLOCK)
+    pid, block, split, blocks, splits, q_base, k_base, x_base = _chunk_program(
+        Q, K, X, heads, sqb, sqh, skb, skh, sxb, sxh, sxd, M_BLOCK)
     ref = _reference(x_base, sxl, sxd, length, M_BLOCK, REF_ROWS)
 
     g_kk = tl.zeros([D, D], tl.float32)
@@ -213,13 +213,8 @@ def stability_field(
     # lambda = xc * (h / |xc|) = xi * h. Writes each token's lambda summed over the block's
     # columns (WORK[tokens:], scaled by token_scale) and the chunk's |h|^2 and count of
     # lambda < 0 per column (WORK[field:]).
-    pid = tl.program_id(0)
-    block = tl.program_id(1)
-    split = tl.program_id(2)
-    blocks = tl.num_programs(1)
-    splits = tl.num_programs(2)
-    q_base, k_base, x_base = _bases(Q, K, X, pid, block, heads, sqb, sqh, skb, skh, sxb, sxh,
-                                    sxd, M_BLOCK)
+    pid, block, split, blocks, splits, q_base, k_base, x_base = _chunk_program(
+        Q, K, X, heads, sqb, sqh, skb, skh, sxb, sxh, sxd, M_BLOCK)
     cols = tl.arange(0, M_BLOCK)
     program = (pid * blocks + block).to(tl.int64)
     stat = WORK + stats + program * (2 * D * M_BLOCK + 4 * M_BLOCK)
