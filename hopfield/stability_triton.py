@@ -26,8 +26,8 @@ the centring happens after the products (exact inputs, fp32 corrections) rather 
 
 Used by ``layer_stability`` in eager mode on CUDA when q, k and the retrieval share fp16 or
 bf16 with widths (d, m) of (64, 64) (SDXL's and SD3's heads in the value basis, or a 64-channel
-input basis) or (128, 128) (Flux, Chroma, Qwen-Image: eta then by its own kernel, one launch
-more); other calls keep the torch path. A failure to compile or launch warns once and hands
+input basis) or (128, 128) (Flux, Chroma, Qwen-Image: eta then by its own kernel, one or two
+launches more); other calls keep the torch path. A failure to compile or launch warns once and hands
 the rest of the process to the torch path. The import is lazy.
 """
 
@@ -46,7 +46,7 @@ STABILITY_DTYPES = (torch.float16, torch.bfloat16)
 # (head dim d, feature width m) -> (tokens per tile, warps, pipeline stages), from
 # benchmarks/compile_hopper.py --kernel stability. At d = 64 all five Grams fit one program's
 # registers; at d = 128 (Flux, Chroma, Qwen-Image) the field's two do, for 64 columns per
-# program, and eta comes from its own kernel (hopfield/eta_triton.py), one launch more.
+# program, and eta comes from its own kernel (hopfield/eta_triton.py).
 # 64 tokens per tile: the field's products then have 64 rows, the least Hopper's warpgroup
 # tensor-core instructions take (with 32 the compiler falls back to the older ones).
 STABILITY_CONFIGS = {(64, 64): (64, 8, 2), (128, 128): (64, 8, 2)}
@@ -135,7 +135,8 @@ class Geometry(NamedTuple):
 
 def launch_arguments(q, k, retrieval, work, out, g: Geometry) -> list:
     """[(stage, grid, arguments, constexprs)] of the call's launches, in order (the first
-    STAGE_TENSOR_ARGS[stage] arguments are tensors; "eta": eta_triton's launch at d = 128)."""
+    STAGE_TENSOR_ARGS[stage] arguments are tensors; at d = 128 "eta index" and, with its tokens
+    split, "eta reduce": eta_triton's launches, eta_triton.tensor_args)."""
     block_l, warps, stages = g.tiles
     at = g.offsets
     strides = (*q.stride(), *k.stride(), *retrieval.stride())

@@ -108,12 +108,14 @@ def _evaluation_counter(state: ProbeState):
     """PREDICT_NOISE wrapper: each of the sampler's model evaluations starts a new one in the
     current run, with its sigma (a device tensor, not read) and the schedule."""
 
-    def count_evaluation(executor, x, timestep, model_options=None, *args, **kwargs):
+    def count_evaluation(executor, *args, **kwargs):  # (x, timestep, model_options, seed)
         run = state.current
         if run is not None:
-            options = (model_options or {}).get("transformer_options", {})
-            run.begin_evaluation(timestep, options.get("sample_sigmas"))
-        return executor(x, timestep, model_options, *args, **kwargs)
+            timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+            options = args[2] if len(args) > 2 else kwargs.get("model_options")
+            schedule = (options or {}).get("transformer_options", {}).get("sample_sigmas")
+            run.begin_evaluation(timestep, schedule)
+        return executor(*args, **kwargs)
 
     return count_evaluation
 
@@ -128,7 +130,7 @@ def _run_bracket(state: ProbeState):
             output = executor(*args, **kwargs)
             if isinstance(output, torch.Tensor):
                 run.output = output.detach().to("cpu", copy=True)
-            run.place_steps()  # the run is over: its one wait for the device
+            run.place_steps()  # the run is over: reading its sigmas now costs it no time
             return output
         finally:
             run.finished = True

@@ -132,6 +132,8 @@ class ProbeRun:
     def begin_evaluation(self, sigma, schedule) -> None:
         """The sampler starts a model evaluation at ``sigma`` (its guider's predict_noise);
         ``schedule``: the run's sigmas, when the sampler gives them."""
+        if sigma is None:  # no sigma given: the entries of this evaluation stay unplaced
+            sigma = torch.full((1,), float("nan"))
         sigma = torch.as_tensor(sigma).detach().reshape(-1)[:1]  # a view: no device work
         self.evaluation_sigmas.append(sigma)
         if self.schedule is None and isinstance(schedule, torch.Tensor):
@@ -140,8 +142,7 @@ class ProbeRun:
     def place_steps(self) -> None:
         """Give the series entries recorded without a host sigma their sigma and step: every
         evaluation's sigma and the schedule in one device-to-host transfer, at the run's end."""
-        unplaced = [e for e in self.series if e.sigma is None and e.evaluation is not None]
-        if not unplaced:
+        if not any(e.sigma is None and e.evaluation is not None for e in self.series):
             return
         from ..hook.schedule import locate_step
 
@@ -153,11 +154,17 @@ class ProbeRun:
         values = torch.cat(parts).tolist()
         sigmas = values[:count]
         schedule = values[count:] if self.schedule is not None else None
-        self.series = [
-            e._replace(step=(info := locate_step(sigmas[e.evaluation], schedule)).step,
-                       sigma=info.sigma) if e.sigma is None and e.evaluation is not None else e
-            for e in self.series
-        ]
+
+        def placed(entry: SeriesEntry) -> SeriesEntry:
+            if entry.sigma is not None or entry.evaluation is None:
+                return entry  # read on the host while sampling, or outside any evaluation
+            sigma = sigmas[entry.evaluation]
+            if sigma != sigma:  # NaN: that evaluation came without a sigma
+                return entry
+            info = locate_step(sigma, schedule)
+            return entry._replace(step=info.step, sigma=info.sigma)
+
+        self.series = [placed(entry) for entry in self.series]
 
 
 @dataclass
