@@ -18,7 +18,7 @@ dtype, peak GPU memory, and from torch.profiler over a shorter run (device activ
 --profile-steps): GPU-busy ms and kernel launches per step. Two diagnostic rows and columns say
 where a steered step's wall time goes when it is not the GPU's: "our hook only" (the pack's
 attention hook on every call, nothing steered) and "baseline + a sigma read per step" (the one
-device synchronisation per model call a step window or the probe costs); "host ms/step" (the
+device synchronisation per model call a step window costs); "host ms/step" (the
 host's time inside the model calls, timed without waiting for the device: close to the wall
 time per step means the step is host-bound) and "syncs/run" (host synchronisations in one run,
 from torch.cuda.set_sync_debug_mode, the run's final wait and ComfyUI's own included; their
@@ -114,7 +114,7 @@ def hook_only(model):
 
 def reads_sigma(model):
     """The baseline with one read of each model call's sigma on the host, as the pack's step
-    wrapper makes for a step window or the probe (hook/schedule.py)."""
+    wrapper makes for a step window narrower than the run (hook/schedule.py)."""
     from comfy.patcher_extension import WrappersMP
 
     def read_sigma(executor, x, t, *args, **kwargs):
