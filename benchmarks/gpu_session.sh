@@ -4,7 +4,7 @@
 # fit main and one other part, main first while its numbers are open). Carry
 # .gpu (laid out by the workplace's gpu-bundle.sh: a ComfyUI copy and its missing wheels) and run
 #
-#   bash benchmarks/gpu_session.sh main       # ≈ 9 minutes; writes $OUT/*.txt (else /tmp/hc-gpu)
+#   bash benchmarks/gpu_session.sh main       # ≈ 9.5 minutes; writes $OUT/*.txt (else /tmp/hc-gpu)
 #   bash benchmarks/gpu_session.sh compiled   # ≈ 7.5 minutes, a command of its own
 #   bash benchmarks/gpu_session.sh families   # ≈ 5.5 minutes: SD3 bf16, SD3.5-medium
 #   HC_GPU_SKIP="bench_gpu bench_e2e_compiled" bash benchmarks/gpu_session.sh main compiled
@@ -52,7 +52,7 @@ compile_cases="compile or (full_size and True)"  # full_size ids: [<compiled>-<m
 for part in "${@:-main}"; do
   case $part in
   main)
-    step gpu_tier 140 "${tier[@]}" -k "not ($compile_cases)"
+    step gpu_tier 160 "${tier[@]}" -k "not ($compile_cases)"
     # the table's tiles, no timing of candidates: these steps measure the host, not the tiles
     HOPFIELD_CIRCULATION_TUNE=0 step triton_launch 15 "$py" benchmarks/bench_triton_launch.py \
       --device cuda
