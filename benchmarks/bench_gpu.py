@@ -1,7 +1,7 @@
 """GPU record of one steered self-attention call: time, peak memory, Δ accuracy, per path.
 
     python benchmarks/bench_gpu.py              # needs CUDA and Triton; about a minute
-    python benchmarks/bench_gpu.py --sweep      # also time the fused kernel's tile candidates
+    python benchmarks/bench_gpu.py --sweep      # also the fused kernel's tiles, the token chunks
     python benchmarks/bench_gpu.py --quick      # fewer repetitions
 
 Shapes: SDXL 64x64 latent level (B 2, H 10, L 4096, d 64) and SD3 at 1024² (B 2, H 24,
@@ -213,6 +213,27 @@ def sweep_shape(name, spec, dtype_name, args):
               f"s{cfg.num_stages}{mark} | {ms:.3f} | {ms / base_ms:.2f} |", flush=True)
 
 
+def sweep_chunks(name, spec, args):
+    """The probe's and eta's token chunks (fp16): the default (about one program per
+    processor, hopfield/token_chunks.py) against fewer and more, to check that choice."""
+    from hopfield_circulation.hopfield import eta_triton, stability_triton
+
+    batch, heads, tokens, d, joint = spec
+    q, k, v = make_qkv(batch, heads, tokens, d, joint, torch.float16)
+    x = F.scaled_dot_product_attention(q, k, v)
+    base_ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v), args.warmup, args.reps)
+    kernels = {"probe": (lambda s: stability_triton.stability_triton(q, k, x, splits=s),
+                         stability_triton.Geometry.of(q, x).chunks),
+               "eta": (lambda s: eta_triton.symmetry_index_triton(q, k, splits=s),
+                       eta_triton.chunks_of(q)[0])}
+    for kernel, (run, default) in kernels.items():
+        for splits in sorted({1, max(1, default // 2), default, 2 * default, 4 * default}):
+            ms = median_ms(lambda splits=splits, run=run: run(splits), args.warmup, args.reps)
+            mark = " (default)" if splits == default else ""
+            print(f"| {name} | {kernel} | {splits}{mark} | {ms:.3f} | {ms / base_ms:.2f} |",
+                  flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -240,6 +261,12 @@ def main():
             for name, spec in SHAPES.items():
                 for dtype_name in DTYPES:
                     sweep_shape(name, spec, dtype_name, args)
+            print("\nToken chunks of the probe's and eta's kernels, fp16 (ms, × baseline SDPA):")
+            print("| shape | kernel | chunks | ms | × baseline |")
+            print("|---|---|---:|---:|---:|")
+            # SDXL's 32 x 32 level too: 60 of its 70 self-attention calls per step
+            for name, spec in {**SHAPES, "SDXL 32x32": (2, 20, 1024, 64, False)}.items():
+                sweep_chunks(name, spec, args)
 
 
 if __name__ == "__main__":
