@@ -106,9 +106,10 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -
     Half-precision inputs on a device that multiplies them into fp32 (CUDA) keep Z in the
     model's dtype, so the three products run on tensor cores with fp32 accumulation; everything
     after the products is fp32 as elsewhere. Where it applies (CUDA, fp16/bf16, d = m = 64 or 128)
-    one Triton launch computes all of it (hopfield/stability_triton.py; d = m = 128: two).
+    four Triton launches compute all of it, the tokens split among the GPU's processors
+    (hopfield/stability_triton.py; d = m = 128: eta's one or two more).
     """
-    if stability_triton.eligible(q, k, retrieval):  # CUDA, fp16/bf16, widths 64: one launch
+    if stability_triton.eligible(q, k, retrieval):  # CUDA, fp16/bf16, widths 64 or 128
         found = stability_triton.try_stability(q, k, retrieval)
         if found is not None:
             values, token_map = found  # values [B, 4]: E, r, Align, eta

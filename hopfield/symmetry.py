@@ -29,9 +29,9 @@ def symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     bf16 on CUDA), instead of fp32 copies of q and k and three products. Below 2d tokens the
     logits themselves are the smaller matrix (and the cheaper product), so they are used. Stays
     on q's device; a zero logit matrix (|M| = 0) gives eta = 0 instead of NaN. On CUDA the
-    same traces come from one Triton launch where it applies (hopfield/eta_triton.py).
+    same traces come from one or two Triton launches where they apply (hopfield/eta_triton.py).
     """
-    if eta_triton.eligible(q, k):  # CUDA, fp16/bf16: one launch instead of seven
+    if eta_triton.eligible(q, k):  # CUDA, fp16/bf16: one or two launches instead of seven
         eta = eta_triton.try_symmetry_index(q, k)
         if eta is not None:
             return eta
