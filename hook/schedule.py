@@ -8,8 +8,9 @@ SkipLayerGuidance convention.
 
 Even one read per model call stops the host from queueing the next step while the device
 finishes this one, so it is made only for models that asked for it (``require_host_sigma``: a
-step window narrower than the whole run, the Stability Probe's per-step bookkeeping). A
-circulation over the whole run never needs it, and its model calls wait for nothing.
+step window narrower than the whole run, of a circulation or a probe). Over the whole run
+neither needs it, and their model calls wait for nothing (the probe places its series on the
+schedule when the run ends: probe/registry.py).
 """
 
 from __future__ import annotations

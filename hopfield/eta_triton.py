@@ -111,16 +111,24 @@ def launch_arguments(q, k, eta, work, config: tuple[int, int, int] | None = None
     chunks, chunk = chunks_of(q, config, splits)
     split = chunks > 1
     found = [("index", (batch * heads, chunks),
-              (q, k, eta, work, *q.stride(), *k.stride(), heads, length, chunk),
+              (*stage_tensors("index", q, k, eta, work), *q.stride(), *k.stride(), heads,
+               length, chunk),
               dict(D=d, BLOCK_L=block_l,
                    # The interpreter multiplies bf16 as raw integers (numpy has no bf16).
                    UPCAST=fused_triton.facts().interpreting and q.dtype == torch.bfloat16,
                    PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # else ignored
                    SPLIT=split, num_warps=warps, num_stages=stages))]
     if split:
-        found.append(("reduce", (batch * heads,), (work, eta, chunks),
+        found.append(("reduce", (batch * heads,), (*stage_tensors("reduce", q, k, eta, work),
+                                                   chunks),
                       dict(D=d, ROWS=REDUCE_ROWS, num_warps=4, num_stages=1)))
     return found
+
+
+def stage_tensors(stage: str, q, k, eta, work) -> tuple:
+    """The tensors a stage of launch_arguments takes first, in its order (plans replay a
+    stage with a call's own tensors through this)."""
+    return (q, k, eta, work) if stage == "index" else (work, eta)
 
 
 def launcher_for(stage: str):

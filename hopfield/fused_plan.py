@@ -184,7 +184,7 @@ class AdaptivePlan:
         if not aligned(q, k, v, out, v_max, rows, eta, work, coefficients):
             return None
         for stage, launch in eta_launches:
-            if not launch(device, *((q, k, eta, work) if stage == "index" else (work, eta))):
+            if not launch(device, *eta_triton.stage_tensors(stage, q, k, eta, work)):
                 return None
         if not fused(device, q, k, v, out, out, out, v_max, rows, eta, coefficients):
             return None

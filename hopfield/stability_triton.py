@@ -217,7 +217,8 @@ class ProbePlan:
         if self.eta_rows is not None:  # d = 128: eta's own kernels
             eta = work[self.eta_rows[0]:self.eta_rows[1]].view(self.eta_shape)
             eta_work = work[self.eta_work:] if self.eta_work else eta
-            tensors |= {"eta index": (q, k, eta, eta_work), "eta reduce": (eta_work, eta)}
+            tensors |= {f"eta {stage}": eta_triton.stage_tensors(stage, q, k, eta, eta_work)
+                        for stage in ("index", "reduce")}
         for stage, launch in launches:
             if not launch(device, *tensors[stage]):
                 return None
