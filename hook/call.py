@@ -69,7 +69,7 @@ class AttentionCall:
 
     __slots__ = ("host_q", "host_k", "host_v", "heads", "layer", "sigma", "percent", "step",
                  "model_call", "cond_or_uncond", "text_tokens", "token_grid",
-                 "transformer_options", "host_heads_first", "output_heads_first", "_views")
+                 "transformer_options", "host_heads_first", "output_heads_first", "_q", "_k", "_v")
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
                  layer: LayerId, sigma: float | None, percent: float | None, step: int | None,
@@ -92,27 +92,27 @@ class AttentionCall:
         self.token_grid = token_grid  # (h, w) of the image tokens, row-major
         self.transformer_options = {} if transformer_options is None else transformer_options
         self.host_heads_first, self.output_heads_first = host_heads_first, output_heads_first
-        self._views = (q, k, v) if host_heads_first else None
-
-    def views(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(q, k, v) as [B, H, L, d] views of the host's tensors."""
-        if self._views is None:
-            heads = self.heads
-            self._views = (heads_first(self.host_q, heads), heads_first(self.host_k, heads),
-                           heads_first(self.host_v, heads))
-        return self._views
+        # each [B, H, L, d] view made when first asked for (the probe's value basis needs
+        # only q and k)
+        self._q, self._k, self._v = (q, k, v) if host_heads_first else (None, None, None)
 
     @property
     def q(self) -> torch.Tensor:
-        return self.views()[0]
+        if self._q is None:
+            self._q = heads_first(self.host_q, self.heads)
+        return self._q
 
     @property
     def k(self) -> torch.Tensor:
-        return self.views()[1]
+        if self._k is None:
+            self._k = heads_first(self.host_k, self.heads)
+        return self._k
 
     @property
     def v(self) -> torch.Tensor:
-        return self.views()[2]
+        if self._v is None:
+            self._v = heads_first(self.host_v, self.heads)
+        return self._v
 
     @property
     def batch(self) -> int:
