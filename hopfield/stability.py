@@ -43,33 +43,36 @@ ETA_EPS = 1e-20
 @dataclass
 class LayerStability:
     """Per-sample measures of one attention call, averaged over features and heads: E_X, r_X,
-    Align_X and eta_M (mean over heads) as the rows of one [4, B] tensor, and the lambda map.
+    Align_X and eta_M (mean over heads), and the lambda map, packed in one [B, 4 + L] tensor.
 
-    One tensor, because that is how the probe records them (one op per call, not four) and
-    how the kernel makes them; the four are views of it by name."""
+    One tensor, because that is how the kernel makes them and how the probe keeps them (one
+    tensor per call, summed per layer when the run ends); the rest are views of it by name."""
 
-    stacked: torch.Tensor  # [4, B]: E, r, Align, eta
-    token_map: torch.Tensor  # [B, L] lambda per token, mean over features and heads
+    packed: torch.Tensor  # [B, 4 + L]: E, r, Align, eta, then lambda per token
 
     def values(self) -> torch.Tensor:
         """[4, B]: E, r, Align, eta."""
-        return self.stacked
+        return self.packed[:, :4].T
+
+    @property
+    def token_map(self) -> torch.Tensor:  # [B, L] lambda per token, mean over features, heads
+        return self.packed[:, 4:]
 
     @property
     def energy(self) -> torch.Tensor:  # [B]  E_X
-        return self.stacked[0]
+        return self.packed[:, 0]
 
     @property
     def instability(self) -> torch.Tensor:  # [B]  r_X
-        return self.stacked[1]
+        return self.packed[:, 1]
 
     @property
     def align(self) -> torch.Tensor:  # [B]  Align_X
-        return self.stacked[2]
+        return self.packed[:, 2]
 
     @property
     def eta(self) -> torch.Tensor:  # [B]  eta_M, mean over heads
-        return self.stacked[3]
+        return self.packed[:, 3]
 
 
 def local_field(q: torch.Tensor, k: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
@@ -110,10 +113,9 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -
     (hopfield/stability_triton.py; d = m = 128: eta's one or two more).
     """
     if stability_triton.eligible(q, k, retrieval):  # CUDA, fp16/bf16, widths 64 or 128
-        found = stability_triton.try_stability(q, k, retrieval)
-        if found is not None:
-            values, token_map = found  # values [B, 4]: E, r, Align, eta
-            return LayerStability(values.T, token_map)
+        packed = stability_triton.try_stability(q, k, retrieval)
+        if packed is not None:
+            return LayerStability(packed)
     return layer_stability_torch(q, k, retrieval)
 
 
@@ -160,10 +162,11 @@ def layer_stability_torch(q: torch.Tensor, k: torch.Tensor,
     align = total / (col_sq.squeeze(-2) * field_sq).sqrt().clamp_min(EPS)  # |xi| |h|
 
     per_head = (b, heads, m)
-    stacked = torch.stack([
+    measures = torch.stack([
         (-0.5 * total).view(per_head).mean(dim=(1, 2)),  # E
         (negative / tokens).view(per_head).mean(dim=(1, 2)),  # r
         align.view(per_head).mean(dim=(1, 2)),  # Align
         eta.view(b, heads).mean(dim=-1),  # eta
-    ])
-    return LayerStability(stacked, lam.view(b, heads, tokens, m).sum(dim=-1).mean(dim=1) / m)
+    ], dim=1)
+    token_map = lam.view(b, heads, tokens, m).sum(dim=-1).mean(dim=1) / m
+    return LayerStability(torch.cat((measures, token_map), dim=1))

@@ -203,7 +203,7 @@ class ProbePlan:
         self.eta_work = g.offsets["eta_work"] if g.eta_work else 0
 
     def run(self, q, k, retrieval):
-        """The call's (measures, lambda map), or None where the general path must run (a
+        """The call's packed [B, 4 + L] result, or None where the general path must run (a
         launcher not ready, another current device, an address off 16 bytes, a refusal)."""
         launches, device = self.launches, self.device
         if not fused_plan.launchable(device, None, *(launch for _, launch in launches)):
@@ -222,7 +222,7 @@ class ProbePlan:
         for stage, launch in launches:
             if not launch(device, *tensors[stage]):
                 return None
-        return out[:, :4], out[:, 4:]
+        return out
 
 
 _plans: dict[tuple, ProbePlan | None] = {}  # call layout -> its plan (None: none to make)
@@ -231,19 +231,28 @@ _plans: dict[tuple, ProbePlan | None] = {}  # call layout -> its plan (None: non
 def stability_triton(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, *,
                      config: tuple[int, int, int] | None = None, splits: int | None = None):
     """(per sample [B, 4]: E, r, Align, eta, each averaged over heads and features; the lambda
-    map [B, L]), two views of one fresh tensor, for q, k [B, H, L, d] and the retrieval
-    [B, H, L, m], any strides (fp16/bf16 on CUDA; also fp32, and the CPU under Triton's
-    interpreter, for tests). ``config``: (tokens per tile, warps, stages) of the two stages
-    that sweep the tokens; ``splits``: how many chunks the tokens are split into (default:
-    about one program per processor). A layout's first call takes the general path and plans
-    the layout; its later calls launch the plan."""
+    map [B, L]): ``stability_packed``'s two views."""
+    out = stability_packed(q, k, retrieval, config=config, splits=splits)
+    return out[:, :4], out[:, 4:]
+
+
+def stability_packed(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, *,
+                     config: tuple[int, int, int] | None = None,
+                     splits: int | None = None) -> torch.Tensor:
+    """One fresh [B, 4 + L] fp32 tensor: per sample E, r, Align, eta, each averaged over heads
+    and features, then the lambda map, for q, k [B, H, L, d] and the retrieval [B, H, L, m],
+    any strides (fp16/bf16 on CUDA; also fp32, and the CPU under Triton's interpreter, for
+    tests). ``config``: (tokens per tile, warps, stages) of the two stages that sweep the
+    tokens; ``splits``: how many chunks the tokens are split into (default: about one program
+    per processor). A layout's first call takes the general path and plans the layout; its
+    later calls launch the plan."""
     layout = (q.shape, q.stride(), k.stride(), retrieval.shape, retrieval.stride(), q.dtype,
               q.get_device(), config, splits)
     plan = _plans.get(layout)
     if plan is not None:
-        found = plan.run(q, k, retrieval)
-        if found is not None:
-            return found
+        out = plan.run(q, k, retrieval)
+        if out is not None:
+            return out
     g = Geometry.of(q, retrieval, config, splits)
     work = torch.empty(g.work, dtype=torch.float32, device=q.device)
     out = torch.empty(g.batch, 4 + g.length, dtype=torch.float32, device=q.device)
@@ -254,7 +263,7 @@ def stability_triton(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, 
         if len(_plans) >= fused_plan.MAX_PLANS:
             _plans.clear()
         _plans[layout] = _make_plan(launches, q.get_device(), g)
-    return out[:, :4], out[:, 4:]
+    return out
 
 
 def _make_plan(launches: list, device: int, g: Geometry) -> ProbePlan | None:
@@ -272,7 +281,7 @@ def launchers() -> list:
 
 
 def try_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor):
-    """``stability_triton``'s result, or None after it failed here (warned once; the caller
+    """``stability_packed``'s result, or None after it failed here (warned once; the caller
     takes the torch path, now and for the rest of the process)."""
     return fused_triton.first_failure_hands_over(
-        "Stability Probe", _FAILED, lambda: stability_triton(q, k, retrieval))
+        "Stability Probe", _FAILED, lambda: stability_packed(q, k, retrieval))

@@ -35,13 +35,11 @@ from ..hook.schedule import (
 from ..hopfield.input_space import channel_subset, input_retrieval, steered_input_retrieval
 from ..hopfield.stability import layer_stability
 from .registry import (
-    LayerKey,
-    MapKey,
+    Measurement,
     ProbeHandle,
     ProbeRun,
     ProbeSettings,
     ProbeState,
-    SeriesEntry,
     new_run,
     register,
 )
@@ -69,12 +67,10 @@ def patch_probe(model_patcher, settings: ProbeSettings):
     state = register(adapter.name, adapter.layer_map, settings)
     labels = settings.cfg_labels
 
-    # Recording is bookkeeping on Python objects (the run, its sums, its series): under
-    # torch.compile it runs eagerly, outside the traced graph, rather than being traced into
-    # guards on every counter (which recompiled the graph at every call).
-    @torch.compiler.disable
     def record_stability(call: AttentionCall, out: torch.Tensor,
                          steering: Steering | None) -> None:
+        if torch.compiler.is_compiling():  # a trace: leave the graph for the bookkeeping
+            return record_eagerly(call, out, steering)
         run = state.current
         if run is None or call.layer.index not in selected:
             return
@@ -94,8 +90,13 @@ def patch_probe(model_patcher, settings: ProbeSettings):
         if chunks:
             if steering is not None:
                 run.steering_spaces.add(steering.space)
-            _record(run, call, out, steering, chunks, basis)
+            _record(run, call, out, steering, chunks, basis, evaluation)
 
+    # Recording is bookkeeping on Python objects (the run, its sums, its series): under
+    # torch.compile it runs eagerly, outside the traced graph, rather than being traced into
+    # guards on every counter (which recompiled the graph at every call). Eager calls skip
+    # the disabled wrapper's own cost (a few µs per probed call).
+    record_eagerly = torch.compiler.disable(record_stability)
     add_observer(m, record_stability)
     from comfy.patcher_extension import WrappersMP
 
@@ -130,11 +131,14 @@ def _run_bracket(state: ProbeState):
             output = executor(*args, **kwargs)
             if isinstance(output, torch.Tensor):
                 run.output = output.detach().to("cpu", copy=True)
-            run.place_steps()  # the run is over: reading its sigmas now costs it no time
             return output
         finally:
-            run.finished = True
-            state.current = outer
+            try:  # also for a run stopped early: what it recorded is kept
+                run.fold()
+                run.place_steps()  # the run is over: reading its sigmas now costs it no time
+            finally:
+                run.finished = True
+                state.current = outer
 
     return bracket_run
 
@@ -192,46 +196,28 @@ def _steered(steering: Steering, q, k, x, subset, rows):
 
 
 def _record(run: ProbeRun, call: AttentionCall, out: torch.Tensor, steering: Steering | None,
-            chunks: list[tuple[int, int]], basis) -> None:
-    """Measure the chosen CFG chunks of one call and add them to the run's sums and maps.
+            chunks: list[tuple[int, int]], basis, evaluation: int | None) -> None:
+    """Measure the chosen CFG chunks of one call and keep the result for the run's sums, maps
+    and series (ProbeRun.fold adds them up later: no tensor op here beyond the measurement).
 
-    Chunks are views of the batch (no host sync). With several chunks of one branch (area
-    conditioning) the first one stands for the sample. When every chunk is wanted (branch
-    'both' on a batched CFG call), one measurement covers the whole batch.
+    When every chunk is wanted (branch 'both' on a batched CFG call), one measurement covers
+    the whole batch; otherwise each chunk is measured on its own rows (views: no host sync).
+    With several chunks of one branch (area conditioning) the first one stands for the sample.
     """
-    per_chunk = call.batch // len(call.cond_or_uncond)
-    parts = [(branch, slice(c * per_chunk, (c + 1) * per_chunk)) for branch, c in chunks]
-    whole = _measure(call, out, steering, ALL_ROWS, basis) \
-        if len(chunks) == len(call.cond_or_uncond) else None
-    for branch, rows in parts:
-        if whole is None:
-            values, token_map = _measure(call, out, steering, rows, basis)
-        else:
-            values, token_map = whole[0][:, rows], whole[1][rows]
-        _accumulate(run, call, branch, values, token_map)
-
-
-def _measure(call, out, steering, rows, basis):
-    """([4, b] E, r, Align, eta per sample, [b, L] lambda map) of the given rows."""
-    stats = layer_stability(_rows(call.q, rows), _rows(call.k, rows),
-                            basis(call, out, steering, rows))
-    return stats.values(), stats.token_map
-
-
-def _accumulate(run: ProbeRun, call: AttentionCall, branch: int, values, token_map) -> None:
-    key = LayerKey(call.layer.index, call.layer.kind, branch)
-    run.sums[key] = run.sums[key] + values if key in run.sums else values
-    run.counts[key] = run.counts.get(key, 0) + 1
-    run.series.append(SeriesEntry(call.step, call.sigma, call.layer.index, call.layer.kind,
-                                  branch, values, run.evaluation))
+    layer = call.layer
     latent = call.transformer_options.get(LATENT_SHAPE_KEY)
-    if latent is None or call.token_grid is None:
-        return
-    run.latent_shape = tuple(latent)
-    h, w = call.token_grid
-    image = call.text_tokens, call.text_tokens + h * w
-    if image != (0, token_map.shape[-1]):  # joint attention: the text tokens come first
-        token_map = token_map[:, image[0]:image[1]]
-    mkey = MapKey(call.layer.group, branch, call.token_grid)
-    run.maps[mkey] = run.maps[mkey] + token_map if mkey in run.maps else token_map
-    run.map_counts[mkey] = run.map_counts.get(mkey, 0) + 1
+    grid = call.token_grid if latent is not None else None  # maps need the latent's grid
+    if grid is not None:
+        run.latent_shape = tuple(latent)
+    per_chunk = call.batch // len(call.cond_or_uncond)
+    if len(chunks) == len(call.cond_or_uncond):
+        measured = [(ALL_ROWS, tuple((branch, c * per_chunk, (c + 1) * per_chunk)
+                                     for branch, c in chunks))]
+    else:
+        measured = [(slice(c * per_chunk, (c + 1) * per_chunk), ((branch, 0, per_chunk),))
+                    for branch, c in chunks]
+    for rows, placed in measured:
+        stats = layer_stability(_rows(call.q, rows), _rows(call.k, rows),
+                                basis(call, out, steering, rows))
+        run.record(Measurement(layer.index, layer.kind, layer.group, grid, call.text_tokens,
+                               placed, call.step, call.sigma, evaluation, stats.packed))

@@ -4,16 +4,16 @@ A probe is an id in a module-level registry (model_options are deep-copied on ev
 state can't live there; the recorder's observer and wrapper are closures, which clones share).
 Each sampling run of a probed model is a ``ProbeRun``; a report finds the run that produced the
 LATENT it was given, so two samplers sharing one probed model each get their own report, and a
-re-queued report reads the run again. Memory per run: running sums per layer, one map per
-block group at latent resolution, and four scalars per (step, layer, branch, sample) for the
-saved series.
+re-queued report reads the run again. Memory per run: sums per layer, one map sum per block
+group and layer grid, and four scalars per (step, layer, branch, sample) for the saved series;
+while sampling, also the packed results of the calls not folded in yet (FOLD_VALUES).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from collections import deque
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -36,6 +36,10 @@ PROBES_KEPT = 32  # each Stability Probe execution registers one; the oldest are
 # x0 prediction "denoised_output" of SamplerCustom(Advanced), which equals the output up to
 # rounding when the schedule ends at sigma 0) still finds its run.
 APPROXIMATE_MATCH = 1e-3
+# Recorded calls are kept as they came, then folded into the run's sums: folding many at once
+# costs a few tensor ops per layer instead of several per call. This bounds the values they
+# hold before a fold (64 MB in fp32).
+FOLD_VALUES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,22 @@ class MapKey(NamedTuple):
     grid: tuple[int, int]  # (h, w) of the layers' image tokens, row-major
 
 
+class Measurement(NamedTuple):
+    """One measured batch of one probed call, as recorded while sampling (ProbeRun.fold sums
+    them when the run ends)."""
+
+    index: int  # layer
+    kind: LayerKind
+    group: str  # the layer's block group
+    grid: tuple[int, int] | None  # (h, w) of the image tokens; None: no lambda map kept
+    text_tokens: int  # joint attention: the map's image tokens start after these
+    chunks: tuple[tuple[int, int, int], ...]  # (CFG branch, first row, end row) in packed
+    step: int | None
+    sigma: float | None
+    evaluation: int | None
+    packed: torch.Tensor  # [rows, 4 + L]: MEASURES, then lambda per token (LayerStability)
+
+
 class SeriesEntry(NamedTuple):
     """One recorded (step, layer, branch) of the saved series."""
 
@@ -104,6 +124,8 @@ class ProbeRun:
     map_counts: dict[MapKey, int] = field(default_factory=dict)
     series: list[SeriesEntry] = field(default_factory=list)
     first_call: dict = field(default_factory=dict)  # (evaluation, branch) -> model call id
+    pending: list[Measurement] = field(default_factory=list)  # recorded, not folded yet
+    pending_values: int = 0  # how many values the pending measurements hold
     # The sampler's model evaluations so far (one per step, two for Heun-type samplers): each
     # one's sigma stays a device tensor until the run ends, so that recording never waits
     # for the device; place_steps then reads them all, with the schedule, in one transfer.
@@ -114,6 +136,50 @@ class ProbeRun:
     finished: bool = False
     steering_spaces: set = field(default_factory=set)  # circulation spaces seen on recorded calls
     approximate_match: bool = False  # set by find_run when the LATENT matched only closely
+
+    def record(self, measurement: Measurement) -> None:
+        """Keep one probed call's measurement; no tensor work until enough are kept."""
+        self.pending.append(measurement)
+        self.pending_values += measurement.packed.numel()
+        if self.pending_values >= FOLD_VALUES:
+            self.fold()
+
+    def fold(self) -> None:
+        """Add the pending measurements to the sums, maps and series, in a few tensor ops per
+        layer: the measurements of one layer (same chunks, same length) are stacked and summed
+        at once, and the series keeps a compact copy of their measures, not the maps."""
+        pending, self.pending, self.pending_values = self.pending, [], 0
+        by_layer = defaultdict(list)  # -> positions in pending
+        for position, m in enumerate(pending):
+            by_layer[(m.index, m.kind, m.group, m.grid, m.text_tokens, m.chunks,
+                      m.packed.shape)].append(position)
+        values_of = [None] * len(pending)  # position -> each chunk's [4, rows] measures
+        for (index, kind, group, grid, text, chunks, _), positions in by_layer.items():
+            block = torch.stack([pending[p].packed for p in positions])  # [n, rows, 4 + L]
+            total = block.sum(dim=0)
+            measures = block[:, :, :4].transpose(1, 2)  # [n, 4, rows]
+            # the series' own compact copies (not views of the maps), made per chunk at once
+            per_chunk = [measures[:, :, start:end].contiguous().unbind(0)
+                         for _, start, end in chunks]
+            for j, p in enumerate(positions):
+                values_of[p] = [values[j] for values in per_chunk]
+            count = len(positions)
+            for branch, start, end in chunks:
+                key = LayerKey(index, kind, branch)
+                summed = total[start:end, :4].T
+                self.sums[key] = self.sums[key] + summed if key in self.sums else summed
+                self.counts[key] = self.counts.get(key, 0) + count
+                if grid is None:
+                    continue
+                h, w = grid
+                mkey = MapKey(group, branch, grid)
+                summed = total[start:end, 4 + text:4 + text + h * w]
+                self.maps[mkey] = self.maps[mkey] + summed if mkey in self.maps else summed
+                self.map_counts[mkey] = self.map_counts.get(mkey, 0) + count
+        for m, values in zip(pending, values_of, strict=True):
+            for (branch, _, _), chunk_values in zip(m.chunks, values, strict=True):
+                self.series.append(SeriesEntry(m.step, m.sigma, m.index, m.kind, branch,
+                                               chunk_values, m.evaluation))
 
     @property
     def recorded(self) -> bool:

@@ -110,7 +110,7 @@ def test_the_eta_and_probe_kernels_hand_over_to_torch_once_they_fail(monkeypatch
         raise RuntimeError("out of resource: shared memory")
 
     monkeypatch.setattr(module, "symmetry_index_triton" if which == "eta" else
-                        "stability_triton", broken)
+                        "stability_packed", broken)
     q, k, v = qkv(torch.float16)
     measure, torch_path = ((symmetry_index, symmetry_index_torch) if which == "eta"
                            else (layer_stability, layer_stability_torch))

@@ -1,0 +1,105 @@
+"""Folding a probe run's recorded calls into its sums, maps and series (probe/registry.py):
+the same sums as adding each call as it came, in call order, whenever the folds happen."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hopfield_circulation.probe import registry
+from hopfield_circulation.probe.registry import LayerKey, MapKey, Measurement, ProbeRun
+
+# (layer index, kind, group, grid, text tokens): a UNet-like level, a joint-attention block
+# (text tokens first) and a layer recorded without a map
+LAYERS = [(0, "self", "down", (4, 4), 0), (3, "joint", "up", (2, 3), 5),
+          (7, "self", "mid", None, 0)]
+# chunk layouts: both branches in one batch, cond alone, uncond measured on its own rows
+CHUNKS = [((1, 0, 2), (0, 2, 4)), ((0, 0, 2),), ((1, 0, 1),)]
+
+
+def measurements(seed: int, evaluations: int = 6) -> list[Measurement]:
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    made = []
+    for evaluation in range(evaluations):
+        for index, kind, group, grid, text in LAYERS:
+            chunks = CHUNKS[rng.randrange(len(CHUNKS))] if index else CHUNKS[0]
+            rows = max(end for _, _, end in chunks)
+            tokens = text + (grid[0] * grid[1] if grid else 9)
+            packed = torch.randn(rows, 4 + tokens, generator=gen, dtype=torch.float64)
+            made.append(Measurement(index, kind, group, grid, text, chunks, evaluation,
+                                    1.0 - evaluation / evaluations, evaluation, packed))
+    return made
+
+
+def added_as_they_came(made: list[Measurement]) -> ProbeRun:
+    """The literal bookkeeping: each call's chunks added to the sums one by one."""
+    run = ProbeRun(1)
+    for m in made:
+        for branch, start, end in m.chunks:
+            key = LayerKey(m.index, m.kind, branch)
+            values = m.packed[start:end, :4].T
+            run.sums[key] = run.sums.get(key, 0) + values
+            run.counts[key] = run.counts.get(key, 0) + 1
+            run.series.append(registry.SeriesEntry(m.step, m.sigma, m.index, m.kind, branch,
+                                                   values, m.evaluation))
+            if m.grid is not None:
+                mkey = MapKey(m.group, branch, m.grid)
+                image = m.packed[start:end, 4 + m.text_tokens:]
+                run.maps[mkey] = run.maps.get(mkey, 0) + image
+                run.map_counts[mkey] = run.map_counts.get(mkey, 0) + 1
+    return run
+
+
+def assert_same_record(got: ProbeRun, want: ProbeRun) -> None:
+    assert got.counts == want.counts and got.map_counts == want.map_counts
+    assert got.sums.keys() == want.sums.keys() and got.maps.keys() == want.maps.keys()
+    for key, value in want.sums.items():
+        torch.testing.assert_close(got.sums[key], value, rtol=1e-12, atol=1e-12)
+    for key, value in want.maps.items():
+        torch.testing.assert_close(got.maps[key], value, rtol=1e-12, atol=1e-12)
+    assert [e[:5] + e[6:] for e in got.series] == [e[:5] + e[6:] for e in want.series]
+    for entry, expected in zip(got.series, want.series, strict=True):
+        assert torch.equal(entry.values, expected.values)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_fold_at_the_end_matches_adding_each_call(seed):
+    made = measurements(seed)
+    run = ProbeRun(1)
+    for m in made:
+        run.record(m)
+    assert not run.sums and not run.series and not run.recorded  # nothing folded yet
+    run.fold()
+    assert not run.pending and run.pending_values == 0
+    assert_same_record(run, added_as_they_came(made))
+
+
+def test_folds_while_sampling_match_one_fold(monkeypatch):
+    """A run that holds more values than FOLD_VALUES folds as it goes; same result."""
+    made = measurements(5, evaluations=9)
+    monkeypatch.setattr(registry, "FOLD_VALUES", 300)
+    run = ProbeRun(1)
+    folds = 0
+    for m in made:
+        before = len(run.pending)
+        run.record(m)
+        folds += len(run.pending) < before + 1
+    run.fold()
+    assert folds >= 3
+    assert_same_record(run, added_as_they_came(made))
+
+
+def test_the_series_keeps_compact_measures_not_the_maps():
+    made = measurements(1)
+    run = ProbeRun(1)
+    for m in made:
+        run.record(m)
+    run.fold()
+    for entry in run.series:
+        assert entry.values.shape[0] == 4
+        # a copy per layer and chunk ([calls, 4, rows]), not a view of a call's packed map
+        assert entry.values.untyped_storage().nbytes() <= len(made) * 4 * 4 * 8
+        assert all(entry.values.untyped_storage().data_ptr() != m.packed.data_ptr()
+                   for m in made)
