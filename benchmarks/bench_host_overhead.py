@@ -35,6 +35,8 @@ import conftest  # noqa: E402  (registers the pack; loads ComfyUI on the CPU)
 
 BATCH, HEADS, TOKENS, HEAD_DIM = 2, 10, 16, 64
 HOST_FP32 = "ComfyUI attention_pytorch in fp32 (the host's call, dispatch-bound)"
+PROBE_ROW = "Stability Probe (value, both branches)"
+PROBED_STEPS = 20  # a probed layer's calls per run: its records are folded at the run's end
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -71,6 +73,19 @@ def attn1_call(model, device="cpu", dtype=torch.float32):
     # kwargs marked as inside the wrapper.
     return options["optimized_attention_override"], (q, k, v, HEADS), {
         "transformer_options": options, "_inside_attn_wrapper": True}
+
+
+def probe_with_fold(call, state):
+    """The probed call, with the run's records folded every PROBED_STEPS calls."""
+    calls = iter(range(1 << 62))
+
+    def probed_call():
+        out = call()
+        if next(calls) % PROBED_STEPS == PROBED_STEPS - 1:
+            state.current.fold()
+        return out
+
+    return probed_call
 
 
 def per_call_us(fns: dict, rounds: int = 9, calls: int = 300, sync=lambda: None) -> dict:
@@ -166,11 +181,13 @@ def main():
             model, 1.2, 5.0, 0.0, 1.0, "all", "both", "value", "per sample").result[0],
     }
     # The probe records only inside a sampling run (its OUTER_SAMPLE wrapper opens one): open
-    # one by hand. Every call here is the first of its step, so each one is measured.
+    # one by hand. Every call here is the first of its step, so each one is measured; what the
+    # run's end does with a layer's records (ProbeRun.fold) is timed too, once every
+    # PROBED_STEPS calls, as for one layer of a sampling run of that many steps.
     probed, handle = StabilityProbe.execute(model, "value", 64, 0.0, 1.0, "both", "all").result
     state = probe_state(handle)
     state.current = new_run(state)
-    variants["Stability Probe (value, both branches)"] = probed
+    variants[PROBE_ROW] = probed
     _, args, kwargs = attn1_call(variants["Skew Circulation"], device, dtype)
     path = "fused" if use_fused(*(a.view(BATCH, TOKENS, HEADS, HEAD_DIM).transpose(1, 2)
                                   for a in args[:3]), "auto") else "two-call"
@@ -191,12 +208,20 @@ def main():
         calls[HOST_FP32] = lambda: wrapped(*args32, **plain)
     counted = {}
     for name, patched in variants.items():
-        override, call_args, call_kwargs = attn1_call(patched, device, dtype)
+        # The probe runs the host's call and observes its output: stubbed, on fp32 inputs, so
+        # that the host's part is its dispatch-bound fp32 call, not the CPU's slow fp16 math.
+        probe_stubbed = name == PROBE_ROW and cli.stub_kernels
+        override, call_args, call_kwargs = attn1_call(
+            patched, device, torch.float32 if probe_stubbed else dtype)
 
         def call(override=override, call_args=call_args, call_kwargs=call_kwargs):
             return override(host, *call_args, **call_kwargs)
 
-        calls[name if name.startswith("Stability") else f"{name} ({path})"] = call
+        if name == PROBE_ROW:
+            calls[f"{name}{' (fp32 inputs)' if probe_stubbed else ''}"] = \
+                probe_with_fold(call, state)
+        else:
+            calls[f"{name} ({path})"] = call
     # A cross-attention call (every other call of a UNet), which the hook hands to the host.
     context = torch.randn(BATCH, 77, HEADS * HEAD_DIM, generator=gen).to(device, dtype)
     cross = (args[0], context, context, HEADS)
@@ -221,6 +246,10 @@ def main():
         print("|---|---:|---:|---:|")
         for name, us in times.items():
             print(f"| {name} | {us:.1f} | {us / host_us:.2f} | {counted[name]} |")
+        probe = f"{PROBE_ROW} (fp32 inputs)"
+        own = times[probe] - host_us
+        print(f"| the probe's own work (its row less the host's fp32 call) | {own:.1f} | "
+              f"{own / host_us:.2f} | {counted[probe] - counted[HOST_FP32]} |")
         return
     print("| call | µs per call | × host's call | aten ops |")
     print("|---|---:|---:|---:|")
