@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # What a lent GPU session checks, one part per command from the repository root (device time is
-# scarce: one start, the outputs written as they come so a timeout keeps what ran; 15 minutes
-# fit main and one other part, main first while its numbers are open). Carry
-# .gpu (laid out by the workplace's gpu-bundle.sh: a ComfyUI copy and its missing wheels) and run
+# scarce: one start, the outputs written as they come so a timeout keeps what ran). A session's
+# 15 minutes of device time include the machine's start (minutes): they fit main with room to
+# rerun a step, or main and kernels back to back (the machine goes back after 30 s idle), main
+# first while its numbers are open. Carry .gpu (laid out by the workplace's gpu-bundle.sh: a
+# ComfyUI copy and its missing wheels) and run
 #
-#   bash benchmarks/gpu_session.sh main       # ≈ 9.5 minutes; writes $OUT/*.txt (else /tmp/hc-gpu)
+#   bash benchmarks/gpu_session.sh main       # ≈ 6.5 minutes; writes $OUT/*.txt (else /tmp/hc-gpu)
+#   bash benchmarks/gpu_session.sh kernels    # ≈ 3 minutes
 #   bash benchmarks/gpu_session.sh compiled   # ≈ 7.5 minutes, a command of its own
 #   bash benchmarks/gpu_session.sh families   # ≈ 5.5 minutes: SD3 bf16, SD3.5-medium
-#   HC_GPU_SKIP="bench_gpu bench_e2e_compiled" bash benchmarks/gpu_session.sh main compiled
+#   HC_GPU_SKIP="gpu_tier triton_launch" bash benchmarks/gpu_session.sh main
 #
 # main, most needed first: the GPU test tier without its compile cases; the host's time per
 # steered call (fused path, fp16, tiny shapes) and per launch (Triton's own against the cached
-# launcher); the full-size end-to-end tables in fp16 (SDXL, then SD3-medium); the per-call
-# kernel table with the tile sweep; SDXL's end-to-end table in bf16 (each its own process, so
-# a slow one still leaves the others' rows). compiled: the tier's compile cases (torch.compile
-# of the steering, full-size sampling under TorchCompileModel), then TorchCompileModel's
-# variants on SDXL fp16 (inductor compiles are slow), then SDXL's space = input row. families:
-# the models and dtypes main leaves out. HC_GPU_STEPS / HC_GPU_ROUNDS shorten the end-to-end
-# runs.
+# launcher); the full-size end-to-end tables in fp16 (SDXL, then SD3-medium), each its own
+# process, so a slow one still leaves the others' rows. kernels: the per-call kernel table with
+# the tile sweep, and SDXL's end-to-end table in bf16. compiled: the tier's compile cases
+# (torch.compile of the steering, full-size sampling under TorchCompileModel), then
+# TorchCompileModel's variants on SDXL fp16 (inductor compiles are slow), then SDXL's space =
+# input row. families: the models and dtypes main leaves out. HC_GPU_STEPS / HC_GPU_ROUNDS
+# shorten the end-to-end runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
@@ -63,6 +66,8 @@ for part in "${@:-main}"; do
       --steps "$steps" --rounds "$rounds" --skip TorchCompileModel "space = input"
     step bench_e2e_sd3_fp16 75 "$py" benchmarks/bench_e2e_gpu.py --models sd3-medium \
       --dtypes fp16 --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
+    ;;
+  kernels)
     step bench_gpu 70 "$py" benchmarks/bench_gpu.py --quick --sweep
     step bench_e2e_bf16 100 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes bf16 \
       --steps "$steps" --rounds "$rounds" --skip TorchCompileModel "space = input" core
@@ -89,7 +94,7 @@ for part in "${@:-main}"; do
       --dtypes bf16 --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
     ;;
   *)
-    echo "gpu_session.sh: unknown part '$part' (main, compiled, families)" >&2
+    echo "gpu_session.sh: unknown part '$part' (main, kernels, compiled, families)" >&2
     exit 2
     ;;
   esac
