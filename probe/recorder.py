@@ -19,6 +19,8 @@ sigma (hook/schedule.py), as a circulation's does.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..families import adapter_for
@@ -45,6 +47,12 @@ from .registry import (
 )
 
 WRAPPER_KEY = "hopfield_circulation_probe"
+COMPILED_NOTE = (
+    "Hopfield Circulation: Stability Probe on a compiled model (TorchCompileModel): every "
+    "probed attention call leaves the compiled graph to be recorded, so sampling runs as many "
+    "small graphs and may hit dynamo's recompile limit. What it records is correct, but for "
+    "measurement runs leave the compile node off."
+)
 ALL_ROWS = slice(None)  # a whole-batch measurement
 
 
@@ -96,7 +104,15 @@ def patch_probe(model_patcher, settings: ProbeSettings):
     # torch.compile it runs eagerly, outside the traced graph, rather than being traced into
     # guards on every counter (which recompiled the graph at every call). Eager calls skip
     # the disabled wrapper's own cost (a few µs per probed call).
-    record_eagerly = torch.compiler.disable(record_stability)
+    warned = []
+
+    def record_outside_the_graph(call, out, steering):
+        if not warned:
+            warned.append(True)
+            logging.warning(COMPILED_NOTE)
+        return record_stability(call, out, steering)
+
+    record_eagerly = torch.compiler.disable(record_outside_the_graph)
     add_observer(m, record_stability)
     from comfy.patcher_extension import WrappersMP
 

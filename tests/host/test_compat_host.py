@@ -80,9 +80,12 @@ def test_torch_compile_in_both_orders_matches_eager(nodes, sampling, sdxl, node)
     torch._dynamo.reset()
 
 
-def test_torch_compile_with_the_probe_records_what_eager_records(sampling, sdxl):
+def test_torch_compile_with_the_probe_records_what_eager_records(sampling, sdxl, caplog):
+    """Correct under TorchCompileModel in both orders, and the console says once per probe
+    why such a run is slow (each probed call leaves the graph)."""
     from hopfield_circulation.nodes import probe_nodes
     from hopfield_circulation.probe import find_run
+    from hopfield_circulation.probe.recorder import COMPILED_NOTE
 
     def recorded(compile_first: bool | None):
         base = torch_compiled(sdxl) if compile_first else sdxl
@@ -93,9 +96,14 @@ def test_torch_compile_with_the_probe_records_what_eager_records(sampling, sdxl)
         torch._dynamo.reset()
         return find_run(handle, sampling["sdxl"](m, steps=2))
 
-    eager = recorded(None)
+    with caplog.at_level("WARNING"):
+        eager = recorded(None)
+    assert COMPILED_NOTE not in caplog.text
     for compile_first in (True, False):
-        run = recorded(compile_first)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            run = recorded(compile_first)
+        assert caplog.text.count(COMPILED_NOTE) == 1
         assert run.sums.keys() == eager.sums.keys()
         for key, value in eager.sums.items():
             torch.testing.assert_close(run.sums[key], value, rtol=2e-2, atol=2e-3)
