@@ -19,6 +19,7 @@ dispatch mode (the host's own call included in the override's count).
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -77,7 +78,7 @@ def attn1_call(model, device="cpu", dtype=torch.float32):
 
 def probe_with_fold(call, state):
     """The probed call, with the run's records folded every PROBED_STEPS calls."""
-    calls = iter(range(1 << 62))
+    calls = itertools.count()
 
     def probed_call():
         out = call()
