@@ -132,6 +132,25 @@ class Geometry(NamedTuple):
         return Geometry(batch, heads, length, d, m, tiles, d == 64, blocks, chunks, chunk,
                         offsets, at, regions[-1][1])
 
+    def eta_tensors(self, work: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eta [B, H], eta's own workspace) within ``work``, where eta's kernels write them
+        (d = 128); unsplit, eta stands in for the unused workspace."""
+        at = self.offsets["eta"]
+        eta = work[at:at + self.batch * self.heads].view(self.batch, self.heads)
+        return eta, work[self.offsets["eta_work"]:] if self.eta_work else eta
+
+
+def stage_tensors(stage: str, q, k, retrieval, work, out, g: Geometry) -> tuple:
+    """The tensors a stage of launch_arguments takes first, in its order (ProbePlan replays
+    a stage with a call's own tensors through this)."""
+    if stage in ("grams", "field"):
+        return q, k, retrieval, work
+    if stage == "weights":
+        return (work,)
+    if stage == "finish":
+        return work, out
+    return eta_triton.stage_tensors(stage[4:], q, k, *g.eta_tensors(work))  # "eta ..."
+
 
 def launch_arguments(q, k, retrieval, work, out, g: Geometry) -> list:
     """[(stage, grid, arguments, constexprs)] of the call's launches, in order (the first
@@ -147,28 +166,31 @@ def launch_arguments(q, k, retrieval, work, out, g: Geometry) -> list:
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # else ignored
     )
     rows = g.batch * g.heads
+
+    def tensors(stage: str) -> tuple:
+        return stage_tensors(stage, q, k, retrieval, work, out, g)
+
     found = [
         ("grams", (rows, g.blocks, g.chunks),
-         (q, k, retrieval, work, *strides, g.heads, g.length, g.chunk, at["eta_grams"]),
+         (*tensors("grams"), *strides, g.heads, g.length, g.chunk, at["eta_grams"]),
          dict(BLOCK_L=block_l, REF_ROWS=REF_ROWS, WITH_ETA=g.with_eta, **common,
               num_warps=warps, num_stages=stages)),
         ("weights", (rows, g.blocks),
-         (work, g.length, g.chunks, at["stats"], at["eta_grams"], at["eta"], 0.5 / math.sqrt(g.d)),
+         (*tensors("weights"), g.length, g.chunks, at["stats"], at["eta_grams"], at["eta"],
+          0.5 / math.sqrt(g.d)),
          dict(D=g.d, M_BLOCK=M_BLOCK, WITH_ETA=g.with_eta, num_warps=warps, num_stages=1)),
     ]
     if not g.with_eta:  # eta by its own kernels, into the workspace's eta rows
-        eta = work[at["eta"]:at["eta"] + rows].view(g.batch, g.heads)
-        eta_work = work[at["eta_work"]:] if g.eta_work else eta
         found += [(f"eta {stage}", grid, args, constexprs) for stage, grid, args, constexprs
-                  in eta_triton.launch_arguments(q, k, eta, eta_work)]
+                  in eta_triton.launch_arguments(q, k, *g.eta_tensors(work))]
     found += [
         ("field", (rows, g.blocks, g.chunks),
-         (q, k, retrieval, work, *strides, g.heads, g.length, g.chunk, at["stats"], at["field"],
+         (*tensors("field"), *strides, g.heads, g.length, g.chunk, at["stats"], at["field"],
           at["tokens"], 1.0 / (g.heads * g.m)),
          dict(BLOCK_L=block_l, **common, num_warps=warps, num_stages=stages)),
         ("finish", (g.batch, -(-g.length // TOKEN_BLOCK)),
-         (work, out, g.heads, g.length, g.chunks, at["stats"], at["field"], at["tokens"],
-          at["eta"], out.stride(0), 1.0 / (g.heads * g.m)),
+         (*tensors("finish"), g.heads, g.length, g.chunks, at["stats"], at["field"],
+          at["tokens"], at["eta"], out.stride(0), 1.0 / (g.heads * g.m)),
          dict(D=g.d, M_BLOCK=M_BLOCK, BLOCKS=g.blocks, TOKEN_BLOCK=TOKEN_BLOCK,
               num_warps=STAGE_WARPS, num_stages=1)),
     ]
@@ -191,36 +213,24 @@ class ProbePlan:
     a fresh workspace and output), without the geometry, the argument lists or the cached
     launcher's key."""
 
-    __slots__ = ("launches", "device", "work", "out_shape", "eta_rows", "eta_shape",
-                 "eta_work")
+    __slots__ = ("launches", "device", "geometry", "out_shape")
 
     def __init__(self, launches: list, device: int, g: Geometry):
-        self.launches, self.device = launches, device
-        self.work, self.out_shape = g.work, (g.batch, 4 + g.length)
-        self.eta_rows = None if g.with_eta else (g.offsets["eta"],
-                                                 g.offsets["eta"] + g.batch * g.heads)
-        self.eta_shape = (g.batch, g.heads)
-        self.eta_work = g.offsets["eta_work"] if g.eta_work else 0
+        self.launches, self.device, self.geometry = launches, device, g
+        self.out_shape = (g.batch, 4 + g.length)
 
     def run(self, q, k, retrieval):
         """The call's packed [B, 4 + L] result, or None where the general path must run (a
         launcher not ready, another current device, an address off 16 bytes, a refusal)."""
-        launches, device = self.launches, self.device
+        launches, device, g = self.launches, self.device, self.geometry
         if not fused_plan.launchable(device, None, *(launch for _, launch in launches)):
             return None
-        work = torch.empty(self.work, dtype=torch.float32, device=q.device)
+        work = torch.empty(g.work, dtype=torch.float32, device=q.device)
         out = torch.empty(self.out_shape, dtype=torch.float32, device=q.device)
         if not fused_plan.aligned(q, k, retrieval, work, out):
             return None
-        tensors = {"grams": (q, k, retrieval, work), "weights": (work,),
-                   "field": (q, k, retrieval, work), "finish": (work, out)}
-        if self.eta_rows is not None:  # d = 128: eta's own kernels
-            eta = work[self.eta_rows[0]:self.eta_rows[1]].view(self.eta_shape)
-            eta_work = work[self.eta_work:] if self.eta_work else eta
-            tensors |= {f"eta {stage}": eta_triton.stage_tensors(stage, q, k, eta, eta_work)
-                        for stage in ("index", "reduce")}
         for stage, launch in launches:
-            if not launch(device, *tensors[stage]):
+            if not launch(device, *stage_tensors(stage, q, k, retrieval, work, out, g)):
                 return None
         return out
 
