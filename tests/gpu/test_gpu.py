@@ -331,9 +331,9 @@ def test_cached_launches_match_tritons_own(dtype):
     misaligned = torch.empty(q.numel() + 1, dtype=dtype, device="cuda")[1:].view(
         q.shape).copy_(q)  # 2 bytes off: Triton specialises it apart
     for module, call in calls.items():
-        launchers = {stability_triton: stability_triton.launchers(),
-                     eta_triton: [eta_triton._launcher(), eta_triton._reduce_launcher()]
-                     }.get(module, [module._launcher()])
+        launchers = {fused_triton: lambda: [fused_triton._launcher()],
+                     eta_triton: lambda: [eta_triton._launcher(), eta_triton._reduce_launcher()],
+                     stability_triton: stability_triton.launchers}[module]()
         for query in (q, misaligned):
             for launcher in launchers:
                 launcher.enabled = False
@@ -349,7 +349,6 @@ def test_cached_launches_match_tritons_own(dtype):
             torch.testing.assert_close(again, own, rtol=0, atol=0)
 
 
-@needs_triton
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_planned_launches_match_the_general_path(dtype):
