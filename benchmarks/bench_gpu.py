@@ -17,13 +17,13 @@ Paths, each timed as what the attention override costs per steered call:
 - fused_half: every other sample steered (branch "cond" under CFG): one launch of the kernel,
   which writes the plain attention output of the unselected samples itself (no host call).
 - fused_adaptive: Adaptive Circulation on the fused path (eta_M, its coefficients, the kernel).
-- eta_kernel, eta_unsplit, eta_torch: eta_M alone, by the Triton kernels (what the adaptive
-  path uses on CUDA: the tokens split among about one program per processor, then a
-  reduction), by one launch of one program per (sample, head) (what it did before the split),
-  and by torch ops (concatenation and one fp32-accumulated Gram product).
+- eta_kernel, eta_split, eta_torch: eta_M alone, by the Triton kernel as the adaptive path
+  calls it on CUDA (one launch, one program per (sample, head): splitting the tokens measured
+  slower), by the same kernels with the tokens split into 7 chunks and a second launch that
+  sums them, and by torch ops (concatenation and one fp32-accumulated Gram product).
 - probe_kernel, probe_unsplit, probe_torch: the Stability Probe's measures of one call in the
-  value basis (E, r, Align, eta, lambda map), by its Triton kernels (tokens split among about
-  one program per processor), by the same kernels with one chunk per (sample, head) (what
+  value basis (E, r, Align, eta, lambda map), by its Triton kernels (tokens split into chunks,
+  hopfield/token_chunks.py), by the same kernels with one chunk per (sample, head) (what
   the kernel did before the split), and by torch ops.
 
 Columns: median ms over CUDA-event timings after warm-up (first calls compile the kernel); the
@@ -115,7 +115,7 @@ def extra_paths(q, k, v):
 
     x = F.scaled_dot_product_attention(q, k, v)  # the value basis: the call's own output
     return {"eta_kernel": lambda: eta_triton.symmetry_index_triton(q, k),
-            "eta_unsplit": lambda: eta_triton.symmetry_index_triton(q, k, splits=1),
+            "eta_split": lambda: eta_triton.symmetry_index_triton(q, k, splits=7),
             "eta_torch": lambda: symmetry_index_torch(q, k),
             "probe_kernel": lambda: stability_triton(q, k, x),
             "probe_unsplit": lambda: stability_triton(q, k, x, splits=1),
@@ -214,24 +214,37 @@ def sweep_shape(name, spec, dtype_name, args):
 
 
 def sweep_chunks(name, spec, args):
-    """The probe's and eta's token chunks (fp16): the default (about one program per
-    processor, hopfield/token_chunks.py) against fewer and more, to check that choice."""
+    """The probe's and eta's token chunks (fp16): the default (hopfield/token_chunks.py for
+    the probe, one chunk for eta) against fewer and more, to check those choices."""
     from hopfield_circulation.hopfield import eta_triton, stability_triton
 
     batch, heads, tokens, d, joint = spec
     q, k, v = make_qkv(batch, heads, tokens, d, joint, torch.float16)
     x = F.scaled_dot_product_attention(q, k, v)
     base_ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v), args.warmup, args.reps)
-    kernels = {"probe": (lambda s: stability_triton.stability_triton(q, k, x, splits=s),
-                         stability_triton.Geometry.of(q, x).chunks),
-               "eta": (lambda s: eta_triton.symmetry_index_triton(q, k, splits=s),
-                       eta_triton.chunks_of(q)[0])}
-    for kernel, (run, default) in kernels.items():
-        for splits in sorted({1, max(1, default // 2), default, 2 * default, 4 * default}):
+
+    def probe_chunks(splits):
+        geometry = stability_triton.Geometry.of(q, x, splits=splits)
+        return geometry.chunks, geometry.chunk
+
+    probe_default = probe_chunks(None)[0]
+    kernels = {  # kernel: (run with ``splits`` chunks asked, (chunks, tokens) made, asked)
+        "probe": (lambda s: stability_triton.stability_triton(q, k, x, splits=s), probe_chunks,
+                  sorted({1, max(1, probe_default // 2), probe_default, 2 * probe_default,
+                          4 * probe_default})),
+        "eta": (lambda s: eta_triton.symmetry_index_triton(q, k, splits=s),
+                lambda s: eta_triton.chunks_of(q, splits=s), [1, 2, 4, 7, 14])}
+    for kernel, (run, made, asked) in kernels.items():
+        default, seen = made(None), set()
+        for splits in asked:
+            chunks, chunk = made(splits)
+            if chunks in seen:  # more asked than the tokens have tiles
+                continue
+            seen.add(chunks)
             ms = median_ms(lambda splits=splits, run=run: run(splits), args.warmup, args.reps)
-            mark = " (default)" if splits == default else ""
-            print(f"| {name} | {kernel} | {splits}{mark} | {ms:.3f} | {ms / base_ms:.2f} |",
-                  flush=True)
+            mark = " (default)" if (chunks, chunk) == default else ""
+            print(f"| {name} | {kernel} | {chunks}{mark} | {chunk} | {ms:.3f} | "
+                  f"{ms / base_ms:.2f} |", flush=True)
 
 
 def main():
@@ -262,8 +275,8 @@ def main():
                 for dtype_name in DTYPES:
                     sweep_shape(name, spec, dtype_name, args)
             print("\nToken chunks of the probe's and eta's kernels, fp16 (ms, × baseline SDPA):")
-            print("| shape | kernel | chunks | ms | × baseline |")
-            print("|---|---|---:|---:|---:|")
+            print("| shape | kernel | chunks | tokens per chunk | ms | × baseline |")
+            print("|---|---|---:|---:|---:|---:|")
             # SDXL's 32 x 32 level too: 60 of its 70 self-attention calls per step
             for name, spec in {**SHAPES, "SDXL 32x32": (2, 20, 1024, 64, False)}.items():
                 sweep_chunks(name, spec, args)

@@ -62,7 +62,9 @@ def launches(device: str) -> dict:
     q, k, v = (torch.randn(2, 4096, 10, 64, generator=gen).to(device, torch.float16)
                .transpose(1, 2) for _ in range(3))
     calls = [lambda: fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0),
-             lambda: eta_triton.symmetry_index_triton(q, k),
+             # its reduction launches only where the tokens are split, which is asked for
+             lambda: eta_triton.symmetry_index_triton(q, k, splits=7),
+             lambda: eta_triton.symmetry_index_triton(q, k),  # the default: one launch
              lambda: stability_triton.stability_triton(q, k, v)]  # its four stages
     captures = {name: Capture() for name in KERNELS}
     kept = {name: kernel.launcher_getter() for name, kernel in KERNELS.items()}

@@ -3,11 +3,12 @@ extra work).
 
 Each program streams its Q and K once in tiles of BLOCK_L tokens and keeps the three d x d Gram
 matrices K^T K, K^T Q and Q^T Q in fp32 registers, fed by tensor-core products of the inputs as
-they are (fp16/bf16; no concatenation, no fp32 copies). One program per (batch, head) is only
-20 programs at SDXL's 64 x 64 level (hopfield/token_chunks.py), so the tokens are split into
-chunks, about one program per processor: each writes its chunk's Grams, and a second launch
-sums them in a fixed order and takes the two traces of hopfield/symmetry.py. Where batch x heads
-already fills the GPU one launch does it all. The torch path it replaces on CUDA is seven
+they are (fp16/bf16; no concatenation, no fp32 copies), and takes the two traces of
+hopfield/symmetry.py: one launch. That is only 20 programs at SDXL's 64 x 64 level, but on an
+H200 splitting the tokens among more programs (``splits``: each chunk writes its Grams, and a
+second launch sums them in a fixed order) measured slower at every shape tried
+(benchmarks/bench_gpu.py --sweep; the README has the table), so one launch is the default and
+the split is there to be asked for. The torch path it replaces on CUDA is seven
 launches (concatenation, Gram product, roll, product, block sum, clamp, division), each a few
 microseconds of host time in every steered call of a launch-bound sampling step.
 
@@ -24,6 +25,7 @@ from . import fused_triton
 from .token_chunks import token_chunks
 from .triton_launch import launcher_of
 
+DEFAULT_SPLITS = 1  # chunks of the tokens unless a caller asks: one launch (the module's doc)
 ETA_HEAD_DIMS = (64, 128)
 ETA_DTYPES = (torch.float16, torch.bfloat16)
 # (tokens per tile, warps, pipeline stages) per head dim: three fp32 d x d accumulators live in
@@ -76,7 +78,7 @@ def symmetry_index_triton(q: torch.Tensor, k: torch.Tensor, *,
     """eta_M per (batch, head), [B, H] fp32, for q, k [B, H, L, d] with any strides (fp16/bf16
     on CUDA; also fp32, and the CPU under Triton's interpreter, for tests). ``config``:
     (tokens per tile, warps, stages) instead of ETA_CONFIGS; ``splits``: how many chunks the
-    tokens are split into (default: about one program per processor)."""
+    tokens are split into (default one: no split, see the module's docstring)."""
     eta = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
     size = workspace_size(q, config, splits)
     work = torch.empty(size, dtype=torch.float32, device=q.device) if size else eta
@@ -86,10 +88,11 @@ def symmetry_index_triton(q: torch.Tensor, k: torch.Tensor, *,
 
 
 def chunks_of(q, config=None, splits=None) -> tuple[int, int]:
-    """(chunks, tokens per chunk) of q's tokens (hopfield/token_chunks.py)."""
+    """(chunks, tokens per chunk) of q's tokens (hopfield/token_chunks.py): DEFAULT_SPLITS
+    unless ``splits`` asks for another count."""
     batch, heads, length, d = q.shape
     block_l = (config or ETA_CONFIGS[d])[0]
-    return token_chunks(batch * heads, length, block_l, q.device, splits)
+    return token_chunks(batch * heads, length, block_l, q.device, splits or DEFAULT_SPLITS)
 
 
 def workspace_size(q, config=None, splits=None) -> int:

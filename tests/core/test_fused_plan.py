@@ -206,12 +206,12 @@ def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, monk
     """Adaptive Circulation: the eta kernel's launch (or, with the tokens split, its chunks'
     Grams and their reduction), then the fused kernel's adaptive one, each as the general path
     makes it, with eta and the coefficients passed between them."""
-    from hopfield_circulation.hopfield import token_chunks
+    from hopfield_circulation.hopfield import eta_triton
     from hopfield_circulation.hopfield.symmetry import symmetry_index
 
     layout, dtype, d, per_sample, rows = case
-    if split:  # a GPU's 132 processors: 150 tokens in 3 (d 64) or 5 (d 128) chunks
-        monkeypatch.setattr(token_chunks, "processors", lambda device: 132)
+    if split:  # asked by default (one launch is): 150 tokens in 3 (d 64) or 5 (d 128) chunks
+        monkeypatch.setattr(eta_triton, "DEFAULT_SPLITS", 132)
     q, k, v = layout(2, 150 if split else 37, 3, d, dtype)
     active = None if rows is None else torch.tensor(rows)
 
