@@ -6,7 +6,8 @@ host time. Its sums over tokens are what make the work: every Gram matrix, the c
 and norms, the field's norms. One program per (sample, head) sweeping all the tokens itself
 gives a call only batch x heads programs (20 at SDXL's 64 x 64 level, on a GPU with 132
 processors): most of the chip idles while each program walks 4,096 tokens alone. So the tokens
-are split into chunks, enough for about one program per processor, in four launches:
+are split into chunks (hopfield/token_chunks.py: about two programs per processor, none much
+under 600 tokens), in four launches:
 
 1. grams (per head, column block and chunk): the chunk's share of K^T xs, Q^T xs, the token
    sums of k, q, xs, xs^2 and, at d = 64, eta's K^T K, K^T Q, Q^T Q; xs = x - ref, ref a
@@ -253,9 +254,9 @@ def stability_packed(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, 
     and features, then the lambda map, for q, k [B, H, L, d] and the retrieval [B, H, L, m],
     any strides (fp16/bf16 on CUDA; also fp32, and the CPU under Triton's interpreter, for
     tests). ``config``: (tokens per tile, warps, stages) of the two stages that sweep the
-    tokens; ``splits``: how many chunks the tokens are split into (default: about one program
-    per processor). A layout's first call takes the general path and plans the layout; its
-    later calls launch the plan."""
+    tokens; ``splits``: how many chunks the tokens are split into (default:
+    hopfield/token_chunks.py). A layout's first call takes the general path and plans the
+    layout; its later calls launch the plan."""
     layout = (q.shape, q.stride(), k.stride(), retrieval.shape, retrieval.stride(), q.dtype,
               q.get_device(), config, splits)
     plan = _plans.get(layout)
