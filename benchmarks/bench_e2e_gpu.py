@@ -12,9 +12,10 @@ launched through Triton's own path instead of the pack's cached launcher, the sa
 the two-call path, branch = cond only; Adaptive Circulation; Stability Probe (value); space = input
 (SDXL, the authors' formulation); the peers in core ComfyUI (PerturbedAttentionGuidance 3,
 SelfAttentionGuidance 0.5 on SDXL; SkipLayerGuidanceDiT 7,8,9 at 1-15 % on SD3); and
-TorchCompileModel (inductor) alone and with Skew, Adaptive and the Probe. Columns: median
-seconds per run over rounds (after a warm-up run), ratio to the baseline of the same model and
-dtype, peak GPU memory, and from torch.profiler over a shorter run (device activity only,
+TorchCompileModel (inductor) alone and with Skew, Adaptive and the Probe. Every variant is
+warmed up first; then the eager variants take turns, one run each per round. Columns: median
+seconds per run over rounds, the median over rounds of the ratio to that round's baseline of
+the same model and dtype (compiled rows: to the baseline's median), peak GPU memory, and from torch.profiler over a shorter run (device activity only,
 --profile-steps): GPU-busy ms and kernel launches per step. Two diagnostic rows and columns say
 where a steered step's wall time goes when it is not the GPU's: "our hook only" (the pack's
 attention hook on every call, nothing steered) and "baseline + a sigma read per step" (the one
@@ -191,6 +192,65 @@ def profile_run(run, steps: int, cuda: bool) -> tuple[float, float]:
     return busy_us / 1000 / steps, len(kernels) / steps
 
 
+COMPILED = "TorchCompileModel"
+
+
+def chosen_label(label: str, args) -> bool:
+    """Whether --only / --skip keep this variant (the baseline always runs)."""
+    if args.only and label != "baseline" and not any(o in label for o in args.only):
+        return False
+    return not (args.skip and any(o in label for o in args.skip))
+
+
+class Variant:
+    """One variant of a model: its patched clone warmed up (the first run compiles kernels and
+    loads the model), its runs timed one at a time."""
+
+    def __init__(self, label, make, run_model, steps, cuda):
+        self.label, self.steps, self.cuda = label, steps, cuda
+        self.patched, self.host_seconds = timed_model_calls(make())
+        self.run_model, self.cached = run_model, label != UNCACHED
+        self.run()  # warm-up
+        self.peak, self.timed_runs, self.timed_host = float("nan"), 0, 0.0
+
+    def run(self, steps=None):
+        with launch_cache(self.cached):
+            out = self.run_model(self.patched, steps or self.steps)
+        if self.cuda:
+            torch.cuda.synchronize()
+        return out
+
+    def timed(self, peak: bool) -> float:
+        """Seconds of one run; with ``peak``, its peak GPU memory is kept too."""
+        if peak and self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        calls = len(self.host_seconds)
+        start = time.perf_counter()
+        self.run()
+        seconds = time.perf_counter() - start
+        self.timed_runs += 1
+        self.timed_host += sum(self.host_seconds[calls:])
+        if peak and self.cuda:
+            self.peak = torch.cuda.max_memory_allocated() / 2**30
+        return seconds
+
+    def host_ms_per_step(self) -> float:
+        """The host's ms inside the model calls per step over the timed runs (all model
+        calls of a step: guidance nodes make two)."""
+        return 1000 * self.timed_host / (self.steps * max(1, self.timed_runs))
+
+
+def print_row(name, dtype_name, variant, seconds, ratio, args, sync_places) -> None:
+    host_ms = variant.host_ms_per_step()
+    busy, launches = profile_run(variant.run, args.profile_steps, variant.cuda)
+    syncs, places = count_syncs(variant.run, variant.cuda)
+    if places:
+        sync_places[f"{name} {dtype_name} {variant.label}"] = places
+    print(f"| {name} | {dtype_name} | {variant.label} | {seconds:.3f} | {ratio:.2f} | "
+          f"{variant.peak:.1f} | {busy:.1f} | {launches:.0f} | {host_ms:.1f} | {syncs} |",
+          flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["sdxl", "sd3-medium"])
@@ -223,44 +283,33 @@ def main():
     for name in args.models:
         for dtype_name in args.dtypes:
             model, run_model = load(name, DTYPES[dtype_name], device, args)
-            base_time = None
-            for label, make in variants(model, "sdxl" if args.tiny else name):
-                if args.only and label != "baseline" and not any(o in label for o in args.only):
-                    continue
-                if args.skip and any(o in label for o in args.skip):
-                    continue
-                torch._dynamo.reset()
-                patched, host_seconds = timed_model_calls(make())
-
-                def run(steps=args.steps, patched=patched, run_model=run_model,
-                        cached=label != UNCACHED):
-                    with launch_cache(cached):
-                        out = run_model(patched, steps)
-                    if cuda:
-                        torch.cuda.synchronize()
-                    return out
-
-                run()  # warm-up: compiles kernels, loads the model
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                times, first_timed = [], len(host_seconds)
-                for _ in range(args.rounds):
-                    start = time.perf_counter()
-                    run()
-                    times.append(time.perf_counter() - start)
-                seconds = statistics.median(times)
-                # all model calls of a step (guidance nodes make two)
-                host_ms = 1000 * sum(host_seconds[first_timed:]) / (args.steps * args.rounds)
-                peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-                busy, launches = profile_run(run, args.profile_steps, cuda)
-                syncs, places = count_syncs(run, cuda)
-                if places:
-                    sync_places[f"{name} {dtype_name} {label}"] = places
-                base_time = base_time or seconds
-                print(f"| {name} | {dtype_name} | {label} | {seconds:.3f} | "
-                      f"{seconds / base_time:.2f} | {peak:.1f} | {busy:.1f} | {launches:.0f} | "
-                      f"{host_ms:.1f} | {syncs} |", flush=True)
-            del model
+            chosen = [(label, make) for label, make in variants(model, "sdxl" if args.tiny
+                                                                   else name)
+                      if chosen_label(label, args)]
+            # Eager variants take turns round by round, so that a drift of the host's speed (a
+            # host-bound step follows it) falls on all of them alike; each ratio is the median
+            # of the rounds' ratios to that round's baseline. Compiled ones run one after the
+            # other (each compile resets dynamo).
+            eager = [Variant(label, make, run_model, args.steps, cuda) for label, make in chosen
+                     if not label.startswith(COMPILED)]
+            times = {variant.label: [] for variant in eager}
+            for round_index in range(args.rounds):
+                for variant in eager:
+                    times[variant.label].append(variant.timed(peak=round_index == 0))
+            base = times["baseline"]
+            for variant in eager:
+                ratios = [t / b for t, b in zip(times[variant.label], base, strict=True)]
+                print_row(name, dtype_name, variant, statistics.median(times[variant.label]),
+                          statistics.median(ratios), args, sync_places)
+            for label, make in chosen:
+                if label.startswith(COMPILED):
+                    torch._dynamo.reset()
+                    variant = Variant(label, make, run_model, args.steps, cuda)
+                    seconds = statistics.median(variant.timed(peak=r == 0)
+                                                for r in range(args.rounds))
+                    print_row(name, dtype_name, variant, seconds,
+                              seconds / statistics.median(base), args, sync_places)
+            del model, eager
             if cuda:
                 torch.cuda.empty_cache()
     for variant, places in sync_places.items():
