@@ -1,33 +1,35 @@
 #!/usr/bin/env bash
 # What a lent GPU session checks, one part per command from the repository root (device time is
 # scarce: one start, the outputs written as they come so a timeout keeps what ran). A session's
-# 15 minutes of device time include the machine's start (minutes): they fit main with room to
-# rerun a step, or main and kernels back to back (the machine goes back after 30 s idle), main
-# first while its numbers are open. Carry .gpu (laid out by the workplace's gpu-bundle.sh: a
-# ComfyUI copy and its missing wheels) and run
+# 15 minutes of device time include the machine's start (under a minute on 2026-11-26); the
+# machine goes back after 30 s idle, so the next command must be sent at once. Carry .gpu
+# (laid out by the workplace's gpu-bundle.sh: a ComfyUI copy and its missing wheels) and run,
+# most needed first (times as measured on an H200 on 2026-11-26):
 #
-#   bash benchmarks/gpu_session.sh main       # ≈ 6.5 minutes; writes $OUT/*.txt (else /tmp/hc-gpu)
-#   bash benchmarks/gpu_session.sh kernels    # ≈ 3 minutes
-#   bash benchmarks/gpu_session.sh compiled   # ≈ 7.5 minutes, a command of its own
-#   bash benchmarks/gpu_session.sh families   # ≈ 5.5 minutes: SD3 bf16, SD3.5-medium
+#   bash benchmarks/gpu_session.sh main       # ≈ 6.5 minutes (base, then kernels); writes
+#                                             # $OUT/*.txt (else /tmp/hc-gpu), 8 files
+#   bash benchmarks/gpu_session.sh families   # ≈ 3.5 minutes: SD3 bf16, SD3.5-medium
+#   bash benchmarks/gpu_session.sh compiled   # ≤ 6 minutes, a command of its own
+#   bash benchmarks/gpu_session.sh compiled_e2e  # ≤ 7 minutes, a command of its own
+#   bash benchmarks/gpu_session.sh base       # main's first ≈ 4.5 minutes alone
 #   HC_GPU_SKIP="gpu_tier triton_launch" bash benchmarks/gpu_session.sh main
 #
-# main, most needed first: the GPU test tier without its compile cases; the host's time per
-# steered call (fused path, fp16, tiny shapes) and per launch (Triton's own against the cached
-# launcher); the full-size end-to-end tables in fp16 (SDXL, then SD3-medium), each its own
-# process, so a slow one still leaves the others' rows. kernels: the per-call kernel table with
-# the tile sweep, and SDXL's end-to-end table in bf16. compiled: the tier's compile cases
-# (torch.compile of the steering, full-size sampling under TorchCompileModel), then
-# TorchCompileModel's variants on SDXL fp16 (inductor compiles are slow), then SDXL's space =
-# input row. families: the models and dtypes main leaves out. HC_GPU_STEPS / HC_GPU_ROUNDS
-# shorten the end-to-end runs.
+# base: the GPU test tier without its compile cases; the host's time per steered call (fused
+# path, fp16, tiny shapes) and per launch (Triton's own against the cached launcher); the
+# full-size end-to-end tables in fp16 (SDXL, then SD3-medium), each its own process, so a slow
+# one still leaves the others' rows. kernels: the per-call kernel table with the tile and chunk
+# sweeps, and SDXL's end-to-end table in bf16. families: the models and dtypes main leaves out.
+# compiled: the tier's compile cases (torch.compile of the steering, full-size sampling under
+# TorchCompileModel), then SDXL's space = input row. compiled_e2e: TorchCompileModel alone and
+# with Skew on SDXL fp16 (each inductor compile of the UNet takes minutes: 90 s did not finish
+# the first). HC_GPU_STEPS / HC_GPU_ROUNDS shorten the end-to-end runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 out=${OUT:-/tmp/hc-gpu}
 mkdir -p "$out"
 if compgen -G ".gpu/whl/*.whl" >/dev/null; then
-  "$py" -m pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl
+  "$py" -m pip install -q --no-index --no-deps --upgrade --target /tmp/site .gpu/whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 [ -d .gpu/ComfyUI ] && export COMFYUI_PATH=$PWD/.gpu/ComfyUI
@@ -52,24 +54,28 @@ tier=("$py" -m pytest tests/gpu tests/core -m gpu -v -rs -p no:cacheprovider --d
 compile_cases="compile or (full_size and True)"  # full_size ids: [<compiled>-<model>]
 
 # Each part's limits sum to under the device tool's 600 s per command, with room for set-up.
+parts=()
 for part in "${@:-main}"; do
+  case $part in main) parts+=(base kernels);; *) parts+=("$part");; esac
+done
+for part in "${parts[@]}"; do
   case $part in
-  main)
-    step gpu_tier 160 "${tier[@]}" -k "not ($compile_cases)"
+  base)
+    step gpu_tier 150 "${tier[@]}" -k "not ($compile_cases)"
     # the table's tiles, no timing of candidates: these steps measure the host, not the tiles
     HOPFIELD_CIRCULATION_TUNE=0 step triton_launch 15 "$py" benchmarks/bench_triton_launch.py \
       --device cuda
     HOPFIELD_CIRCULATION_TUNE=0 step host_overhead 25 "$py" benchmarks/bench_host_overhead.py \
       --device cuda --dtype fp16
     # one model per step, so that a slow row costs only its own model's later rows
-    step bench_e2e_sdxl_fp16 110 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
+    step bench_e2e_sdxl_fp16 100 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
       --steps "$steps" --rounds "$rounds" --skip TorchCompileModel "space = input"
-    step bench_e2e_sd3_fp16 75 "$py" benchmarks/bench_e2e_gpu.py --models sd3-medium \
+    step bench_e2e_sd3_fp16 70 "$py" benchmarks/bench_e2e_gpu.py --models sd3-medium \
       --dtypes fp16 --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
     ;;
   kernels)
     step bench_gpu 70 "$py" benchmarks/bench_gpu.py --quick --sweep
-    step bench_e2e_bf16 100 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes bf16 \
+    step bench_e2e_bf16 80 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes bf16 \
       --steps "$steps" --rounds "$rounds" --skip TorchCompileModel "space = input" core
     ;;
   compiled)
@@ -77,11 +83,13 @@ for part in "${@:-main}"; do
     # over 90 s, so this part gets a command of its own and the test a longer limit
     step gpu_tier_compile 300 "${tier[@]}" -k "compile or (full_size and True and sdxl)" \
       --timeout 280
-    step bench_e2e_compiled 90 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
-      --steps "$steps" --rounds 2 --only TorchCompileModel
     # the authors' formulation is several times a step: its row alone, after the rest
     step bench_e2e_input_space 60 "$py" benchmarks/bench_e2e_gpu.py --models sdxl \
       --dtypes fp16 --steps "$steps" --rounds 2 --only "space = input"
+    ;;
+  compiled_e2e)
+    step bench_e2e_compiled 420 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
+      --steps "$steps" --rounds 2 --only TorchCompileModel --skip Adaptive Probe
     ;;
   families)
     # the rows main leaves out: SD3-medium in bf16, SD3.5-medium (its extra image
@@ -94,7 +102,8 @@ for part in "${@:-main}"; do
       --dtypes bf16 --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
     ;;
   *)
-    echo "gpu_session.sh: unknown part '$part' (main, kernels, compiled, families)" >&2
+    echo "gpu_session.sh: unknown part '$part' (main, base, kernels, families, compiled," \
+      "compiled_e2e)" >&2
     exit 2
     ;;
   esac
