@@ -6,9 +6,10 @@ matrices K^T K, K^T Q and Q^T Q in fp32 registers, fed by tensor-core products o
 they are (fp16/bf16; no concatenation, no fp32 copies), and takes the two traces of
 hopfield/symmetry.py: one launch. That is only 20 programs at SDXL's 64 x 64 level, but on an
 H200 splitting the tokens among more programs (``splits``: each chunk writes its Grams, and a
-second launch sums them in a fixed order) measured slower at every shape tried
-(benchmarks/bench_gpu.py --sweep; the README has the table), so one launch is the default and
-the split is there to be asked for. The torch path it replaces on CUDA is seven
+second launch sums them in a fixed order) measured slower at SDXL's 64 x 64 level and SD3's
+1024², and a few microseconds faster at SDXL's 32 x 32 level, less than the second launch costs
+the host there (benchmarks/bench_gpu.py --sweep; the README has the table). So one launch is
+the default and the split is there to be asked for. The torch path it replaces on CUDA is seven
 launches (concatenation, Gram product, roll, product, block sum, clamp, division), each a few
 microseconds of host time in every steered call of a launch-bound sampling step.
 
