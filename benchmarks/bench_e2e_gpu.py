@@ -15,8 +15,9 @@ SelfAttentionGuidance 0.5 on SDXL; SkipLayerGuidanceDiT 7,8,9 at 1-15 % on SD3);
 TorchCompileModel (inductor) alone and with Skew, Adaptive and the Probe. Every variant is
 warmed up first; then the eager variants take turns, one run each per round. Columns: median
 seconds per run over rounds, the median over rounds of the ratio to that round's baseline of
-the same model and dtype (compiled rows: to the baseline's median), peak GPU memory, and from torch.profiler over a shorter run (device activity only,
---profile-steps): GPU-busy ms and kernel launches per step. Two diagnostic rows and columns say
+the same model and dtype (compiled rows: to the baseline's median), peak GPU memory, and
+from torch.profiler over a shorter run (device activity only, --profile-steps): GPU-busy ms
+and kernel launches per step. Two diagnostic rows and columns say
 where a steered step's wall time goes when it is not the GPU's: "our hook only" (the pack's
 attention hook on every call, nothing steered) and "baseline + a sigma read per step" (the one
 device synchronisation per model call a step window costs); "host ms/step" (the

@@ -210,7 +210,7 @@ def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, monk
     from hopfield_circulation.hopfield.symmetry import symmetry_index
 
     layout, dtype, d, per_sample, rows = case
-    if split:  # asked by default (one launch is): 150 tokens in 3 (d 64) or 5 (d 128) chunks
+    if split:  # asked for (one launch by default): 150 tokens in 3 (d 64) or 5 (d 128) chunks
         monkeypatch.setattr(eta_triton, "DEFAULT_SPLITS", 132)
     q, k, v = layout(2, 150 if split else 37, 3, d, dtype)
     active = None if rows is None else torch.tensor(rows)
