@@ -197,8 +197,11 @@ COMPILED = "TorchCompileModel"
 
 
 def chosen_label(label: str, args) -> bool:
-    """Whether --only / --skip keep this variant (the baseline always runs)."""
-    if args.only and label != "baseline" and not any(o in label for o in args.only):
+    """Whether --only / --skip keep this variant (the baseline always runs: the ratios'
+    reference)."""
+    if label == "baseline":
+        return True
+    if args.only and not any(o in label for o in args.only):
         return False
     return not (args.skip and any(o in label for o in args.skip))
 
