@@ -62,7 +62,7 @@ def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, h
                  "DIFFERENCE": True, "ANCHOR_PERT": False}  # alpha >= 1's form
     if adaptive:
         constants.update(ALPHA_PER_SAMPLE=False)
-    pointers = {"Q": dtype, "K": dtype, "V": dtype, "Out": dtype, "VMAX": dtype,  # v's dtype
+    pointers = {"Q": dtype, "K": dtype, "V": dtype, "Out": dtype,
                 "ALPHA": "fp32", "BETA": "fp32", "ETA": "fp32", "COEFS": "fp32", "ACTIVE": "u8"}
     signature = specialise(kernel, constants, pointers,
                            ("alpha_value", "beta_value", "scale_log2"), values)

@@ -21,7 +21,9 @@ is what loses accuracy in bf16 (benchmarks/precision.py).
 What runs in fp32: logits (tensor-core dot products accumulate in fp32), the running maxima and
 sums, both P V accumulators and the whole epilogue. P is rounded for the P V product, as in
 every flash-attention kernel: to fp16 for fp16 inputs, and to fp16 as well for bf16 inputs,
-with V converted to fp16 (scaled by a power of two per head when its max exceeds 2^14): bf16's
+with V converted to fp16 (exact for every bf16 value under 2^16; a program whose P V met a
+larger one, and so inf, sweeps its head's V and runs its rows again on V scaled by a power of
+two, all in the same launch, with no pass over V before it): bf16's
 8-bit mantissa on P would cost a multiple of the unavoidable output-rounding error on Δ at
 alpha near 1, fp16 barely adds to it (benchmarks/precision.py prints both). Rounding the
 difference of the two P's rather than each keeps fp16's Δ near that error too. fp32 inputs use
@@ -251,7 +253,9 @@ def _kernel():
     return _KERNEL
 
 
-FUSED_TENSOR_ARGS = 10  # q, k, v, out, alpha, beta, v_max, active, eta, coefficients
+# The kernel's tensor arguments, first and in this order (tests find them by name)
+FUSED_TENSORS = ("q", "k", "v", "out", "alpha", "beta", "active", "eta", "coefficients")
+FUSED_TENSOR_ARGS = len(FUSED_TENSORS)
 # what launches it: Triton's bookkeeping once per specialisation (triton_launch.py)
 _launcher = launcher_of(_kernel, FUSED_TENSOR_ARGS)
 
@@ -392,7 +396,6 @@ def launch_arguments(q, k, v, out, alpha_t, beta_t, alpha_value, beta_value, act
     if active is not None:
         active = active.contiguous().view(torch.uint8)
     pv_fp16 = q.dtype == torch.bfloat16
-    v_max = per_head_v_max(v) if pv_fp16 else out
     grid = (-(-length // cfg.block_m), batch * heads)  # plain ints: triton.cdiv costs more
     # Only adaptive launches see the batch size and an eta block: others pass constants, so
     # that a new batch size or head count compiles nothing new (ints are specialised on).
@@ -401,7 +404,7 @@ def launch_arguments(q, k, v, out, alpha_t, beta_t, alpha_value, beta_value, act
     difference, anchor_pert = accumulation_form(alpha_value)
     args = (
         q, k, v, out, alpha_t if alpha_t is not None else out,
-        beta_t if beta_t is not None else out, v_max, active if active is not None else out,
+        beta_t if beta_t is not None else out, active if active is not None else out,
         adaptive.eta if adaptive else out, adaptive.coefficients if adaptive else out,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         _stride(alpha_t), _stride(beta_t), alpha_value, beta_value,
@@ -420,13 +423,6 @@ def launch_arguments(q, k, v, out, alpha_t, beta_t, alpha_value, beta_value, act
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return grid, args, constexprs
-
-
-def per_head_v_max(v: torch.Tensor) -> torch.Tensor:
-    """Per (batch, head) max |V| of v [B, H, L, d], one small reduction on the device (no
-    copy, no sync): for bf16 inputs the kernel scales V by a power of two when it would not
-    fit fp16."""
-    return torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1))
 
 
 def _stride(t: torch.Tensor | None) -> int:

@@ -7,7 +7,8 @@ first runs, so the pack imports fine without Triton.
 import triton
 import triton.language as tl
 
-# bf16 inputs: V is scaled by a power of two until |V| <= this, then multiplied in fp16.
+# bf16 inputs whose V overflows fp16 (|v| >= 2^16): V is scaled by a power of two until
+# |V| <= this, then multiplied in fp16.
 FP16_SAFE_MAX = tl.constexpr(16384.0)
 
 
@@ -132,11 +133,12 @@ def _plain_key_tile(
 
 
 @triton.jit
-def _plain_program(
-    q_i, k_base, v_base, o_ptrs, row_ok, skl, skd, svl, svd, length, scale_log2, v_scale,
-    v_inv_scale, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PV_FP16: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, OUT_DTYPE: tl.constexpr,
+def _plain_rows(
+    q_i, k_base, v_base, skl, skd, svl, svd, length, scale_log2, v_inv_scale,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PV_FP16: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    # (P V, row sums) of the baseline softmax alone over every key tile
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
@@ -149,7 +151,59 @@ def _plain_program(
         acc, l_i, m_i = _plain_key_tile(
             acc, l_i, m_i, q_i, k_base, v_base, full_end, skl, skd, svl, svd, length,
             scale_log2, v_inv_scale, D, BLOCK_N, True, PV_FP16, UPCAST, PRECISION)
-    tl.store(o_ptrs, (acc * (v_scale / l_i)[:, None]).to(OUT_DTYPE), mask=row_ok[:, None])
+    return acc, l_i
+
+
+@triton.jit
+def _steered_rows(
+    q_i, k_i, q_base, k_base, v_base, sql, sqd, skl, skd, svl, svd, length, c1, c2,
+    scale_log2, v_inv_scale, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PV_FP16: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    DIFFERENCE: tl.constexpr, ANCHOR_PERT: tl.constexpr,
+):
+    # Both online softmaxes over every key tile: (acc_b, l_b, m_b, acc_a, l_a, m_a)
+    m_b = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    m_a = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_b = tl.zeros([BLOCK_M], tl.float32)
+    l_a = tl.zeros([BLOCK_M], tl.float32)
+    acc_b = tl.zeros([BLOCK_M, D], tl.float32)
+    # DIFFERENCE: (P_a - P_b) V at the running maximum m_a; else P_a V at its own maximum
+    acc_a = tl.zeros([BLOCK_M, D], tl.float32)
+    full_end = (length // BLOCK_N) * BLOCK_N
+    for start in range(0, full_end, BLOCK_N):
+        acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile(
+            acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
+            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+            D, BLOCK_N, False, PV_FP16, UPCAST, PRECISION, DIFFERENCE, ANCHOR_PERT)
+    if full_end < length:
+        acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile(
+            acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, full_end,
+            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+            D, BLOCK_N, True, PV_FP16, UPCAST, PRECISION, DIFFERENCE, ANCHOR_PERT)
+    return acc_b, l_b, m_b, acc_a, l_a, m_a
+
+
+@triton.jit
+def _overflowed(acc):
+    # Whether P V met a value that fp16 cannot hold: bf16's |v| >= 2^16 converts to inf, and
+    # inf (or 0 * inf = NaN) then reaches every row of the tile. x - x is NaN for both.
+    total = tl.sum(tl.sum(acc, 1), 0)
+    return total - total != 0.0
+
+
+@triton.jit
+def _head_v_scale(v_base, svl, svd, length, D: tl.constexpr, BLOCK_N: tl.constexpr):
+    # The power of two that brings this head's max |V| under FP16_SAFE_MAX (1 if it is), from
+    # a sweep over its V: only a program whose P V overflowed pays for it.
+    dims = tl.arange(0, D)
+    top = tl.zeros([BLOCK_N, D], tl.float32)
+    for start in range(0, length, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        v = tl.load(v_base + cols[:, None] * svl + dims[None, :] * svd,
+                    mask=(cols < length)[:, None], other=0.0)
+        top = tl.maximum(top, tl.abs(v.to(tl.float32)))
+    v_max = tl.max(tl.max(top, 1), 0)
+    return tl.exp2(tl.maximum(tl.ceil(tl.log2(v_max / FP16_SAFE_MAX)), 0.0))
 
 
 @triton.jit
@@ -182,7 +236,7 @@ def _adaptive_coefficients(ETA, COEFS, alpha_value, beta_value, b, h, pid_m, bat
 
 @triton.jit
 def skew_circulation_fwd(
-    Q, K, V, Out, ALPHA, BETA, VMAX, ACTIVE, ETA, COEFS,
+    Q, K, V, Out, ALPHA, BETA, ACTIVE, ETA, COEFS,
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sob, soh, sol, sod,
     alpha_stride, beta_stride, alpha_value, beta_value,
     batch, heads, length, scale_log2,
@@ -227,39 +281,41 @@ def skew_circulation_fwd(
     scale_log2 = tl.cast(scale_log2, tl.float32)
     c1 = (1.0 + alpha) * 0.5
     c2 = (1.0 - alpha) * 0.5
-    v_scale = 1.0
-    if PV_FP16:
-        # A power of two, so scaling is exact: 1 unless this head's max |V| exceeds 2^14.
-        v_max = tl.load(VMAX + pid_bh).to(tl.float32)
-        v_scale = tl.exp2(tl.maximum(tl.ceil(tl.log2(v_max / FP16_SAFE_MAX)), 0.0))
-    v_inv_scale = 1.0 / v_scale
     o_base = Out + b.to(tl.int64) * sob + h.to(tl.int64) * soh
     o_ptrs = o_base + rows[:, None] * sol + dims[None, :] * sod
+    # bf16 inputs: P V runs in fp16, on V as it is unless a value of this head lies beyond
+    # fp16's range; then the program sweeps the head's V for its maximum and runs its rows
+    # again on V scaled by a power of two (exact). v_scale undoes that in the epilogue.
     if HAS_ACTIVE:  # a sample the caller does not steer: its rows get the plain retrieval
         if tl.load(ACTIVE + b) == 0:
-            _plain_program(q_i, k_base, v_base, o_ptrs, row_ok, skl, skd, svl, svd, length,
-                           scale_log2, v_scale, v_inv_scale, D, BLOCK_M, BLOCK_N, PV_FP16,
-                           UPCAST, PRECISION, Out.dtype.element_ty)
+            acc, l_i = _plain_rows(q_i, k_base, v_base, skl, skd, svl, svd, length,
+                                   scale_log2, 1.0, D, BLOCK_M, BLOCK_N, PV_FP16, UPCAST,
+                                   PRECISION)
+            v_scale = 1.0
+            if PV_FP16:
+                v_scale = tl.cast(1.0, tl.float32)
+                if _overflowed(acc):
+                    v_scale = _head_v_scale(v_base, svl, svd, length, D, BLOCK_N)
+                    acc, l_i = _plain_rows(q_i, k_base, v_base, skl, skd, svl, svd, length,
+                                           scale_log2, 1.0 / v_scale, D, BLOCK_M, BLOCK_N,
+                                           PV_FP16, UPCAST, PRECISION)
+            tl.store(o_ptrs, (acc * (v_scale / l_i)[:, None]).to(Out.dtype.element_ty),
+                     mask=row_ok[:, None])
             return
 
-    m_b = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    m_a = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_b = tl.zeros([BLOCK_M], tl.float32)
-    l_a = tl.zeros([BLOCK_M], tl.float32)
-    acc_b = tl.zeros([BLOCK_M, D], tl.float32)
-    # DIFFERENCE: (P_a - P_b) V at the running maximum m_a; else P_a V at its own maximum
-    acc_a = tl.zeros([BLOCK_M, D], tl.float32)
-    full_end = (length // BLOCK_N) * BLOCK_N
-    for start in range(0, full_end, BLOCK_N):
-        acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile(
-            acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
-            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
-            D, BLOCK_N, False, PV_FP16, UPCAST, PRECISION, DIFFERENCE, ANCHOR_PERT)
-    if full_end < length:
-        acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile(
-            acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, full_end,
-            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
-            D, BLOCK_N, True, PV_FP16, UPCAST, PRECISION, DIFFERENCE, ANCHOR_PERT)
+    acc_b, l_b, m_b, acc_a, l_a, m_a = _steered_rows(
+        q_i, k_i, q_base, k_base, v_base, sql, sqd, skl, skd, svl, svd, length, c1, c2,
+        scale_log2, 1.0, D, BLOCK_M, BLOCK_N, PV_FP16, UPCAST, PRECISION, DIFFERENCE,
+        ANCHOR_PERT)
+    v_scale = 1.0
+    if PV_FP16:
+        v_scale = tl.cast(1.0, tl.float32)
+        if _overflowed(acc_b + acc_a):
+            v_scale = _head_v_scale(v_base, svl, svd, length, D, BLOCK_N)
+            acc_b, l_b, m_b, acc_a, l_a, m_a = _steered_rows(
+                q_i, k_i, q_base, k_base, v_base, sql, sqd, skl, skd, svl, svd, length, c1,
+                c2, scale_log2, 1.0 / v_scale, D, BLOCK_M, BLOCK_N, PV_FP16, UPCAST,
+                PRECISION, DIFFERENCE, ANCHOR_PERT)
 
     # Epilogue, all fp32: the two retrievals never round before their difference is taken.
     base = acc_b * (v_scale / l_b)[:, None]

@@ -153,6 +153,31 @@ def test_bf16_values_beyond_fp16_range_are_scaled_not_clipped():
         assert rel < 4e-3, f"head {h}: relative error {rel:.2e}"
 
 
+@pytest.mark.parametrize("where", ["first key tile", "last, partial key tile"])
+@pytest.mark.parametrize("rows", ["steered", "plain (unselected sample)"])
+def test_one_bf16_value_beyond_fp16_range_reruns_only_its_program(where, rows):
+    """No pass over V precedes the kernel: a single |v| >= 2^16 (inf in fp16) anywhere in a
+    head's keys makes that head's programs sweep V and run again on V scaled down; values
+    under 2^16 convert exactly and need no scaling."""
+    (q, k, v), _ = qkv(2, 2, 40, 64, seed=17, dtype=torch.bfloat16)
+    v = v.clone()
+    v[:, 0] *= 2.0**14  # head 0: |v| up to ~2^16 but under it: fp16 holds every value
+    v[:, 1, 3 if where == "first key tile" else 37, 5] = 3.0e6  # head 1: one value beyond it
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    active = torch.tensor([True, rows == "steered"])
+    got = fused_skew_circulation(q, k, v, 1.1, 3.0, active=active, config=SMALL)
+    assert torch.isfinite(got).all()
+    want = expected(q64, k64, v64, 1.1, 3.0)[0]
+    plain = torch.softmax(ref.logits(q64, k64), -1) @ v64
+    for b in range(2):
+        reference = want[b] if active[b] else plain[b]
+        for h in range(2):
+            rel = (got[b, h].double() - reference[h]).norm() / reference[h].norm()
+            floor = (reference[h].to(torch.bfloat16).double() - reference[h]).norm() \
+                / reference[h].norm()
+            assert rel < 1.5 * floor, f"sample {b}, head {h}: {rel:.2e} (floor {floor:.2e})"
+
+
 def test_per_sample_coefficients():
     """Adaptive mode: alpha and beta are [B, 1, 1, 1] device tensors, read in the kernel."""
     (q, k, v), (q64, k64, v64) = qkv(3, 2, 29, 64, seed=4, dtype=torch.float32)

@@ -99,6 +99,13 @@ class Recorder(KernelSurface):
         return launch
 
 
+def fused_at(name: str) -> int:
+    """Where the fused kernel's tensor ``name`` sits among its arguments (a recorded launch
+    holds them after compiled.run's nine leading ones: grid, stream, function, metadata and
+    three hooks)."""
+    return fused_triton.FUSED_TENSORS.index(name)
+
+
 def record_fused_launches(monkeypatch) -> Recorder:
     """The fused kernel's launches recorded for the rest of a test, and the eta kernels' (in
     ``.eta``, its reduction's too): CPU tensors pass as CUDA ones would (compiled Triton, tiles

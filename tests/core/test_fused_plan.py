@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from core.launch_recorder import record_fused_launches
+from core.launch_recorder import fused_at, record_fused_launches
 from hopfield_circulation.hopfield import fused_plan, fused_triton
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
@@ -90,7 +90,7 @@ def test_a_plan_launches_what_the_general_path_launches(recorder, case):
     same_launches(recorder.launches[-2:-1], recorder.launches[-1:])
     # and for new tensors of the same layout
     q2, k2, v2 = layout(2, 37, 3, d, dtype, seed=1)
-    out2 = plan.run(q2, k2, v2, active, v2)
+    out2 = plan.run(q2, k2, v2, active)
     assert recorder.launches[-1][9:12] == (q2, k2, v2)
     assert out2.stride() == general_out.stride()
 
@@ -109,11 +109,11 @@ def test_a_plan_reads_the_hosts_tensors_and_writes_the_hosts_layout(recorder, dt
     fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0)
     general_out = fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0)
     plan = fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None, to_host)
-    planned_out = plan.run(*host, None, v)
+    planned_out = plan.run(*host, None)
     handed = to_host(general_out)
     assert (planned_out.shape, planned_out.stride()) == (handed.shape, handed.stride())
     same_launches(recorder.launches[-2:-1], recorder.launches[-1:])
-    assert recorder.launches[-1][9 + 3] is planned_out
+    assert recorder.launches[-1][9 + fused_at("out")] is planned_out
     # a hand-over that copies has no layout to write into: no plan
     assert fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None,
                                      lambda out: out.contiguous().flatten(2)) is None
@@ -223,7 +223,7 @@ def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, monk
     general_out, general_coefficients = general()
     plan = fused_plan.make_adaptive_plan(q, k, v, 1.2, 5.0, per_sample, True, active)
     assert plan is not None
-    out, eta_bar, alpha, beta = plan.run(q, k, v, active, v)
+    out, eta_bar, alpha, beta = plan.run(q, k, v, active)
     assert (out.shape, out.stride(), out.dtype) == (
         general_out.shape, general_out.stride(), general_out.dtype)
     assert general_coefficients.shape == (3, 2 if per_sample else 1)
@@ -237,7 +237,7 @@ def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, monk
     same_launches([*eta_launches[-2 * n:-n], fused_launches[-2]],
                   [*eta_launches[-n:], fused_launches[-1]])
     eta = eta_launches[-1][9 + 1] if split else eta_launches[-1][9 + 2]
-    assert fused_launches[-1][9 + 8] is eta  # eta: written, then read
+    assert fused_launches[-1][9 + fused_at("eta")] is eta  # eta: written, then read
 
 
 def test_no_adaptive_plan_where_the_general_path_takes_torch_ops(recorder, monkeypatch):
@@ -294,3 +294,4 @@ def test_the_probes_plan_launches_what_its_general_path_launches(recorder, monke
     off = storage.as_strided(x.shape, x.stride(), x.storage_offset() + 1)  # x's layout
     before = len(recorder.launches)
     assert plan.run(q, k, off) is None and len(recorder.launches) == before
+

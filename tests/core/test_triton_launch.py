@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hopfield_circulation.hopfield.fused_triton import FUSED_TENSOR_ARGS as TENSORS
 from hopfield_circulation.hopfield.triton_launch import CachedLauncher, hook_set
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
@@ -37,10 +38,10 @@ INTS = [0, 1, 2, 16, 17, 64, 640, 2**31, -1, 10 * 64 * 4096]
 
 
 def fused_call(rng: random.Random):
-    """An argument list of the fused kernel as _launch builds one (10 tensors, 18 strides, alpha,
-    beta, batch, heads, length, scale), with a random dtype and random values."""
+    """An argument list of the fused kernel as _launch builds one (TENSORS tensors, 18 strides,
+    alpha, beta, batch, heads, length, scale), with a random dtype and random values."""
     dtype = rng.choice(list(STORAGE))
-    tensors = [STORAGE[dtype][:64] for _ in range(10)]
+    tensors = [STORAGE[dtype][:64] for _ in range(TENSORS)]
     ints = [rng.choice(INTS) for _ in range(18)]
     scalars = [1.05, 3.0, 0, 10, 4096, 0.18]
     kwargs = dict(D=64, BLOCK_M=64, BLOCK_N=128, ALPHA_PER_SAMPLE=False, BETA_PER_SAMPLE=False,
@@ -57,16 +58,16 @@ def varied(args: list, kwargs: dict, rng: random.Random):
     args, kwargs = list(args), dict(kwargs)
     for _ in range(rng.choice([1, 2])):
         what, i = rng.choice(["offset", "dtype", "int", "scalar", "constexpr"]), \
-            rng.randrange(10)
+            rng.randrange(TENSORS)
         if what == "offset":  # elements: 16 B aligned or not, by the dtype's size
             offset = rng.choice([0, 1, 3, 8, 16])
             args[i] = STORAGE[args[i].dtype][offset:offset + 64]
         elif what == "dtype":
             args[i] = STORAGE[rng.choice(list(STORAGE))][:64]
         elif what == "int":
-            args[10 + rng.randrange(18)] = rng.choice(INTS)
+            args[TENSORS + rng.randrange(18)] = rng.choice(INTS)
         elif what == "scalar":  # alpha, beta, batch, heads, length, scale
-            j = 28 + rng.randrange(6)
+            j = TENSORS + 18 + rng.randrange(6)
             args[j] = rng.choice([1, 2, 16, 1.0, 2.5, 0.0, 0])
         else:
             key = rng.choice(["D", "BLOCK_N", "ALPHA_PER_SAMPLE", "num_stages"])
@@ -83,7 +84,7 @@ def test_equal_keys_mean_triton_specialises_alike():
 
     kernel = _kernel()
     binder = triton_binder(kernel)
-    launcher = CachedLauncher(kernel, 10, enabled=True)
+    launcher = CachedLauncher(kernel, TENSORS, enabled=True)
     rng = random.Random(0)
     by_key: dict = {}
     hits = 0
@@ -107,10 +108,10 @@ def test_new_data_and_new_float_values_reuse_the_entry():
     the scale) keeps the key, so steady-state launches hit the cache."""
     from hopfield_circulation.hopfield.fused_triton import _kernel
 
-    launcher = CachedLauncher(_kernel(), 10, enabled=True)
+    launcher = CachedLauncher(_kernel(), TENSORS, enabled=True)
     rng = random.Random(1)
     args, kwargs = fused_call(rng)
-    moved = tuple(t.clone() if i < 10 else t for i, t in enumerate(args))
+    moved = tuple(t.clone() if i < TENSORS else t for i, t in enumerate(args))
     floats_changed = (*moved[:-6], *(x + 0.25 if type(x) is float else x
                                      for x in moved[-6:]))
     assert launcher.key(args, kwargs) == launcher.key(floats_changed, kwargs)

@@ -246,7 +246,7 @@ def test_steered_calls_replay_their_layouts_prepared_launch(nodes, sampling, sd3
     general path runs for a layout's first call, every later call launches the plan, with
     the arguments the general path would give it (tests/core/test_fused_plan.py). Recorded,
     not run: the kernels need a GPU (tiny SD3: heads of 64)."""
-    from core.launch_recorder import record_fused_launches
+    from core.launch_recorder import fused_at, record_fused_launches
     from hopfield_circulation.circulation import patch as circulation_patch
 
     recorder = record_fused_launches(monkeypatch)
@@ -262,12 +262,13 @@ def test_steered_calls_replay_their_layouts_prepared_launch(nodes, sampling, sd3
     assert len(recorder.own_launches) + len(recorder.launches) == 3 * 2 > len(general)
     if node == "adaptive":  # each with its eta launch first, eta handed over
         assert len(recorder.eta.own_launches) + len(recorder.eta.launches) == 3 * 2
-        assert all(f[9 + 8] is e[9 + 2] for f, e in zip(recorder.launches[-4:],
+        assert all(f[9 + fused_at("eta")] is e[9 + 2] for f, e in zip(recorder.launches[-4:],
                                                          recorder.eta.launches[-4:],
                                                          strict=True))
-    rows = [launch[9 + 7] for launch in recorder.launches]  # the steered-rows argument
+    rows = [launch[9 + fused_at("active")] for launch in recorder.launches]  # steered rows
     if branch == "both":
-        assert all(r is launch[9 + 3] for r, launch in zip(rows, recorder.launches, strict=True))
+        assert all(r is launch[9 + fused_at("out")]
+                   for r, launch in zip(rows, recorder.launches, strict=True))
     else:
         assert all(r.dtype == torch.uint8 and r.tolist() == [0, 1] for r in rows)  # [uncond, cond]
     # An override chained before ours must see every call: no plan replaces the host's call.
@@ -284,7 +285,7 @@ def test_planned_unet_calls_hand_the_host_its_own_layout(nodes, sdxl, monkeypatc
     """A UNet's attn1 call (q, k, v [B, L, H*d], heads of 64) steered on the fused path: the
     planned launches read the host's tensors and write an output the host takes as it is,
     laid out as the general path's output is when handed back (recorded, not run)."""
-    from core.launch_recorder import record_fused_launches
+    from core.launch_recorder import fused_at, record_fused_launches
     from hopfield_circulation.families import adapter_for
     from hopfield_circulation.families.unet_attn1 import unet_attn1_marker
     from hopfield_circulation.hook.schedule import STEP_KEY, StepInfo
@@ -310,7 +311,8 @@ def test_planned_unet_calls_hand_the_host_its_own_layout(nodes, sdxl, monkeypatc
     assert recorder.launches[-1][9:12] == (q, k, v)  # the host's tensors themselves
     general, *planned = outputs
     assert all(p.stride() == general.stride() for p in planned)
-    assert recorder.launches[-1][9 + 3] is planned[-1]  # written in place, handed on as is
+    # written in place, handed on as is
+    assert recorder.launches[-1][9 + fused_at("out")] is planned[-1]
     assert len(recorder.own_launches) + len(recorder.launches) == 3
 
 
