@@ -11,8 +11,9 @@ Observers (the Stability Probe) are registered in ``model_options["transformer_o
 [OBSERVERS_KEY]`` as a list of plain functions ``observer(call, out, steering) -> None``
 (closures, never callable objects: ComfyUI deep-copies model_options on every clone). The
 *outermost* of this pack's overrides notifies them once per attention call with the output the
-model really uses and the steering applied to it, so a probe sees the blended retrieval whether
-it sits before or after a circulation node.
+model really uses, in the host's layout as the call returns it (``call.from_host(out)`` is its
+[B, H, L, d] view), and the steering applied to it, so a probe sees the blended retrieval
+whether it sits before or after a circulation node.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@
 2. for self-attention calls the model's family adapter can place (layer, token grid), lets
    ``handler`` replace the output; masked, cross-attention or unplaceable calls are returned
    untouched;
-3. if it is the outermost of our hooks in this call, passes the final output and the steering
-   applied to it to the observers registered on the model (the Stability Probe), so they see
-   what the model really used.
+3. if it is the outermost of our hooks in this call, passes the final output (in the host's
+   layout, as returned) and the steering applied to it to the observers registered on the
+   model (the Stability Probe), so they see what the model really used.
 """
 
 from __future__ import annotations
@@ -161,11 +161,9 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
                 out = steered.out if steered.host_layout else call.to_host(steered.out)
                 if scope is not None:
                     scope.steering = steered.steering
-            if observers:
-                out_heads = baseline.heads(call.heads) if steered is None else \
-                    call.from_host(out) if steered.host_layout else steered.out
+            if observers:  # the output as returned: views cost host time in every call
                 for observer in observers:
-                    observer(call, out_heads, scope.steering)
+                    observer(call, out, scope.steering)
             return out
         finally:
             if outermost:

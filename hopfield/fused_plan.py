@@ -48,11 +48,15 @@ class PreparedLaunch:
     def __call__(self, device: int, *tensors) -> bool:
         """Launch with these tensors (aligned, as planned); False where the compiled launcher
         refused them (it parses its arguments first: nothing ran)."""
+        return self.on_stream(self.launcher.stream(device), tensors)
+
+    def on_stream(self, stream, tensors) -> bool:
+        """``self(device, *tensors)`` on ``stream``, that device's current one (a plan of
+        several launches looks it up once)."""
         compiled, grid = self.compiled, self.grid
         try:
-            compiled.run(grid[0], grid[1], grid[2], self.launcher.stream(device),
-                         compiled.function, compiled.packed_metadata, None, None, None,
-                         *tensors, *self.tail)
+            compiled.run(grid[0], grid[1], grid[2], stream, compiled.function,
+                         compiled.packed_metadata, None, None, None, *tensors, *self.tail)
         except (TypeError, ValueError, SystemError, AttributeError) as error:
             self.launcher.refused(error)  # Triton's own path from now on
             return False

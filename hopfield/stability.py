@@ -94,7 +94,8 @@ def normalised_features(retrieval: torch.Tensor, eps: float = EPS) -> torch.Tens
     return centred / centred.norm(dim=-2, keepdim=True).clamp_min(eps)
 
 
-def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> LayerStability:
+def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor,
+                    plan_key: tuple | None = None) -> LayerStability:
     """E, r, Align, eta and the lambda map of one call. q, k [B, H, L, d]; retrieval [B, H, L, m]
     (any basis, any strides). Runs in fp32 (fp64 for fp64 input) whatever the model dtype.
 
@@ -110,10 +111,12 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -
     model's dtype, so the three products run on tensor cores with fp32 accumulation; everything
     after the products is fp32 as elsewhere. Where it applies (CUDA, fp16/bf16, d = m = 64 or 128)
     four Triton launches compute all of it, the tokens split among the GPU's processors
-    (hopfield/stability_triton.py; d = m = 128: eta's one or two more).
+    (hopfield/stability_triton.py; d = m = 128: eta's one or two more). ``plan_key``: the
+    caller's key for this call's layout, under which those launches are planned too
+    (``stability_triton.run_planned`` then launches them on the caller's unviewed tensors).
     """
     if stability_triton.eligible(q, k, retrieval):  # CUDA, fp16/bf16, widths 64 or 128
-        packed = stability_triton.try_stability(q, k, retrieval)
+        packed = stability_triton.try_stability(q, k, retrieval, plan_key)
         if packed is not None:
             return LayerStability(packed)
     return layer_stability_torch(q, k, retrieval)

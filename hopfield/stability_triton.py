@@ -208,30 +208,44 @@ def _tensor_args(stage: str) -> int:
         else STAGE_TENSOR_ARGS[stage]
 
 
+# stage -> which of (q, k, retrieval, work, out) it takes first, in stage_tensors' order
+_STAGE_PICKS = {"grams": (0, 1, 2, 3), "field": (0, 1, 2, 3), "weights": (3,), "finish": (3, 4)}
+
+
 class ProbePlan:
     """A call layout's launches prepared once (hopfield/fused_plan.py's ``prepare``): later
     calls of the layout launch the compiled kernels with only their own tensors (the inputs,
     a fresh workspace and output), without the geometry, the argument lists or the cached
     launcher's key."""
 
-    __slots__ = ("launches", "device", "geometry", "out_shape")
+    __slots__ = ("launches", "device", "geometry", "out_shape", "prepared")
 
     def __init__(self, launches: list, device: int, g: Geometry):
         self.launches, self.device, self.geometry = launches, device, g
         self.out_shape = (g.batch, 4 + g.length)
+        # eta's own stages (d = 128) take views of the workspace: those go through
+        # stage_tensors in every call; the probe's four pick from the call's tensors
+        self.prepared = [(launch, _STAGE_PICKS.get(stage), stage) for stage, launch in launches]
 
     def run(self, q, k, retrieval):
         """The call's packed [B, 4 + L] result, or None where the general path must run (a
-        launcher not ready, another current device, an address off 16 bytes, a refusal)."""
-        launches, device, g = self.launches, self.device, self.geometry
-        if not fused_plan.launchable(device, None, *(launch for _, launch in launches)):
+        launcher not ready, another current device, an address off 16 bytes, a refusal).
+        q, k, retrieval: the planned call's tensors, as [B, H, L, d] views or as the host's
+        own tensors they view (the launches read addresses; the layout is planned)."""
+        device, g = self.device, self.geometry
+        if _FAILED or not fused_plan.launchable(device, None,
+                                                *(launch for _, launch in self.launches)):
             return None
         work = torch.empty(g.work, dtype=torch.float32, device=q.device)
         out = torch.empty(self.out_shape, dtype=torch.float32, device=q.device)
         if not fused_plan.aligned(q, k, retrieval, work, out):
             return None
-        for stage, launch in launches:
-            if not launch(device, *stage_tensors(stage, q, k, retrieval, work, out, g)):
+        tensors = (q, k, retrieval, work, out)
+        stream = self.launches[0][1].launcher.stream(device)  # one driver: one current stream
+        for launch, picks, stage in self.prepared:
+            taken = [tensors[i] for i in picks] if picks is not None else \
+                stage_tensors(stage, q, k, retrieval, work, out, g)
+            if not launch.on_stream(stream, taken):
                 return None
         return out
 
@@ -249,20 +263,23 @@ def stability_triton(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, 
 
 def stability_packed(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, *,
                      config: tuple[int, int, int] | None = None,
-                     splits: int | None = None) -> torch.Tensor:
+                     splits: int | None = None, plan_key: tuple | None = None) -> torch.Tensor:
     """One fresh [B, 4 + L] fp32 tensor: per sample E, r, Align, eta, each averaged over heads
     and features, then the lambda map, for q, k [B, H, L, d] and the retrieval [B, H, L, m],
     any strides (fp16/bf16 on CUDA; also fp32, and the CPU under Triton's interpreter, for
     tests). ``config``: (tokens per tile, warps, stages) of the two stages that sweep the
     tokens; ``splits``: how many chunks the tokens are split into (default:
     hopfield/token_chunks.py). A layout's first call takes the general path and plans the
-    layout; its later calls launch the plan."""
+    layout; its later calls launch the plan. ``plan_key``: the caller's own key for this
+    call's layout (``host_layout``), under which the plan is kept too (``run_planned``)."""
     layout = (q.shape, q.stride(), k.stride(), retrieval.shape, retrieval.stride(), q.dtype,
               q.get_device(), config, splits)
     plan = _plans.get(layout)
     if plan is not None:
         out = plan.run(q, k, retrieval)
         if out is not None:
+            if plan_key is not None:
+                _keep(plan_key, plan)
             return out
     g = Geometry.of(q, retrieval, config, splits)
     work = torch.empty(g.work, dtype=torch.float32, device=q.device)
@@ -271,10 +288,34 @@ def stability_packed(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, 
     for stage, grid, args, constexprs in launches:
         _launcher(stage)[grid](*args, **constexprs)
     if layout not in _plans:
-        if len(_plans) >= fused_plan.MAX_PLANS:
-            _plans.clear()
-        _plans[layout] = _make_plan(launches, q.get_device(), g)
+        _keep(layout, _make_plan(launches, q.get_device(), g))
+    if plan_key is not None and plan_key not in _plans:
+        _keep(plan_key, _plans[layout])
     return out
+
+
+def _keep(key: tuple, plan: ProbePlan | None) -> None:
+    if len(_plans) >= fused_plan.MAX_PLANS:
+        _plans.clear()
+    _plans[key] = plan
+
+
+def host_layout(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, *views) -> tuple:
+    """A key for a call's layout given as the tensors a caller holds (the host's, say) before
+    viewing them as [B, H, L, d]: their shapes, strides, dtype and device, and ``views``,
+    whatever else decides the views (heads, the host's layout flags)."""
+    return ("host", q.shape, q.stride(), k.shape, k.stride(), retrieval.shape,
+            retrieval.stride(), q.dtype, q.device, *views)
+
+
+def run_planned(key: tuple, q: torch.Tensor, k: torch.Tensor,
+                retrieval: torch.Tensor) -> torch.Tensor | None:
+    """``stability_packed``'s result for a layout planned under ``key`` (``plan_key``),
+    launched on the caller's own tensors, which need no views: None where there is no plan
+    (the caller then makes its views and calls ``layer_stability`` with that ``plan_key``)
+    or it cannot launch now."""
+    plan = _plans.get(key)
+    return None if plan is None else plan.run(q, k, retrieval)
 
 
 def _make_plan(launches: list, device: int, g: Geometry) -> ProbePlan | None:
@@ -291,8 +332,10 @@ def launchers() -> list:
     return [launcher() for launcher in _launchers.values()]
 
 
-def try_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor):
+def try_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor,
+                  plan_key: tuple | None = None):
     """``stability_packed``'s result, or None after it failed here (warned once; the caller
     takes the torch path, now and for the rest of the process)."""
     return fused_triton.first_failure_hands_over(
-        "Stability Probe", _FAILED, lambda: stability_packed(q, k, retrieval))
+        "Stability Probe", _FAILED,
+        lambda: stability_packed(q, k, retrieval, plan_key=plan_key))

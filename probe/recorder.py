@@ -36,6 +36,7 @@ from ..hook.schedule import (
 )
 from ..hopfield.input_space import channel_subset, input_retrieval, steered_input_retrieval
 from ..hopfield.stability import layer_stability
+from ..hopfield.stability_triton import host_layout, run_planned
 from .registry import (
     Measurement,
     ProbeHandle,
@@ -160,8 +161,9 @@ def _run_bracket(state: ProbeState):
 
 
 def _value_basis(call: AttentionCall, out: torch.Tensor, steering, rows: slice) -> torch.Tensor:
-    """The value basis: the attention output the model used, d channels per head."""
-    return _rows(out, rows)
+    """The value basis: the attention output the model used (``out``, in the host's layout),
+    d channels per head."""
+    return _rows(call.from_host(out), rows)
 
 
 def _rows(t: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -233,7 +235,14 @@ def _record(run: ProbeRun, call: AttentionCall, out: torch.Tensor, steering: Ste
         measured = [(slice(c * per_chunk, (c + 1) * per_chunk), ((branch, 0, per_chunk),))
                     for branch, c in chunks]
     for rows, placed in measured:
-        stats = layer_stability(_rows(call.q, rows), _rows(call.k, rows),
-                                basis(call, out, steering, rows))
+        packed = plan_key = None
+        if rows == ALL_ROWS and basis is _value_basis:
+            # A planned layout launches on the host's q, k and output as they are: no views
+            plan_key = host_layout(call.host_q, call.host_k, out, call.heads,
+                                   call.host_heads_first, call.output_heads_first)
+            packed = run_planned(plan_key, call.host_q, call.host_k, out)
+        if packed is None:
+            packed = layer_stability(_rows(call.q, rows), _rows(call.k, rows),
+                                     basis(call, out, steering, rows), plan_key).packed
         run.record(Measurement(layer.index, layer.kind, layer.group, grid, call.text_tokens,
-                               placed, call.step, call.sigma, evaluation, stats.packed))
+                               placed, call.step, call.sigma, evaluation, packed))

@@ -295,3 +295,38 @@ def test_the_probes_plan_launches_what_its_general_path_launches(recorder, monke
     before = len(recorder.launches)
     assert plan.run(q, k, off) is None and len(recorder.launches) == before
 
+
+def test_the_probes_plan_under_the_callers_key_launches_on_unviewed_tensors(recorder,
+                                                                            monkeypatch):
+    """The probe keeps a layout's plan under a key of the host's own tensors too
+    (probe/recorder.py): a later call launches it on those tensors, with no [B, H, L, d]
+    views made, exactly what the views' launches were; a key never planned launches nothing."""
+    from core.launch_recorder import Recorder
+    from hopfield_circulation.hopfield import stability_triton
+    from hopfield_circulation.hopfield.stability import layer_stability
+
+    for stage, tensors in stability_triton.STAGE_TENSOR_ARGS.items():
+        stand_in = Recorder(kernel=stability_triton._kernel(stage), tensors=tensors)
+        stand_in.launches = recorder.launches
+        monkeypatch.setitem(stability_triton._launchers, stage,
+                            lambda stand_in=stand_in: stand_in.launcher)
+    monkeypatch.setattr(stability_triton, "_plans", {})
+    monkeypatch.setattr(stability_triton, "eligible", lambda q, k, x: True)
+    gen = torch.Generator().manual_seed(3)
+    host = [torch.randn(2, 37, 3 * 64, generator=gen).half() for _ in range(3)]
+
+    def views(t):
+        return t.view(2, 37, 3, 64).transpose(1, 2)
+
+    key = stability_triton.host_layout(*host, 3)
+    assert stability_triton.run_planned(key, *host) is None  # not planned: nothing launched
+    assert not recorder.launches
+    for _ in range(2):  # Triton's own launch, then the views' plan: each keeps the key too
+        layer_stability(*map(views, host), plan_key=key)
+    assert stability_triton._plans[key] is not None
+    planned = stability_triton.run_planned(key, *host)
+    assert planned.shape == (2, 4 + 37)
+    same_launches(recorder.launches[-8:-4], recorder.launches[-4:])
+    assert recorder.launches[-4][9:12] == tuple(host)  # the host's tensors, as they are
+    other = stability_triton.host_layout(*host, 4)  # another head count: another layout
+    assert stability_triton.run_planned(other, *host) is None

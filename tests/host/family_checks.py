@@ -104,8 +104,8 @@ def record_calls(patcher):
     calls = []
 
     def keep(call, out, steering):
-        calls.append((call.layer, call.q.clone(), call.k.clone(), out.clone(), call.text_tokens,
-                      call.token_grid))
+        calls.append((call.layer, call.q.clone(), call.k.clone(), call.from_host(out).clone(),
+                       call.text_tokens, call.token_grid))
 
     m = patcher.clone()
     add_observer(m, keep)
