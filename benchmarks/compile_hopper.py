@@ -9,8 +9,11 @@ machine, no GPU needed, and print what the compiler made of each launch configur
 Triton's wheel carries ptxas and cuobjdump, so the whole pipeline (TTIR, TTGIR, PTX, cubin)
 runs on a CPU box. Per config it reports registers per thread, spill bytes (stack/local),
 shared memory per program, and how many HGMMA (Hopper warpgroup tensor-core) instructions the
-SASS holds: a kernel without them would be on the slow mma.sync path. This is a static check:
-it says the kernel fits the chip, not how fast it runs (benchmarks/bench_gpu.py times it).
+SASS holds: a kernel without them would be on the slow mma.sync path. For the fused kernel
+also its key loop per thread and iteration: instructions, per-element float operations and
+spill loads and stores, for each way it is launched (Skew Circulation's number alpha, a
+per-sample alpha, Adaptive). This is a static check: it says the kernel fits the chip and what
+its hot loop issues, not how fast it runs (benchmarks/bench_gpu.py times it).
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ SWEEP = [LaunchConfig(bm, bn, w, s) for bm, bn, w in
 
 
 def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, heads=10,
-                   length=4096, adaptive=False) -> dict:
-    """The fused kernel for one dtype, head dim and launch configuration; ``adaptive``: the
-    variant that derives alpha_eff and beta_eff from eta_M itself."""
+                   length=4096, variant="skew") -> dict:
+    """The fused kernel for one dtype, head dim and launch configuration, as ``variant``
+    launches it: "skew" (Skew Circulation: a number alpha > -1), "per-sample" (alpha a
+    tensor), "adaptive" (alpha_eff and beta_eff derived from eta_M in the kernel)."""
+    adaptive = variant == "adaptive"
     kernel = fused_triton._kernel()
     strides = {"b": heads * length * d, "h": length * d, "l": d}
     values = {}
@@ -54,15 +59,15 @@ def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, h
     values.update(alpha_stride=1, beta_stride=1, heads=heads, length=length,
                   batch=2 if adaptive else 0)
     constants = {"D": d, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-                 "ALPHA_PER_SAMPLE": True, "BETA_PER_SAMPLE": False, "NORM_MATCH": True,
+                 "ALPHA_PER_SAMPLE": variant == "per-sample", "BETA_PER_SAMPLE": False,
+                 "NORM_MATCH": True,
                  "PV_FP16": dtype == "bf16", "HAS_ACTIVE": True,
                  "UPCAST": False, "PRECISION": fp32_precision if dtype == "fp32" else "tf32",
                  "ADAPTIVE": adaptive, "ETA_PER_SAMPLE": True,
                  "ETA_BLOCK": 16 if adaptive else 1,
-                 "DIFFERENCE": True, "ANCHOR_PERT": False}  # alpha >= 1's form
-    if adaptive:
-        constants.update(ALPHA_PER_SAMPLE=False)
-    pointers = {"Q": dtype, "K": dtype, "V": dtype, "Out": dtype,
+                 "DIFFERENCE": True, "ANCHOR_PERT": False,  # alpha >= 1's form
+                 "FOLD_C1": variant == "skew", "V_PREPASS": dtype == "bf16" and d == 128}
+    pointers = {"Q": dtype, "K": dtype, "V": dtype, "Out": dtype, "VMAX": dtype,  # v's dtype
                 "ALPHA": "fp32", "BETA": "fp32", "ETA": "fp32", "COEFS": "fp32", "ACTIVE": "u8"}
     signature = specialise(kernel, constants, pointers,
                            ("alpha_value", "beta_value", "scale_log2"), values)
@@ -115,7 +120,30 @@ def compile_sm90(kernel, signature, constexprs, attrs, num_warps, num_stages) ->
 
     return {"regs": field("REG"), "stack": field("STACK"), "local": field("LOCAL"),
             "shared_kb": compiled.metadata.shared / 1024, "hgmma": sass.count("HGMMA"),
-            "mufu_ex2": sass.count("MUFU.EX2"), "hmma": sass.count("HMMA")}
+            "mufu_ex2": sass.count("MUFU.EX2"), "hmma": sass.count("HMMA"),
+            **main_loop(sass)}
+
+
+FP32_PIPE = ("FFMA", "FMUL", "FADD", "FMNMX", "F2FP")  # per-element float work of a loop
+
+
+def main_loop(sass: str) -> dict:
+    """The loop of the SASS with the most exponentials, the first of equals (the fused kernel's
+    key-tile loop; bf16's rerun on scaled V, rare, comes after it): its instruction count,
+    how many of them are per-element float work (FP32_PIPE), and its spill traffic, per thread
+    and iteration. A static measure: fewer is better only where nothing else changed."""
+    found = [(int(at, 16), text) for at, text in
+             re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    best: list[str] = []
+    for end, text in found:
+        target = re.search(r"BRA\s+0x([0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < end:  # a backward branch closes a loop
+            body = [t for at, t in found if int(target.group(1), 16) <= at <= end]
+            if sum("MUFU.EX2" in t for t in body) > sum("MUFU.EX2" in t for t in best):
+                best = body
+    opcodes = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in best]
+    return {"loop": len(best), "loop_fp32": sum(op in FP32_PIPE for op in opcodes),
+            "loop_spill": sum(op in ("STL", "LDL") for op in opcodes)}
 
 
 def compile_eta(dtype: str, d: int, config: tuple[int, int, int], heads=10,
@@ -238,8 +266,8 @@ def main():
         if args.dtype and dtype not in args.dtype:
             continue
         rows.append((dtype, d, cfg, "default"))
-        if dtype != "fp32":  # the adaptive variant: eta-bar and the coefficients in-kernel
-            rows.append((dtype, d, cfg, "adaptive"))
+        if dtype != "fp32":  # tensor alphas, and eta-bar with the coefficients in-kernel
+            rows += [(dtype, d, cfg, "per-sample"), (dtype, d, cfg, "adaptive")]
         if args.sweep:
             rows += [(dtype, d, c, "") for c in SWEEP if c != cfg]
     print("Fused kernel compiled for sm_90a (Hopper) by Triton", end=" ")
@@ -247,19 +275,20 @@ def main():
 
     print(triton.__version__)
     print("| dtype | d | BLOCK_M | BLOCK_N | warps | stages | regs/thread | spill (stack+local B) "
-          "| shared KB | HGMMA | MUFU.EX2 | |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| shared KB | HGMMA | MUFU.EX2 | main loop | its float ops | its spills | |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for dtype, d, cfg, note in rows:
-        adaptive = note == "adaptive"
         try:
-            r = compile_config(dtype, d, cfg, args.fp32_precision, adaptive=adaptive)
+            r = compile_config(dtype, d, cfg, args.fp32_precision,
+                               variant=note if note in ("per-sample", "adaptive") else "skew")
         except Exception as error:  # a config that does not fit is a finding, not a crash
             print(f"| {dtype} | {d} | {cfg.block_m} | {cfg.block_n} | {cfg.num_warps} | "
-                  f"{cfg.num_stages} | failed: {type(error).__name__} | | | | | {note} |")
+                  f"{cfg.num_stages} | failed: {type(error).__name__} | | | | | | | | {note} |")
             continue
         print(f"| {dtype} | {d} | {cfg.block_m} | {cfg.block_n} | {cfg.num_warps} | "
               f"{cfg.num_stages} | {r['regs']} | {r['stack'] + r['local']} | "
-              f"{r['shared_kb']:.0f} | {r['hgmma']} | {r['mufu_ex2']} | {note} |", flush=True)
+              f"{r['shared_kb']:.0f} | {r['hgmma']} | {r['mufu_ex2']} | {r['loop']} | "
+              f"{r['loop_fp32']} | {r['loop_spill']} | {note} |", flush=True)
 
 
 if __name__ == "__main__":

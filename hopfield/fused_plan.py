@@ -87,11 +87,14 @@ def launchable(device: int, active: torch.Tensor | None, *launches: PreparedLaun
         and (active is None or active.is_contiguous())
 
 
-def _fused_operands(plan, q, active):
-    """(output, steered rows) of one planned fused launch: the output laid out as planned,
-    the rows as the kernel reads them (else the output stands in)."""
+def _fused_operands(plan, q, v, active, v_heads):
+    """(output, v's per-head maxima, steered rows) of one planned fused launch: the output
+    laid out as planned, the maxima only where the kernel takes them (bf16 at d = 128), the
+    rows as the kernel reads them (else the output stands in for either)."""
     out = plan.output.new(q)
-    return out, out if active is None else active.view(torch.uint8)
+    v_max = fused_triton.per_head_v_max(v if v_heads is None else v_heads) \
+        if plan.v_prepass else out
+    return out, v_max, out if active is None else active.view(torch.uint8)
 
 
 def aligned(*tensors) -> bool:
@@ -130,24 +133,27 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 class SkewPlan:
     """Static alpha and beta: one fused launch."""
 
-    __slots__ = ("fused", "device", "output")
+    __slots__ = ("fused", "device", "v_prepass", "output")
 
-    def __init__(self, fused: PreparedLaunch, device: int, output: OutputLayout):
-        self.fused, self.device, self.output = fused, device, output
+    def __init__(self, fused: PreparedLaunch, device: int, v_prepass: bool,
+                 output: OutputLayout):
+        self.fused, self.device, self.v_prepass, self.output = fused, device, v_prepass, output
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            active: torch.Tensor | None) -> torch.Tensor | None:
+            active: torch.Tensor | None, v_heads: torch.Tensor | None = None
+            ) -> torch.Tensor | None:
         """The steered output, as the general path's and handed on as its caller's
         ``to_host`` does, or None where that path must run instead (nothing launched then).
         q, k, v: the planned call's tensors, [B, H, L, d] or the host's own (the launch reads
-        addresses; the layout is planned)."""
+        addresses; the layout is planned). ``v_heads``: v as [B, H, L, d], where ``v_prepass``
+        (its per-head maxima)."""
         fused, device = self.fused, self.device
         if not launchable(device, active, fused):
             return None
-        out, rows = _fused_operands(self, q, active)
-        if not aligned(q, k, v, out, rows):
+        out, v_max, rows = _fused_operands(self, q, v, active, v_heads)
+        if not aligned(q, k, v, out, v_max, rows):
             return None  # planned for 16-byte aligned tensors only
-        if not fused(device, q, k, v, out, out, out, rows, out, out):
+        if not fused(device, q, k, v, out, out, out, v_max, rows, out, out):
             return None
         return out
 
@@ -157,16 +163,16 @@ class AdaptivePlan:
     reduction: eta_triton.py), then the fused kernel's, which derives alpha_eff and beta_eff
     from eta itself (fused_triton.fused_adaptive_circulation)."""
 
-    __slots__ = ("eta", "fused", "device", "eta_shape", "work", "lanes", "output")
+    __slots__ = ("eta", "fused", "device", "v_prepass", "eta_shape", "work", "lanes", "output")
 
-    def __init__(self, eta: list, fused: PreparedLaunch, device: int,
+    def __init__(self, eta: list, fused: PreparedLaunch, device: int, v_prepass: bool,
                  eta_shape: tuple[int, int], work: int, lanes: int, output: OutputLayout):
         self.eta, self.fused, self.device = eta, fused, device  # eta: [(stage, launch)]
-        self.eta_shape, self.work = eta_shape, work
+        self.v_prepass, self.eta_shape, self.work = v_prepass, eta_shape, work
         self.lanes, self.output = lanes, output
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            active: torch.Tensor | None) -> tuple | None:
+            active: torch.Tensor | None, v_heads: torch.Tensor | None = None) -> tuple | None:
         """(output, eta-bar, alpha_eff, beta_eff) as the general path gives them (the
         coefficients [B|1, 1, 1, 1]; the output as ``SkewPlan.run``'s), or None where that
         path must run instead."""
@@ -174,17 +180,17 @@ class AdaptivePlan:
         if not launchable(device, active, fused, *(launch for _, launch in eta_launches)) \
                 or eta_triton.failed():
             return None
-        out, rows = _fused_operands(self, q, active)
+        out, v_max, rows = _fused_operands(self, q, v, active, v_heads)
         eta = torch.empty(self.eta_shape, dtype=torch.float32, device=q.device)
         work = torch.empty(self.work, dtype=torch.float32, device=q.device) if self.work \
             else eta
         coefficients = torch.empty(3, self.lanes, dtype=torch.float32, device=q.device)
-        if not aligned(q, k, v, out, rows, eta, work, coefficients):
+        if not aligned(q, k, v, out, v_max, rows, eta, work, coefficients):
             return None
         for stage, launch in eta_launches:
             if not launch(device, *eta_triton.stage_tensors(stage, q, k, eta, work)):
                 return None
-        if not fused(device, q, k, v, out, out, out, rows, eta, coefficients):
+        if not fused(device, q, k, v, out, out, out, v_max, rows, eta, coefficients):
             return None
         eta_bar, alpha, beta = coefficients.unbind(0)
         return out, eta_bar, alpha.view(-1, 1, 1, 1), beta.view(-1, 1, 1, 1)
@@ -205,7 +211,8 @@ def make_skew_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: flo
         q, k, v, out, None, None, float(alpha), float(beta), active, norm_match, cfg)
     fused = prepare(fused_triton._launcher(), grid, args, constexprs,
                     fused_triton.FUSED_TENSOR_ARGS)
-    return None if fused is None else SkewPlan(fused, q.get_device(), output)
+    return None if fused is None else SkewPlan(fused, q.get_device(),
+                                               fused_triton.v_prepass(q), output)
 
 
 def make_adaptive_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float,
@@ -236,8 +243,8 @@ def make_adaptive_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha:
                     fused_triton.FUSED_TENSOR_ARGS)
     if fused is None or any(launch is None for _, launch in eta_launches):
         return None
-    return AdaptivePlan(eta_launches, fused, q.get_device(), (batch, heads), size,
-                        adaptive.coefficients.shape[1], output)
+    return AdaptivePlan(eta_launches, fused, q.get_device(), fused_triton.v_prepass(q),
+                        (batch, heads), size, adaptive.coefficients.shape[1], output)
 
 
 def _plannable(q: torch.Tensor, active: torch.Tensor | None):

@@ -7,8 +7,8 @@ first runs, so the pack imports fine without Triton.
 import triton
 import triton.language as tl
 
-# bf16 inputs whose V overflows fp16 (|v| >= 2^16): V is scaled by a power of two until
-# |V| <= this, then multiplied in fp16.
+# bf16 inputs: V is scaled by a power of two until |V| <= this (where its maximum reaches 2^16
+# at d = 64; where it exceeds this at d = 128), then multiplied in fp16.
 FP16_SAFE_MAX = tl.constexpr(16384.0)
 
 
@@ -47,7 +47,8 @@ def _key_tile_scores(
     if PV_FP16:  # bf16 inputs: P V in fp16, see hopfield/fused_triton.py
         v_j = (v_j.to(tl.float32) * v_inv_scale).to(tl.float16)
 
-    # Raw logits (no 1/sqrt(d) yet): S1 = Q_i K_j^T and A = c1 S1 + c2 K_i Q_j^T.
+    # Raw logits (no 1/sqrt(d) yet): S1 = Q_i K_j^T and A = c1 S1 + c2 K_i Q_j^T (with c1 a
+    # constant 1 where the caller moved it into A's scale: one FMA per logit, no multiply).
     s1 = _dot(q_i, k_jt, UPCAST, PRECISION)
     a = c1 * s1 + c2 * _dot(k_i, q_jt, UPCAST, PRECISION)
     if MASKED:
@@ -59,26 +60,29 @@ def _key_tile_scores(
 @triton.jit
 def _attend_key_tile(
     acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
-    sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+    sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, scale_a, v_inv_scale,
     D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, PV_FP16: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, DIFFERENCE: tl.constexpr,
     ANCHOR_PERT: tl.constexpr,
 ):
     # One key tile of both online softmaxes, in the form accumulation_form (fused_triton.py)
     # picked: acc_a holds P_a V at its own running maximum, or with DIFFERENCE (P_a - P_b) V at
-    # the larger one; ANCHOR_PERT swaps the two softmaxes' roles (alpha < 1).
+    # the larger one; ANCHOR_PERT swaps the two softmaxes' roles (alpha < 1). scale_log2 and
+    # scale_a turn S1 and A into log2 units of the scaled logits.
     s1, a, v_j = _key_tile_scores(
         q_i, k_i, q_base, k_base, v_base, start, sql, sqd, skl, skd, svl, svd, length, c1, c2,
         v_inv_scale, D, BLOCK_N, MASKED, PV_FP16, UPCAST, PRECISION)
+    scale_b = scale_log2
     if ANCHOR_PERT:  # the baseline is the peakier softmax: the difference goes on its side
         s1, a = a, s1
+        scale_b, scale_a = scale_a, scale_b
 
     # Online softmax of the anchor at its own running maximum m_b. Maxima are kept in log2
     # units of the scaled logits, so each probability is one FMA and one exp2 (MUFU.EX2, the
     # hardware exponential). Every tile has a valid column: the maxima are finite from the
     # first tile on.
-    m_b_new = tl.maximum(m_b, tl.max(s1, 1) * scale_log2)
-    p_b = tl.exp2(s1 * scale_log2 - m_b_new[:, None])
+    m_b_new = tl.maximum(m_b, tl.max(s1, 1) * scale_b)
+    p_b = tl.exp2(s1 * scale_b - m_b_new[:, None])
     rescale_b = tl.exp2(m_b - m_b_new)
     l_b = l_b * rescale_b + tl.sum(p_b, 1)
     acc_b = acc_b * rescale_b[:, None] + _dot(p_b.to(v_j.dtype), v_j, UPCAST, PRECISION)
@@ -88,10 +92,10 @@ def _attend_key_tile(
     # P_a and P_b separately leaves each retrieval ~2^-12 off, uncorrelated, which is 3x the
     # output's own rounding once Delta = pert - base is a few percent of it (flat logits); the
     # rounded difference P_a - P_b errs only ~2^-12 of Delta itself.
-    m_a_new = tl.maximum(m_a, tl.max(a, 1) * scale_log2)
+    m_a_new = tl.maximum(m_a, tl.max(a, 1) * scale_a)
     if DIFFERENCE:
         m_a_new = tl.maximum(m_a_new, m_b_new)
-    p_a = tl.exp2(a * scale_log2 - m_a_new[:, None])
+    p_a = tl.exp2(a * scale_a - m_a_new[:, None])
     rescale_a = tl.exp2(m_a - m_a_new)
     l_a = l_a * rescale_a + tl.sum(p_a, 1)
     if DIFFERENCE:
@@ -157,7 +161,8 @@ def _plain_rows(
 @triton.jit
 def _steered_rows(
     q_i, k_i, q_base, k_base, v_base, sql, sqd, skl, skd, svl, svd, length, c1, c2,
-    scale_log2, v_inv_scale, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    scale_log2, scale_a, v_inv_scale, D: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     PV_FP16: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     DIFFERENCE: tl.constexpr, ANCHOR_PERT: tl.constexpr,
 ):
@@ -173,12 +178,12 @@ def _steered_rows(
     for start in range(0, full_end, BLOCK_N):
         acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile(
             acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, start,
-            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, scale_a, v_inv_scale,
             D, BLOCK_N, False, PV_FP16, UPCAST, PRECISION, DIFFERENCE, ANCHOR_PERT)
     if full_end < length:
         acc_b, l_b, m_b, acc_a, l_a, m_a = _attend_key_tile(
             acc_b, l_b, m_b, acc_a, l_a, m_a, q_i, k_i, q_base, k_base, v_base, full_end,
-            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, v_inv_scale,
+            sql, sqd, skl, skd, svl, svd, length, c1, c2, scale_log2, scale_a, v_inv_scale,
             D, BLOCK_N, True, PV_FP16, UPCAST, PRECISION, DIFFERENCE, ANCHOR_PERT)
     return acc_b, l_b, m_b, acc_a, l_a, m_a
 
@@ -236,7 +241,7 @@ def _adaptive_coefficients(ETA, COEFS, alpha_value, beta_value, b, h, pid_m, bat
 
 @triton.jit
 def skew_circulation_fwd(
-    Q, K, V, Out, ALPHA, BETA, ACTIVE, ETA, COEFS,
+    Q, K, V, Out, ALPHA, BETA, VMAX, ACTIVE, ETA, COEFS,
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sob, soh, sol, sod,
     alpha_stride, beta_stride, alpha_value, beta_value,
     batch, heads, length, scale_log2,
@@ -245,7 +250,8 @@ def skew_circulation_fwd(
     NORM_MATCH: tl.constexpr, PV_FP16: tl.constexpr, HAS_ACTIVE: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     ADAPTIVE: tl.constexpr, ETA_PER_SAMPLE: tl.constexpr, ETA_BLOCK: tl.constexpr,
-    DIFFERENCE: tl.constexpr, ANCHOR_PERT: tl.constexpr,
+    DIFFERENCE: tl.constexpr, ANCHOR_PERT: tl.constexpr, FOLD_C1: tl.constexpr,
+    V_PREPASS: tl.constexpr,
 ):
     # Axis 0 runs over query tiles of one (batch, head): neighbouring programs stream the
     # same K, Q, V, which then come from L2.
@@ -281,18 +287,31 @@ def skew_circulation_fwd(
     scale_log2 = tl.cast(scale_log2, tl.float32)
     c1 = (1.0 + alpha) * 0.5
     c2 = (1.0 - alpha) * 0.5
+    scale_a = scale_log2
+    if FOLD_C1:  # alpha > -1, so c1 > 0: A = c1 (S1 + (c2 / c1) K_i Q_j^T), c1 in A's scale
+        scale_a = scale_log2 * c1
+        c2 = c2 / c1
+        c1 = 1.0
     o_base = Out + b.to(tl.int64) * sob + h.to(tl.int64) * soh
     o_ptrs = o_base + rows[:, None] * sol + dims[None, :] * sod
-    # bf16 inputs: P V runs in fp16, on V as it is unless a value of this head lies beyond
-    # fp16's range; then the program sweeps the head's V for its maximum and runs its rows
-    # again on V scaled by a power of two (exact). v_scale undoes that in the epilogue.
+    # bf16 inputs: P V runs in fp16. With V_PREPASS (d = 128) V is scaled by the power of two
+    # that V's per-head maximum, reduced before the launch, calls for (1 unless it exceeds
+    # 2^14). Else (d = 64) on V as it is, unless a value of this head lies beyond fp16's
+    # range: then the program sweeps the head's V for its maximum and runs its rows again on
+    # V scaled down. At d = 128 that second copy of the key loop raised the register
+    # pressure, and spills, in the first (benchmarks/compile_hopper.py). v_scale undoes the
+    # scaling in the epilogue; powers of two keep it exact.
+    v_scale = 1.0
+    if PV_FP16 and V_PREPASS:
+        v_max = tl.load(VMAX + pid_bh).to(tl.float32)
+        v_scale = tl.exp2(tl.maximum(tl.ceil(tl.log2(v_max / FP16_SAFE_MAX)), 0.0))
+    rerun = PV_FP16 and not V_PREPASS
     if HAS_ACTIVE:  # a sample the caller does not steer: its rows get the plain retrieval
         if tl.load(ACTIVE + b) == 0:
             acc, l_i = _plain_rows(q_i, k_base, v_base, skl, skd, svl, svd, length,
-                                   scale_log2, 1.0, D, BLOCK_M, BLOCK_N, PV_FP16, UPCAST,
-                                   PRECISION)
-            v_scale = 1.0
-            if PV_FP16:
+                                   scale_log2, 1.0 / v_scale, D, BLOCK_M, BLOCK_N, PV_FP16,
+                                   UPCAST, PRECISION)
+            if rerun:
                 v_scale = tl.cast(1.0, tl.float32)
                 if _overflowed(acc):
                     v_scale = _head_v_scale(v_base, svl, svd, length, D, BLOCK_N)
@@ -305,16 +324,15 @@ def skew_circulation_fwd(
 
     acc_b, l_b, m_b, acc_a, l_a, m_a = _steered_rows(
         q_i, k_i, q_base, k_base, v_base, sql, sqd, skl, skd, svl, svd, length, c1, c2,
-        scale_log2, 1.0, D, BLOCK_M, BLOCK_N, PV_FP16, UPCAST, PRECISION, DIFFERENCE,
-        ANCHOR_PERT)
-    v_scale = 1.0
-    if PV_FP16:
+        scale_log2, scale_a, 1.0 / v_scale, D, BLOCK_M, BLOCK_N, PV_FP16, UPCAST, PRECISION,
+        DIFFERENCE, ANCHOR_PERT)
+    if rerun:
         v_scale = tl.cast(1.0, tl.float32)
         if _overflowed(acc_b + acc_a):
             v_scale = _head_v_scale(v_base, svl, svd, length, D, BLOCK_N)
             acc_b, l_b, m_b, acc_a, l_a, m_a = _steered_rows(
                 q_i, k_i, q_base, k_base, v_base, sql, sqd, skl, skd, svl, svd, length, c1,
-                c2, scale_log2, 1.0 / v_scale, D, BLOCK_M, BLOCK_N, PV_FP16, UPCAST,
+                c2, scale_log2, scale_a, 1.0 / v_scale, D, BLOCK_M, BLOCK_N, PV_FP16, UPCAST,
                 PRECISION, DIFFERENCE, ANCHOR_PERT)
 
     # Epilogue, all fp32: the two retrievals never round before their difference is taken.

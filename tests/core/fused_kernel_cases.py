@@ -58,7 +58,8 @@ def expected(q, k, v, alpha, beta, norm_match=True):
     (37, 64, 1.05, SMALL),
     (37, 64, 0.9, SMALL),  # alpha < 1
     (37, 64, 0.0, SMALL),  # purely symmetric logits
-    (37, 64, -1.5, SMALL),  # c1 < 0
+    (37, 64, -1.5, SMALL),  # c1 < 0: c1 stays out of the perturbed logits' scale
+    (37, 64, -0.99, SMALL),  # c1 = 0.005 moved into that scale: c2 / c1 = 199
     (37, 64, 3.0, SMALL),  # c2 < 0, large
     (77, 128, 1.05, SMALL),  # 64 + 13
     (77, 128, -1.5, SMALL),
@@ -130,18 +131,24 @@ def test_a_tensor_alpha_takes_its_users_side_from_the_hint():
     alphas = torch.full((2, 1, 1, 1), 0.6)
     by_number = fused_skew_circulation(q, k, v, 0.6, 3.0, config=WIDE)
     hinted = fused_skew_circulation(q, k, v, alphas, 3.0, config=WIDE, alpha_hint=0.6)
-    assert torch.equal(hinted, by_number)
+    # A number's launch also moves c1 into the perturbed logits' scale (FOLD_C1), which a
+    # tensor's cannot: their logits round differently in fp32, which moves a few outputs by
+    # one fp16 step; another accumulation form moves a third of them.
+    assert (hinted != by_number).float().mean() < 0.01
+    torch.testing.assert_close(hinted, by_number, rtol=2.0**-10, atol=2.0**-14)
     assert fused_triton.accumulation_form(0.6) == (True, True)
     assert fused_triton.accumulation_form(1.0) == (True, False)
     assert fused_triton.accumulation_form(-0.1) == (False, False)
     unhinted = fused_skew_circulation(q, k, v, alphas, 3.0, config=WIDE)  # side unknown: apart
     assert fused_triton.accumulation_form(float("nan")) == (False, False)
-    assert not torch.equal(unhinted, by_number)
+    assert (unhinted != by_number).float().mean() > 0.1
 
 
-def test_bf16_values_beyond_fp16_range_are_scaled_not_clipped():
-    """bf16 P V runs in fp16: a head whose |V| reaches 1e6 is scaled by a power of two first."""
-    (q, k, v), (q64, k64, v64) = qkv(1, 2, 40, 64, seed=9, dtype=torch.bfloat16)
+@pytest.mark.parametrize("d", [64, 128])
+def test_bf16_values_beyond_fp16_range_are_scaled_not_clipped(d):
+    """bf16 P V runs in fp16: a head whose |V| reaches 1e6 is scaled by a power of two (found
+    in the kernel at d = 64, from a reduction before it at d = 128)."""
+    (q, k, v), (q64, k64, v64) = qkv(1, 2, 40, d, seed=9, dtype=torch.bfloat16)
     v = v.clone()
     v[0, 1] *= 1e6  # head 1 only: head 0 keeps scale 1
     v64 = v.double()
