@@ -70,11 +70,14 @@ def test_fused_kernel_against_float64(case):
 
 
 @needs_triton
+@pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_unselected_rows_and_large_values(dtype):
+def test_unselected_rows_and_large_values(dtype, d):
+    """bf16 V beyond fp16's range: at d = 64 the kernel finds it and reruns the programs that
+    met it, at d = 128 it is scaled from a reduction before the launch."""
     from hopfield_circulation.hopfield.fused_triton import fused_skew_circulation
 
-    q, k, v = inputs(4, 8, 640, 64, dtype, seed=3)
+    q, k, v = inputs(4, 8, 640, d, dtype, seed=3)
     v = v * (3e4 if dtype == torch.bfloat16 else 1.0)  # bf16: beyond fp16's range
     active = torch.tensor([True, False, True, False], device="cuda")
     got = fused_skew_circulation(q, k, v, 1.05, 3.0, active=active)
