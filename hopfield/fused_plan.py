@@ -173,9 +173,9 @@ class AdaptivePlan:
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             active: torch.Tensor | None, v_heads: torch.Tensor | None = None) -> tuple | None:
-        """(output, eta-bar, alpha_eff, beta_eff) as the general path gives them (the
-        coefficients [B|1, 1, 1, 1]; the output as ``SkewPlan.run``'s), or None where that
-        path must run instead."""
+        """(output, eta-bar, alpha_eff, beta_eff) with the general path's values (the three
+        [B|1, 1, 1, 1] rows of one tensor; the output as ``SkewPlan.run``'s), or None where
+        that path must run instead."""
         eta_launches, fused, device = self.eta, self.fused, self.device
         if not launchable(device, active, fused, *(launch for _, launch in eta_launches)) \
                 or eta_triton.failed():
@@ -184,7 +184,9 @@ class AdaptivePlan:
         eta = torch.empty(self.eta_shape, dtype=torch.float32, device=q.device)
         work = torch.empty(self.work, dtype=torch.float32, device=q.device) if self.work \
             else eta
-        coefficients = torch.empty(3, self.lanes, dtype=torch.float32, device=q.device)
+        # [3, lanes] as the kernel writes it, shaped so that its rows need no views
+        coefficients = torch.empty(3, self.lanes, 1, 1, 1, dtype=torch.float32,
+                                   device=q.device)
         if not aligned(q, k, v, out, v_max, rows, eta, work, coefficients):
             return None
         for stage, launch in eta_launches:
@@ -193,7 +195,7 @@ class AdaptivePlan:
         if not fused(device, q, k, v, out, out, out, v_max, rows, eta, coefficients):
             return None
         eta_bar, alpha, beta = coefficients.unbind(0)
-        return out, eta_bar, alpha.view(-1, 1, 1, 1), beta.view(-1, 1, 1, 1)
+        return out, eta_bar, alpha, beta
 
 
 def make_skew_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float,

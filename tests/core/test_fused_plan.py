@@ -227,7 +227,7 @@ def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, monk
     assert (out.shape, out.stride(), out.dtype) == (
         general_out.shape, general_out.stride(), general_out.dtype)
     assert general_coefficients.shape == (3, 2 if per_sample else 1)
-    assert eta_bar.shape == general_coefficients[0].shape
+    assert eta_bar.shape == alpha.shape
     assert alpha.shape == beta.shape == (general_coefficients.shape[1], 1, 1, 1)
     assert alpha.data_ptr() == eta_bar.data_ptr() + 4 * eta_bar.numel()  # rows of one tensor
     fused_launches, eta_launches = recorder.launches, recorder.eta.launches

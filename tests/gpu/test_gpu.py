@@ -397,7 +397,7 @@ def test_planned_adaptive_launches_match_the_general_path(dtype):
         want, coefficients = general(q, k, v)
         out, eta_bar, alpha, beta = plan.run(q, k, v, active)
         assert torch.equal(out, want) and out.stride() == want.stride()
-        assert torch.equal(torch.stack((eta_bar, alpha.flatten(), beta.flatten())),
+        assert torch.equal(torch.stack((eta_bar.flatten(), alpha.flatten(), beta.flatten())),
                            coefficients)
 
 
