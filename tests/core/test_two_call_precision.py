@@ -121,3 +121,27 @@ def test_bf16_in_fp16_unscales_once_bit_for_bit(norm_match, v_scale, device):
     want = blend_retrievals(base, perturbed, beta, norm_match=norm_match)
     got = two_call(q, k, v, None, 1.05, beta, norm_match, bf16_compute=torch.float16)
     assert torch.equal(got, want)
+
+
+def test_fp16_exponents_match_their_definition():
+    """[a, b, c, -c] from one matrix-vector product equals its literal definition: e = the
+    exponent of each max |x| (a power of two kept, all-zero -> -100), shift =
+    ceil((e_q - e_k) / 2), a = -shift, b = shift, c = 14 - e_v."""
+    import math
+
+    from hopfield_circulation.hopfield.two_call import FP16_TOP_LOG2, _fp16_exponents
+
+    gen = torch.Generator().manual_seed(5)
+    for trial in range(200):
+        scales = [2.0 ** torch.randint(-60, 60, (), generator=gen).item()
+                  * (torch.rand((), generator=gen).item() + 0.5) for _ in range(3)]
+        q, k, v = ((torch.randn(2, 3, 16, 8, generator=gen) * s).to(torch.bfloat16)
+                   for s in scales)
+        if trial % 7 == 0:
+            v = v * 0  # all zero
+        if trial % 11 == 0:
+            q = torch.full_like(q, 2.0**-20)  # an exact power of two
+        e = [math.ceil(math.log2(max(float(t.abs().max()), 2.0**-100))) for t in (q, k, v)]
+        shift = math.ceil((e[0] - e[1]) / 2)
+        want = [-shift, shift, FP16_TOP_LOG2 - e[2], e[2] - FP16_TOP_LOG2]
+        assert _fp16_exponents(q, k, v).tolist() == want, (trial, e)
