@@ -17,6 +17,9 @@ Paths, each timed as what the attention override costs per steered call:
 - fused_half: every other sample steered (branch "cond" under CFG): one launch of the kernel,
   which writes the plain attention output of the unselected samples itself (no host call).
 - fused_adaptive: Adaptive Circulation on the fused path (eta_M, its coefficients, the kernel).
+- kernel_number_alpha, kernel_tensor_alpha: the fused kernel alone, alpha a number (c1 moved
+  into the perturbed logits' exp2 scale: one FMA per logit) and a per-sample tensor (the
+  general form: a multiply and an FMA), the same accumulation form: what that move saves.
 - eta_kernel, eta_split, eta_torch: eta_M alone, by the Triton kernel as the adaptive path
   calls it on CUDA (one launch, one program per (sample, head): splitting the tokens measured
   slower), by the same kernels with the tokens split into 7 chunks and a second launch that
@@ -96,12 +99,20 @@ def paths(q, k, v, alpha=1.05):
         return hopfield.circulate_value_space(q, k, v, None, fused, active).out
 
     adaptive = hopfield.CirculationSettings(alpha, BETA, adaptive=True, kernel="fused")
+    # The kernel alone with alpha a number (c1 moved into the perturbed logits' scale) and as
+    # a per-sample tensor (the general form, same accumulation): what that move saves
+    from hopfield_circulation.hopfield.fused_triton import fused_skew_circulation
+
+    alphas = torch.full((q.shape[0], 1, 1, 1), alpha, device=q.device)
     return {
         "baseline": lambda: F.scaled_dot_product_attention(q, k, v),
         "two_call": run_two_call,
         "fused": lambda: hopfield.circulate_value_space(q, k, v, None, fused).out,
         "fused_half": run_fused_half,
         "fused_adaptive": lambda: hopfield.circulate_value_space(q, k, v, None, adaptive).out,
+        "kernel_number_alpha": lambda: fused_skew_circulation(q, k, v, alpha, BETA),
+        "kernel_tensor_alpha": lambda: fused_skew_circulation(q, k, v, alphas, BETA,
+                                                              alpha_hint=alpha),
     }
 
 
