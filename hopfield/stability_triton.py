@@ -208,24 +208,17 @@ def _tensor_args(stage: str) -> int:
         else STAGE_TENSOR_ARGS[stage]
 
 
-# stage -> which of (q, k, retrieval, work, out) it takes first, in stage_tensors' order
-_STAGE_PICKS = {"grams": (0, 1, 2, 3), "field": (0, 1, 2, 3), "weights": (3,), "finish": (3, 4)}
-
-
 class ProbePlan:
     """A call layout's launches prepared once (hopfield/fused_plan.py's ``prepare``): later
     calls of the layout launch the compiled kernels with only their own tensors (the inputs,
     a fresh workspace and output), without the geometry, the argument lists or the cached
     launcher's key."""
 
-    __slots__ = ("launches", "device", "geometry", "out_shape", "prepared")
+    __slots__ = ("launches", "device", "geometry", "out_shape")
 
     def __init__(self, launches: list, device: int, g: Geometry):
         self.launches, self.device, self.geometry = launches, device, g
         self.out_shape = (g.batch, 4 + g.length)
-        # eta's own stages (d = 128) take views of the workspace: those go through
-        # stage_tensors in every call; the probe's four pick from the call's tensors
-        self.prepared = [(launch, _STAGE_PICKS.get(stage), stage) for stage, launch in launches]
 
     def run(self, q, k, retrieval):
         """The call's packed [B, 4 + L] result, or None where the general path must run (a
@@ -240,12 +233,9 @@ class ProbePlan:
         out = torch.empty(self.out_shape, dtype=torch.float32, device=q.device)
         if not fused_plan.aligned(q, k, retrieval, work, out):
             return None
-        tensors = (q, k, retrieval, work, out)
         stream = self.launches[0][1].launcher.stream(device)  # one driver: one current stream
-        for launch, picks, stage in self.prepared:
-            taken = [tensors[i] for i in picks] if picks is not None else \
-                stage_tensors(stage, q, k, retrieval, work, out, g)
-            if not launch.on_stream(stream, taken):
+        for stage, launch in self.launches:
+            if not launch.on_stream(stream, stage_tensors(stage, q, k, retrieval, work, out, g)):
                 return None
         return out
 
