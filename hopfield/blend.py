@@ -27,8 +27,10 @@ def blend_retrievals(
     ratio_min: float = RATIO_MIN,
     ratio_max: float = RATIO_MAX,
     unscale: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Blend over the last axis (the feature axis of one head); returns fp32 (fp64 for fp64 input).
+    """Blend over the last axis (the feature axis of one head); returns fp32 (fp64 for fp64
+    input), or ``out_dtype`` (the model's).
 
     ``beta`` may be a tensor broadcasting against ``base`` (e.g. [B, 1, 1, 1]). Non-finite
     values produced by the rescale are zeroed rather than propagated into the model.
@@ -36,6 +38,10 @@ def blend_retrievals(
     two-call path's exact fp16 scaling); the blend scales with them exactly, so it is computed
     as they are and unscaled once, in the norm match's own multiply (the norm floor scaled
     alike): the same result, bit for bit, as unscaling both retrievals first.
+    ``out_dtype``: that last multiply rounds straight into it (computed in fp32 all the same,
+    the same bits as rounding the fp32 result afterwards), so neither it nor the zeroing of
+    non-finite values makes a full fp32 pass of its own; a value beyond the dtype's range,
+    inf once rounded, is zeroed too rather than handed to the model.
     """
     dtype = torch.promote_types(base.dtype, torch.float32)  # fp64 inputs keep fp64
     base32 = base.to(dtype)
@@ -43,10 +49,19 @@ def blend_retrievals(
     weight = beta.to(device=base.device, dtype=dtype) if isinstance(beta, torch.Tensor) else beta
     new = torch.lerp(base32, pert32, weight)  # base + beta (perturbed - base), one pass
     if not norm_match:
-        return new if unscale is None else new.mul_(unscale)
+        if unscale is not None:
+            new = _scaled(new, unscale, out_dtype)
+        return new if out_dtype in (None, new.dtype) else new.to(out_dtype)
     eps = NORM_EPS if unscale is None else NORM_EPS / unscale
     ref = torch.linalg.vector_norm(pert32, dim=-1, keepdim=True).clamp_min(eps)
     cur = torch.linalg.vector_norm(new, dim=-1, keepdim=True).clamp_min(eps)
     ratio = ref.div_(cur).clamp_(ratio_min, ratio_max)
-    new.mul_(ratio if unscale is None else ratio.mul_(unscale))  # in place: new is ours
-    return torch.nan_to_num_(new, nan=0.0, posinf=0.0, neginf=0.0)
+    out = _scaled(new, ratio if unscale is None else ratio.mul_(unscale), out_dtype)
+    return torch.nan_to_num_(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _scaled(new: torch.Tensor, factor: torch.Tensor, out_dtype: torch.dtype | None):
+    """new * factor, in place (new is the blend's own) or rounded into a new out_dtype tensor."""
+    if out_dtype in (None, new.dtype):
+        return new.mul_(factor)
+    return torch.mul(new, factor, out=torch.empty_like(new, dtype=out_dtype))

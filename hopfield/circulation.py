@@ -130,6 +130,7 @@ def circulate_value_space(
         fused = use_fused(q, k, v, settings.kernel)
     if base is None and needs_baseline(q, k, v, settings, active, fused):
         raise ValueError("circulate_value_space: this path needs the baseline output")
+    dtype = q.dtype if base is None else base.dtype  # the model's: what the call returns
     if fused and settings.adaptive and not torch.compiler.is_compiling():
         # eta_M, then one launch that derives the coefficients itself (eager calls; a compile
         # trace takes the path below, where inductor fuses the coefficients' ops).
@@ -149,8 +150,7 @@ def circulate_value_space(
                 q, k, v, alpha, beta, norm_match=settings.norm_match, active=active,
                 fallback=settings.kernel == "auto", alpha_hint=settings.alpha)
         else:
-            out = two_call(q, k, v, base, alpha, beta, settings.norm_match)
-    dtype = q.dtype if base is None else base.dtype
+            out = two_call(q, k, v, base, alpha, beta, settings.norm_match, out_dtype=dtype)
     if out.dtype != dtype:
         out = out.to(dtype)
     if base is not None and active is not None:

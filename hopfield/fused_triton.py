@@ -458,7 +458,7 @@ def _fallback(q, k, v, alpha_t, beta_t, alpha_value, beta_value, active, norm_ma
 
     base = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     out = two_call(q, k, v, base, coefficient(alpha_t, alpha_value),
-                   coefficient(beta_t, beta_value), norm_match).to(q.dtype)
+                   coefficient(beta_t, beta_value), norm_match, out_dtype=q.dtype)
     return out if active is None else torch.where(active.reshape(-1, 1, 1, 1), out, base)
 
 

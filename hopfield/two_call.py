@@ -35,8 +35,10 @@ def own_baseline(q: torch.Tensor) -> bool:
 
 def two_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, base: torch.Tensor | None,
              alpha: Scalar, beta: Scalar, norm_match: bool = True,
-             bf16_compute: torch.dtype | None = None) -> torch.Tensor:
-    """Blend of the baseline and the alpha-scaled retrieval, fp32 (fp64 for fp64 input).
+             bf16_compute: torch.dtype | None = None,
+             out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Blend of the baseline and the alpha-scaled retrieval, fp32 (fp64 for fp64 input), or
+    ``out_dtype`` (the model's: the blend's last multiply rounds into it, no pass of its own).
 
     ``base``: the host's output, used unless ``own_baseline(q)``. ``bf16_compute`` forces the
     dtype bf16 inputs are computed in (tests): fp16 off the CPU, fp32 on it by default.
@@ -46,11 +48,11 @@ def two_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, base: torch.Tens
         if compute == torch.float16:
             base, perturbed, v_unscale = _retrievals_in_fp16(q, k, v, alpha)
             return blend_retrievals(base, perturbed, beta, norm_match=norm_match,
-                                    unscale=v_unscale)
+                                    unscale=v_unscale, out_dtype=out_dtype)
         q, k, v = q.to(compute), k.to(compute), v.to(compute)
         base = F.scaled_dot_product_attention(q, k, v)
     perturbed = skew_scaled_attention(q, k, v, alpha)
-    return blend_retrievals(base, perturbed, beta, norm_match=norm_match)
+    return blend_retrievals(base, perturbed, beta, norm_match=norm_match, out_dtype=out_dtype)
 
 
 def _fp16_exponents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

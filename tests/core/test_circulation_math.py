@@ -201,6 +201,31 @@ def test_norm_match_is_nan_and_inf_safe():
     assert torch.equal(blend_retrievals(base, base, 3.0), base)  # zero vectors stay zero
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("norm_match", [True, False])
+@pytest.mark.parametrize("unscale", [None, 2.0**-7])
+def test_blend_into_the_model_dtype_rounds_the_fp32_result(out_dtype, norm_match, unscale):
+    """With out_dtype the last multiply rounds straight into the model's dtype: the same bits
+    as the fp32 blend rounded afterwards, except that a value the rounding makes inf (beyond
+    fp16's range) is zeroed like every other non-finite value."""
+    base = rand(2, 3, 29, 16, seed=61, dtype=torch.float32).to(torch.float16)
+    perturbed = (base.float() + 0.05 * rand(2, 3, 29, 16, seed=62, dtype=torch.float32)).half()
+    base[0, 0, 0], perturbed[0, 0, 0] = 0.0, 0.0  # a row whose output leaves fp16's range:
+    base[0, 0, 0, 0] = perturbed[0, 0, 0, 0] = perturbed[0, 0, 0, 1] = 6e4  # 8.05e4 at [1]
+    beta = torch.tensor([3.0, 0.5]).reshape(2, 1, 1, 1)
+    scale = None if unscale is None else torch.tensor(unscale)
+    want = blend_retrievals(base, perturbed, beta, norm_match=norm_match, unscale=scale)
+    got = blend_retrievals(base, perturbed, beta, norm_match=norm_match, unscale=scale,
+                           out_dtype=out_dtype)
+    assert got.dtype == out_dtype
+    rounded = want.to(out_dtype)
+    if norm_match:
+        rounded = torch.nan_to_num(rounded, nan=0.0, posinf=0.0, neginf=0.0)
+    assert torch.equal(got, rounded)
+    if norm_match and unscale is None and out_dtype == torch.float16:
+        assert want[0, 0, 0, 1] > 65504 and got[0, 0, 0, 1] == 0  # zeroed, not inf
+
+
 def test_norm_ratio_is_clamped():
     base = torch.ones(1, 1, 1, 4, dtype=F64)
     perturbed = 1.001 * base  # new = base + 3 * 0.001 * base: ratio ~1, no clamp
