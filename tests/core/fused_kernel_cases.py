@@ -411,3 +411,31 @@ def test_flux_shaped_joint_call_at_head_dim_128(dtype):
     err = ((got.double() - want).norm() / delta.norm()).item()
     floor = ((want.to(dtype).double() - want).norm() / delta.norm()).item()
     assert err < 1.3 * floor and err < 0.04, f"Δ error {err:.4f}, rounding floor {floor:.4f}"
+
+
+@pytest.mark.parametrize("dtype, joint", [(torch.float16, False), (torch.bfloat16, True)])
+def test_every_row_of_the_gpu_benchmark_runs(dtype, joint):
+    """benchmarks/bench_gpu.py's per-call rows on tiny inputs (SD3's strided joint views with
+    bf16), so that a lent device's minutes are not spent on a row that fails: every row
+    returns finite values, and Skew's fused rows agree with its two-call path."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_gpu
+
+    gen = torch.Generator().manual_seed(83)
+    if joint:
+        qkv_ = torch.randn(2, 40, 3, 2, 64, generator=gen).to(dtype)
+        q, k, v = (qkv_[:, :, i].transpose(1, 2) for i in range(3))
+    else:
+        q, k, v = torch.randn(3, 2, 2, 40, 64, generator=gen).to(dtype).unbind(0)
+    rows = bench_gpu.paths(q, k, v)
+    two_call = rows["two_call"]().double()
+    for name, row in {**rows, **bench_gpu.extra_paths(q, k, v)}.items():
+        got = row()
+        for t in got if isinstance(got, tuple) else [getattr(got, "packed", got)]:
+            assert torch.isfinite(t).all(), name
+        if name in ("fused", "kernel_number_alpha", "kernel_tensor_alpha"):  # Skew, all rows
+            err = (got.double() - two_call).abs().max() / two_call.abs().max()
+            assert err < 0.02, f"{name}: {err:.4f} off the two-call path"
