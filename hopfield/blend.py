@@ -38,10 +38,11 @@ def blend_retrievals(
     two-call path's exact fp16 scaling); the blend scales with them exactly, so it is computed
     as they are and unscaled once, in the norm match's own multiply (the norm floor scaled
     alike): the same result, bit for bit, as unscaling both retrievals first.
-    ``out_dtype``: that last multiply rounds straight into it (computed in fp32 all the same,
-    the same bits as rounding the fp32 result afterwards), so neither it nor the zeroing of
-    non-finite values makes a full fp32 pass of its own; a value beyond the dtype's range,
-    inf once rounded, is zeroed too rather than handed to the model.
+    ``out_dtype``: that last multiply rounds into it (computed in fp32 all the same, the same
+    bits as rounding the fp32 result afterwards; on accelerators as it stores), and the zeroing
+    of non-finite values runs on the rounded output, so neither makes a full fp32 pass of its
+    own; a value beyond the dtype's range, inf once rounded, is zeroed too rather than handed
+    to the model.
     """
     dtype = torch.promote_types(base.dtype, torch.float32)  # fp64 inputs keep fp64
     base32 = base.to(dtype)
@@ -61,7 +62,12 @@ def blend_retrievals(
 
 
 def _scaled(new: torch.Tensor, factor: torch.Tensor, out_dtype: torch.dtype | None):
-    """new * factor, in place (new is the blend's own) or rounded into a new out_dtype tensor."""
+    """new * factor rounded to out_dtype (new's own: in place, new is the blend's own)."""
     if out_dtype in (None, new.dtype):
         return new.mul_(factor)
+    if new.device.type == "cpu":
+        # The CPU writes an output of another dtype through a temporary of the product's own
+        # (a fresh fp32 buffer and a copy): in place, then one cast, costs less there.
+        return new.mul_(factor).to(out_dtype)
+    # Accelerators cast as they store: the fp32 product is never written
     return torch.mul(new, factor, out=torch.empty_like(new, dtype=out_dtype))

@@ -201,19 +201,26 @@ def test_norm_match_is_nan_and_inf_safe():
     assert torch.equal(blend_retrievals(base, base, 3.0), base)  # zero vectors stay zero
 
 
+ON_CUDA = pytest.param("cuda", marks=[  # run by the GPU tier: pytest tests/gpu tests/core -m gpu
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")])
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_CUDA])  # the CPU casts after, CUDA as it stores
 @pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("norm_match", [True, False])
 @pytest.mark.parametrize("unscale", [None, 2.0**-7])
-def test_blend_into_the_model_dtype_rounds_the_fp32_result(out_dtype, norm_match, unscale):
-    """With out_dtype the last multiply rounds straight into the model's dtype: the same bits
-    as the fp32 blend rounded afterwards, except that a value the rounding makes inf (beyond
-    fp16's range) is zeroed like every other non-finite value."""
+def test_blend_into_the_model_dtype_rounds_the_fp32_result(out_dtype, norm_match, unscale,
+                                                           device):
+    """With out_dtype the last multiply rounds into the model's dtype: the same bits as the
+    fp32 blend rounded afterwards, except that a value the rounding makes inf (beyond fp16's
+    range) is zeroed like every other non-finite value."""
     base = rand(2, 3, 29, 16, seed=61, dtype=torch.float32).to(torch.float16)
     perturbed = (base.float() + 0.05 * rand(2, 3, 29, 16, seed=62, dtype=torch.float32)).half()
     base[0, 0, 0], perturbed[0, 0, 0] = 0.0, 0.0  # a row whose output leaves fp16's range:
     base[0, 0, 0, 0] = perturbed[0, 0, 0, 0] = perturbed[0, 0, 0, 1] = 6e4  # 8.05e4 at [1]
-    beta = torch.tensor([3.0, 0.5]).reshape(2, 1, 1, 1)
-    scale = None if unscale is None else torch.tensor(unscale)
+    base, perturbed = base.to(device), perturbed.to(device)
+    beta = torch.tensor([3.0, 0.5], device=device).reshape(2, 1, 1, 1)
+    scale = None if unscale is None else torch.tensor(unscale, device=device)
     want = blend_retrievals(base, perturbed, beta, norm_match=norm_match, unscale=scale)
     got = blend_retrievals(base, perturbed, beta, norm_match=norm_match, unscale=scale,
                            out_dtype=out_dtype)
