@@ -38,7 +38,7 @@ def two_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, base: torch.Tens
              bf16_compute: torch.dtype | None = None,
              out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Blend of the baseline and the alpha-scaled retrieval, fp32 (fp64 for fp64 input), or
-    ``out_dtype`` (the model's: the blend's last multiply rounds into it, no pass of its own).
+    ``out_dtype`` (the model's: the blend's last multiply rounds into it, see blend_retrievals).
 
     ``base``: the host's output, used unless ``own_baseline(q)``. ``bf16_compute`` forces the
     dtype bf16 inputs are computed in (tests): fp16 off the CPU, fp32 on it by default.

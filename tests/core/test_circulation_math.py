@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from core.devices import ON_CUDA
 from hopfield_circulation.hopfield import (
     CirculationSettings,
     adaptive_coefficients,
@@ -199,10 +200,6 @@ def test_norm_match_is_nan_and_inf_safe():
     out = blend_retrievals(base, perturbed, 3.0)
     assert torch.isfinite(out).all()
     assert torch.equal(blend_retrievals(base, base, 3.0), base)  # zero vectors stay zero
-
-
-ON_CUDA = pytest.param("cuda", marks=[  # run by the GPU tier: pytest tests/gpu tests/core -m gpu
-    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")])
 
 
 @pytest.mark.parametrize("device", ["cpu", ON_CUDA])  # the CPU casts after, CUDA as it stores

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from core.devices import ON_CUDA
 from hopfield_circulation.hopfield import CirculationSettings, circulate_value_space
 from hopfield_circulation.hopfield import reference as ref
 from hopfield_circulation.hopfield.circulation import needs_baseline
@@ -92,10 +93,6 @@ def test_bf16_in_fp16_keeps_logits_when_q_and_k_differ_in_scale():
     got = two_call(q, k, v, None, 1.05, 3.0, bf16_compute=torch.float16).to(torch.bfloat16)
     floor = (want.to(torch.bfloat16).double() - want).norm()
     assert (got.double() - want).norm() < 1.5 * floor
-
-
-ON_CUDA = pytest.param("cuda", marks=[  # run by the GPU tier: pytest tests/gpu tests/core -m gpu
-    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")])
 
 
 @pytest.mark.parametrize("device", ["cpu", ON_CUDA])
