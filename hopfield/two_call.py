@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .blend import blend_retrievals
-from .skew import Scalar, skew_scaled_attention
+from .skew import FOLD_MIN_ALPHA, Scalar, skew_coefficients, skew_scaled_attention
 
 # Largest |value| after scaling into fp16: 2^14, with headroom below fp16's 65504 for the
 # products of the concat trick's coefficients (|c1|, |c2| <= (1 + |alpha|) / 2).
@@ -105,11 +105,49 @@ def _retrievals_in_fp16(q, k, v, alpha):
     """
     powers = torch.exp2(_fp16_exponents(q, k, v))
     scales = powers.to(q.dtype)  # powers of two: exact in bf16
-    # Scaled and converted in one pass each: the product of a bf16 value and a power of two
-    # is exact in bf16, then converts exactly into the fp16 output (on CUDA one kernel casts
-    # as it stores; the CPU goes through a temporary)
-    q16, k16, v16 = (torch.mul(t, scales[i], out=torch.empty_like(t, dtype=torch.float16))
-                     for i, t in enumerate((q, k, v)))
+    if torch.compiler.is_compiling():  # a trace cannot write into slices of a buffer
+        # Scaled and converted in one pass each: the product of a bf16 value and a power of
+        # two is exact in bf16, then converts exactly into the fp16 output
+        q16, k16, v16 = (torch.mul(t, scales[i], out=torch.empty_like(t, dtype=torch.float16))
+                         for i, t in enumerate((q, k, v)))
+        base = F.scaled_dot_product_attention(q16, k16, v16).float()
+        perturbed = skew_scaled_attention(q16, k16, v16, alpha).float()
+        return base, perturbed, powers[3]
+    (q16, k16, v16), (q_cat, k_cat, v_cat), scale = _fp16_buffer(q, k, v, alpha, scales)
     base = F.scaled_dot_product_attention(q16, k16, v16).float()
-    perturbed = skew_scaled_attention(q16, k16, v16, alpha).float()
-    return base, perturbed, powers[3]
+    perturbed = F.scaled_dot_product_attention(q_cat, k_cat, v_cat, scale=scale)
+    return base, perturbed[..., :q.shape[-1]].float(), powers[3]
+
+
+def _fp16_buffer(q, k, v, alpha, scales):
+    """((q, k, v), (q~, k~, v~), scale): the baseline's and the concat trick's inputs
+    (hopfield/skew.py) as views of one fp16 buffer, each slot written straight from the bf16
+    input times its power of two (on CUDA one kernel casts as it stores; the CPU goes
+    through a temporary). skew_scaled_attention on separate fp16 copies would write them and
+    then concatenate them again: a full pass over four slots fewer, and three allocations.
+
+    A Python alpha >= FOLD_MIN_ALPHA lays out [v, q, k, (c2 / c1) q] with c1 in the scale, as
+    skew_scaled_attention does; other alphas (tensors, or c1 <= 1/4) [q, v, c1 q, k, c2 q],
+    where the baseline's q keeps a slot of its own. The products of the last slots are
+    skew_scaled_attention's, on the same fp16 values: the same bits.
+    """
+    d = q.shape[-1]
+    c1, c2 = skew_coefficients(alpha, q)
+    folded = not isinstance(alpha, torch.Tensor) and alpha >= FOLD_MIN_ALPHA
+    z = torch.empty((*q.shape[:-1], (4 if folded else 5) * d), dtype=torch.float16,
+                    device=q.device)
+    slots = z.split(d, dim=-1)
+    if folded:
+        v16, q16, k16, tail = slots
+    else:
+        q16, v16, head, k16, tail = slots
+    for t, scale, slot in ((q, scales[0], q16), (k, scales[1], k16), (v, scales[2], v16)):
+        torch.mul(t, scale, out=slot)
+    if folded:
+        torch.mul(q16, c2 / c1, out=tail)
+        return (q16, k16, v16), (z[..., d:3 * d], z[..., 2 * d:], z[..., :2 * d]), c1 * d**-0.5
+    if isinstance(c1, torch.Tensor):  # as skew_scaled_attention casts them
+        c1, c2 = c1.to(torch.float16), c2.to(torch.float16)
+    torch.mul(q16, c1, out=head)
+    torch.mul(q16, c2, out=tail)
+    return (q16, k16, v16), (z[..., 2 * d:4 * d], z[..., 3 * d:], z[..., d:3 * d]), d**-0.5

@@ -120,6 +120,25 @@ def test_bf16_in_fp16_unscales_once_bit_for_bit(norm_match, v_scale, device):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
+@pytest.mark.parametrize("alpha", [1.05, -0.7, "per sample"])
+def test_bf16_in_fp16_from_one_buffer_matches_separate_copies(alpha, device, monkeypatch):
+    """Eager calls write both retrievals' fp16 inputs into the slots of one buffer; a compile
+    trace makes separate copies and concatenates them (skew_scaled_attention). The same bits,
+    for a Python alpha whose c1 goes into the scale, one whose c1 does not (c1 < 1/4) and
+    per-sample tensors."""
+    from hopfield_circulation.hopfield.two_call import _retrievals_in_fp16
+
+    q, k, v = (torch.cat([t, t * 0.5]).to(device) for t in inputs(torch.bfloat16, seed=17))
+    if alpha == "per sample":
+        alpha = torch.tensor([1.2, 0.8], device=device).reshape(2, 1, 1, 1)
+    eager = _retrievals_in_fp16(q, k, v, alpha)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    traced = _retrievals_in_fp16(q, k, v, alpha)
+    for got, want in zip(eager, traced, strict=True):
+        assert torch.equal(got, want)
+
+
 def test_fp16_exponents_match_their_definition():
     """[a, b, c, -c] from one matrix-vector product equals its literal definition: e = the
     exponent of each max |x| (a power of two kept, all-zero -> -100), shift =
