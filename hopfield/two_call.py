@@ -105,7 +105,9 @@ def _retrievals_in_fp16(q, k, v, alpha):
     """
     powers = torch.exp2(_fp16_exponents(q, k, v))
     scales = powers.to(q.dtype)  # powers of two: exact in bf16
-    if torch.compiler.is_compiling():  # a trace cannot write into slices of a buffer
+    # One buffer's slots (below), except in a trace, which cannot write into slices, and for
+    # a V of another width than q's (skew_scaled_attention pads it)
+    if torch.compiler.is_compiling() or v.shape[-1] != q.shape[-1]:
         # Scaled and converted in one pass each: the product of a bf16 value and a power of
         # two is exact in bf16, then converts exactly into the fp16 output
         q16, k16, v16 = (torch.mul(t, scales[i], out=torch.empty_like(t, dtype=torch.float16))
@@ -124,10 +126,11 @@ def _fp16_buffer(q, k, v, alpha, scales):
     (hopfield/skew.py) as views of one fp16 buffer, each slot written straight from the bf16
     input times its power of two (on CUDA one kernel casts as it stores; the CPU goes
     through a temporary). skew_scaled_attention on separate fp16 copies would write them and
-    then concatenate them again: a full pass over four slots fewer, and three allocations.
+    then concatenate them again: one pass over the four slots fewer, and one allocation where
+    that made five.
 
     A Python alpha >= FOLD_MIN_ALPHA lays out [v, q, k, (c2 / c1) q] with c1 in the scale, as
-    skew_scaled_attention does; other alphas (tensors, or c1 <= 1/4) [q, v, c1 q, k, c2 q],
+    skew_scaled_attention does; other alphas (tensors, or c1 < 1/4) [q, v, c1 q, k, c2 q],
     where the baseline's q keeps a slot of its own. The products of the last slots are
     skew_scaled_attention's, on the same fp16 values: the same bits.
     """
