@@ -71,6 +71,21 @@ def concat_features(
 FOLD_MIN_ALPHA = -0.5
 
 
+def folds_c1(alpha: Scalar) -> bool:
+    """Whether c1 goes into the attention's scale: a Python alpha >= FOLD_MIN_ALPHA."""
+    return not isinstance(alpha, torch.Tensor) and alpha >= FOLD_MIN_ALPHA
+
+
+def attend_concat(z: torch.Tensor, scale: float) -> torch.Tensor:
+    """The concat trick's attention over one buffer z = [v, a, k, b] of width 4d (a, b: q
+    times c1 and c2, or q and (c2 / c1) q with c1 in ``scale``): v~ = [v, a], q~ = [a, k],
+    k~ = [k, b]; returns softmax(q~ k~^T * scale) v, [B, H, L, d]."""
+    d = z.shape[-1] // 4
+    out = F.scaled_dot_product_attention(z[..., d:3 * d], z[..., 2 * d:], z[..., :2 * d],
+                                         scale=scale)
+    return out[..., :d]
+
+
 def skew_scaled_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: Scalar
 ) -> torch.Tensor:
@@ -84,7 +99,6 @@ def skew_scaled_attention(
             f"and {k.shape[-2]}"
         )
     d, dv = q.shape[-1], v.shape[-1]
-    folded = not isinstance(alpha, torch.Tensor) and alpha >= FOLD_MIN_ALPHA
     if dv != d:  # the input space's retrieval over X (width C): q~, k~ and a padded v
         q_cat, k_cat = concat_features(q, k, alpha)
         width = 2 * d
@@ -92,14 +106,8 @@ def skew_scaled_attention(
         out = F.scaled_dot_product_attention(q_cat, k_cat, v_pad, scale=d**-0.5)
         return out[..., :dv] if dv < width else out
     c1, c2 = skew_coefficients(alpha, q)
-    if folded:
-        z = torch.cat((v, q, k, q * (c2 / c1)), dim=-1)
-        scale = c1 * d**-0.5
-    else:
-        if isinstance(c1, torch.Tensor):  # cast so the attention runs in the model's dtype
-            c1, c2 = c1.to(q.dtype), c2.to(q.dtype)
-        z = torch.cat((v, q * c1, k, q * c2), dim=-1)
-        scale = d**-0.5
-    out = F.scaled_dot_product_attention(z[..., d:3 * d], z[..., 2 * d:], z[..., :2 * d],
-                                         scale=scale)
-    return out[..., :d]
+    if folds_c1(alpha):
+        return attend_concat(torch.cat((v, q, k, q * (c2 / c1)), dim=-1), c1 * d**-0.5)
+    if isinstance(c1, torch.Tensor):  # cast so the attention runs in the model's dtype
+        c1, c2 = c1.to(q.dtype), c2.to(q.dtype)
+    return attend_concat(torch.cat((v, q * c1, k, q * c2), dim=-1), d**-0.5)

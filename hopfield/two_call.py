@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .blend import blend_retrievals
-from .skew import FOLD_MIN_ALPHA, Scalar, skew_coefficients, skew_scaled_attention
+from .skew import Scalar, attend_concat, folds_c1, skew_coefficients, skew_scaled_attention
 
 # Largest |value| after scaling into fp16: 2^14, with headroom below fp16's 65504 for the
 # products of the concat trick's coefficients (|c1|, |c2| <= (1 + |alpha|) / 2).
@@ -112,31 +112,28 @@ def _retrievals_in_fp16(q, k, v, alpha):
         # two is exact in bf16, then converts exactly into the fp16 output
         q16, k16, v16 = (torch.mul(t, scales[i], out=torch.empty_like(t, dtype=torch.float16))
                          for i, t in enumerate((q, k, v)))
-        base = F.scaled_dot_product_attention(q16, k16, v16).float()
-        perturbed = skew_scaled_attention(q16, k16, v16, alpha).float()
-        return base, perturbed, powers[3]
-    (q16, k16, v16), (q_cat, k_cat, v_cat), scale = _fp16_buffer(q, k, v, alpha, scales)
+        perturbed = skew_scaled_attention(q16, k16, v16, alpha)
+    else:
+        (q16, k16, v16), perturbed = _fp16_buffer(q, k, v, alpha, scales)
     base = F.scaled_dot_product_attention(q16, k16, v16).float()
-    perturbed = F.scaled_dot_product_attention(q_cat, k_cat, v_cat, scale=scale)
-    return base, perturbed[..., :q.shape[-1]].float(), powers[3]
+    return base, perturbed.float(), powers[3]
 
 
 def _fp16_buffer(q, k, v, alpha, scales):
-    """((q, k, v), (q~, k~, v~), scale): the baseline's and the concat trick's inputs
-    (hopfield/skew.py) as views of one fp16 buffer, each slot written straight from the bf16
-    input times its power of two (on CUDA one kernel casts as it stores; the CPU goes
-    through a temporary). skew_scaled_attention on separate fp16 copies would write them and
-    then concatenate them again: one pass over the four slots fewer, and one allocation where
-    that made five.
+    """((q, k, v), perturbed): the baseline's inputs and the alpha-scaled retrieval, from one
+    fp16 buffer whose slots are written straight from the bf16 inputs times their powers of
+    two (on CUDA one kernel casts as it stores; the CPU goes through a temporary).
+    skew_scaled_attention on separate fp16 copies would write them and then concatenate them
+    again: one pass over the four slots fewer, and one allocation where that made five.
 
-    A Python alpha >= FOLD_MIN_ALPHA lays out [v, q, k, (c2 / c1) q] with c1 in the scale, as
-    skew_scaled_attention does; other alphas (tensors, or c1 < 1/4) [q, v, c1 q, k, c2 q],
-    where the baseline's q keeps a slot of its own. The products of the last slots are
-    skew_scaled_attention's, on the same fp16 values: the same bits.
+    The last four slots are skew_scaled_attention's buffer [v, a, k, b] (attend_concat),
+    products on the same fp16 values: the same bits. Where c1 goes into the scale (folds_c1)
+    a is q itself and serves the baseline too; elsewhere (tensors, or c1 < 1/4) a = c1 q and
+    the baseline's q takes a slot of its own in front: [q, v, c1 q, k, c2 q].
     """
     d = q.shape[-1]
     c1, c2 = skew_coefficients(alpha, q)
-    folded = not isinstance(alpha, torch.Tensor) and alpha >= FOLD_MIN_ALPHA
+    folded = folds_c1(alpha)
     z = torch.empty((*q.shape[:-1], (4 if folded else 5) * d), dtype=torch.float16,
                     device=q.device)
     slots = z.split(d, dim=-1)
@@ -148,9 +145,9 @@ def _fp16_buffer(q, k, v, alpha, scales):
         torch.mul(t, scale, out=slot)
     if folded:
         torch.mul(q16, c2 / c1, out=tail)
-        return (q16, k16, v16), (z[..., d:3 * d], z[..., 2 * d:], z[..., :2 * d]), c1 * d**-0.5
+        return (q16, k16, v16), attend_concat(z, c1 * d**-0.5)
     if isinstance(c1, torch.Tensor):  # as skew_scaled_attention casts them
         c1, c2 = c1.to(torch.float16), c2.to(torch.float16)
     torch.mul(q16, c1, out=head)
     torch.mul(q16, c2, out=tail)
-    return (q16, k16, v16), (z[..., 2 * d:4 * d], z[..., 3 * d:], z[..., d:3 * d]), d**-0.5
+    return (q16, k16, v16), attend_concat(z[..., d:], d**-0.5)
