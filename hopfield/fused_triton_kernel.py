@@ -207,7 +207,12 @@ def _head_v_scale(v_base, svl, svd, length, D: tl.constexpr, BLOCK_N: tl.constex
         v = tl.load(v_base + cols[:, None] * svl + dims[None, :] * svd,
                     mask=(cols < length)[:, None], other=0.0)
         top = tl.maximum(top, tl.abs(v.to(tl.float32)))
-    v_max = tl.max(tl.max(top, 1), 0)
+    return _v_scale(tl.max(tl.max(top, 1), 0))
+
+
+@triton.jit
+def _v_scale(v_max):
+    # The power of two that brings a head's max |V| under FP16_SAFE_MAX, 1 if it is already
     return tl.exp2(tl.maximum(tl.ceil(tl.log2(v_max / FP16_SAFE_MAX)), 0.0))
 
 
@@ -303,8 +308,7 @@ def skew_circulation_fwd(
     # scaling in the epilogue; powers of two keep it exact.
     v_scale = 1.0
     if PV_FP16 and V_PREPASS:
-        v_max = tl.load(VMAX + pid_bh).to(tl.float32)
-        v_scale = tl.exp2(tl.maximum(tl.ceil(tl.log2(v_max / FP16_SAFE_MAX)), 0.0))
+        v_scale = _v_scale(tl.load(VMAX + pid_bh).to(tl.float32))
     rerun = PV_FP16 and not V_PREPASS
     if HAS_ACTIVE:  # a sample the caller does not steer: its rows get the plain retrieval
         if tl.load(ACTIVE + b) == 0:
