@@ -9,13 +9,16 @@ by beta, so the compute dtype decides the accuracy of the steering change:
 * bf16's 8-bit mantissa would make that error several times the error of merely rounding the
   output to bf16. So bf16 recomputes both retrievals in a finer dtype (the host's bf16 baseline
   then serves only unselected rows): on accelerators in fp16, where flash kernels exist and
-  every bf16 value converts exactly once scaled by a power of two into fp16's range (below);
-  on the CPU in fp32, whose attention costs there what bf16's does.
+  every bf16 value converts exactly once scaled by a power of two into fp16's range (below),
+  and with a number beta the blend stays in fp16 storage too (its arithmetic in fp32); on the
+  CPU in fp32, whose attention costs there what bf16's does.
 
 benchmarks/precision.py prints each variant's error against the output-rounding floor.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,20 @@ from .skew import Scalar, attend_concat, folds_c1, skew_coefficients, skew_scale
 # Largest |value| after scaling into fp16: 2^14, with headroom below fp16's 65504 for the
 # products of the concat trick's coefficients (|c1|, |c2| <= (1 + |alpha|) / 2).
 FP16_TOP_LOG2 = 14.0
+
+
+def v_top_log2(beta: Scalar) -> float:
+    """The exponent of V's largest |value| once scaled into fp16. A number beta blends the
+    retrievals in fp16 (blend_retrievals' in_fp16), and the blend base + beta (pert - base)
+    reaches (|1 - beta| + |beta|) times V's largest value: that stays under 2^15, half of
+    fp16's largest, wherever V tops at 2^14 over it (beta = 3: 2^12). Powers of two keep the
+    scaling exact; V values under 2^-14 of the new top would lose bits to fp16's subnormals,
+    as they would under the old one (and weigh as little in a retrieval). A tensor beta
+    blends in fp32, with V at 2^14."""
+    if isinstance(beta, torch.Tensor):
+        return FP16_TOP_LOG2
+    growth = abs(1.0 - beta) + abs(beta)  # >= 1
+    return min(FP16_TOP_LOG2, 15.0 - math.ceil(math.log2(growth)))
 
 
 def own_baseline(q: torch.Tensor) -> bool:
@@ -46,18 +63,21 @@ def two_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, base: torch.Tens
     if own_baseline(q):
         compute = bf16_compute or (torch.float32 if q.device.type == "cpu" else torch.float16)
         if compute == torch.float16:
-            base, perturbed, v_unscale = _retrievals_in_fp16(q, k, v, alpha)
+            base, perturbed, v_unscale = _retrievals_in_fp16(q, k, v, alpha, v_top_log2(beta))
             return blend_retrievals(base, perturbed, beta, norm_match=norm_match,
-                                    unscale=v_unscale, out_dtype=out_dtype)
+                                    unscale=v_unscale, out_dtype=out_dtype,
+                                    in_fp16=not isinstance(beta, torch.Tensor))
         q, k, v = q.to(compute), k.to(compute), v.to(compute)
         base = F.scaled_dot_product_attention(q, k, v)
     perturbed = skew_scaled_attention(q, k, v, alpha)
     return blend_retrievals(base, perturbed, beta, norm_match=norm_match, out_dtype=out_dtype)
 
 
-def _fp16_exponents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _fp16_exponents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    v_top: float = FP16_TOP_LOG2) -> torch.Tensor:
     """[a, b, c, -c] (fp32, on the device, no host sync): q * 2^a, k * 2^b and v * 2^c convert
-    into fp16 exactly (see ``_retrievals_in_fp16``), with a = -b; 2^-c undoes v's scaling.
+    into fp16 exactly (see ``_retrievals_in_fp16``), with a = -b and max |v| * 2^c <= 2^v_top;
+    2^-c undoes v's scaling.
 
     All three maxima in one foreach reduction straight into fp32 (one launch where the device
     allows, and no full-size |x| temporaries), their exponents e in place, and the four
@@ -68,42 +88,44 @@ def _fp16_exponents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     """
     top = torch.stack(torch._foreach_norm([q, k, v], ord=float("inf"), dtype=torch.float32))
     e = top.clamp_min_(2.0**-100).log2_().ceil_()  # max |q|, |k|, |v| -> exponent; 0: -100
-    weights, offsets, signs = _exponent_map(e.device)
+    weights, offsets, signs = _exponent_map(e.device, v_top)
     return torch.addmv(offsets, weights, e).floor_().mul_(signs)
 
 
-_EXPONENT_MAPS: dict = {}  # device -> (weights, offsets, signs), made once per device
+# (device, v_top) -> (weights, offsets, signs), made once: v_top takes a few values per session
+_EXPONENT_MAPS: dict = {}
 
 
-def _exponent_map(device: torch.device) -> tuple:
+def _exponent_map(device: torch.device, v_top: float) -> tuple:
     """What turns the exponents e = (e_q, e_k, e_v) into [a, b, c, -c]: with
     shift = ceil((e_q - e_k) / 2), a = -shift = floor((e_k - e_q) / 2) and b = shift, the
-    negative of that floor; c = FP16_TOP_LOG2 - e_v. So [a, b, c, -c] is
+    negative of that floor; c = v_top - e_v. So [a, b, c, -c] is
     floor(weights @ e + offsets) * signs."""
-    found = _EXPONENT_MAPS.get(device)
+    found = _EXPONENT_MAPS.get((device, v_top))
     if found is None:
         half = [-0.5, 0.5, 0.0]
         found = (
             torch.tensor([half, half, [0.0, 0.0, -1.0], [0.0, 0.0, 1.0]], device=device),
-            torch.tensor([0.0, 0.0, FP16_TOP_LOG2, -FP16_TOP_LOG2], device=device),
+            torch.tensor([0.0, 0.0, v_top, -v_top], device=device),
             torch.tensor([1.0, -1.0, 1.0, 1.0], device=device),
         )
         if not torch.compiler.is_compiling():  # a trace keeps them as its graph's constants
-            _EXPONENT_MAPS[device] = found
+            _EXPONENT_MAPS[(device, v_top)] = found
     return found
 
 
-def _retrievals_in_fp16(q, k, v, alpha):
-    """(baseline, perturbed, unscale) of bf16 inputs computed in fp16: both retrievals in fp32
-    and still scaled by V's power of two, which ``unscale`` (a power of two, fp32 on the
-    device) undoes; blend_retrievals applies it once to the blend, which scales exactly.
+def _retrievals_in_fp16(q, k, v, alpha, v_top=FP16_TOP_LOG2):
+    """(baseline, perturbed, unscale) of bf16 inputs computed in fp16: both retrievals in fp16
+    and still scaled by V's power of two (max |v| at most 2^v_top), which ``unscale`` (a power
+    of two, fp32 on the device) undoes; blend_retrievals applies it once to the blend, which
+    scales exactly.
 
     Powers of two keep every conversion exact: q is divided and k multiplied by the same 2^a
     (every logit, of either term of the concat trick, is unchanged), V is scaled by 2^b and the
     outputs divided back. a balances q's and k's magnitudes, so both fit under 2^14 whenever
     max|q| * max|k| <= 2^28 (logits beyond that saturate any softmax anyway).
     """
-    powers = torch.exp2(_fp16_exponents(q, k, v))
+    powers = torch.exp2(_fp16_exponents(q, k, v, v_top))
     scales = powers.to(q.dtype)  # powers of two: exact in bf16
     # One buffer's slots (below), except in a trace, which cannot write into slices, and for
     # a V of another width than q's (skew_scaled_attention pads it)
@@ -115,8 +137,7 @@ def _retrievals_in_fp16(q, k, v, alpha):
         perturbed = skew_scaled_attention(q16, k16, v16, alpha)
     else:
         (q16, k16, v16), perturbed = _fp16_buffer(q, k, v, alpha, scales)
-    base = F.scaled_dot_product_attention(q16, k16, v16).float()
-    return base, perturbed.float(), powers[3]
+    return F.scaled_dot_product_attention(q16, k16, v16), perturbed, powers[3]
 
 
 def _fp16_buffer(q, k, v, alpha, scales):

@@ -139,13 +139,14 @@ def test_bf16_in_fp16_from_one_buffer_matches_separate_copies(alpha, device, mon
         assert torch.equal(got, want)
 
 
-def test_fp16_exponents_match_their_definition():
+@pytest.mark.parametrize("v_top", [14.0, 12.0])
+def test_fp16_exponents_match_their_definition(v_top):
     """[a, b, c, -c] from one matrix-vector product equals its literal definition: e = the
     exponent of each max |x| (a power of two kept, all-zero -> -100), shift =
-    ceil((e_q - e_k) / 2), a = -shift, b = shift, c = 14 - e_v."""
+    ceil((e_q - e_k) / 2), a = -shift, b = shift, c = v_top - e_v."""
     import math
 
-    from hopfield_circulation.hopfield.two_call import FP16_TOP_LOG2, _fp16_exponents
+    from hopfield_circulation.hopfield.two_call import _fp16_exponents
 
     gen = torch.Generator().manual_seed(5)
     for trial in range(200):
@@ -159,5 +160,61 @@ def test_fp16_exponents_match_their_definition():
             q = torch.full_like(q, 2.0**-20)  # an exact power of two
         e = [math.ceil(math.log2(max(float(t.abs().max()), 2.0**-100))) for t in (q, k, v)]
         shift = math.ceil((e[0] - e[1]) / 2)
-        want = [-shift, shift, FP16_TOP_LOG2 - e[2], e[2] - FP16_TOP_LOG2]
-        assert _fp16_exponents(q, k, v).tolist() == want, (trial, e)
+        want = [-shift, shift, v_top - e[2], e[2] - v_top]
+        assert _fp16_exponents(q, k, v, v_top).tolist() == want, (trial, e)
+
+
+def test_v_top_keeps_the_fp16_blend_under_half_of_fp16s_range():
+    """The largest power of two, at most 2^14, that V may top at so that the blend, at most
+    (|1 - beta| + |beta|) times V's largest value, stays under 2^15."""
+    from hopfield_circulation.hopfield.two_call import v_top_log2
+
+    for beta in [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 7.5, 40.0, 1e4, -0.5, -2.0, -300.0]:
+        growth, top = abs(1 - beta) + abs(beta), v_top_log2(beta)
+        assert top == int(top) and top <= 14 and growth * 2.0**top <= 2.0**15, beta
+        assert top == 14 or growth * 2.0 ** (top + 1) > 2.0**15, beta
+    assert v_top_log2(torch.tensor(3.0)) == 14  # a tensor beta blends in fp32
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
+@pytest.mark.parametrize("norm_match", [True, False])
+@pytest.mark.parametrize("beta", [3.0, -2.0, 0.7])
+def test_blend_in_fp16_is_the_fp32_blend_rounded_once(beta, norm_match, device):
+    """in_fp16 stores the blend in fp16 (computed in fp32) and reads both retrievals into fp32
+    norms: each output value is the fp32 blend's within fp16's rounding of the blend (and of
+    its norm), whatever the unscale."""
+    from hopfield_circulation.hopfield.blend import blend_retrievals
+
+    gen = torch.Generator().manual_seed(19)
+    base = torch.randn(2, 3, 40, 64, generator=gen)
+    perturbed = base + 0.05 * torch.randn(2, 3, 40, 64, generator=gen)
+    base[0, 0, 0] = perturbed[0, 0, 0] = 0  # a zero token stays zero
+    base, perturbed = base.half().to(device), perturbed.half().to(device)
+    for unscale in (None, torch.tensor(2.0**-7, device=device)):
+        want = blend_retrievals(base, perturbed, beta, norm_match=norm_match, unscale=unscale)
+        got = blend_retrievals(base, perturbed, beta, norm_match=norm_match, unscale=unscale,
+                               in_fp16=True)
+        assert got.dtype == torch.float32
+        assert ((got - want).abs() <= 2.0**-10 * want.abs()).all(), (beta, unscale)
+    with pytest.raises(ValueError, match="in_fp16"):
+        blend_retrievals(base, perturbed, torch.tensor(3.0), in_fp16=True)
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
+@pytest.mark.parametrize("beta", [3.0, 40.0, -5.0])
+@pytest.mark.parametrize("v_scale", [1.0, 1e30])
+def test_bf16_in_fp16_blend_stays_in_fp16s_range(beta, v_scale, device):
+    """A number beta blends in fp16, V scaled down as far as beta needs (v_top_log2): finite
+    and, to a bf16 rounding, what the fp32 blend (a tensor beta) gives, with V at bf16's
+    large values and beta far out."""
+    from hopfield_circulation.hopfield.two_call import two_call
+
+    q, k, v = (t.to(device) for t in inputs(torch.bfloat16, seed=23))
+    v = (v.double() * v_scale).to(device, torch.bfloat16)
+    tensor_beta = torch.tensor([beta], device=device).reshape(1, 1, 1, 1)
+    want = two_call(q, k, v, None, 1.05, tensor_beta, bf16_compute=torch.float16,
+                    out_dtype=torch.bfloat16)
+    got = two_call(q, k, v, None, 1.05, beta, bf16_compute=torch.float16,
+                   out_dtype=torch.bfloat16)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=2.0**-6, atol=0)
