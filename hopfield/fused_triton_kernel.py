@@ -246,7 +246,7 @@ def _adaptive_coefficients(ETA, COEFS, alpha_value, beta_value, b, h, pid_m, bat
 
 @triton.jit
 def skew_circulation_fwd(
-    Q, K, V, Out, ALPHA, BETA, VMAX, ACTIVE, ETA, COEFS,
+    Q, K, V, Out, ALPHA, BETA, VMAX, V16, ACTIVE, ETA, COEFS,
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sob, soh, sol, sod,
     alpha_stride, beta_stride, alpha_value, beta_value,
     batch, heads, length, scale_log2,
@@ -256,7 +256,7 @@ def skew_circulation_fwd(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     ADAPTIVE: tl.constexpr, ETA_PER_SAMPLE: tl.constexpr, ETA_BLOCK: tl.constexpr,
     DIFFERENCE: tl.constexpr, ANCHOR_PERT: tl.constexpr, FOLD_C1: tl.constexpr,
-    V_PREPASS: tl.constexpr,
+    V_PREPASS: tl.constexpr, V16_COPY: tl.constexpr,
 ):
     # Axis 0 runs over query tiles of one (batch, head): neighbouring programs stream the
     # same K, Q, V, which then come from L2.
@@ -306,15 +306,29 @@ def skew_circulation_fwd(
     # V scaled down. At d = 128 that second copy of the key loop raised the register
     # pressure, and spills, in the first (benchmarks/compile_hopper.py). v_scale undoes the
     # scaling in the epilogue; powers of two keep it exact.
+    # V16_COPY (bf16, d = 64): the first pass reads V16, V converted to fp16 before the launch
+    # ([B, H, L, d], contiguous; a value beyond fp16's range is inf there too, and the rerun
+    # reads V itself), so that its key loop is fp16's: no per-tile conversion of V, which
+    # every program would repeat for every V tile, nor the trip through shared memory and the
+    # barrier the tensor cores' operand then needs.
+    if V16_COPY:
+        pass_v = V16 + pid_bh.to(tl.int64) * length * D
+        pass_svl = D
+        pass_svd = 1
+    else:
+        pass_v = v_base
+        pass_svl = svl
+        pass_svd = svd
+    PASS_PV_FP16: tl.constexpr = PV_FP16 and not V16_COPY  # V converted in the key loop
     v_scale = 1.0
     if PV_FP16 and V_PREPASS:
         v_scale = _v_scale(tl.load(VMAX + pid_bh).to(tl.float32))
     rerun = PV_FP16 and not V_PREPASS
     if HAS_ACTIVE:  # a sample the caller does not steer: its rows get the plain retrieval
         if tl.load(ACTIVE + b) == 0:
-            acc, l_i = _plain_rows(q_i, k_base, v_base, skl, skd, svl, svd, length,
-                                   scale_log2, 1.0 / v_scale, D, BLOCK_M, BLOCK_N, PV_FP16,
-                                   UPCAST, PRECISION)
+            acc, l_i = _plain_rows(q_i, k_base, pass_v, skl, skd, pass_svl, pass_svd, length,
+                                   scale_log2, 1.0 / v_scale, D, BLOCK_M, BLOCK_N,
+                                   PASS_PV_FP16, UPCAST, PRECISION)
             if rerun:
                 v_scale = tl.cast(1.0, tl.float32)
                 if _overflowed(acc):
@@ -327,9 +341,9 @@ def skew_circulation_fwd(
             return
 
     acc_b, l_b, m_b, acc_a, l_a, m_a = _steered_rows(
-        q_i, k_i, q_base, k_base, v_base, sql, sqd, skl, skd, svl, svd, length, c1, c2,
-        scale_log2, scale_a, 1.0 / v_scale, D, BLOCK_M, BLOCK_N, PV_FP16, UPCAST, PRECISION,
-        DIFFERENCE, ANCHOR_PERT)
+        q_i, k_i, q_base, k_base, pass_v, sql, sqd, skl, skd, pass_svl, pass_svd, length, c1,
+        c2, scale_log2, scale_a, 1.0 / v_scale, D, BLOCK_M, BLOCK_N, PASS_PV_FP16, UPCAST,
+        PRECISION, DIFFERENCE, ANCHOR_PERT)
     if rerun:
         v_scale = tl.cast(1.0, tl.float32)
         if _overflowed(acc_b + acc_a):

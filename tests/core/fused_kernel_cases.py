@@ -185,6 +185,31 @@ def test_one_bf16_value_beyond_fp16_range_reruns_only_its_program(where, rows):
             assert rel < 1.5 * floor, f"sample {b}, head {h}: {rel:.2e} (floor {floor:.2e})"
 
 
+@pytest.mark.parametrize("layout", ["heads", "joint qkv"])
+def test_bf16_reads_v_converted_before_the_launch_with_the_same_bits(layout, monkeypatch):
+    """bf16 at d = 64 reads V as an fp16 copy made before the launch, where each program
+    converted every V tile itself: the same output bit for bit, on steered and plain rows,
+    with a head whose one value beyond fp16's range (inf in the copy) makes it rerun on V
+    scaled from the bf16 values, and on SD3's strided joint views."""
+    gen = torch.Generator().manual_seed(29)
+    if layout == "joint qkv":
+        qkv_ = torch.randn(2, 40, 3, 2, 64, generator=gen).to(torch.bfloat16)
+        q, k, v = (qkv_[:, :, i].transpose(1, 2) for i in range(3))
+    else:
+        q, k, v = torch.randn(3, 2, 2, 40, 64, generator=gen).to(torch.bfloat16).unbind(0)
+    v[:, 1, 37, 5] = 3.0e6  # head 1: inf in fp16
+    v[:, 0] *= 2.0**-20  # head 0: values in fp16's subnormals, rounded alike
+    active = torch.tensor([True, False])
+    assert fused_triton.v16_copy(q)
+    got = [fused_skew_circulation(q, k, v, 1.1, 3.0, active=rows, config=SMALL)
+           for rows in (None, active)]
+    monkeypatch.setattr(fused_triton, "v16_copy", lambda q: False)
+    want = [fused_skew_circulation(q, k, v, 1.1, 3.0, active=rows, config=SMALL)
+            for rows in (None, active)]
+    for g, w in zip(got, want, strict=True):
+        assert torch.isfinite(g).all() and torch.equal(g, w)
+
+
 def test_per_sample_coefficients():
     """Adaptive mode: alpha and beta are [B, 1, 1, 1] device tensors, read in the kernel."""
     (q, k, v), (q64, k64, v64) = qkv(3, 2, 29, 64, seed=4, dtype=torch.float32)

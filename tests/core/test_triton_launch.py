@@ -48,7 +48,7 @@ def fused_call(rng: random.Random):
                   NORM_MATCH=True, PV_FP16=dtype == torch.bfloat16, HAS_ACTIVE=False,
                   UPCAST=False, PRECISION="tf32", ADAPTIVE=False, ETA_PER_SAMPLE=True,
                   ETA_BLOCK=1, DIFFERENCE=True, ANCHOR_PERT=False, FOLD_C1=True, V_PREPASS=False,
-                  num_warps=4, num_stages=2)
+                  V16_COPY=False, num_warps=4, num_stages=2)
     return [*tensors, *ints, *scalars], kwargs
 
 
