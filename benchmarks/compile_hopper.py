@@ -49,7 +49,7 @@ def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, h
     """The fused kernel for one dtype, head dim and launch configuration, as ``variant``
     launches it: "skew" (Skew Circulation: a number alpha > -1), "per-sample" (alpha a
     tensor), "adaptive" (alpha_eff and beta_eff derived from eta_M in the kernel).
-    ``v16_copy=False``: bf16 at d = 64 converting V in its key loop (before V16_COPY)."""
+    ``v16_copy=False``: bf16 converting V in its key loop instead of reading its fp16 copy."""
     adaptive = variant == "adaptive"
     kernel = fused_triton._kernel()
     strides = {"b": heads * length * d, "h": length * d, "l": d}
@@ -67,10 +67,8 @@ def compile_config(dtype: str, d: int, cfg: LaunchConfig, fp32_precision: str, h
                  "ADAPTIVE": adaptive, "ETA_PER_SAMPLE": True,
                  "ETA_BLOCK": 16 if adaptive else 1,
                  "DIFFERENCE": True, "ANCHOR_PERT": False,  # alpha >= 1's form
-                 "FOLD_C1": variant == "skew", "V_PREPASS": dtype == "bf16" and d == 128,
-                 "V16_COPY": dtype == "bf16" and d == 64 and v16_copy}
-    pointers = {"Q": dtype, "K": dtype, "V": dtype, "Out": dtype, "VMAX": dtype,  # v's dtype
-                "V16": "fp16",
+                 "FOLD_C1": variant == "skew", "V16_COPY": dtype == "bf16" and v16_copy}
+    pointers = {"Q": dtype, "K": dtype, "V": dtype, "Out": dtype, "V16": "fp16",
                 "ALPHA": "fp32", "BETA": "fp32", "ETA": "fp32", "COEFS": "fp32", "ACTIVE": "u8"}
     signature = specialise(kernel, constants, pointers,
                            ("alpha_value", "beta_value", "scale_log2"), values)

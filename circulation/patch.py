@@ -78,7 +78,7 @@ def patch_circulation(
                 if planned is not None:
                     plan, steering = planned
                     got = plan.run(call.host_q, call.host_k, call.host_v, active,
-                                   call.v if plan.v_pass else None)
+                                   call.v if plan.v16 else None)
                     if got is not None and not settings.adaptive:
                         return Steered(got, steering, host_layout=True)
                     if got is not None:

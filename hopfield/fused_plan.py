@@ -88,27 +88,12 @@ def launchable(device: int, active: torch.Tensor | None, *launches: PreparedLaun
 
 
 def _fused_operands(plan, q, v, active, v_heads):
-    """(output, v's per-head maxima, v in fp16, steered rows) of one planned fused launch: the
-    output laid out as planned, the maxima or the fp16 copy only where the kernel takes them
-    (bf16 at d = 128, at d = 64), the rows as the kernel reads them (else the output stands
-    in for any of them)."""
+    """(output, v in fp16, steered rows) of one planned fused launch: the output laid out as
+    planned, the fp16 copy of v only where the kernel reads it (bf16), the rows as the kernel
+    reads them (else the output stands in for either)."""
     out = plan.output.new(q)
-    v_max = v16 = out
-    if plan.v_pass is not None:
-        v_heads = v if v_heads is None else v_heads
-        if plan.v_pass == "max":
-            v_max = fused_triton.per_head_v_max(v_heads)
-        else:
-            v16 = fused_triton.v_in_fp16(v_heads)
-    return out, v_max, v16, out if active is None else active.view(torch.uint8)
-
-
-def v_pass(q: torch.Tensor) -> str | None:
-    """What a fused launch on q reads of V through a pass before it: its per-head maxima
-    ("max"), its fp16 copy ("fp16"), or nothing (None); the pass reads v as [B, H, L, d]."""
-    if fused_triton.v_prepass(q):
-        return "max"
-    return "fp16" if fused_triton.v16_copy(q) else None
+    v16 = fused_triton.v_in_fp16(v if v_heads is None else v_heads) if plan.v16 else out
+    return out, v16, out if active is None else active.view(torch.uint8)
 
 
 def aligned(*tensors) -> bool:
@@ -147,11 +132,10 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 class SkewPlan:
     """Static alpha and beta: one fused launch."""
 
-    __slots__ = ("fused", "device", "v_pass", "output")
+    __slots__ = ("fused", "device", "v16", "output")
 
-    def __init__(self, fused: PreparedLaunch, device: int, v_pass: str | None,
-                 output: OutputLayout):
-        self.fused, self.device, self.v_pass, self.output = fused, device, v_pass, output
+    def __init__(self, fused: PreparedLaunch, device: int, v16: bool, output: OutputLayout):
+        self.fused, self.device, self.v16, self.output = fused, device, v16, output
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             active: torch.Tensor | None, v_heads: torch.Tensor | None = None
@@ -159,15 +143,15 @@ class SkewPlan:
         """The steered output, as the general path's and handed on as its caller's
         ``to_host`` does, or None where that path must run instead (nothing launched then).
         q, k, v: the planned call's tensors, [B, H, L, d] or the host's own (the launch reads
-        addresses; the layout is planned). ``v_heads``: v as [B, H, L, d], where ``v_pass``
-        (a pass over V before the launch)."""
+        addresses; the layout is planned). ``v_heads``: v as [B, H, L, d], where ``v16`` (the
+        launch reads its fp16 copy)."""
         fused, device = self.fused, self.device
         if not launchable(device, active, fused):
             return None
-        out, v_max, v16, rows = _fused_operands(self, q, v, active, v_heads)
-        if not aligned(q, k, v, out, v_max, v16, rows):
+        out, v16, rows = _fused_operands(self, q, v, active, v_heads)
+        if not aligned(q, k, v, out, v16, rows):
             return None  # planned for 16-byte aligned tensors only
-        if not fused(device, q, k, v, out, out, out, v_max, v16, rows, out, out):
+        if not fused(device, q, k, v, out, out, out, v16, rows, out, out):
             return None
         return out
 
@@ -177,12 +161,12 @@ class AdaptivePlan:
     reduction: eta_triton.py), then the fused kernel's, which derives alpha_eff and beta_eff
     from eta itself (fused_triton.fused_adaptive_circulation)."""
 
-    __slots__ = ("eta", "fused", "device", "v_pass", "eta_shape", "work", "lanes", "output")
+    __slots__ = ("eta", "fused", "device", "v16", "eta_shape", "work", "lanes", "output")
 
-    def __init__(self, eta: list, fused: PreparedLaunch, device: int, v_pass: str | None,
+    def __init__(self, eta: list, fused: PreparedLaunch, device: int, v16: bool,
                  eta_shape: tuple[int, int], work: int, lanes: int, output: OutputLayout):
         self.eta, self.fused, self.device = eta, fused, device  # eta: [(stage, launch)]
-        self.v_pass, self.eta_shape, self.work = v_pass, eta_shape, work
+        self.v16, self.eta_shape, self.work = v16, eta_shape, work
         self.lanes, self.output = lanes, output
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -194,19 +178,19 @@ class AdaptivePlan:
         if not launchable(device, active, fused, *(launch for _, launch in eta_launches)) \
                 or eta_triton.failed():
             return None
-        out, v_max, v16, rows = _fused_operands(self, q, v, active, v_heads)
+        out, v16, rows = _fused_operands(self, q, v, active, v_heads)
         eta = torch.empty(self.eta_shape, dtype=torch.float32, device=q.device)
         work = torch.empty(self.work, dtype=torch.float32, device=q.device) if self.work \
             else eta
         # [3, lanes] as the kernel writes it, shaped so that its rows need no views
         coefficients = torch.empty(3, self.lanes, 1, 1, 1, dtype=torch.float32,
                                    device=q.device)
-        if not aligned(q, k, v, out, v_max, v16, rows, eta, work, coefficients):
+        if not aligned(q, k, v, out, v16, rows, eta, work, coefficients):
             return None
         for stage, launch in eta_launches:
             if not launch(device, *eta_triton.stage_tensors(stage, q, k, eta, work)):
                 return None
-        if not fused(device, q, k, v, out, out, out, v_max, v16, rows, eta, coefficients):
+        if not fused(device, q, k, v, out, out, out, v16, rows, eta, coefficients):
             return None
         eta_bar, alpha, beta = coefficients.unbind(0)
         return out, eta_bar, alpha, beta
@@ -227,7 +211,8 @@ def make_skew_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: flo
         q, k, v, out, None, None, float(alpha), float(beta), active, norm_match, cfg)
     fused = prepare(fused_triton._launcher(), grid, args, constexprs,
                     fused_triton.FUSED_TENSOR_ARGS)
-    return None if fused is None else SkewPlan(fused, q.get_device(), v_pass(q), output)
+    return None if fused is None else SkewPlan(fused, q.get_device(),
+                                               fused_triton.v16_copy(q), output)
 
 
 def make_adaptive_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float,
@@ -258,7 +243,7 @@ def make_adaptive_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha:
                     fused_triton.FUSED_TENSOR_ARGS)
     if fused is None or any(launch is None for _, launch in eta_launches):
         return None
-    return AdaptivePlan(eta_launches, fused, q.get_device(), v_pass(q),
+    return AdaptivePlan(eta_launches, fused, q.get_device(), fused_triton.v16_copy(q),
                         (batch, heads), size, adaptive.coefficients.shape[1], output)
 
 

@@ -21,10 +21,9 @@ is what loses accuracy in bf16 (benchmarks/precision.py).
 What runs in fp32: logits (tensor-core dot products accumulate in fp32), the running maxima and
 sums, both P V accumulators and the whole epilogue. P is rounded for the P V product, as in
 every flash-attention kernel: to fp16 for fp16 inputs, and to fp16 as well for bf16 inputs,
-with V converted to fp16 (exact for every bf16 value under 2^16; at d = 64 by one pass
-before the launch, after which a program whose P V met a larger value, and so inf, sweeps its
-head's V and runs its rows again on V scaled by a power of two, in the same launch; at
-d = 128 in the key loop, V scaled per head from its maximum, reduced before the launch): bf16's
+with V converted to fp16 by one pass before the launch (exact for every bf16 value under
+2^16; a program whose P V met a larger value, and so inf, sweeps its head's V and runs its
+rows again on V scaled by a power of two, in the same launch): bf16's
 8-bit mantissa on P would cost a multiple of the unavoidable output-rounding error on Δ at
 alpha near 1, fp16 barely adds to it (benchmarks/precision.py prints both). Rounding the
 difference of the two P's rather than each keeps fp16's Δ near that error too. fp32 inputs use
@@ -255,7 +254,7 @@ def _kernel():
 
 
 # The kernel's tensor arguments, first and in this order (tests find them by name)
-FUSED_TENSORS = ("q", "k", "v", "out", "alpha", "beta", "v_max", "v16", "active", "eta",
+FUSED_TENSORS = ("q", "k", "v", "out", "alpha", "beta", "v16", "active", "eta",
                  "coefficients")
 FUSED_TENSOR_ARGS = len(FUSED_TENSORS)
 # what launches it: Triton's bookkeeping once per specialisation (triton_launch.py)
@@ -398,7 +397,6 @@ def launch_arguments(q, k, v, out, alpha_t, beta_t, alpha_value, beta_value, act
     if active is not None:
         active = active.contiguous().view(torch.uint8)
     pv_fp16 = q.dtype == torch.bfloat16
-    v_max = per_head_v_max(v) if v_prepass(q) else out
     v16 = v_in_fp16(v) if v16_copy(q) else out
     grid = (-(-length // cfg.block_m), batch * heads)  # plain ints: triton.cdiv costs more
     # Only adaptive launches see the batch size and an eta block: others pass constants, so
@@ -408,8 +406,7 @@ def launch_arguments(q, k, v, out, alpha_t, beta_t, alpha_value, beta_value, act
     difference, anchor_pert = accumulation_form(alpha_value)
     args = (
         q, k, v, out, alpha_t if alpha_t is not None else out,
-        beta_t if beta_t is not None else out, v_max, v16,
-        active if active is not None else out,
+        beta_t if beta_t is not None else out, v16, active if active is not None else out,
         adaptive.eta if adaptive else out, adaptive.coefficients if adaptive else out,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         _stride(alpha_t), _stride(beta_t), alpha_value, beta_value,
@@ -428,37 +425,24 @@ def launch_arguments(q, k, v, out, alpha_t, beta_t, alpha_value, beta_value, act
         # a number alpha > -1 (c1 > 0) moves c1 into the perturbed logits' scale; adaptive and
         # per-sample alphas may fall anywhere
         FOLD_C1=adaptive is None and alpha_t is None and alpha_value > -1.0,
-        V_PREPASS=v_prepass(q), V16_COPY=v16_copy(q),
+        V16_COPY=v16_copy(q),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return grid, args, constexprs
 
 
-def v_prepass(q: torch.Tensor) -> bool:
-    """Whether a launch on q takes V's per-head maxima from a reduction before it (bf16 at
-    d = 128); bf16 at d = 64 finds a V beyond fp16's range in the kernel itself, which at
-    d = 128 would cost the key loop registers (see the kernel's comment)."""
-    return q.dtype == torch.bfloat16 and q.shape[-1] == 128
-
-
 def v16_copy(q: torch.Tensor) -> bool:
-    """Whether a launch on q reads V converted to fp16 before it (bf16 at d = 64): every
-    program would otherwise convert each V tile it streams in its key loop, and pass it
-    through shared memory behind a barrier for the tensor cores, once per query tile; one pass
-    over V (reading 2 and writing 2 bytes per value) replaces that. Values beyond fp16's
-    range become inf, which the kernel detects and reruns from V itself, as before."""
-    return q.dtype == torch.bfloat16 and q.shape[-1] == 64
+    """Whether a launch on q reads V converted to fp16 before it (bf16): every program would
+    otherwise convert each V tile it streams in its key loop, and pass it through shared
+    memory behind a barrier for the tensor cores, once per query tile; one pass over V
+    (reading 2 and writing 2 bytes per value) replaces that. Values beyond fp16's range
+    become inf there, which the kernel detects and reruns from V itself."""
+    return q.dtype == torch.bfloat16
 
 
 def v_in_fp16(v: torch.Tensor) -> torch.Tensor:
     """v [B, H, L, d] in fp16, contiguous (the kernel derives its strides): one launch."""
     return v.to(torch.float16, memory_format=torch.contiguous_format)
-
-
-def per_head_v_max(v: torch.Tensor) -> torch.Tensor:
-    """Per (batch, head) max |V| of v [B, H, L, d], one small reduction on the device (no
-    copy, no sync)."""
-    return torch.linalg.vector_norm(v, ord=float("inf"), dim=(-2, -1))
 
 
 def _stride(t: torch.Tensor | None) -> int:

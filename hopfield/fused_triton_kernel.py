@@ -7,8 +7,8 @@ first runs, so the pack imports fine without Triton.
 import triton
 import triton.language as tl
 
-# bf16 inputs: V is scaled by a power of two until |V| <= this (where its maximum reaches 2^16
-# at d = 64; where it exceeds this at d = 128), then multiplied in fp16.
+# bf16 inputs: a head whose V reaches 2^16 (inf in fp16) is scaled by a power of two until
+# |V| <= this, then multiplied in fp16.
 FP16_SAFE_MAX = tl.constexpr(16384.0)
 
 
@@ -207,12 +207,7 @@ def _head_v_scale(v_base, svl, svd, length, D: tl.constexpr, BLOCK_N: tl.constex
         v = tl.load(v_base + cols[:, None] * svl + dims[None, :] * svd,
                     mask=(cols < length)[:, None], other=0.0)
         top = tl.maximum(top, tl.abs(v.to(tl.float32)))
-    return _v_scale(tl.max(tl.max(top, 1), 0))
-
-
-@triton.jit
-def _v_scale(v_max):
-    # The power of two that brings a head's max |V| under FP16_SAFE_MAX, 1 if it is already
+    v_max = tl.max(tl.max(top, 1), 0)
     return tl.exp2(tl.maximum(tl.ceil(tl.log2(v_max / FP16_SAFE_MAX)), 0.0))
 
 
@@ -246,7 +241,7 @@ def _adaptive_coefficients(ETA, COEFS, alpha_value, beta_value, b, h, pid_m, bat
 
 @triton.jit
 def skew_circulation_fwd(
-    Q, K, V, Out, ALPHA, BETA, VMAX, V16, ACTIVE, ETA, COEFS,
+    Q, K, V, Out, ALPHA, BETA, V16, ACTIVE, ETA, COEFS,
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sob, soh, sol, sod,
     alpha_stride, beta_stride, alpha_value, beta_value,
     batch, heads, length, scale_log2,
@@ -256,7 +251,7 @@ def skew_circulation_fwd(
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     ADAPTIVE: tl.constexpr, ETA_PER_SAMPLE: tl.constexpr, ETA_BLOCK: tl.constexpr,
     DIFFERENCE: tl.constexpr, ANCHOR_PERT: tl.constexpr, FOLD_C1: tl.constexpr,
-    V_PREPASS: tl.constexpr, V16_COPY: tl.constexpr,
+    V16_COPY: tl.constexpr,
 ):
     # Axis 0 runs over query tiles of one (batch, head): neighbouring programs stream the
     # same K, Q, V, which then come from L2.
@@ -299,18 +294,15 @@ def skew_circulation_fwd(
         c1 = 1.0
     o_base = Out + b.to(tl.int64) * sob + h.to(tl.int64) * soh
     o_ptrs = o_base + rows[:, None] * sol + dims[None, :] * sod
-    # bf16 inputs: P V runs in fp16. With V_PREPASS (d = 128) V is scaled by the power of two
-    # that V's per-head maximum, reduced before the launch, calls for (1 unless it exceeds
-    # 2^14). Else (d = 64) on V as it is, unless a value of this head lies beyond fp16's
-    # range: then the program sweeps the head's V for its maximum and runs its rows again on
-    # V scaled down. At d = 128 that second copy of the key loop raised the register
-    # pressure, and spills, in the first (benchmarks/compile_hopper.py). v_scale undoes the
-    # scaling in the epilogue; powers of two keep it exact.
-    # V16_COPY (bf16, d = 64): the first pass reads V16, V converted to fp16 before the launch
-    # ([B, H, L, d], contiguous; a value beyond fp16's range is inf there too, and the rerun
-    # reads V itself), so that its key loop is fp16's: no per-tile conversion of V, which
-    # every program would repeat for every V tile, nor the trip through shared memory and the
-    # barrier the tensor cores' operand then needs.
+    # bf16 inputs: P V runs in fp16, on V as it is, unless a value of this head lies beyond
+    # fp16's range (inf there): then the program sweeps the head's V for its maximum and runs
+    # its rows again on V scaled down by a power of two, which v_scale undoes in the epilogue
+    # (exactly). With V16_COPY (every bf16 launch: fused_triton.v16_copy) the first run reads
+    # V16, V converted to fp16 before the launch ([B, H, L, d], contiguous; inf where V is
+    # beyond fp16's range, as converting each tile would give), so that its key loop is
+    # fp16's: no per-tile conversion of V, which every program would repeat for every V tile,
+    # nor the trip through shared memory and the barrier the tensor cores' operand then
+    # needs. The rerun reads V itself.
     if V16_COPY:
         pass_v = V16 + pid_bh.to(tl.int64) * length * D
         pass_svl = D
@@ -321,9 +313,7 @@ def skew_circulation_fwd(
         pass_svd = svd
     PASS_PV_FP16: tl.constexpr = PV_FP16 and not V16_COPY  # V converted in the key loop
     v_scale = 1.0
-    if PV_FP16 and V_PREPASS:
-        v_scale = _v_scale(tl.load(VMAX + pid_bh).to(tl.float32))
-    rerun = PV_FP16 and not V_PREPASS
+    rerun = PV_FP16
     if HAS_ACTIVE:  # a sample the caller does not steer: its rows get the plain retrieval
         if tl.load(ACTIVE + b) == 0:
             acc, l_i = _plain_rows(q_i, k_base, pass_v, skl, skd, pass_svl, pass_svd, length,

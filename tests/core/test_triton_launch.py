@@ -47,7 +47,7 @@ def fused_call(rng: random.Random):
     kwargs = dict(D=64, BLOCK_M=64, BLOCK_N=128, ALPHA_PER_SAMPLE=False, BETA_PER_SAMPLE=False,
                   NORM_MATCH=True, PV_FP16=dtype == torch.bfloat16, HAS_ACTIVE=False,
                   UPCAST=False, PRECISION="tf32", ADAPTIVE=False, ETA_PER_SAMPLE=True,
-                  ETA_BLOCK=1, DIFFERENCE=True, ANCHOR_PERT=False, FOLD_C1=True, V_PREPASS=False,
+                  ETA_BLOCK=1, DIFFERENCE=True, ANCHOR_PERT=False, FOLD_C1=True,
                   V16_COPY=False, num_warps=4, num_stages=2)
     return [*tensors, *ints, *scalars], kwargs
 

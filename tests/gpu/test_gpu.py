@@ -73,8 +73,8 @@ def test_fused_kernel_against_float64(case):
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_unselected_rows_and_large_values(dtype, d):
-    """bf16 V beyond fp16's range: at d = 64 the kernel finds it and reruns the programs that
-    met it, at d = 128 it is scaled from a reduction before the launch."""
+    """bf16 V beyond fp16's range (inf in the kernel's fp16 copy of V): the kernel finds it
+    and reruns the programs that met it on V scaled by a power of two."""
     from hopfield_circulation.hopfield.fused_triton import fused_skew_circulation
 
     q, k, v = inputs(4, 8, 640, d, dtype, seed=3)
