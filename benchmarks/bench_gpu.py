@@ -20,6 +20,9 @@ Paths, each timed as what the attention override costs per steered call:
 - kernel_number_alpha, kernel_tensor_alpha: the fused kernel alone, alpha a number (c1 moved
   into the perturbed logits' exp2 scale: one FMA per logit) and a per-sample tensor (the
   general form: a multiply and an FMA), the same accumulation form: what that move saves.
+- kernel_v_in_loop (bf16): the kernel alone with each program converting V's tiles to fp16 in
+  its key loop, as before V's fp16 copy made before the launch (the fused rows' way): what
+  the copy saves, in the same process.
 - eta_kernel, eta_split, eta_torch: eta_M alone, by the Triton kernel as the adaptive path
   calls it on CUDA (one launch, one program per (sample, head): splitting the tokens measured
   slower), by the same kernels with the tokens split into 7 chunks and a second launch that
@@ -104,6 +107,16 @@ def paths(q, k, v, alpha=1.05):
     from hopfield_circulation.hopfield.fused_triton import fused_skew_circulation
 
     alphas = torch.full((q.shape[0], 1, 1, 1), alpha, device=q.device)
+
+    def kernel_v_in_loop():  # bf16 as before V's fp16 copy: each program converts V's tiles
+        copies = fused_triton.v16_copy
+        fused_triton.v16_copy = lambda q: False  # this benchmark's own process only
+        try:
+            return fused_skew_circulation(q, k, v, alpha, BETA)
+        finally:
+            fused_triton.v16_copy = copies
+
+    in_loop = {"kernel_v_in_loop": kernel_v_in_loop} if q.dtype == torch.bfloat16 else {}
     return {
         "baseline": lambda: F.scaled_dot_product_attention(q, k, v),
         "two_call": run_two_call,
@@ -113,6 +126,7 @@ def paths(q, k, v, alpha=1.05):
         "kernel_number_alpha": lambda: fused_skew_circulation(q, k, v, alpha, BETA),
         "kernel_tensor_alpha": lambda: fused_skew_circulation(q, k, v, alphas, BETA,
                                                               alpha_hint=alpha),
+        **in_loop,
     }
 
 
