@@ -74,7 +74,7 @@ for part in "${parts[@]}"; do
       --dtypes fp16 --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
     ;;
   kernels)
-    step bench_gpu 70 "$py" benchmarks/bench_gpu.py --quick --sweep
+    step bench_gpu 85 "$py" benchmarks/bench_gpu.py --quick --sweep
     step bench_e2e_bf16 80 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes bf16 \
       --steps "$steps" --rounds "$rounds" --skip TorchCompileModel "space = input" core
     ;;
