@@ -269,6 +269,8 @@ def main():
         rows.append((dtype, d, cfg, "default"))
         if dtype != "fp32":  # tensor alphas, and eta-bar with the coefficients in-kernel
             rows += [(dtype, d, cfg, "per-sample"), (dtype, d, cfg, "adaptive")]
+        if dtype == "bf16":  # as before V's fp16 copy: each program converts V's tiles
+            rows.append((dtype, d, cfg, "V in the loop"))
         if args.sweep:
             rows += [(dtype, d, c, "") for c in SWEEP if c != cfg]
     print("Fused kernel compiled for sm_90a (Hopper) by Triton", end=" ")
@@ -281,7 +283,8 @@ def main():
     for dtype, d, cfg, note in rows:
         try:
             r = compile_config(dtype, d, cfg, args.fp32_precision,
-                               variant=note if note in ("per-sample", "adaptive") else "skew")
+                               variant=note if note in ("per-sample", "adaptive") else "skew",
+                               v16_copy=note != "V in the loop")
         except Exception as error:  # a config that does not fit is a finding, not a crash
             print(f"| {dtype} | {d} | {cfg.block_m} | {cfg.block_n} | {cfg.num_warps} | "
                   f"{cfg.num_stages} | failed: {type(error).__name__} | | | | | | | | {note} |")

@@ -36,9 +36,9 @@ def v_top_log2(beta: Scalar) -> float:
     retrievals in fp16 (blend_retrievals' in_fp16), and the blend base + beta (pert - base)
     reaches (|1 - beta| + |beta|) times V's largest value: that stays under 2^15, half of
     fp16's largest, wherever V tops at 2^14 over it (beta = 3: 2^12). Powers of two keep the
-    scaling exact; V values under 2^-14 of the new top would lose bits to fp16's subnormals,
-    as they would under the old one (and weigh as little in a retrieval). A tensor beta
-    blends in fp32, with V at 2^14."""
+    scaling exact; only values 2^(14 + top) or more times smaller than V's largest land in
+    fp16's subnormals and lose bits, as under 2^14 (a retrieval weighs them as little). A
+    tensor beta blends in fp32, with V at 2^14."""
     if isinstance(beta, torch.Tensor):
         return FP16_TOP_LOG2
     growth = abs(1.0 - beta) + abs(beta)  # >= 1
