@@ -81,33 +81,32 @@ def _fp16_exponents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     All three maxima in one foreach reduction straight into fp32 (one launch where the device
     allows, and no full-size |x| temporaries), their exponents e in place, and the four
-    results as one small matrix-vector product of e, floored and signed: eight small launches
-    per call where the same arithmetic op by op took thirteen, which at SDXL sizes is a fair
-    part of one attention call on a GPU. Every value is a small integer or half of one, so
-    each step is exact.
+    results as one small matrix-vector product of e, floored: seven small launches per call
+    where the same arithmetic op by op took thirteen, which at SDXL sizes is a fair part of
+    one attention call on a GPU. Every value is a small integer or half of one, so each step
+    is exact.
     """
     top = torch.stack(torch._foreach_norm([q, k, v], ord=float("inf"), dtype=torch.float32))
     e = top.clamp_min_(2.0**-100).log2_().ceil_()  # max |q|, |k|, |v| -> exponent; 0: -100
-    weights, offsets, signs = _exponent_map(e.device, v_top)
-    return torch.addmv(offsets, weights, e).floor_().mul_(signs)
+    weights, offsets = _exponent_map(e.device, v_top)
+    return torch.addmv(offsets, weights, e).floor_()
 
 
-# (device, v_top) -> (weights, offsets, signs), made once: v_top takes a few values per session
+# (device, v_top) -> (weights, offsets), made once: v_top takes a few values per session
 _EXPONENT_MAPS: dict = {}
 
 
 def _exponent_map(device: torch.device, v_top: float) -> tuple:
     """What turns the exponents e = (e_q, e_k, e_v) into [a, b, c, -c]: with
-    shift = ceil((e_q - e_k) / 2), a = -shift = floor((e_k - e_q) / 2) and b = shift, the
-    negative of that floor; c = v_top - e_v. So [a, b, c, -c] is
-    floor(weights @ e + offsets) * signs."""
+    shift = ceil((e_q - e_k) / 2), a = -shift = floor((e_k - e_q) / 2) and
+    b = shift = floor((e_q - e_k + 1) / 2) (e being integers); c = v_top - e_v, an integer
+    as its negative. So [a, b, c, -c] is floor(weights @ e + offsets)."""
     found = _EXPONENT_MAPS.get((device, v_top))
     if found is None:
-        half = [-0.5, 0.5, 0.0]
         found = (
-            torch.tensor([half, half, [0.0, 0.0, -1.0], [0.0, 0.0, 1.0]], device=device),
-            torch.tensor([0.0, 0.0, v_top, -v_top], device=device),
-            torch.tensor([1.0, -1.0, 1.0, 1.0], device=device),
+            torch.tensor([[-0.5, 0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.0, -1.0],
+                          [0.0, 0.0, 1.0]], device=device),
+            torch.tensor([0.0, 0.5, v_top, -v_top], device=device),
         )
         if not torch.compiler.is_compiling():  # a trace keeps them as its graph's constants
             _EXPONENT_MAPS[(device, v_top)] = found
