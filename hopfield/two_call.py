@@ -124,8 +124,9 @@ def _retrievals_in_fp16(q, k, v, alpha, v_top=FP16_TOP_LOG2):
     outputs divided back. a balances q's and k's magnitudes, so both fit under 2^14 whenever
     max|q| * max|k| <= 2^28 (logits beyond that saturate any softmax anyway).
     """
-    powers = torch.exp2(_fp16_exponents(q, k, v, v_top))
-    scales = powers.to(q.dtype)  # powers of two: exact in bf16
+    # Powers of two, fp32: a 0-dim factor takes the bf16 operand's dtype in the products below
+    # (exact: bf16 has fp32's exponent range), with no cast of its own
+    scales = powers = torch.exp2(_fp16_exponents(q, k, v, v_top))
     # One buffer's slots (below), except in a trace, which cannot write into slices, and for
     # a V of another width than q's (skew_scaled_attention pads it)
     if torch.compiler.is_compiling() or v.shape[-1] != q.shape[-1]:
