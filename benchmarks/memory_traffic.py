@@ -96,9 +96,9 @@ def variants(q, k, v, base):
     """name -> a call of the two-call path with these inputs (meta tensors)."""
     tensor_beta = torch.full((q.shape[0], 1, 1, 1), 3.0, device=q.device)
     return {
-        "Skew, beta a number (blend stored in fp16)": lambda: two_call(
+        "Skew Circulation (alpha, beta numbers)": lambda: two_call(
             q, k, v, base, 1.05, 3.0, out_dtype=q.dtype),
-        "Skew, beta a tensor (blend in fp32)": lambda: two_call(
+        "beta a tensor": lambda: two_call(
             q, k, v, base, 1.05, tensor_beta, out_dtype=q.dtype),
         "Adaptive's form (alpha, beta tensors)": lambda: two_call(
             q, k, v, base, torch.full_like(tensor_beta, 1.05), tensor_beta,
@@ -136,7 +136,8 @@ def main():
     if cli.batch or cli.heads or cli.tokens:
         shapes = [(cli.batch or 2, cli.heads or 10, cli.tokens or 4096, cli.head_dim)]
     print(f"torch {torch.__version__}; meta device: counted, not run. Ops: every aten op but "
-          "views and allocations, each attention call one op.")
+          "views and allocations, each attention call one op. bf16 computes in fp16 and, with "
+          "a number beta, stores the blend in fp16; the other rows blend in fp32.")
     for shape in shapes:
         for dtype in (torch.bfloat16, torch.float16):
             print()
