@@ -397,7 +397,8 @@ def launch_arguments(q, k, v, out, alpha_t, beta_t, alpha_value, beta_value, act
     if active is not None:
         active = active.contiguous().view(torch.uint8)
     pv_fp16 = q.dtype == torch.bfloat16
-    v16 = v_in_fp16(v) if v16_copy(q) else out
+    copies_v = v16_copy(q)
+    v16 = v_in_fp16(v) if copies_v else out
     grid = (-(-length // cfg.block_m), batch * heads)  # plain ints: triton.cdiv costs more
     # Only adaptive launches see the batch size and an eta block: others pass constants, so
     # that a new batch size or head count compiles nothing new (ints are specialised on).
@@ -425,7 +426,7 @@ def launch_arguments(q, k, v, out, alpha_t, beta_t, alpha_value, beta_value, act
         # a number alpha > -1 (c1 > 0) moves c1 into the perturbed logits' scale; adaptive and
         # per-sample alphas may fall anywhere
         FOLD_C1=adaptive is None and alpha_t is None and alpha_value > -1.0,
-        V16_COPY=v16_copy(q),
+        V16_COPY=copies_v,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return grid, args, constexprs
