@@ -172,6 +172,155 @@ def test_no_timing_inside_a_cuda_graph_capture(monkeypatch):
     assert made_current == [q.device]  # timed on q's device, whichever is current
 
 
+# Shared memory per program of the fused kernel's d = 128 tiles, from an sm_89 compile
+# (Triton 3.6), against the 99 KB an RTX 30xx/40xx gives one program
+SM89_SHARED_KB = {
+    torch.float16: {(64, 64, 4, 3): 136, (64, 32, 4, 2): 60, (128, 64, 8, 2): 112,
+                    (128, 32, 8, 2): 96, (64, 64, 4, 2): 88},
+    torch.bfloat16: {(64, 64, 4, 3): 152, (64, 32, 4, 2): 68, (128, 64, 8, 2): 128,
+                     (128, 32, 8, 2): 96, (64, 64, 4, 2): 104},
+}
+SM89_LIMIT = 99 * 1024
+
+
+def out_of_resources_error(required: int, limit: int):
+    """Triton's own OutOfResources where Triton is installed (what it raises when it loads a
+    kernel needing more shared memory than the device has), else one of that name."""
+    try:
+        from triton.runtime.errors import OutOfResources
+    except ImportError:
+        class OutOfResources(Exception):
+            def __init__(self, required, limit, name):
+                super().__init__(f"out of resource: {name}, Required: {required}, Hardware "
+                                 f"limit: {limit}")
+    return OutOfResources(required, limit, "shared memory")
+
+
+class Sm89Launches:
+    """``launch(config)`` as on a 99 KB device: tiles that need more raise OutOfResources
+    (before anything runs, as Triton's loader does); the others run and return their tiles."""
+
+    def __init__(self, dtype):
+        self.shared_kb = SM89_SHARED_KB[dtype]
+        self.tried, self.ran = [], []
+
+    def __call__(self, config):
+        self.tried.append(config)
+        required = self.shared_kb[tuple(vars(config).values())] * 1024
+        if required > SM89_LIMIT:
+            raise out_of_resources_error(required, SM89_LIMIT)
+        self.ran.append(config)
+        return config
+
+
+def cuda_like(dtype, length=4096, d=128):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(is_cuda=True, shape=(1, 24, length, d), dtype=dtype,
+                           device=torch.device("cuda", 0))
+
+
+@pytest.fixture
+def fresh_tiles(monkeypatch):
+    """A fresh process's tile state and kernel status; ``tune``: HOPFIELD_CIRCULATION_TUNE."""
+    monkeypatch.setattr(fused_triton, "_TUNED", {})
+    monkeypatch.setattr(fused_triton, "_UNFIT", set())
+    monkeypatch.setattr(fused_triton, "_DISABLED", [])
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+
+    def tune(on: bool):
+        monkeypatch.setattr(fused_triton, "_FACTS", [fused_triton.ProcessFacts(True, False, on)])
+
+    return tune
+
+
+def never_called():
+    raise AssertionError("the two-call path ran")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_untimed_tiles_that_need_more_shared_memory_than_the_device_has_give_way(
+        fresh_tiles, dtype):
+    """HOPFIELD_CIRCULATION_TUNE=0 on an RTX 40xx at d = 128 (Flux): the table's Hopper tiles
+    do not fit, and the next candidate that does runs instead, kept for the class and for the
+    plan (settled_config). The kernel stays on: no warning, no two-call path."""
+    from hopfield_circulation.hopfield.fused_triton import LaunchConfig, settled_config
+
+    fresh_tiles(False)
+    q, launch = cuda_like(dtype), Sm89Launches(dtype)
+    table, fitting = fused_triton.DEFAULT_CONFIGS[(128, fused_triton.DTYPE_CLASS[dtype])], \
+        LaunchConfig(64, 32, 4, 2)
+    assert settled_config(q) == table
+    assert fused_triton._run(q, launch, None, True, never_called) == fitting
+    assert launch.tried == [table, fitting] and not fused_triton.disabled()
+    assert settled_config(q) == fitting
+    assert settled_config(cuda_like(dtype, length=77)) == fitting  # any length
+    assert settled_config(cuda_like(dtype, d=64)) == fused_triton.DEFAULT_CONFIGS[
+        (64, fused_triton.DTYPE_CLASS[dtype])]
+    launch.tried.clear()
+    assert fused_triton._run(q, launch, None, True, never_called) == fitting
+    assert launch.tried == [fitting]  # the table is not tried again
+
+
+def test_a_first_call_in_a_cuda_graph_capture_gives_way_too_and_is_timed_later(
+        fresh_tiles, monkeypatch):
+    """Inside a capture: the untimed table fails to load (nothing recorded) and the next
+    candidate launches once. Outside it, the class is timed over the candidates that fit
+    and, this device having less room than Hopper, the compact ones."""
+    from hopfield_circulation.hopfield.fused_triton import COMPACT_CANDIDATES, LaunchConfig
+
+    fresh_tiles(True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    q, launch = cuda_like(torch.bfloat16), Sm89Launches(torch.bfloat16)
+    assert fused_triton._run(q, launch, None, True, never_called) == LaunchConfig(64, 32, 4, 2)
+    assert launch.ran == [LaunchConfig(64, 32, 4, 2)] and not fused_triton._TUNED
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    times = {(64, 32, 4, 2): 2.0, (128, 32, 8, 2): 1.5}  # ms, where the tiles run
+    monkeypatch.setattr(fused_triton, "_time_ms", lambda launch, config: times[tuple(vars(
+        launch(config)).values())])
+    launch.tried.clear()
+    assert fused_triton._run(q, launch, None, True, never_called) == LaunchConfig(128, 32, 8, 2)
+    # timed: the fitting primary candidates, the one not tried yet failing, then the compact
+    assert launch.tried == [LaunchConfig(64, 32, 4, 2), LaunchConfig(128, 64, 8, 2),
+                            *COMPACT_CANDIDATES[128], LaunchConfig(128, 32, 8, 2)]
+    assert fused_triton.settled_config(q) == LaunchConfig(128, 32, 8, 2)
+
+
+def test_hopper_room_times_no_compact_tiles(fresh_tiles, monkeypatch):
+    fresh_tiles(True)
+    timed = []
+    monkeypatch.setattr(fused_triton, "_time_ms", lambda launch, config: timed.append(
+        config) or 1.0)
+    fused_triton.tuned_config(cuda_like(torch.float16), None)
+    assert timed == list(fused_triton.TILE_CANDIDATES[128])
+
+
+def test_when_no_tiles_fit_the_kernel_hands_over_once(fresh_tiles):
+    fresh_tiles(False)
+    q = cuda_like(torch.float16)
+
+    def nothing_fits(config):
+        raise out_of_resources_error(300 * 1024, 64 * 1024)
+
+    with pytest.warns(RuntimeWarning, match="two-call path from now on"):
+        assert fused_triton._run(q, nothing_fits, None, True, lambda: "two-call") == "two-call"
+    assert "fits this device" in fused_triton._DISABLED[0]
+    with pytest.raises(RuntimeError, match="fits this device"):  # asked for the kernel itself
+        fused_triton._run(q, nothing_fits, None, False, never_called)
+
+
+def test_other_launch_failures_are_not_taken_for_a_lack_of_room(fresh_tiles):
+    fresh_tiles(False)
+
+    def broken(config):
+        raise RuntimeError("Failed to find C compiler")
+
+    with pytest.raises(RuntimeError, match="C compiler"):
+        fused_triton._run(cuda_like(torch.float16), broken, None, False, never_called)
+    assert not fused_triton._UNFIT
+
+
 def test_the_tokens_split_for_about_two_programs_per_processor(monkeypatch):
     """hopfield/token_chunks.py (the probe's kernels, eta's when asked): chunks of whole
     tiles, none empty, about two programs per processor (an H100's or H200's 132 here), none

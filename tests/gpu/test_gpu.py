@@ -89,6 +89,45 @@ def test_unselected_rows_and_large_values(dtype, d):
         plain.to(dtype).double() - plain).norm()
 
 
+@needs_triton
+@pytest.mark.parametrize("tune", [False, True], ids=["table", "timed"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_d128_with_an_rtx_40xx_s_shared_memory_runs_on_tiles_that_fit(dtype, tune, monkeypatch):
+    """Triton's loader told that a program gets 99 KB (an RTX 30xx/40xx, against Hopper's 227):
+    the table's d = 128 tiles raise OutOfResources as they load, and the kernel runs on tiles
+    that fit, with tuning off (the next candidate) and on (the fastest that fits), correct,
+    never handing over to the two-call path."""
+    import warnings
+    from collections import defaultdict
+
+    import triton.compiler.compiler as compiler
+    from hopfield_circulation.hopfield import fused_triton
+
+    kernel = fused_triton._kernel()
+    if not (hasattr(compiler, "max_shared_mem") and hasattr(kernel, "device_caches")):
+        pytest.skip("this Triton checks a kernel's shared memory elsewhere")
+    monkeypatch.setattr(compiler, "max_shared_mem", lambda device: 99 * 1024)
+    # fresh compiled-kernel objects (from Triton's disk cache): each loads, and checks, anew
+    monkeypatch.setattr(kernel, "device_caches", defaultdict(kernel.create_binder))
+    launcher = fused_triton._launcher()
+    if hasattr(launcher, "compiled"):
+        monkeypatch.setattr(launcher, "compiled", {})
+    for name, fresh in (("_TUNED", {}), ("_UNFIT", set()), ("_DISABLED", []),
+                        ("_FACTS", [fused_triton.ProcessFacts(True, False, tune)])):
+        monkeypatch.setattr(fused_triton, name, fresh)
+    q, k, v = inputs(1, 4, 333, 128, dtype, seed=5)
+    want, base = reference(q, k, v, 1.1, 3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a hand-over to the two-call path warns
+        out = fused_triton.fused_skew_circulation(q, k, v, 1.1, 3.0, fallback=True)
+    table = fused_triton.default_config(128, dtype)
+    assert not fused_triton.disabled() and fused_triton._unfit_key(q, table) in \
+        fused_triton._UNFIT
+    assert fused_triton.settled_config(q) not in (None, table)
+    err, floor = delta_error(out, want, base)
+    assert err <= FLOOR_FACTOR[dtype] * floor, f"Δ error {err:.4f}, floor {floor:.4f}"
+
+
 def test_bf16_two_call_without_triton_in_fp16():
     from hopfield_circulation.hopfield.two_call import two_call
 
