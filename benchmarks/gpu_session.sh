@@ -61,7 +61,7 @@ done
 for part in "${parts[@]}"; do
   case $part in
   base)
-    step gpu_tier 150 "${tier[@]}" -k "not ($compile_cases)"
+    step gpu_tier 170 "${tier[@]}" -k "not ($compile_cases)"
     # the table's tiles, no timing of candidates: these steps measure the host, not the tiles
     HOPFIELD_CIRCULATION_TUNE=0 step triton_launch 15 "$py" benchmarks/bench_triton_launch.py \
       --device cuda
