@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_attention import hopfield  # noqa: E402  (registers the pack as a package)
-from hopfield_circulation.hopfield import fused_triton, reference  # noqa: E402
+from hopfield_circulation.hopfield import fused_tiles, fused_triton, reference  # noqa: E402
 
 SHAPES = {  # name: (batch, heads, tokens, d, joint qkv view)
     "SDXL 64x64 (B2 H10 L4096 d64)": (2, 10, 4096, 64, False),
@@ -225,7 +225,7 @@ def sweep_shape(name, spec, dtype_name, args):
     batch, heads, tokens, d, joint = spec
     q, k, v = make_qkv(batch, heads, tokens, d, joint, DTYPES[dtype_name])
     base_ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v), args.warmup, args.reps)
-    default = fused_triton.default_config(d, q.dtype)
+    default = fused_tiles.default_config(d, q.dtype)
     for cfg in [default] + [c for c in SWEEP if c != default]:
         try:
             ms = median_ms(lambda cfg=cfg: fused_triton.fused_skew_circulation(

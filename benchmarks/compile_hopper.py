@@ -36,7 +36,7 @@ from hopfield_circulation.hopfield import (  # noqa: E402
     fused_triton,
     stability_triton,
 )
-from hopfield_circulation.hopfield.fused_triton import DEFAULT_CONFIGS, LaunchConfig  # noqa: E402
+from hopfield_circulation.hopfield.fused_tiles import DEFAULT_CONFIGS, LaunchConfig  # noqa: E402
 
 TYPES = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
 SWEEP = [LaunchConfig(bm, bn, w, s) for bm, bn, w in

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from core.launch_recorder import fused_at, record_fused_launches
-from hopfield_circulation.hopfield import fused_plan, fused_triton
+from hopfield_circulation.hopfield import fused_plan, fused_tiles, fused_triton
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                 reason="triton is not installed (plans replay its launches)")
@@ -167,7 +167,7 @@ def test_no_plan_under_the_interpreter_or_before_the_tiles_are_settled(recorder,
     monkeypatch.setattr(fused_triton, "_launcher", lambda: recorder.launcher)
     assert fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None) is None  # nothing ran
     monkeypatch.setattr(fused_triton, "settled_config", lambda q: None)
-    fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0, config=fused_triton.default_config(
+    fused_triton.fused_skew_circulation(q, k, v, 1.05, 3.0, config=fused_tiles.default_config(
         64, torch.float16))
     assert fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None) is None  # tiles untimed
 

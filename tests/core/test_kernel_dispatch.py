@@ -15,6 +15,7 @@ from hopfield_circulation.hopfield import (
     CirculationSettings,
     circulate_value_space,
     circulation,
+    fused_tiles,
     fused_triton,
 )
 
@@ -125,7 +126,7 @@ def test_the_eta_and_probe_kernels_hand_over_to_torch_once_they_fail(monkeypatch
 
 
 def test_tiles_come_from_the_table_off_cuda_and_timing_keeps_the_fastest():
-    from hopfield_circulation.hopfield.fused_triton import (
+    from hopfield_circulation.hopfield.fused_tiles import (
         DEFAULT_CONFIGS,
         TILE_CANDIDATES,
         LaunchConfig,
@@ -135,7 +136,8 @@ def test_tiles_come_from_the_table_off_cuda_and_timing_keeps_the_fastest():
 
     q = torch.zeros(1, 1, 8, 64, dtype=torch.float16)
     launched = []
-    assert tuned_config(q, launched.append) == DEFAULT_CONFIGS[(64, "fp16")]
+    assert tuned_config(q, launched.append, fused_triton.facts()) == DEFAULT_CONFIGS[
+        (64, "fp16")]
     assert not launched  # nothing timed on the CPU
     times = {c: t for c, t in zip(TILE_CANDIDATES[64], (3.0, None, 1.5, 2.0), strict=True)}
     assert fastest(TILE_CANDIDATES[64], times.get) == TILE_CANDIDATES[64][2]  # None: can't run
@@ -153,22 +155,22 @@ def test_no_timing_inside_a_cuda_graph_capture(monkeypatch):
 
     from hopfield_circulation.hopfield import fused_triton
 
-    monkeypatch.setattr(fused_triton, "_FACTS", [fused_triton.ProcessFacts(True, False)])
-    monkeypatch.setattr(fused_triton, "_TUNED", {})
+    facts = fused_triton.ProcessFacts(True, False)
+    monkeypatch.setattr(fused_tiles, "_TUNED", {})
     q = SimpleNamespace(is_cuda=True, shape=(1, 1, 8, 64), dtype=torch.float16,
                         device=torch.device("cuda", 0))
     timed = []
-    monkeypatch.setattr(fused_triton, "_time_ms", lambda launch, config: timed.append(config))
+    monkeypatch.setattr(fused_tiles, "_time_ms", lambda launch, config: timed.append(config))
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    table = fused_triton.DEFAULT_CONFIGS[(64, "fp16")]
-    assert fused_triton.tuned_config(q, None) == table and not timed
+    table = fused_tiles.DEFAULT_CONFIGS[(64, "fp16")]
+    assert fused_tiles.tuned_config(q, None, facts) == table and not timed
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     made_current = []
     monkeypatch.setattr(torch.cuda, "device", lambda device: made_current.append(device) or
                         contextlib.nullcontext())
     with pytest.raises(RuntimeError, match="no tile configuration"):  # every time is None
-        fused_triton.tuned_config(q, None)
-    assert len(timed) == len(fused_triton.TILE_CANDIDATES[64])
+        fused_tiles.tuned_config(q, None, facts)
+    assert len(timed) == len(fused_tiles.TILE_CANDIDATES[64])
     assert made_current == [q.device]  # timed on q's device, whichever is current
 
 
@@ -223,8 +225,8 @@ def cuda_like(dtype, length=4096, d=128):
 @pytest.fixture
 def fresh_tiles(monkeypatch):
     """A fresh process's tile state and kernel status; ``tune``: HOPFIELD_CIRCULATION_TUNE."""
-    monkeypatch.setattr(fused_triton, "_TUNED", {})
-    monkeypatch.setattr(fused_triton, "_UNFIT", set())
+    monkeypatch.setattr(fused_tiles, "_TUNED", {})
+    monkeypatch.setattr(fused_tiles, "_UNFIT", set())
     monkeypatch.setattr(fused_triton, "_DISABLED", [])
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
@@ -245,19 +247,18 @@ def test_untimed_tiles_that_need_more_shared_memory_than_the_device_has_give_way
     """HOPFIELD_CIRCULATION_TUNE=0 on an RTX 40xx at d = 128 (Flux): the table's Hopper tiles
     do not fit, and the next candidate that does runs instead, kept for the class and for the
     plan (settled_config). The kernel stays on: no warning, no two-call path."""
-    from hopfield_circulation.hopfield.fused_triton import LaunchConfig, settled_config
+    from hopfield_circulation.hopfield.fused_tiles import DEFAULT_CONFIGS, DTYPE_CLASS, LaunchConfig
+    from hopfield_circulation.hopfield.fused_triton import settled_config
 
     fresh_tiles(False)
     q, launch = cuda_like(dtype), Sm89Launches(dtype)
-    table, fitting = fused_triton.DEFAULT_CONFIGS[(128, fused_triton.DTYPE_CLASS[dtype])], \
-        LaunchConfig(64, 32, 4, 2)
+    table, fitting = DEFAULT_CONFIGS[(128, DTYPE_CLASS[dtype])], LaunchConfig(64, 32, 4, 2)
     assert settled_config(q) == table
     assert fused_triton._run(q, launch, None, True, never_called) == fitting
     assert launch.tried == [table, fitting] and not fused_triton.disabled()
     assert settled_config(q) == fitting
     assert settled_config(cuda_like(dtype, length=77)) == fitting  # any length
-    assert settled_config(cuda_like(dtype, d=64)) == fused_triton.DEFAULT_CONFIGS[
-        (64, fused_triton.DTYPE_CLASS[dtype])]
+    assert settled_config(cuda_like(dtype, d=64)) == DEFAULT_CONFIGS[(64, DTYPE_CLASS[dtype])]
     launch.tried.clear()
     assert fused_triton._run(q, launch, None, True, never_called) == fitting
     assert launch.tried == [fitting]  # the table is not tried again
@@ -268,16 +269,16 @@ def test_a_first_call_in_a_cuda_graph_capture_gives_way_too_and_is_timed_later(
     """Inside a capture: the untimed table fails to load (nothing recorded) and the next
     candidate launches once. Outside it, the class is timed over the candidates that fit
     and, this device having less room than Hopper, the compact ones."""
-    from hopfield_circulation.hopfield.fused_triton import COMPACT_CANDIDATES, LaunchConfig
+    from hopfield_circulation.hopfield.fused_tiles import COMPACT_CANDIDATES, LaunchConfig
 
     fresh_tiles(True)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     q, launch = cuda_like(torch.bfloat16), Sm89Launches(torch.bfloat16)
     assert fused_triton._run(q, launch, None, True, never_called) == LaunchConfig(64, 32, 4, 2)
-    assert launch.ran == [LaunchConfig(64, 32, 4, 2)] and not fused_triton._TUNED
+    assert launch.ran == [LaunchConfig(64, 32, 4, 2)] and not fused_tiles._TUNED
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     times = {(64, 32, 4, 2): 2.0, (128, 32, 8, 2): 1.5}  # ms, where the tiles run
-    monkeypatch.setattr(fused_triton, "_time_ms", lambda launch, config: times[tuple(vars(
+    monkeypatch.setattr(fused_tiles, "_time_ms", lambda launch, config: times[tuple(vars(
         launch(config)).values())])
     launch.tried.clear()
     assert fused_triton._run(q, launch, None, True, never_called) == LaunchConfig(128, 32, 8, 2)
@@ -290,10 +291,10 @@ def test_a_first_call_in_a_cuda_graph_capture_gives_way_too_and_is_timed_later(
 def test_hopper_room_times_no_compact_tiles(fresh_tiles, monkeypatch):
     fresh_tiles(True)
     timed = []
-    monkeypatch.setattr(fused_triton, "_time_ms", lambda launch, config: timed.append(
+    monkeypatch.setattr(fused_tiles, "_time_ms", lambda launch, config: timed.append(
         config) or 1.0)
-    fused_triton.tuned_config(cuda_like(torch.float16), None)
-    assert timed == list(fused_triton.TILE_CANDIDATES[128])
+    fused_tiles.tuned_config(cuda_like(torch.float16), None, fused_triton.facts())
+    assert timed == list(fused_tiles.TILE_CANDIDATES[128])
 
 
 def test_when_no_tiles_fit_the_kernel_hands_over_once(fresh_tiles):
@@ -318,7 +319,7 @@ def test_other_launch_failures_are_not_taken_for_a_lack_of_room(fresh_tiles):
 
     with pytest.raises(RuntimeError, match="C compiler"):
         fused_triton._run(cuda_like(torch.float16), broken, None, False, never_called)
-    assert not fused_triton._UNFIT
+    assert not fused_tiles._UNFIT
 
 
 def test_the_tokens_split_for_about_two_programs_per_processor(monkeypatch):

@@ -101,7 +101,7 @@ def test_d128_with_an_rtx_40xx_s_shared_memory_runs_on_tiles_that_fit(dtype, tun
     from collections import defaultdict
 
     import triton.compiler.compiler as compiler
-    from hopfield_circulation.hopfield import fused_triton
+    from hopfield_circulation.hopfield import fused_tiles, fused_triton
 
     kernel = fused_triton._kernel()
     if not (hasattr(compiler, "max_shared_mem") and hasattr(kernel, "device_caches")):
@@ -112,17 +112,18 @@ def test_d128_with_an_rtx_40xx_s_shared_memory_runs_on_tiles_that_fit(dtype, tun
     launcher = fused_triton._launcher()
     if hasattr(launcher, "compiled"):
         monkeypatch.setattr(launcher, "compiled", {})
-    for name, fresh in (("_TUNED", {}), ("_UNFIT", set()), ("_DISABLED", []),
-                        ("_FACTS", [fused_triton.ProcessFacts(True, False, tune)])):
-        monkeypatch.setattr(fused_triton, name, fresh)
+    for module, name, fresh in ((fused_tiles, "_TUNED", {}), (fused_tiles, "_UNFIT", set()),
+                                (fused_triton, "_DISABLED", []),
+                                (fused_triton, "_FACTS", [fused_triton.ProcessFacts(True, False,
+                                                                                    tune)])):
+        monkeypatch.setattr(module, name, fresh)
     q, k, v = inputs(1, 4, 333, 128, dtype, seed=5)
     want, base = reference(q, k, v, 1.1, 3.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a hand-over to the two-call path warns
         out = fused_triton.fused_skew_circulation(q, k, v, 1.1, 3.0, fallback=True)
-    table = fused_triton.default_config(128, dtype)
-    assert not fused_triton.disabled() and fused_triton._unfit_key(q, table) in \
-        fused_triton._UNFIT
+    table = fused_tiles.default_config(128, dtype)
+    assert not fused_triton.disabled() and fused_tiles._unfit_key(q, table) in fused_tiles._UNFIT
     assert fused_triton.settled_config(q) not in (None, table)
     err, floor = delta_error(out, want, base)
     assert err <= FLOOR_FACTOR[dtype] * floor, f"Δ error {err:.4f}, floor {floor:.4f}"
