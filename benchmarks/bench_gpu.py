@@ -3,10 +3,13 @@
     python benchmarks/bench_gpu.py              # needs CUDA and Triton; about a minute
     python benchmarks/bench_gpu.py --sweep      # also the fused kernel's tiles, the token chunks
     python benchmarks/bench_gpu.py --quick      # fewer repetitions
+    python benchmarks/bench_gpu.py --shapes d128 --sweep   # Flux's head width instead
 
 Shapes: SDXL 64x64 latent level (B 2, H 10, L 4096, d 64) and SD3 at 1024² (B 2, H 24,
 L 4250 = 4096 image + 154 text tokens, d 64; q, k, v are strided views of one qkv projection,
-as in SD3's joint attention). dtypes fp16 and bf16.
+as in SD3's joint attention); with ``--shapes d128`` Flux at 1024² instead (B 1, no CFG, H 24,
+L 4608 = 4096 image + 512 text tokens, d 128, the head width of Flux, Chroma and Qwen-Image).
+dtypes fp16 and bf16.
 
 Paths, each timed as what the attention override costs per steered call:
 - baseline: torch SDPA (the host's own call; flash attention on CUDA).
@@ -59,6 +62,8 @@ SHAPES = {  # name: (batch, heads, tokens, d, joint qkv view)
     "SDXL 64x64 (B2 H10 L4096 d64)": (2, 10, 4096, 64, False),
     "SD3 1024² (B2 H24 L4250 d64)": (2, 24, 4250, 64, True),
 }
+# --shapes d128: Flux's q, k, v come from concatenated projections, contiguous after RoPE
+D128_SHAPES = {"Flux 1024² (B1 H24 L4608 d128)": (1, 24, 4608, 128, False)}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 BETA = 3.0
 
@@ -276,7 +281,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--sweep", action="store_true", help="time the tile candidates too")
+    parser.add_argument("--shapes", choices=("d64", "d128"), default="d64",
+                        help="d64: SDXL and SD3 (default); d128: Flux")
     args = parser.parse_args()
+    shapes = SHAPES if args.shapes == "d64" else D128_SHAPES
     args.warmup, args.reps = (3, 10) if args.quick else (5, 30)
     require_gpu()
     import triton
@@ -289,21 +297,22 @@ def main():
           "| Δ err α 0.97 | Δ err α 1.05 |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     with torch.inference_mode():
-        for name, spec in SHAPES.items():
+        for name, spec in shapes.items():
             for dtype_name in DTYPES:
                 bench_shape(name, spec, dtype_name, args)
         if args.sweep:
             print("\nFused kernel tile candidates (ms, × baseline SDPA of the same shape):")
             print("| shape | dtype | BLOCK_M x BLOCK_N, warps, stages | ms | × baseline |")
             print("|---|---|---|---:|---:|")
-            for name, spec in SHAPES.items():
+            for name, spec in shapes.items():
                 for dtype_name in DTYPES:
                     sweep_shape(name, spec, dtype_name, args)
             print("\nToken chunks of the probe's and eta's kernels, fp16 (ms, × baseline SDPA):")
             print("| shape | kernel | chunks | tokens per chunk | ms | × baseline |")
             print("|---|---|---:|---:|---:|---:|")
             # SDXL's 32 x 32 level too: 60 of its 70 self-attention calls per step
-            for name, spec in {**SHAPES, "SDXL 32x32": (2, 20, 1024, 64, False)}.items():
+            more = {"SDXL 32x32": (2, 20, 1024, 64, False)} if args.shapes == "d64" else {}
+            for name, spec in {**shapes, **more}.items():
                 sweep_chunks(name, spec, args)
 
 

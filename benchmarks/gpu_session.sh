@@ -9,6 +9,7 @@
 #   bash benchmarks/gpu_session.sh main       # ≈ 6.5 minutes (base, then kernels); writes
 #                                             # $OUT/*.txt (else /tmp/hc-gpu), 8 files
 #   bash benchmarks/gpu_session.sh families   # ≈ 3.5 minutes: SD3 bf16, SD3.5-medium
+#   bash benchmarks/gpu_session.sh d128       # never run: Flux's head width per call, tiles
 #   bash benchmarks/gpu_session.sh compiled   # ≤ 6 minutes, a command of its own
 #   bash benchmarks/gpu_session.sh compiled_e2e  # ≤ 7 minutes, a command of its own
 #   bash benchmarks/gpu_session.sh base       # main's first ≈ 4.5 minutes alone
@@ -19,6 +20,8 @@
 # full-size end-to-end tables in fp16 (SDXL, then SD3-medium), each its own process, so a slow
 # one still leaves the others' rows. kernels: the per-call kernel table with the tile and chunk
 # sweeps, and SDXL's end-to-end table in bf16. families: the models and dtypes main leaves out.
+# d128: the per-call table and sweeps at Flux's shape (d = 128, never timed on a device; the
+# sweep compiles a dozen tiles per dtype, so it gets a command of its own).
 # compiled: the tier's compile cases (torch.compile of the steering, full-size sampling under
 # TorchCompileModel), then SDXL's space = input row. compiled_e2e: TorchCompileModel alone and
 # with Skew on SDXL fp16 (each inductor compile of the UNet takes minutes: 90 s did not finish
@@ -101,9 +104,12 @@ for part in "${parts[@]}"; do
     step bench_e2e_sd35_bf16 120 "$py" benchmarks/bench_e2e_gpu.py --models sd3.5-medium \
       --dtypes bf16 --steps "$steps" --rounds "$rounds" --skip TorchCompileModel
     ;;
+  d128)
+    step bench_gpu_d128 300 "$py" benchmarks/bench_gpu.py --quick --sweep --shapes d128
+    ;;
   *)
     echo "gpu_session.sh: unknown part '$part' (main, base, kernels, families, compiled," \
-      "compiled_e2e)" >&2
+      "compiled_e2e, d128)" >&2
     exit 2
     ;;
   esac

@@ -438,11 +438,13 @@ def test_flux_shaped_joint_call_at_head_dim_128(dtype):
     assert err < 1.3 * floor and err < 0.04, f"Δ error {err:.4f}, rounding floor {floor:.4f}"
 
 
-@pytest.mark.parametrize("dtype, joint", [(torch.float16, False), (torch.bfloat16, True)])
-def test_every_row_of_the_gpu_benchmark_runs(dtype, joint):
+@pytest.mark.parametrize("dtype, joint, d", [(torch.float16, False, 64), (torch.bfloat16, True, 64),
+                                             (torch.bfloat16, False, 128)])
+def test_every_row_of_the_gpu_benchmark_runs(dtype, joint, d):
     """benchmarks/bench_gpu.py's per-call rows on tiny inputs (SD3's strided joint views with
-    bf16), so that a lent device's minutes are not spent on a row that fails: every row
-    returns finite values, and Skew's fused rows agree with its two-call path."""
+    bf16; Flux's head width, ``--shapes d128``), so that a lent device's minutes are not spent
+    on a row that fails: every row returns finite values, and Skew's fused rows agree with its
+    two-call path."""
     import sys
     from pathlib import Path
 
@@ -451,10 +453,10 @@ def test_every_row_of_the_gpu_benchmark_runs(dtype, joint):
 
     gen = torch.Generator().manual_seed(83)
     if joint:
-        qkv_ = torch.randn(2, 40, 3, 2, 64, generator=gen).to(dtype)
+        qkv_ = torch.randn(2, 40, 3, 2, d, generator=gen).to(dtype)
         q, k, v = (qkv_[:, :, i].transpose(1, 2) for i in range(3))
     else:
-        q, k, v = torch.randn(3, 2, 2, 40, 64, generator=gen).to(dtype).unbind(0)
+        q, k, v = torch.randn(3, 2, 2, 40, d, generator=gen).to(dtype).unbind(0)
     rows = bench_gpu.paths(q, k, v)
     assert ("kernel_v_in_loop" in rows) == (dtype == torch.bfloat16)
     two_call = rows["two_call"]().double()
