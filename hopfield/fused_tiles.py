@@ -13,9 +13,15 @@ takes their place, and two compact tiles join the timing on such a device.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 import torch
+
+# The console's record of each choice (ComfyUI shows INFO): a first call that times tiles
+# compiles each candidate, seconds a user would otherwise take for a hang
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,19 @@ def shape_class(q: torch.Tensor) -> tuple:
     return q.device.index, q.shape[-1], q.dtype, max(q.shape[-2] - 1, 1).bit_length()
 
 
+def describe(q: torch.Tensor) -> str:
+    """q's shape class in words, for the console."""
+    bits = shape_class(q)[-1]
+    fewest = 2 ** (bits - 1) + 1 if bits > 1 else 1
+    return (f"d = {q.shape[-1]} {DTYPE_CLASS[q.dtype]} calls of {fewest}-{2**bits} tokens on "
+            f"{q.device}")
+
+
+def describe_tiles(config: LaunchConfig) -> str:
+    return (f"{config.block_m}x{config.block_n} tiles, {config.num_warps} warps, "
+            f"{config.num_stages} stages")
+
+
 def _unfit_key(q: torch.Tensor, config: LaunchConfig) -> tuple:
     return q.device.index, q.shape[-1], q.dtype, config
 
@@ -124,10 +143,17 @@ def tuned_config(q: torch.Tensor, launch, facts) -> LaunchConfig:
             return None
 
     times: dict[LaunchConfig, float | None] = {}
+    started = time.perf_counter()
     with torch.cuda.device(q.device):  # the events time q's device, current or not
         for _ in range(2):  # the second round times the compact tiles, where the first added them
             times.update({c: time_ms(c) for c in candidates(q) if c not in times})
         tuned = _TUNED[shape_class(q)] = fastest(tuple(times), times.get)
+    unfit = sum(_unfit_key(q, c) in _UNFIT for c in times)
+    log.info("Hopfield Circulation: fused kernel, %s: %s (%.3f ms), of %d candidates timed in "
+             "%.1f s (each compiled once)%s", describe(q), describe_tiles(tuned), times[tuned],
+             len(times), time.perf_counter() - started,
+             f"; {unfit} needed more shared memory than this GPU gives a program" if unfit
+             else "")
     return tuned
 
 
@@ -175,3 +201,6 @@ def launch_fitting(q: torch.Tensor, launch, facts):
             if not out_of_resources(error) or key in _UNFIT:
                 raise
             _UNFIT.add(key)
+            log.info("Hopfield Circulation: fused kernel, %s: %s need more shared memory than "
+                     "this GPU gives a program (%s); trying the next candidate", describe(q),
+                     describe_tiles(tiles), error)

@@ -243,7 +243,7 @@ def never_called():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_untimed_tiles_that_need_more_shared_memory_than_the_device_has_give_way(
-        fresh_tiles, dtype):
+        fresh_tiles, dtype, caplog):
     """HOPFIELD_CIRCULATION_TUNE=0 on an RTX 40xx at d = 128 (Flux): the table's Hopper tiles
     do not fit, and the next candidate that does runs instead, kept for the class and for the
     plan (settled_config). The kernel stays on: no warning, no two-call path."""
@@ -254,8 +254,12 @@ def test_untimed_tiles_that_need_more_shared_memory_than_the_device_has_give_way
     q, launch = cuda_like(dtype), Sm89Launches(dtype)
     table, fitting = DEFAULT_CONFIGS[(128, DTYPE_CLASS[dtype])], LaunchConfig(64, 32, 4, 2)
     assert settled_config(q) == table
-    assert fused_triton._run(q, launch, None, True, never_called) == fitting
+    with caplog.at_level("INFO", logger=fused_tiles.log.name):
+        assert fused_triton._run(q, launch, None, True, never_called) == fitting
     assert launch.tried == [table, fitting] and not fused_triton.disabled()
+    said = caplog.messages[-1]  # the console says what gave way, and why
+    assert "64x64 tiles, 4 warps, 3 stages need more shared memory" in said and \
+        "d = 128" in said and "2049-4096 tokens on cuda:0" in said and "Hardware limit" in said
     assert settled_config(q) == fitting
     assert settled_config(cuda_like(dtype, length=77)) == fitting  # any length
     assert settled_config(cuda_like(dtype, d=64)) == DEFAULT_CONFIGS[(64, DTYPE_CLASS[dtype])]
@@ -265,7 +269,7 @@ def test_untimed_tiles_that_need_more_shared_memory_than_the_device_has_give_way
 
 
 def test_a_first_call_in_a_cuda_graph_capture_gives_way_too_and_is_timed_later(
-        fresh_tiles, monkeypatch):
+        fresh_tiles, monkeypatch, caplog):
     """Inside a capture: the untimed table fails to load (nothing recorded) and the next
     candidate launches once. Outside it, the class is timed over the candidates that fit
     and, this device having less room than Hopper, the compact ones."""
@@ -281,7 +285,11 @@ def test_a_first_call_in_a_cuda_graph_capture_gives_way_too_and_is_timed_later(
     monkeypatch.setattr(fused_tiles, "_time_ms", lambda launch, config: times[tuple(vars(
         launch(config)).values())])
     launch.tried.clear()
-    assert fused_triton._run(q, launch, None, True, never_called) == LaunchConfig(128, 32, 8, 2)
+    with caplog.at_level("INFO", logger=fused_tiles.log.name):
+        assert fused_triton._run(q, launch, None, True, never_called) == LaunchConfig(
+            128, 32, 8, 2)
+    assert "128x32 tiles, 8 warps, 2 stages (1.500 ms), of 4 candidates timed" in \
+        caplog.messages[-1] and "2 needed more shared memory" in caplog.messages[-1]
     # timed: the fitting primary candidates, the one not tried yet failing, then the compact
     assert launch.tried == [LaunchConfig(64, 32, 4, 2), LaunchConfig(128, 64, 8, 2),
                             *COMPACT_CANDIDATES[128], LaunchConfig(128, 32, 8, 2)]
