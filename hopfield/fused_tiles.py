@@ -53,11 +53,13 @@ TILE_CANDIDATES = {
          LaunchConfig(64, 64, 4, 3)),
     128: (LaunchConfig(64, 64, 4, 3), LaunchConfig(64, 32, 4, 2), LaunchConfig(128, 64, 8, 2)),
 }
-# Timed too on a device found to lack the shared memory for one of those (sm_86/sm_89, 99 KB
-# per program, where d = 128 keeps only their 64 x 32 tiles): tiles that fit there by an sm_89
-# compile (128 x 32: 96 KB; 64 x 64 in two stages: 88 KB in fp16, 104 KB in bf16, too many).
+# Timed too on a device found to lack the shared memory for one of those (sm_86/sm_89: 99 KB
+# per program, 100 KB per processor), sizes from an sm_89 compile. d = 128 keeps only the
+# 64 x 32 tiles of those there; 128 x 32 need 96 KB, 64 x 64 in two stages 88 KB in fp16 (104
+# in bf16, too many). At d = 64 the 128 x 128 tiles do not fit, and those that do need 64-88
+# KB, one program per processor; 64 x 64 in two stages need 40 KB (48 in bf16): two.
 COMPACT_CANDIDATES = {
-    64: (),
+    64: (LaunchConfig(64, 64, 4, 2),),
     128: (LaunchConfig(128, 32, 8, 2), LaunchConfig(64, 64, 4, 2)),
 }
 TUNE_ENV = "HOPFIELD_CIRCULATION_TUNE"  # "0": keep the table's tiles, time nothing

@@ -174,13 +174,17 @@ def test_no_timing_inside_a_cuda_graph_capture(monkeypatch):
     assert made_current == [q.device]  # timed on q's device, whichever is current
 
 
-# Shared memory per program of the fused kernel's d = 128 tiles, from an sm_89 compile
-# (Triton 3.6), against the 99 KB an RTX 30xx/40xx gives one program
+# Shared memory per program of the fused kernel's tiles, from an sm_89 compile (Triton 3.6),
+# against the 99 KB an RTX 30xx/40xx gives one program
 SM89_SHARED_KB = {
-    torch.float16: {(64, 64, 4, 3): 136, (64, 32, 4, 2): 60, (128, 64, 8, 2): 112,
-                    (128, 32, 8, 2): 96, (64, 64, 4, 2): 88},
-    torch.bfloat16: {(64, 64, 4, 3): 152, (64, 32, 4, 2): 68, (128, 64, 8, 2): 128,
-                     (128, 32, 8, 2): 96, (64, 64, 4, 2): 104},
+    (128, torch.float16): {(64, 64, 4, 3): 136, (64, 32, 4, 2): 60, (128, 64, 8, 2): 112,
+                           (128, 32, 8, 2): 96, (64, 64, 4, 2): 88},
+    (128, torch.bfloat16): {(64, 64, 4, 3): 152, (64, 32, 4, 2): 68, (128, 64, 8, 2): 128,
+                            (128, 32, 8, 2): 96, (64, 64, 4, 2): 104},
+    (64, torch.float16): {(64, 128, 4, 2): 64, (128, 64, 8, 3): 80, (128, 128, 8, 3): 128,
+                          (64, 64, 4, 3): 64, (64, 64, 4, 2): 40},
+    (64, torch.bfloat16): {(64, 128, 4, 2): 80, (128, 64, 8, 3): 88, (128, 128, 8, 3): 144,
+                           (64, 64, 4, 3): 72, (64, 64, 4, 2): 48},
 }
 SM89_LIMIT = 99 * 1024
 
@@ -202,8 +206,8 @@ class Sm89Launches:
     """``launch(config)`` as on a 99 KB device: tiles that need more raise OutOfResources
     (before anything runs, as Triton's loader does); the others run and return their tiles."""
 
-    def __init__(self, dtype):
-        self.shared_kb = SM89_SHARED_KB[dtype]
+    def __init__(self, dtype, d=128):
+        self.shared_kb = SM89_SHARED_KB[(d, dtype)]
         self.tried, self.ran = [], []
 
     def __call__(self, config):
@@ -294,6 +298,25 @@ def test_a_first_call_in_a_cuda_graph_capture_gives_way_too_and_is_timed_later(
     assert launch.tried == [LaunchConfig(64, 32, 4, 2), LaunchConfig(128, 64, 8, 2),
                             *COMPACT_CANDIDATES[128], LaunchConfig(128, 32, 8, 2)]
     assert fused_triton.settled_config(q) == LaunchConfig(128, 32, 8, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_at_d64_a_99_kb_device_also_times_tiles_two_programs_per_processor_fit(
+        fresh_tiles, monkeypatch, dtype):
+    """SDXL and SD3 on an RTX 40xx: every table tile fits but takes a processor's shared
+    memory alone (64-88 KB of 100); the 128 x 128 tiles do not fit, which marks the device,
+    and 64 x 64 tiles in two stages (40-48 KB) join the timing."""
+    from hopfield_circulation.hopfield.fused_tiles import COMPACT_CANDIDATES, TILE_CANDIDATES
+
+    fresh_tiles(True)
+    launch = Sm89Launches(dtype, d=64)
+    monkeypatch.setattr(fused_tiles, "_time_ms", lambda launch, config: float(
+        launch(config).block_n))  # any time for tiles that run
+    fused_tiles.tuned_config(cuda_like(dtype, d=64), launch, fused_triton.facts())
+    table = fused_tiles.DEFAULT_CONFIGS[(64, fused_tiles.DTYPE_CLASS[dtype])]
+    assert launch.tried == [table, *(c for c in TILE_CANDIDATES[64] if c != table),
+                            *COMPACT_CANDIDATES[64]]
+    assert COMPACT_CANDIDATES[64][0] in launch.ran
 
 
 def test_hopper_room_times_no_compact_tiles(fresh_tiles, monkeypatch):
