@@ -103,6 +103,9 @@ class ProcessFacts:
     triton: bool  # available()
     interpreting: bool  # interpreting()
     tune: bool = True  # TUNE_ENV is not "0"
+    # torch built for ROCm, whose "cuda" tensors Triton's AMD backend would take: the kernels
+    # have run on NVIDIA GPUs only, so AMD's stay on the two-call and torch paths
+    rocm: bool = False
 
 
 _FACTS: list[ProcessFacts] = []
@@ -113,7 +116,8 @@ def facts() -> ProcessFacts:
     compiled graph finds them settled."""
     if not _FACTS:
         _FACTS.append(ProcessFacts(available(), interpreting(),
-                                   os.environ.get(TUNE_ENV, "1") != "0"))
+                                   os.environ.get(TUNE_ENV, "1") != "0",
+                                   torch.version.hip is not None))
     return _FACTS[0]
 
 
@@ -136,9 +140,10 @@ def first_failure_hands_over(what: str, failed: list[str], run):
 
 
 def kernel_usable() -> bool:
-    """Triton compiles here (not the interpreter) and no kernel failed in this process."""
+    """Triton compiles here (not the interpreter) for an NVIDIA GPU (not ROCm), and no kernel
+    failed in this process."""
     found = facts()
-    return found.triton and not found.interpreting and not _DISABLED
+    return found.triton and not found.interpreting and not found.rocm and not _DISABLED
 
 
 def auto_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:

@@ -95,6 +95,29 @@ def test_auto_falls_back_once_when_the_kernel_cannot_run_here(monkeypatch):
     assert circulation.needs_baseline(q, k, v, settings)  # auto has given up: host call again
 
 
+def test_rocm_keeps_to_the_two_call_and_torch_paths(monkeypatch):
+    """torch built for ROCm calls AMD GPUs "cuda", and Triton's AMD backend would compile the
+    kernels for them; they have run on NVIDIA GPUs only, so auto takes none of the three."""
+    from types import SimpleNamespace
+
+    from hopfield_circulation.hopfield import eta_triton, stability_triton
+
+    monkeypatch.setattr(torch.version, "hip", "6.4.0")
+    monkeypatch.setattr(fused_triton, "_FACTS", [])
+    monkeypatch.setattr(fused_triton, "available", lambda: True)
+    monkeypatch.setattr(fused_triton, "interpreting", lambda: False)
+    monkeypatch.setattr(fused_triton, "_DISABLED", [])
+    assert fused_triton.facts().rocm and not fused_triton.kernel_usable()
+    q = SimpleNamespace(is_cuda=True, dtype=torch.float16, ndim=4, shape=(2, 10, 64, 64),
+                        device=torch.device("cuda", 0))
+    monkeypatch.setattr(fused_triton, "supports", lambda q, k, v: True)
+    assert not fused_triton.auto_eligible(q, q, q)
+    assert not eta_triton.eligible(q, q) and not stability_triton.eligible(q, q, q)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(fused_triton, "_FACTS", [])
+    assert fused_triton.auto_eligible(q, q, q)  # the same call on an NVIDIA build
+
+
 @pytest.mark.parametrize("which", ["eta", "stability"])
 def test_the_eta_and_probe_kernels_hand_over_to_torch_once_they_fail(monkeypatch, which):
     """Eligible but failing (no C compiler, out of resources): one warning, the torch path's
