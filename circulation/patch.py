@@ -111,7 +111,9 @@ def patch_circulation(
     install_attention_hook(m, steer, adapter)
     # Settled now, outside any compiled graph, so those only read the answers.
     fused_triton.facts()
-    half_into_fp32(torch.device(getattr(m, "load_device", "cpu")))
+    device = torch.device(getattr(m, "load_device", "cpu"))
+    half_into_fp32(device)
+    fused_triton.tensor_core_dots(device)
     return m
 
 

@@ -69,7 +69,7 @@ def eligible(q: torch.Tensor, k: torch.Tensor) -> bool:
         q.is_cuda and q.dtype in ETA_DTYPES and q.ndim == 4 and q.shape == k.shape
         and q.shape[-1] in ETA_HEAD_DIMS and k.dtype == q.dtype and k.device == q.device
         and not _FAILED and fused_triton.kernel_usable()
-        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_compiling() and fused_triton.tensor_core_dots(q.device)
     )
 
 

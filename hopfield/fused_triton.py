@@ -146,10 +146,36 @@ def kernel_usable() -> bool:
     return found.triton and not found.interpreting and not found.rocm and not _DISABLED
 
 
+_TENSOR_CORE_DOTS: dict[int, bool] = {}
+TENSOR_CORE_CAPABILITY = (8, 0)  # Triton's supported NVIDIA hardware: Ampere and newer
+
+
+def tensor_core_dots(device: torch.device) -> bool:
+    """Whether Triton's dot products run on tensor cores on this CUDA device (compute
+    capability 8.0 or newer, the hardware Triton supports). On older GPUs (T4, RTX 20xx:
+    sm_75) Triton 3.6 makes each of the kernels' products scalar FMAs: a minute's compile per
+    tile into some 50,000 FFMA instructions, for a kernel slower than the host's own attention
+    on its tensor cores. Asked once per device, outside any torch.compile trace (the
+    circulation asks when it patches a model; a trace that finds it unasked answers no, and
+    takes the two-call path every device can run)."""
+    if device.type != "cuda":
+        return False
+    index = device.index
+    if index not in _TENSOR_CORE_DOTS:
+        if torch.compiler.is_compiling():
+            return False
+        found = torch.cuda.get_device_capability(device) >= TENSOR_CORE_CAPABILITY
+        _TENSOR_CORE_DOTS[index if index is not None else torch.cuda.current_device()] = found
+        return found
+    return _TENSOR_CORE_DOTS[index]
+
+
 def auto_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether ``kernel="auto"`` takes this kernel: compiled on CUDA, fp16/bf16, shapes fit.
-    Never under the interpreter (it would run CUDA tensors at interpreter speed)."""
-    return q.is_cuda and q.dtype in AUTO_DTYPES and supports(q, k, v) and kernel_usable()
+    """Whether ``kernel="auto"`` takes this kernel: compiled on CUDA, fp16/bf16, shapes fit, a
+    GPU whose tensor cores Triton's products use. Never under the interpreter (it would run
+    CUDA tensors at interpreter speed)."""
+    return q.is_cuda and q.dtype in AUTO_DTYPES and supports(q, k, v) and kernel_usable() \
+        and tensor_core_dots(q.device)
 
 
 def settled_config(q: torch.Tensor) -> LaunchConfig | None:

@@ -87,7 +87,7 @@ def eligible(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> bool:
         and k.dtype == q.dtype == retrieval.dtype
         and k.device == q.device == retrieval.device
         and not _FAILED and fused_triton.kernel_usable()
-        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_compiling() and fused_triton.tensor_core_dots(q.device)
     )
 
 

@@ -115,7 +115,36 @@ def test_rocm_keeps_to_the_two_call_and_torch_paths(monkeypatch):
     assert not eta_triton.eligible(q, q) and not stability_triton.eligible(q, q, q)
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(fused_triton, "_FACTS", [])
+    monkeypatch.setattr(fused_triton, "_TENSOR_CORE_DOTS", {0: True})
     assert fused_triton.auto_eligible(q, q, q)  # the same call on an NVIDIA build
+
+
+def test_gpus_older_than_ampere_keep_to_the_two_call_and_torch_paths(monkeypatch):
+    """On a T4 or an RTX 20xx (sm_75) Triton makes the kernels' products scalar FMAs (a
+    minute's compile per tile, and slower than the host's attention): auto takes none of the
+    kernels there. Asked once per device, and never inside a compile trace."""
+    from types import SimpleNamespace
+
+    from hopfield_circulation.hopfield import eta_triton, stability_triton
+
+    asked = []
+    capabilities = {0: (7, 5), 1: (8, 9)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: asked.append(
+        device.index) or capabilities[device.index])
+    monkeypatch.setattr(fused_triton, "_TENSOR_CORE_DOTS", {})
+    monkeypatch.setattr(fused_triton, "_FACTS", [fused_triton.ProcessFacts(True, False)])
+    monkeypatch.setattr(fused_triton, "_DISABLED", [])
+    monkeypatch.setattr(fused_triton, "supports", lambda q, k, v: True)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not fused_triton.tensor_core_dots(torch.device("cuda", 1)) and not asked  # a trace
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    for index, fits in ((0, False), (1, True)):
+        q = SimpleNamespace(is_cuda=True, dtype=torch.float16, ndim=4, shape=(2, 10, 64, 64),
+                            device=torch.device("cuda", index))
+        assert fused_triton.auto_eligible(q, q, q) == fits
+        assert eta_triton.eligible(q, q) == fits and stability_triton.eligible(q, q, q) == fits
+    assert asked == [0, 1]  # once per device
+    assert not fused_triton.tensor_core_dots(torch.device("cpu"))
 
 
 @pytest.mark.parametrize("which", ["eta", "stability"])
