@@ -196,10 +196,18 @@ def test_adaptive_in_two_launches_matches_the_torch_coefficients(dtype, per_samp
 @needs_triton
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_compiled_steering_is_one_graph_and_matches_eager(adaptive):
-    from hopfield_circulation.hopfield import CirculationSettings, circulate_value_space
+    from hopfield_circulation.hopfield import (
+        CirculationSettings,
+        circulate_value_space,
+        fused_triton,
+    )
 
     q, k, v = inputs(2, 10, 1024, 64, torch.float16, seed=9)
     settings = CirculationSettings(1.05, 3.0, adaptive=adaptive)
+    # what patching a model settles outside any trace (circulation/patch.py): else the trace
+    # would find the device unasked and take the two-call path
+    fused_triton.facts()
+    assert fused_triton.tensor_core_dots(q.device)
 
     def steer(q, k, v):
         return circulate_value_space(q, k, v, None, settings).out
