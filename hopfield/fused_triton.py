@@ -155,9 +155,9 @@ def tensor_core_dots(device: torch.device) -> bool:
     capability 8.0 or newer, the hardware Triton supports). On older GPUs (T4, RTX 20xx:
     sm_75) Triton (3.6 and 3.9) makes the kernels' products scalar FMAs: a minute's compile per
     tile into some 50,000 FFMA instructions, twice an attention's products on units a T4 runs
-    at 8 TFLOP/s where the host's attention gets its tensor cores' 65. Asked once per device, outside any torch.compile trace (the
-    circulation asks when it patches a model; a trace that finds it unasked answers no, and
-    takes the two-call path every device can run)."""
+    at 8 TFLOP/s where the host's attention gets its tensor cores' 65. Asked once per device,
+    outside any torch.compile trace (the circulation asks when it patches a model; a trace that
+    finds it unasked answers no, and takes the two-call path every device can run)."""
     if device.type != "cuda":
         return False
     index = device.index

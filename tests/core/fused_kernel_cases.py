@@ -106,6 +106,34 @@ def test_low_precision_keeps_the_steering_change(dtype, floor_factor, limit, len
         f"{dtype}: Δ error {err:.4f}, rounding floor {floor:.4f}")
 
 
+def runtime_tiles():
+    """Every tile the runtime may launch (hopfield/fused_tiles.py): the table's, the timed
+    candidates, and the compact ones a GPU short of shared memory times."""
+    from hopfield_circulation.hopfield import fused_tiles
+
+    for d in (64, 128):
+        found = {fused_tiles.default_config(d, t) for t in (torch.float16, torch.bfloat16)}
+        found |= {*fused_tiles.TILE_CANDIDATES[d], *fused_tiles.COMPACT_CANDIDATES[d]}
+        yield from ((d, c) for c in sorted(found, key=lambda c: tuple(vars(c).values())))
+
+
+@pytest.mark.parametrize("d, config", list(runtime_tiles()),
+                         ids=lambda x: f"{x.block_m}x{x.block_n}" if hasattr(x, "block_m")
+                         else f"d{x}")
+@pytest.mark.parametrize("dtype, floor_factor", [(torch.float16, 2.0), (torch.bfloat16, 1.3)])
+def test_every_tile_the_runtime_may_launch_keeps_the_steering_change(dtype, floor_factor, d,
+                                                                     config):
+    """150 tokens: partial query and key tiles at every tile size (warps and stages only
+    matter on a GPU)."""
+    (q, k, v), (q64, k64, v64) = qkv(1, 2, 150, d, seed=13, dtype=dtype)
+    want, base = expected(q64, k64, v64, 0.97, 3.0)
+    delta = want - base
+    got = fused_skew_circulation(q, k, v, 0.97, 3.0, config=config)
+    err = ((got.double() - want).norm() / delta.norm()).item()
+    floor = ((want.to(dtype).double() - want).norm() / delta.norm()).item()
+    assert err < floor_factor * floor, f"Δ error {err:.4f}, rounding floor {floor:.4f}"
+
+
 # Each side of alpha = 1 accumulates differently (fused_triton.accumulation_form): the
 # difference of the two softmaxes anchored on the peakier one, or (alpha < 0) the two apart.
 # fp16 Δ error over the rounding floor, flat to peaked logits: with the two rounded apart
