@@ -5,7 +5,7 @@ first call of a shape class on a CUDA device times a small candidate set on its 
 keeps the fastest for the process. Tiles that need more shared memory than the device gives a
 program (the table's d = 128 tiles on an RTX 30xx/40xx) are refused by Triton as it loads the
 kernel, before anything runs: they are left out from then on, the next candidate that fits
-takes their place, and two compact tiles join the timing on such a device.
+takes their place, and compact tiles made for such a device join its timing.
 
 ``facts`` (fused_triton.ProcessFacts): whether Triton is interpreting and whether timing is on
 (HOPFIELD_CIRCULATION_TUNE), asked once per process by the kernel's module.
