@@ -119,9 +119,10 @@ def test_d128_with_an_rtx_40xx_s_shared_memory_runs_on_tiles_that_fit(dtype, tun
         monkeypatch.setattr(module, name, fresh)
     q, k, v = inputs(1, 4, 333, 128, dtype, seed=5)
     want, base = reference(q, k, v, 1.1, 3.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a hand-over to the two-call path warns
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         out = fused_triton.fused_skew_circulation(q, k, v, 1.1, 3.0, fallback=True)
+    assert not [w for w in caught if "two-call path" in str(w.message)]  # no hand-over
     table = fused_tiles.default_config(128, dtype)
     assert not fused_triton.disabled() and fused_tiles._unfit_key(q, table) in fused_tiles._UNFIT
     assert fused_triton.settled_config(q) not in (None, table)
