@@ -121,7 +121,8 @@ def fastest(candidates, time_ms) -> LaunchConfig:
     """The candidate with the least time (``time_ms(config)``, None for one that cannot run)."""
     timed = [(t, i) for i, c in enumerate(candidates) if (t := time_ms(c)) is not None]
     if not timed:
-        raise RuntimeError("fused kernel: no tile configuration compiles on this device")
+        raise RuntimeError("fused kernel: no tile configuration compiles, and fits in shared "
+                           "memory, on this device")
     return candidates[min(timed)[1]]
 
 
