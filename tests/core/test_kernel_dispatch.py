@@ -121,8 +121,9 @@ def test_rocm_keeps_to_the_two_call_and_torch_paths(monkeypatch):
 
 def test_gpus_older_than_ampere_keep_to_the_two_call_and_torch_paths(monkeypatch):
     """On a T4 or an RTX 20xx (sm_75) Triton makes the kernels' products scalar FMAs (a
-    minute's compile per tile, and slower than the host's attention): auto takes none of the
-    kernels there. Asked once per device, and never inside a compile trace."""
+    minute's compile per tile, on units an eighth as fast as the tensor cores the host's
+    attention uses): auto takes none of the kernels there. Asked once per device, and never
+    inside a compile trace."""
     from types import SimpleNamespace
 
     from hopfield_circulation.hopfield import eta_triton, stability_triton
