@@ -162,13 +162,15 @@ def tuned_config(q: torch.Tensor, launch, facts) -> LaunchConfig:
 
 def settled_config(q: torch.Tensor, facts) -> LaunchConfig | None:
     """The tiles ``tuned_config`` gives q's calls without timing anything (the table's off
-    CUDA; with tuning off, the first candidate not found to need more than the device has):
-    None while its shape class still waits for its timing."""
+    CUDA; with tuning off, the first candidate not found to need more than the device has,
+    kept for the class until it proves not to fit): None while its shape class still waits
+    for its timing."""
     if not q.is_cuda or facts.interpreting:
         return default_config(q.shape[-1], q.dtype)
-    if not facts.tune:
-        return _first_fitting(q)
-    return _TUNED.get(shape_class(q))
+    settled = _TUNED.get(shape_class(q))
+    if settled is None and not facts.tune:
+        settled = _TUNED[shape_class(q)] = _first_fitting(q)
+    return settled
 
 
 def _first_fitting(q: torch.Tensor) -> LaunchConfig:
@@ -204,6 +206,7 @@ def launch_fitting(q: torch.Tensor, launch, facts):
             if not out_of_resources(error) or key in _UNFIT:
                 raise
             _UNFIT.add(key)
+            _TUNED.pop(shape_class(q), None)  # an untimed choice: made again without them
             log.info("Hopfield Circulation: fused kernel, %s: %s need more shared memory than "
                      "this GPU gives a program (%s); trying the next candidate", describe(q),
                      describe_tiles(tiles), error)
