@@ -126,17 +126,17 @@ def _retrievals_in_fp16(q, k, v, alpha, v_top=FP16_TOP_LOG2):
     """
     # Powers of two, fp32: a 0-dim factor takes the bf16 operand's dtype in the products below
     # (exact: bf16 has fp32's exponent range), with no cast of its own
-    scales = powers = torch.exp2(_fp16_exponents(q, k, v, v_top))
+    powers = torch.exp2(_fp16_exponents(q, k, v, v_top))
     # One buffer's slots (below), except in a trace, which cannot write into slices, and for
     # a V of another width than q's (skew_scaled_attention pads it)
     if torch.compiler.is_compiling() or v.shape[-1] != q.shape[-1]:
         # Scaled and converted in one pass each: the product of a bf16 value and a power of
         # two is exact in bf16, then converts exactly into the fp16 output
-        q16, k16, v16 = (torch.mul(t, scales[i], out=torch.empty_like(t, dtype=torch.float16))
+        q16, k16, v16 = (torch.mul(t, powers[i], out=torch.empty_like(t, dtype=torch.float16))
                          for i, t in enumerate((q, k, v)))
         perturbed = skew_scaled_attention(q16, k16, v16, alpha)
     else:
-        (q16, k16, v16), perturbed = _fp16_buffer(q, k, v, alpha, scales)
+        (q16, k16, v16), perturbed = _fp16_buffer(q, k, v, alpha, powers)
     return F.scaled_dot_product_attention(q16, k16, v16), perturbed, powers[3]
 
 
