@@ -51,8 +51,14 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its output, say how it en
 }
 
 export PYTHONUNBUFFERED=1
-timeout_flag=()  # a hung test ends itself, not the whole step
-"$py" -c "import pytest_timeout" 2>/dev/null && timeout_flag=(--timeout 90)
+# a hung test ends itself, not the whole step (where pytest-timeout is installed: pytest
+# refuses the flag without it)
+timeout_flag=()
+compile_timeout_flag=()
+if "$py" -c "import pytest_timeout" 2>/dev/null; then
+  timeout_flag=(--timeout 90)
+  compile_timeout_flag=(--timeout 280)  # the later flag wins
+fi
 tier=("$py" -m pytest tests/gpu tests/core -m gpu -v -rs -p no:cacheprovider --durations 12 "${timeout_flag[@]}")
 compile_cases="compile or (full_size and True)"  # full_size ids: [<compiled>-<model>]
 
@@ -85,7 +91,7 @@ for part in "${parts[@]}"; do
     # one full-size compile (SDXL) in the tier: on an H200, dynamo alone traced the UNet for
     # over 90 s, so this part gets a command of its own and the test a longer limit
     step gpu_tier_compile 300 "${tier[@]}" -k "compile or (full_size and True and sdxl)" \
-      --timeout 280
+      "${compile_timeout_flag[@]}"
     # the authors' formulation is several times a step: its row alone, after the rest
     step bench_e2e_input_space 60 "$py" benchmarks/bench_e2e_gpu.py --models sdxl \
       --dtypes fp16 --steps "$steps" --rounds 2 --only "space = input"
