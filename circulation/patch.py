@@ -44,9 +44,10 @@ def patch_circulation(
     input_space = adapter.input_space(m) if space == "input" else None
     if settings.is_identity:  # alpha = 1 or beta = 0: the model runs unpatched
         return m
-    sigma_low, sigma_high = window_bounds(sigma_start, sigma_end)  # in_window's, once
-    if not whole_run(start_percent, end_percent):
-        require_host_sigma(m)  # else the model calls never wait for the device (schedule.py)
+    window = window_bounds(sigma_start, sigma_end)
+    windowed = not whole_run(start_percent, end_percent)
+    if windowed:  # else the model calls never wait for the device (schedule.py)
+        require_host_sigma(m, window)
 
     masks = RowMasks(branch)
     kernel = settings.kernel
@@ -60,7 +61,7 @@ def patch_circulation(
         # Cheapest refusals first: every attention call of the model comes through here.
         if call.layer.index not in selected:
             return None
-        if call.sigma is not None and not sigma_low <= call.sigma <= sigma_high:
+        if windowed and not call.step_info.in_window(window):
             return None
         if not steers_branch(call, branch):
             return None  # no chunk of the steered branch in this call (cfg 1, split calls)

@@ -26,6 +26,7 @@ import torch
 
 from ..vocabulary import FeatureSpace
 from .layers import LayerId
+from .schedule import StepInfo
 
 OBSERVERS_KEY = "hopfield_circulation_observers"
 # The outermost of our hooks in a call puts its CallScope here; nested hooks report to it.
@@ -68,13 +69,13 @@ class AttentionCall:
     are and hands its output back in the host's layout, so most steered calls never make them.
     """
 
-    __slots__ = ("host_q", "host_k", "host_v", "heads", "layer", "sigma", "percent", "step",
-                 "model_call", "cond_or_uncond", "text_tokens", "token_grid",
+    __slots__ = ("host_q", "host_k", "host_v", "heads", "layer", "step_info",
+                 "cond_or_uncond", "text_tokens", "token_grid",
                  "transformer_options", "host_heads_first", "output_heads_first", "_q", "_k", "_v")
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                 layer: LayerId, sigma: float | None, percent: float | None, step: int | None,
-                 model_call: int, cond_or_uncond: list[int], text_tokens: int = 0,
+                 layer: LayerId, step_info: StepInfo, cond_or_uncond: list[int],
+                 text_tokens: int = 0,
                  token_grid: tuple[int, int] | None = None,
                  transformer_options: dict[str, Any] | None = None, *,
                  host_heads_first: bool = True, output_heads_first: bool = True):
@@ -84,10 +85,11 @@ class AttentionCall:
         self.host_q, self.host_k, self.host_v = q, k, v
         self.heads = heads
         self.layer = layer
-        self.sigma = sigma  # this model call's sigma, read once per call (hook.schedule)
-        self.percent = percent  # schedule position 0..1 of this step, when known
-        self.step = step  # index of sigma in the sampler's schedule (nearest), when known
-        self.model_call = model_call  # id of the model call of this attention call (-1: unknown)
+        # Where the model call sits in the schedule (hook.schedule), its numbers read only when
+        # asked: a compiled graph guards on every number it reads, and the model call's id
+        # changes with every call, so reading it here made TorchCompileModel compile the
+        # whole model again at its second call
+        self.step_info = step_info
         self.cond_or_uncond = cond_or_uncond  # one entry per batch chunk: 0 cond, 1 uncond
         self.text_tokens = text_tokens  # joint attention: context tokens come first
         self.token_grid = token_grid  # (h, w) of the image tokens, row-major
@@ -114,6 +116,26 @@ class AttentionCall:
         if self._v is None:
             self._v = heads_first(self.host_v, self.heads)
         return self._v
+
+    @property
+    def sigma(self) -> float | None:
+        """This model call's sigma, read once per model call (hook.schedule), when read."""
+        return self.step_info.sigma
+
+    @property
+    def percent(self) -> float | None:
+        """Schedule position 0..1 of this step, when known."""
+        return self.step_info.percent
+
+    @property
+    def step(self) -> int | None:
+        """Index of sigma in the sampler's schedule (nearest), when known."""
+        return self.step_info.step
+
+    @property
+    def model_call(self) -> int:
+        """Id of the model call of this attention call (-1: unknown)."""
+        return self.step_info.model_call
 
     @property
     def batch(self) -> int:

@@ -31,7 +31,7 @@ from .call import (
     Steering,
     heads_first,
 )
-from .schedule import STEP_KEY, ensure_step_wrapper
+from .schedule import STEP_KEY, UNREAD, ensure_step_wrapper
 
 
 class HostBaseline:
@@ -111,13 +111,8 @@ def parse_call(adapter: FamilyAdapter, args: tuple, kwargs: dict) -> AttentionCa
     placement = adapter.place(options, n_q, n_k)
     if placement is None or (mask is not None and not _attends_everywhere(mask)):
         return None
-    step = options.get(STEP_KEY)
     return AttentionCall(  # [B, H, L, d] views of q, k, v made on first use
-        q, k, v, heads, placement.layer,
-        step.sigma if step else None,
-        step.percent if step else None,
-        step.step if step else None,
-        step.model_call if step else -1,
+        q, k, v, heads, placement.layer, options.get(STEP_KEY) or UNREAD,
         options.get("cond_or_uncond") or [0],  # read only, never copied
         placement.text_tokens, placement.token_grid, options,
         host_heads_first=host_heads_first,

@@ -27,6 +27,8 @@ LATENT_SHAPE_KEY = "hopfield_circulation_latent_shape"
 WRAPPER_KEY = "hopfield_circulation"
 # In model_options["transformer_options"]: some feature of this model reads the step on the host
 READS_SIGMA_KEY = "hopfield_circulation_reads_sigma"
+# ... and the (low, high) sigma windows its features step by, decided once per model call
+WINDOWS_KEY = "hopfield_circulation_windows"
 
 
 _MODEL_CALLS = itertools.count()
@@ -38,6 +40,18 @@ class StepInfo:
     step: int | None  # index into the sampler's schedule; None when the host gave none
     percent: float | None  # step / (number of steps), 0 at the first step
     model_call: int = -1  # increases with every model call (tells guidance re-runs apart)
+    # (low, high) -> whether sigma lies in that window, for the windows the model's features
+    # asked for (require_host_sigma), decided here, outside any compiled graph: a graph that
+    # compared the sigma itself would guard on its value and be compiled again at the next step
+    windows: dict[tuple[float, float], bool] | None = None
+
+    def in_window(self, window: tuple[float, float]) -> bool:
+        """Whether this model call lies in ``window`` (window_bounds' (low, high)); True where
+        its sigma was not read."""
+        inside = None if self.windows is None else self.windows.get(window)
+        if inside is None:
+            return self.sigma is None or window[0] <= self.sigma <= window[1]
+        return inside
 
 
 UNREAD = StepInfo(None, None, None)
@@ -83,10 +97,15 @@ def sigma_window(model_patcher, start_percent: float, end_percent: float) -> tup
     return sampling.percent_to_sigma(start_percent), sampling.percent_to_sigma(end_percent)
 
 
-def require_host_sigma(model_patcher) -> None:
+def require_host_sigma(model_patcher, window: tuple[float, float] | None = None) -> None:
     """Have every model call of ``model_patcher`` (a clone) read its sigma and step on the host:
-    one device synchronisation per model call, for features that decide per step."""
-    model_patcher.model_options.setdefault("transformer_options", {})[READS_SIGMA_KEY] = True
+    one device synchronisation per model call, for features that decide per step. ``window``:
+    the (low, high) bounds (window_bounds) the feature steps by, which StepInfo.in_window
+    answers for each model call."""
+    options = model_patcher.model_options.setdefault("transformer_options", {})
+    options[READS_SIGMA_KEY] = True
+    if window is not None and window not in options.get(WINDOWS_KEY, ()):
+        options[WINDOWS_KEY] = (*options.get(WINDOWS_KEY, ()), window)  # the clone's own tuple
 
 
 def whole_run(start_percent: float, end_percent: float) -> bool:
@@ -111,13 +130,16 @@ def _apply_model_wrapper(executor, x, t, *args, **kwargs):
     transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options")
     if transformer_options is None:
         return executor(x, t, *args, **kwargs)
+    windows = None
     if transformer_options.get(READS_SIGMA_KEY):
         sigma, schedule = _read_sigma_and_schedule(t, transformer_options.get("sample_sigmas"))
         step = locate_step(sigma, schedule)
+        windows = {window: window[0] <= sigma <= window[1]
+                   for window in transformer_options.get(WINDOWS_KEY, ())}
     else:
         step = UNREAD
     transformer_options[STEP_KEY] = StepInfo(step.sigma, step.step, step.percent,
-                                             next(_MODEL_CALLS))
+                                             next(_MODEL_CALLS), windows)
     transformer_options[LATENT_SHAPE_KEY] = tuple(x.shape)
     seen = intact.watch(transformer_options)
     out = executor(x, t, *args, **kwargs)

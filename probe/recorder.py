@@ -63,11 +63,11 @@ def patch_probe(model_patcher, settings: ProbeSettings):
     adapter.require_space(settings.basis)
     m = model_patcher.clone()
     sigma_start, sigma_end = sigma_window(m, settings.start_percent, settings.end_percent)
-    sigma_low, sigma_high = window_bounds(sigma_start, sigma_end)  # in_window's, once
+    window = window_bounds(sigma_start, sigma_end)
     install_attention_hook(m, adapter=adapter)
     windowed = not whole_run(settings.start_percent, settings.end_percent)
     if windowed:
-        require_host_sigma(m)  # the window is decided per model call, on the host
+        require_host_sigma(m, window)  # the window is decided per model call, on the host
     selected = select_layers(settings.layers, adapter.layer_map)
     if settings.basis == "value":
         basis = _value_basis
@@ -83,7 +83,7 @@ def patch_probe(model_patcher, settings: ProbeSettings):
         run = state.current
         if run is None or call.layer.index not in selected:
             return
-        if windowed and call.sigma is not None and not sigma_low <= call.sigma <= sigma_high:
+        if windowed and not call.step_info.in_window(window):
             return
         # the sampler's evaluation this call belongs to (each model call its own, where
         # sampling bypasses ComfyUI's guider and none was counted)

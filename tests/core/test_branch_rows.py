@@ -11,12 +11,13 @@ from hopfield_circulation.circulation.branches import (
     steers_branch,
 )
 from hopfield_circulation.hook.call import AttentionCall
+from hopfield_circulation.hook.schedule import UNREAD
 
 
 def call_of(batch: int, cond_or_uncond: list[int]) -> AttentionCall:
     q = torch.zeros(batch, 2, 4, 8)
-    return AttentionCall(q=q, k=q, v=q, heads=2, layer=None, sigma=None, percent=None,
-                         step=None, model_call=0, cond_or_uncond=cond_or_uncond)
+    return AttentionCall(q=q, k=q, v=q, heads=2, layer=None, step_info=UNREAD,
+                         cond_or_uncond=cond_or_uncond)
 
 
 @pytest.mark.parametrize("batch, chunks, branch, expected", [

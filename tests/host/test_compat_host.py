@@ -67,16 +67,36 @@ COMPILE_TOLERANCE = 5e-3
 def test_torch_compile_in_both_orders_matches_eager(nodes, sampling, sdxl, node):
     """TorchCompileModel (inductor) after or before a circulation node: the compiled sample is
     the eager one up to the compiler's rounding, and the whole UNet stays one graph (the host's
-    SDPA attention has no graph break, and neither does the pack)."""
+    SDPA attention has no graph break, and neither does the pack), compiled once for the whole
+    run: nothing the pack reads in the graph changes from one model call to the next (the
+    model call's id did, and compiled the UNet again at the second call)."""
     patch = (lambda m: skew(nodes, m)) if node == "skew" else (lambda m: adaptive(nodes, m))
     sample = sampling["sdxl"]
-    eager = sample(patch(sdxl), steps=2)
-    assert (eager - sample(sdxl, steps=2)).abs().max() > 10 * COMPILE_TOLERANCE
+    eager = sample(patch(sdxl), steps=3)
+    assert (eager - sample(sdxl, steps=3)).abs().max() > 10 * COMPILE_TOLERANCE
     for compiled in (torch_compiled(patch(sdxl)), patch(torch_compiled(sdxl))):
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
-        assert (sample(compiled, steps=2) - eager).abs().max() <= COMPILE_TOLERANCE
+        assert (sample(compiled, steps=3) - eager).abs().max() <= COMPILE_TOLERANCE
         assert not torch._dynamo.utils.counters["graph_break"]
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
+def test_torch_compile_of_a_step_window_compiles_once_inside_and_once_outside(
+        nodes, sampling, sdxl):
+    """A circulation on part of the run under TorchCompileModel: two graphs of the UNet, the
+    steered and the plain one, whatever the number of steps (the step wrapper decides the
+    window outside the graph; a graph comparing the sigma itself guarded on its value, and its
+    first compile served one step only)."""
+    steered = skew(nodes, sdxl, start=0.3, end=0.7)
+    sample = sampling["sdxl"]
+    eager = sample(steered, steps=5)
+    assert (eager - sample(sdxl, steps=5)).abs().max() > 10 * COMPILE_TOLERANCE
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert (sample(torch_compiled(steered), steps=5) - eager).abs().max() <= COMPILE_TOLERANCE
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
     torch._dynamo.reset()
 
 
