@@ -136,15 +136,20 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
 
     def hopfield_attention_override(func, *args, **kwargs):
         call_options = kwargs.get("transformer_options")
-        scope = call_options.get(SCOPE_KEY) if call_options is not None else None
-        outermost = call_options is not None and scope is None
+        if call_options is not None:
+            intact.note_run(call_options)
+        # Only a model with observers needs the call's scope, which the outermost of our hooks
+        # writes into the call's options: a compiled graph must replay that write, and inside
+        # SD3's joint blocks, which the host checkpoints when a block replace runs them (ours
+        # publishes the block index), it cannot: a graph break in every block
+        observers = call_options.get(OBSERVERS_KEY) if call_options is not None else None
+        scope = call_options.get(SCOPE_KEY) if observers else None
+        outermost = bool(observers) and scope is None
         if outermost:
             scope = call_options[SCOPE_KEY] = CallScope()
-            intact.note_run(call_options)
         try:
             baseline = HostBaseline(previous, func, args, kwargs)
-            observers = call_options.get(OBSERVERS_KEY) if outermost else None
-            if handler is None and not observers:
+            if handler is None and not outermost:
                 return baseline.output()
             call = parse_call(adapter, args, kwargs)
             if call is None:
@@ -156,7 +161,7 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
                 out = steered.out if steered.host_layout else call.to_host(steered.out)
                 if scope is not None:
                     scope.steering = steered.steering
-            if observers:  # the output as returned: views cost host time in every call
+            if outermost:  # the output as returned: views cost host time in every call
                 for observer in observers:
                     observer(call, out, scope.steering)
             return out

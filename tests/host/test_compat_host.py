@@ -83,6 +83,23 @@ def test_torch_compile_in_both_orders_matches_eager(nodes, sampling, sdxl, node)
     torch._dynamo.reset()
 
 
+def test_torch_compile_keeps_sd3s_joint_blocks_in_one_graph(nodes, sampling, sd3):
+    """SD3 under TorchCompileModel: one graph for the run. The block replace that publishes
+    the block index makes the host checkpoint each joint block (ComfyUI's replace path calls it
+    without use_checkpoint=False), and a hook that wrote into the call's options in there broke
+    the graph in every block."""
+    steered = skew(nodes, sd3)
+    sample = sampling["sd3"]
+    eager = sample(steered, steps=3)
+    assert (eager - sample(sd3, steps=3)).abs().max() > 10 * COMPILE_TOLERANCE
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert (sample(torch_compiled(steered), steps=3) - eager).abs().max() <= COMPILE_TOLERANCE
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
 def test_torch_compile_of_a_step_window_compiles_once_inside_and_once_outside(
         nodes, sampling, sdxl):
     """A circulation on part of the run under TorchCompileModel: two graphs of the UNet, the
