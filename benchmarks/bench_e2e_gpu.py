@@ -284,11 +284,11 @@ def main():
           "launches/step | host ms/step | syncs/run |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     sync_places = {}
+    compiles = []  # what dynamo made of each compiled row
     for name in args.models:
         for dtype_name in args.dtypes:
             model, run_model = load(name, DTYPES[dtype_name], device, args)
-            chosen = [(label, make) for label, make in variants(model, "sdxl" if args.tiny
-                                                                   else name)
+            chosen = [(label, make) for label, make in variants(model, name)
                       if chosen_label(label, args)]
             # Eager variants take turns round by round, so that a drift of the host's speed (a
             # host-bound step follows it) falls on all of them alike; each ratio is the median
@@ -308,26 +308,38 @@ def main():
             for label, make in chosen:
                 if label.startswith(COMPILED):
                     torch._dynamo.reset()
+                    torch._dynamo.utils.counters.clear()
                     variant = Variant(label, make, run_model, args.steps, cuda)
                     seconds = statistics.median(variant.timed(peak=r == 0)
                                                 for r in range(args.rounds))
                     print_row(name, dtype_name, variant, seconds,
                               seconds / statistics.median(base), args, sync_places)
+                    counters = torch._dynamo.utils.counters
+                    compiles.append((f"{name} {dtype_name}, {label}",
+                                     counters["stats"]["unique_graphs"],
+                                     sum(counters["graph_break"].values())))
             del model, eager
             if cuda:
                 torch.cuda.empty_cache()
     for variant, places in sync_places.items():
         print(f"syncs, {variant}: " + ", ".join(f"{p} ×{n}" for p, n in places.most_common(6)))
+    for row, graphs, breaks in compiles:  # one graph, no break: compiled once for the runs
+        print(f"dynamo, {row}: {graphs} graphs compiled, {breaks} graph breaks")
 
 
 def load(name: str, dtype, device, args):
-    """(model, run(patched, steps) -> latent) for a full-size model, or the tiny SDXL with
-    --tiny."""
+    """(model, run(patched, steps) -> latent) for a full-size model, or, with --tiny, a tiny
+    model of its family (SDXL's UNet, SD3's MMDiT, SD3.5-Medium's blocks) on the CPU."""
     if args.tiny:
         from host import tiny_models
 
-        model = tiny_models.tiny_sdxl()
-        return model, lambda m, steps: tiny_models.sample_sdxl(m, steps=steps)
+        if name == "sdxl":
+            model, sample_tiny = tiny_models.tiny_sdxl(), tiny_models.sample_sdxl
+        else:
+            model = tiny_models.tiny_sd35("medium") if name.startswith("sd3.5") \
+                else tiny_models.tiny_sd3()
+            sample_tiny = tiny_models.sample_sd3
+        return model, lambda m, steps: sample_tiny(m, steps=steps)
     from gpu.full_size_models import build, sample
 
     model = build(name, dtype, device)
