@@ -63,6 +63,16 @@ def torch_compiled(model):
 COMPILE_TOLERANCE = 5e-3
 
 
+def compiles_of(compiled, sample, steps: int, eager) -> tuple[int, int]:
+    """(graphs dynamo compiled, graph breaks) in a sampling run of ``compiled`` (under
+    TorchCompileModel), whose sample must be ``eager`` up to the compiler's rounding."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert (sample(compiled, steps=steps) - eager).abs().max() <= COMPILE_TOLERANCE
+    counters = torch._dynamo.utils.counters
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
 @pytest.mark.parametrize("node", ["skew", "adaptive"])
 def test_torch_compile_in_both_orders_matches_eager(nodes, sampling, sdxl, node):
     """TorchCompileModel (inductor) after or before a circulation node: the compiled sample is
@@ -75,11 +85,7 @@ def test_torch_compile_in_both_orders_matches_eager(nodes, sampling, sdxl, node)
     eager = sample(patch(sdxl), steps=3)
     assert (eager - sample(sdxl, steps=3)).abs().max() > 10 * COMPILE_TOLERANCE
     for compiled in (torch_compiled(patch(sdxl)), patch(torch_compiled(sdxl))):
-        torch._dynamo.reset()
-        torch._dynamo.utils.counters.clear()
-        assert (sample(compiled, steps=3) - eager).abs().max() <= COMPILE_TOLERANCE
-        assert not torch._dynamo.utils.counters["graph_break"]
-        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+        assert compiles_of(compiled, sample, 3, eager) == (1, 0)
     torch._dynamo.reset()
 
 
@@ -92,11 +98,7 @@ def test_torch_compile_keeps_sd3s_joint_blocks_in_one_graph(nodes, sampling, sd3
     sample = sampling["sd3"]
     eager = sample(steered, steps=3)
     assert (eager - sample(sd3, steps=3)).abs().max() > 10 * COMPILE_TOLERANCE
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    assert (sample(torch_compiled(steered), steps=3) - eager).abs().max() <= COMPILE_TOLERANCE
-    assert not torch._dynamo.utils.counters["graph_break"]
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert compiles_of(torch_compiled(steered), sample, 3, eager) == (1, 0)
     torch._dynamo.reset()
 
 
@@ -110,10 +112,7 @@ def test_torch_compile_of_a_step_window_compiles_once_inside_and_once_outside(
     sample = sampling["sdxl"]
     eager = sample(steered, steps=5)
     assert (eager - sample(sdxl, steps=5)).abs().max() > 10 * COMPILE_TOLERANCE
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    assert (sample(torch_compiled(steered), steps=5) - eager).abs().max() <= COMPILE_TOLERANCE
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    assert compiles_of(torch_compiled(steered), sample, 5, eager) == (2, 0)
     torch._dynamo.reset()
 
 
