@@ -29,7 +29,8 @@ from .layers import LayerId
 from .schedule import StepInfo
 
 OBSERVERS_KEY = "hopfield_circulation_observers"
-# The outermost of our hooks in a call puts its CallScope here; nested hooks report to it.
+# Where the model has observers, the outermost of our hooks in a call puts its CallScope
+# here; nested hooks report to it.
 SCOPE_KEY = "hopfield_circulation_scope"
 
 
