@@ -95,11 +95,16 @@ def test_auto_falls_back_once_when_the_kernel_cannot_run_here(monkeypatch):
     assert circulation.needs_baseline(q, k, v, settings)  # auto has given up: host call again
 
 
+def cuda_like(dtype, length=4096, d=128, index=0):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(is_cuda=True, ndim=4, shape=(1, 24, length, d), dtype=dtype,
+                           device=torch.device("cuda", index))
+
+
 def test_rocm_keeps_to_the_two_call_and_torch_paths(monkeypatch):
     """torch built for ROCm calls AMD GPUs "cuda", and Triton's AMD backend would compile the
     kernels for them; they have run on NVIDIA GPUs only, so auto takes none of the three."""
-    from types import SimpleNamespace
-
     from hopfield_circulation.hopfield import eta_triton, stability_triton
 
     monkeypatch.setattr(torch.version, "hip", "6.4.0")
@@ -108,8 +113,7 @@ def test_rocm_keeps_to_the_two_call_and_torch_paths(monkeypatch):
     monkeypatch.setattr(fused_triton, "interpreting", lambda: False)
     monkeypatch.setattr(fused_triton, "_DISABLED", [])
     assert fused_triton.facts().rocm and not fused_triton.kernel_usable()
-    q = SimpleNamespace(is_cuda=True, dtype=torch.float16, ndim=4, shape=(2, 10, 64, 64),
-                        device=torch.device("cuda", 0))
+    q = cuda_like(torch.float16, length=64, d=64)
     monkeypatch.setattr(fused_triton, "supports", lambda q, k, v: True)
     assert not fused_triton.auto_eligible(q, q, q)
     assert not eta_triton.eligible(q, q) and not stability_triton.eligible(q, q, q)
@@ -124,8 +128,6 @@ def test_gpus_older_than_ampere_keep_to_the_two_call_and_torch_paths(monkeypatch
     minute's compile per tile, on units an eighth as fast as the tensor cores the host's
     attention uses): auto takes none of the kernels there. Asked once per device, and never
     inside a compile trace."""
-    from types import SimpleNamespace
-
     from hopfield_circulation.hopfield import eta_triton, stability_triton
 
     asked = []
@@ -140,8 +142,7 @@ def test_gpus_older_than_ampere_keep_to_the_two_call_and_torch_paths(monkeypatch
     assert not fused_triton.tensor_core_dots(torch.device("cuda", 1)) and not asked  # a trace
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
     for index, fits in ((0, False), (1, True)):
-        q = SimpleNamespace(is_cuda=True, dtype=torch.float16, ndim=4, shape=(2, 10, 64, 64),
-                            device=torch.device("cuda", index))
+        q = cuda_like(torch.float16, length=64, d=64, index=index)
         assert fused_triton.auto_eligible(q, q, q) == fits
         assert eta_triton.eligible(q, q) == fits and stability_triton.eligible(q, q, q) == fits
     assert asked == [0, 1]  # once per device
@@ -270,13 +271,6 @@ class Sm89Launches:
             raise out_of_resources_error(required, SM89_LIMIT)
         self.ran.append(config)
         return config
-
-
-def cuda_like(dtype, length=4096, d=128):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(is_cuda=True, shape=(1, 24, length, d), dtype=dtype,
-                           device=torch.device("cuda", 0))
 
 
 @pytest.fixture
