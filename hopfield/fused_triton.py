@@ -160,14 +160,14 @@ def tensor_core_dots(device: torch.device) -> bool:
     finds it unasked answers no, and takes the two-call path every device can run)."""
     if device.type != "cuda":
         return False
-    index = device.index
-    if index not in _TENSOR_CORE_DOTS:
+    found = _TENSOR_CORE_DOTS.get(device.index)
+    if found is None:
         if torch.compiler.is_compiling():
             return False
-        found = torch.cuda.get_device_capability(device) >= TENSOR_CORE_CAPABILITY
-        _TENSOR_CORE_DOTS[index if index is not None else torch.cuda.current_device()] = found
-        return found
-    return _TENSOR_CORE_DOTS[index]
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        found = _TENSOR_CORE_DOTS[index] = \
+            torch.cuda.get_device_capability(device) >= TENSOR_CORE_CAPABILITY
+    return found
 
 
 def auto_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
