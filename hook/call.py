@@ -30,7 +30,7 @@ from .schedule import StepInfo
 
 OBSERVERS_KEY = "hopfield_circulation_observers"
 # Where the model has observers, the outermost of our hooks in a call puts its CallScope
-# here; nested hooks report to it.
+# here, in the copy of the call's options it hands the hooks it chains; they report to it.
 SCOPE_KEY = "hopfield_circulation_scope"
 
 

@@ -138,36 +138,35 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
         call_options = kwargs.get("transformer_options")
         if call_options is not None:
             intact.note_run(call_options)
-        # Only a model with observers needs the call's scope, which the outermost of our hooks
-        # writes into the call's options: a compiled graph must replay that write, and inside
-        # SD3's joint blocks, which the host checkpoints when a block replace runs them (ours
-        # publishes the block index), it cannot: a graph break in every block
+        # Only a model with observers needs the call's scope: the outermost of our hooks makes
+        # it, and hands it to the hooks it chains in a copy of the call's options. A write
+        # into the call's own options would be a side effect a compiled graph must replay,
+        # and inside SD3's joint blocks, which the host checkpoints when a block replace runs
+        # them (ours publishes the block index), it cannot: a graph break in every block
         observers = call_options.get(OBSERVERS_KEY) if call_options is not None else None
         scope = call_options.get(SCOPE_KEY) if observers else None
         outermost = bool(observers) and scope is None
         if outermost:
-            scope = call_options[SCOPE_KEY] = CallScope()
-        try:
-            baseline = HostBaseline(previous, func, args, kwargs)
-            if handler is None and not outermost:
-                return baseline.output()
-            call = parse_call(adapter, args, kwargs)
-            if call is None:
-                return baseline.output()
-            steered = handler(call, baseline) if handler is not None else None
-            if steered is None:
-                out = baseline.output()
-            else:
-                out = steered.out if steered.host_layout else call.to_host(steered.out)
-                if scope is not None:
-                    scope.steering = steered.steering
-            if outermost:  # the output as returned: views cost host time in every call
-                for observer in observers:
-                    observer(call, out, scope.steering)
-            return out
-        finally:
-            if outermost:
-                call_options.pop(SCOPE_KEY, None)
+            scope = CallScope()
+            if previous is not None:
+                kwargs = {**kwargs, "transformer_options": {**call_options, SCOPE_KEY: scope}}
+        baseline = HostBaseline(previous, func, args, kwargs)
+        if handler is None and not outermost:
+            return baseline.output()
+        call = parse_call(adapter, args, kwargs)
+        if call is None:
+            return baseline.output()
+        steered = handler(call, baseline) if handler is not None else None
+        if steered is None:
+            out = baseline.output()
+        else:
+            out = steered.out if steered.host_layout else call.to_host(steered.out)
+            if scope is not None:
+                scope.steering = steered.steering
+        if outermost:  # the output as returned: views cost host time in every call
+            for observer in observers:
+                observer(call, out, scope.steering)
+        return out
 
     intact.mark(hopfield_attention_override)
     options[intact.OVERRIDE_KEY] = hopfield_attention_override
