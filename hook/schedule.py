@@ -32,6 +32,9 @@ WINDOWS_KEY = "hopfield_circulation_windows"
 
 
 _MODEL_CALLS = itertools.count()
+# The model calls under way, innermost last: what code inside a compiled graph, which cannot
+# read the call's transformer_options when the graph runs, asks for (running_step)
+_RUNNING: list = []
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,13 @@ def locate_step(sigma: float, schedule: list[float] | None) -> StepInfo:
     above = [i for i, s in enumerate(schedule[:-1]) if s >= sigma]
     i = above[-1] if above else 0
     return StepInfo(sigma, i, i / steps)
+
+
+def running_step() -> StepInfo:
+    """The StepInfo of the model call under way (the innermost, where one model's call runs
+    inside another's), read when a compiled graph hands its results out (probe/handover.py);
+    UNREAD outside any."""
+    return _RUNNING[-1] if _RUNNING else UNREAD
 
 
 def in_window(sigma: float, sigma_start: float, sigma_end: float) -> bool:
@@ -138,11 +148,15 @@ def _apply_model_wrapper(executor, x, t, *args, **kwargs):
                    for window in transformer_options.get(WINDOWS_KEY, ())}
     else:
         step = UNREAD
-    transformer_options[STEP_KEY] = StepInfo(step.sigma, step.step, step.percent,
-                                             next(_MODEL_CALLS), windows)
+    info = StepInfo(step.sigma, step.step, step.percent, next(_MODEL_CALLS), windows)
+    transformer_options[STEP_KEY] = info
     transformer_options[LATENT_SHAPE_KEY] = tuple(x.shape)
     seen = intact.watch(transformer_options)
-    out = executor(x, t, *args, **kwargs)
+    _RUNNING.append(info)
+    try:
+        out = executor(x, t, *args, **kwargs)
+    finally:
+        _RUNNING.pop()
     intact.confirm(seen, transformer_options)
     return out
 

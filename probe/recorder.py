@@ -15,11 +15,12 @@ Over the whole run (start 0, end 1) nothing is read on the host while sampling: 
 evaluation's sigma stays a device tensor, and the series gets its sigmas and steps in one
 transfer when the run ends (ProbeRun.place_steps). A narrower window reads each model call's
 sigma (hook/schedule.py), as a circulation's does.
+
+In a compiled model (TorchCompileModel) the measurement is traced into the graph and the rest
+runs when the graph does (traced.py).
 """
 
 from __future__ import annotations
-
-import logging
 
 import torch
 
@@ -46,14 +47,9 @@ from .registry import (
     new_run,
     register,
 )
+from .traced import record_in_graph
 
 WRAPPER_KEY = "hopfield_circulation_probe"
-COMPILED_NOTE = (
-    "Hopfield Circulation: Stability Probe on a compiled model (TorchCompileModel): every "
-    "probed attention call leaves the compiled graph to be recorded, so sampling runs as many "
-    "small graphs and may hit dynamo's recompile limit. What it records is correct, but for "
-    "measurement runs leave the compile node off."
-)
 ALL_ROWS = slice(None)  # a whole-batch measurement
 
 
@@ -78,42 +74,27 @@ def patch_probe(model_patcher, settings: ProbeSettings):
 
     def record_stability(call: AttentionCall, out: torch.Tensor,
                          steering: Steering | None) -> None:
-        if torch.compiler.is_compiling():  # a trace: leave the graph for the bookkeeping
-            return record_eagerly(call, out, steering)
-        run = state.current
-        if run is None or call.layer.index not in selected:
+        if call.layer.index not in selected:
             return
         if windowed and not call.step_info.in_window(window):
             return
-        # the sampler's evaluation this call belongs to (each model call its own, where
-        # sampling bypasses ComfyUI's guider and none was counted)
-        evaluation = run.evaluation
-        key = evaluation if evaluation is not None else ("call", call.model_call)
-        chunks = []
-        for branch in labels:
-            if branch not in call.cond_or_uncond:
-                continue
-            first = run.first_call.setdefault((key, branch), call.model_call)
-            if first == call.model_call:  # later calls: guidance re-runs (PAG, SAG, SLG)
-                chunks.append((branch, call.cond_or_uncond.index(branch)))
+        wanted = [(branch, call.cond_or_uncond.index(branch)) for branch in labels
+                  if branch in call.cond_or_uncond]
+        if not wanted:
+            return
+        if torch.compiler.is_compiling():  # a trace: measure in the graph, keep as it runs
+            packed = [_measure(call, out, steering, rows, basis, planned=False)
+                      for rows, _ in _measured_rows(call, wanted)]
+            return record_in_graph(state.probe_id, call, steering, wanted, packed)
+        run = state.current
+        if run is None:
+            return
+        chunks = run.sampler_chunks(call.model_call, wanted)
         if chunks:
             if steering is not None:
                 run.steering_spaces.add(steering.space)
-            _record(run, call, out, steering, chunks, basis, evaluation)
+            _record(run, call, out, steering, chunks, basis)
 
-    # Recording is bookkeeping on Python objects (the run, its sums, its series): under
-    # torch.compile it runs eagerly, outside the traced graph, rather than being traced into
-    # guards on every counter (which recompiled the graph at every call). Eager calls skip
-    # the disabled wrapper's own cost (a few µs per probed call).
-    warned = []
-
-    def record_outside_the_graph(call, out, steering):
-        if not warned:
-            warned.append(True)
-            logging.warning(COMPILED_NOTE)
-        return record_stability(call, out, steering)
-
-    record_eagerly = torch.compiler.disable(record_outside_the_graph)
     add_observer(m, record_stability)
     from comfy.patcher_extension import WrappersMP
 
@@ -213,36 +194,49 @@ def _steered(steering: Steering, q, k, x, subset, rows):
     return torch.where(keep, blended, retrieved.to(blended.dtype))
 
 
-def _record(run: ProbeRun, call: AttentionCall, out: torch.Tensor, steering: Steering | None,
-            chunks: list[tuple[int, int]], basis, evaluation: int | None) -> None:
-    """Measure the chosen CFG chunks of one call and keep the result for the run's sums, maps
-    and series (ProbeRun.fold adds them up later: no tensor op here beyond the measurement).
+def _measured_rows(call: AttentionCall, chunks: list[tuple[int, int]]) -> list:
+    """[(rows, placed)]: what to measure for the chosen CFG ``chunks`` [(branch, chunk)] of a
+    call, and where each chunk's rows lie in that measurement ((branch, first row, end row)).
 
     When every chunk is wanted (branch 'both' on a batched CFG call), one measurement covers
     the whole batch; otherwise each chunk is measured on its own rows (views: no host sync).
     With several chunks of one branch (area conditioning) the first one stands for the sample.
     """
+    per_chunk = call.batch // len(call.cond_or_uncond)
+    if len(chunks) == len(call.cond_or_uncond):
+        return [(ALL_ROWS, tuple((branch, c * per_chunk, (c + 1) * per_chunk)
+                                 for branch, c in chunks))]
+    return [(slice(c * per_chunk, (c + 1) * per_chunk), ((branch, 0, per_chunk),))
+            for branch, c in chunks]
+
+
+def _measure(call: AttentionCall, out: torch.Tensor, steering: Steering | None, rows: slice,
+             basis, planned: bool = True) -> torch.Tensor:
+    """The packed measures (LayerStability.packed) of ``rows`` of one call. ``planned``: a
+    whole-batch value-basis call may launch a planned layout on the host's q, k and output as
+    they are (no views); never in a compile trace, which takes the torch ops."""
+    plan_key = None
+    if planned and rows == ALL_ROWS and basis is _value_basis:
+        plan_key = host_layout(call.host_q, call.host_k, out, call.heads,
+                               call.host_heads_first, call.output_heads_first)
+        packed = run_planned(plan_key, call.host_q, call.host_k, out)
+        if packed is not None:
+            return packed
+    return layer_stability(_rows(call.q, rows), _rows(call.k, rows),
+                           basis(call, out, steering, rows), plan_key).packed
+
+
+def _record(run: ProbeRun, call: AttentionCall, out: torch.Tensor, steering: Steering | None,
+            chunks: list[tuple[int, int]], basis) -> None:
+    """Measure the chosen CFG chunks of one call and keep the result for the run's sums, maps
+    and series (ProbeRun.fold adds them up later: no tensor op here beyond the measurement)."""
     layer = call.layer
     latent = call.transformer_options.get(LATENT_SHAPE_KEY)
     grid = call.token_grid if latent is not None else None  # maps need the latent's grid
     if grid is not None:
         run.latent_shape = tuple(latent)
-    per_chunk = call.batch // len(call.cond_or_uncond)
-    if len(chunks) == len(call.cond_or_uncond):
-        measured = [(ALL_ROWS, tuple((branch, c * per_chunk, (c + 1) * per_chunk)
-                                     for branch, c in chunks))]
-    else:
-        measured = [(slice(c * per_chunk, (c + 1) * per_chunk), ((branch, 0, per_chunk),))
-                    for branch, c in chunks]
-    for rows, placed in measured:
-        packed = plan_key = None
-        if rows == ALL_ROWS and basis is _value_basis:
-            # A planned layout launches on the host's q, k and output as they are: no views
-            plan_key = host_layout(call.host_q, call.host_k, out, call.heads,
-                                   call.host_heads_first, call.output_heads_first)
-            packed = run_planned(plan_key, call.host_q, call.host_k, out)
-        if packed is None:
-            packed = layer_stability(_rows(call.q, rows), _rows(call.k, rows),
-                                     basis(call, out, steering, rows), plan_key).packed
+    evaluation = run.evaluation
+    for rows, placed in _measured_rows(call, chunks):
+        packed = _measure(call, out, steering, rows, basis)
         run.record(Measurement(layer.index, layer.kind, layer.group, grid, call.text_tokens,
                                placed, call.step, call.sigma, evaluation, packed))

@@ -181,6 +181,16 @@ class ProbeRun:
                 self.series.append(SeriesEntry(m.step, m.sigma, m.index, m.kind, branch,
                                                chunk_values, m.evaluation))
 
+    def sampler_chunks(self, model_call: int, chunks: list[tuple[int, int]]) -> list:
+        """Those of a call's ``chunks`` [(CFG branch, chunk)] that are the sampler's own pass:
+        the first model call of the current evaluation (each model call its own, where
+        sampling bypasses ComfyUI's guider and none was counted) for that branch. Later calls
+        of an evaluation are guidance re-runs (PAG, SAG, SLG)."""
+        evaluation = self.evaluation
+        key = evaluation if evaluation is not None else ("call", model_call)
+        return [(branch, chunk) for branch, chunk in chunks
+                if self.first_call.setdefault((key, branch), model_call) == model_call]
+
     @property
     def recorded(self) -> bool:
         return bool(self.counts)
@@ -276,6 +286,11 @@ def new_run(state: ProbeState) -> ProbeRun:
     run = ProbeRun(state.runs_started)
     state.runs.append(run)
     return run
+
+
+def state_of(probe_id: str) -> ProbeState | None:
+    """The probe's state, None once it has left the registry."""
+    return _REGISTRY.get(probe_id)
 
 
 def probe_state(handle) -> ProbeState:

@@ -1,0 +1,98 @@
+"""The Stability Probe inside a compiled graph (ComfyUI's TorchCompileModel).
+
+The probe's measurement is tensor work: traced into the model's graph like any other op. Its
+bookkeeping (which run, which model evaluation, the guidance re-runs to skip, the run's pending
+list) is Python that must run at every call, not once when the graph is traced; a graph break
+there split the model into a graph per probed call, recompiled per layer. So the traced code
+ends each probed call with one opaque op that hands the measurement, and constants naming the
+call, to ``_keep`` when the graph runs. Inductor keeps the op where it is: it declares a write
+to a small tensor of its own, so it is never dropped as dead code.
+
+Where the model call stands (its id, its step) is not in the graph either: ``_keep`` asks the
+step wrapper (hook/schedule.running_step), which runs outside the compiled model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..hook.call import AttentionCall, Steering
+from ..hook.schedule import LATENT_SHAPE_KEY, running_step
+from .registry import Measurement, state_of
+
+OP_NAMESPACE, OP_NAME = "hopfield_circulation", "probe_keep"
+OP_SCHEMA = (
+    "(Tensor[] packed, Tensor(a!) sink, str probe, int layer, str kind, str group, "
+    "int[] branches, int[] chunks, int chunk_count, int[] grid, int text_tokens, int[] latent, "
+    "str steering_space) -> ()"
+)
+# What the op declares it writes: a write to a tensor the graph did not make keeps the op in
+# the graph, and nothing ever reads this one.
+_SINK = torch.zeros(1)
+_LIBRARY: list = []  # keeps the registration alive
+
+
+def record_in_graph(probe_id: str, call: AttentionCall, steering: Steering | None,
+                    wanted: list[tuple[int, int]], packed: list[torch.Tensor]) -> None:
+    """In traced code: have ``_keep`` record ``packed`` each time the graph runs. ``wanted``:
+    the call's chunks [(CFG branch, chunk)] the probe records; ``packed``: their measurement,
+    one of the whole batch where they are all of it, else one per chunk (recorder.py)."""
+    latent = call.transformer_options.get(LATENT_SHAPE_KEY)
+    grid = call.token_grid if latent is not None else None  # maps need the latent's grid
+    layer = call.layer
+    _OP(packed, _SINK, probe_id, layer.index, layer.kind, layer.group,
+        [branch for branch, _ in wanted], [chunk for _, chunk in wanted],
+        len(call.cond_or_uncond), list(grid or ()), call.text_tokens, list(latent or ()),
+        steering.space if steering is not None else "")
+
+
+def _keep(packed, sink, probe, layer, kind, group, branches, chunks, chunk_count, grid,
+          text_tokens, latent, steering_space) -> None:
+    """The op, when the graph runs: what the eager recorder does after measuring."""
+    state = state_of(probe)
+    run = state.current if state is not None else None
+    if run is None:
+        return
+    step = running_step()
+    wanted = list(zip(branches, chunks, strict=True))
+    kept = run.sampler_chunks(step.model_call, wanted)
+    if not kept:
+        return
+    if steering_space:
+        run.steering_spaces.add(steering_space)
+    if latent:
+        run.latent_shape = tuple(latent)
+    if len(wanted) == chunk_count:  # one measurement of the whole batch
+        per_chunk = packed[0].shape[0] // chunk_count
+        measured = [(packed[0], tuple((branch, c * per_chunk, (c + 1) * per_chunk)
+                                      for branch, c in kept))]
+    else:
+        measured = [(t, ((branch, 0, t.shape[0]),))
+                    for (branch, c), t in zip(wanted, packed, strict=True) if (branch, c) in kept]
+    for values, placed in measured:
+        # a copy: inductor may reuse the memory of the graph's tensors once the op has run
+        run.record(Measurement(layer, kind, group, tuple(grid) or None, text_tokens, placed,
+                               step.step, step.sigma, run.evaluation, values.clone()))
+
+
+def _register_op():
+    """Registered with torch.library's plain API (as the fused kernel's op: hopfield/
+    fused_triton.py). It reads this copy's registry: a second copy of the pack in one process
+    (imported under another name) registers an op of its own, under the next free name."""
+    library = torch.library.Library(OP_NAMESPACE, "FRAGMENT")
+    for copy in range(1, 100):
+        name = OP_NAME if copy == 1 else f"{OP_NAME}_{copy}"
+        try:
+            library.define(f"{name}{OP_SCHEMA}")
+            break
+        except RuntimeError:  # defined by another copy of the pack
+            continue
+    else:
+        raise RuntimeError(f"Hopfield Circulation: no free name for the op {OP_NAME}")
+    library.impl(name, _keep, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"{OP_NAMESPACE}::{name}", lambda *args: None, lib=library)
+    _LIBRARY.append(library)
+    return getattr(getattr(torch.ops, OP_NAMESPACE), name)
+
+
+_OP = _register_op()
