@@ -43,6 +43,11 @@ class InputSpace(ABC):
     def value_projection(self, options: dict, like: torch.Tensor):
         """(W_v [H*d, C], b_v [H*d] or None) of that layer, cast like ``like``."""
 
+    def channel_widths(self) -> frozenset[int]:
+        """The widths C the model's block inputs have (what may be made per width in advance;
+        empty: not known before the calls)."""
+        return frozenset()
+
 
 def no_block_input(why: str) -> str:
     """The refusal of the input space for a model whose attention has no single block input X

@@ -80,6 +80,9 @@ class UNetInputSpace(InputSpace):
     def value_projection(self, options: dict, like):
         return effective_weight(self.attn1_modules[block_key(options)].to_v, like)
 
+    def channel_widths(self) -> frozenset[int]:
+        return frozenset(attn1.to_v.in_features for attn1 in self.attn1_modules.values())
+
 
 class UNetFamily(FamilyAdapter):
     name = "sdxl"

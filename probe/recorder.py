@@ -68,7 +68,8 @@ def patch_probe(model_patcher, settings: ProbeSettings):
     if settings.basis == "value":
         basis = _value_basis
     else:
-        basis = _input_basis(adapter.input_space(m), settings.channels)
+        basis = _input_basis(adapter.input_space(m), settings.channels,
+                             torch.device(m.load_device))
     state = register(adapter.name, adapter.layer_map, settings)
     labels = settings.cfg_labels
 
@@ -152,9 +153,16 @@ def _rows(t: torch.Tensor, rows: slice) -> torch.Tensor:
     return t if rows == ALL_ROWS else t[rows]
 
 
-def _input_basis(input_space, channels: int):
-    """The input basis: the retrieval over the block input X (a fixed subset of its channels)."""
+def _input_basis(input_space, channels: int, device: torch.device):
+    """The input basis: the retrieval over the block input X (a fixed subset of its channels).
+
+    The subsets are made on the sampling device when the model is patched, one per block
+    width: a compile trace could not make them (their generator breaks the graph), and a copy
+    to the device in every probed call would wait for it."""
     subsets: dict = {}  # (C, device) -> indices, made once: no host-to-device copy per call
+    for width in input_space.channel_widths():
+        subset = channel_subset(width, channels)
+        subsets[(width, device)] = subset.to(device) if subset is not None else None
 
     def input_basis(call: AttentionCall, out: torch.Tensor, steering: Steering | None,
                     rows: slice) -> torch.Tensor:

@@ -121,18 +121,20 @@ def test_torch_compile_of_a_step_window_compiles_once_inside_and_once_outside(
 
 
 def test_torch_compile_with_the_probe_records_what_eager_records(nodes, sampling, sdxl):
-    """The Stability Probe under TorchCompileModel, in both orders and under a circulation:
-    its measurement joins the graph and one op hands it to the recorder as the graph runs, so
-    the UNet stays one graph for the run (a graph break in every probed call split it into
-    dozens, recompiled per layer), and what the run records is what eager records."""
+    """The Stability Probe under TorchCompileModel, in both orders, in both bases, under a
+    circulation and under PAG: its measurement joins the graph and one op hands it to the
+    recorder as the graph runs, so the UNet stays one graph for the run (a graph break in
+    every probed call split it into dozens, recompiled per layer; the input basis' channel
+    subset, made in the first call, broke it too), and what the run records is what eager
+    records."""
     from comfy_extras.nodes_pag import PerturbedAttentionGuidance
     from hopfield_circulation.nodes import probe_nodes
     from hopfield_circulation.probe import find_run
 
     sample = sampling["sdxl"]
 
-    def probed_with(base, branch="cond"):
-        return probe_nodes.StabilityProbe.execute(base, "value", 64, 0.0, 1.0, branch,
+    def probed_with(base, branch, basis):
+        return probe_nodes.StabilityProbe.execute(base, basis, 16, 0.0, 1.0, branch,
                                                   "all").result
 
     def with_pag(m):  # guidance re-runs the UNet: the probe must not record those passes
@@ -141,18 +143,19 @@ def test_torch_compile_with_the_probe_records_what_eager_records(nodes, sampling
     def unchanged(m):
         return m
 
-    # (compiled first, what runs under the probe, CFG branch, what runs over it, graphs): both
-    # orders, the whole batch measured at once ("both") and one chunk of it ("cond"); PAG's
+    # (compiled first, what runs under the probe, CFG branch, basis, what runs over it,
+    # graphs): both orders, the whole batch measured at once ("both") and one chunk of it
+    # ("cond"), both bases (the input basis' channel subsets are made before any trace); PAG's
     # pass, with its own attention patch, is a graph of its own, as it is without the probe
-    cases = ((True, lambda m: skew(nodes, m, alpha=0.9), "both", unchanged, 1),
-             (False, unchanged, "cond", with_pag, 2))
-    for compile_first, under, branch, over, graphs in cases:
-        m, handle = probed_with(under(sdxl), branch)
+    cases = ((True, lambda m: skew(nodes, m, alpha=0.9), "both", "input", unchanged, 1),
+             (False, unchanged, "cond", "value", with_pag, 2))
+    for compile_first, under, branch, basis, over, graphs in cases:
+        m, handle = probed_with(under(sdxl), branch, basis)
         eager = find_run(handle, sample(over(m), steps=2))
         if compile_first:
-            m, handle = probed_with(torch_compiled(under(sdxl)), branch)
+            m, handle = probed_with(torch_compiled(under(sdxl)), branch, basis)
         else:
-            m, handle = probed_with(under(sdxl), branch)
+            m, handle = probed_with(under(sdxl), branch, basis)
             m = torch_compiled(m)
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
