@@ -246,6 +246,36 @@ def test_full_size_sampling_through_comfyui(comfy_host, name, compiled):
     assert torch.isfinite(out).all() and not torch.equal(out, base)
 
 
+def test_compiled_probe_on_cuda_records_what_eager_records(comfy_host):
+    """Skew and the Stability Probe under TorchCompileModel on CUDA (tiny SDXL): the probe's
+    op, which declares its write to a CPU tensor, runs inside the CUDA graph as its eager
+    path runs: one graph, no break, the same records."""
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+    from hopfield_circulation.nodes.circulation_nodes import SkewCirculation
+    from hopfield_circulation.nodes.probe_nodes import StabilityProbe
+    from hopfield_circulation.probe import find_run
+    from host.tiny_models import sample_sdxl, tiny_sdxl
+
+    model = tiny_sdxl()
+    steered = SkewCirculation.execute(model, 0.9, 3.0, 0.0, 1.0, "all", "both",
+                                      "value").result[0]
+    probed, handle = StabilityProbe.execute(steered, "value", 64, 0.0, 1.0, "both",
+                                            "all").result
+    eager = find_run(handle, sample_sdxl(probed, steps=2))
+    probed, handle = StabilityProbe.execute(steered, "value", 64, 0.0, 1.0, "both",
+                                            "all").result
+    compiled = TorchCompileModel.execute(probed, "inductor").result[0]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    run = find_run(handle, sample_sdxl(compiled, steps=2))
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert run.counts == eager.counts and run.steering_spaces == eager.steering_spaces
+    for key, value in eager.sums.items():
+        torch.testing.assert_close(run.sums[key], value, rtol=2e-2, atol=2e-3)
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="module")
 def sdxl_steered(comfy_host):
     """Full-size SDXL (random weights, fp16) and its steered variants over the whole run."""
