@@ -76,7 +76,7 @@ def locate_step(sigma: float, schedule: list[float] | None) -> StepInfo:
 
 def running_step() -> StepInfo:
     """The StepInfo of the model call under way (the innermost, where one model's call runs
-    inside another's), read when a compiled graph hands its results out (probe/handover.py);
+    inside another's), read when a compiled graph hands its results out (probe/traced.py);
     UNREAD outside any."""
     return _RUNNING[-1] if _RUNNING else UNREAD
 
