@@ -53,7 +53,7 @@ class StepInfo:
         its sigma was not read."""
         inside = None if self.windows is None else self.windows.get(window)
         if inside is None:
-            return self.sigma is None or window[0] <= self.sigma <= window[1]
+            return self.sigma is None or within(self.sigma, window)
         return inside
 
 
@@ -83,8 +83,12 @@ def running_step() -> StepInfo:
 
 def in_window(sigma: float, sigma_start: float, sigma_end: float) -> bool:
     """The SkipLayerGuidance convention: active while sigma_end <= sigma <= sigma_start."""
-    low, high = window_bounds(sigma_start, sigma_end)
-    return low <= sigma <= high
+    return within(sigma, window_bounds(sigma_start, sigma_end))
+
+
+def within(sigma: float, window: tuple[float, float]) -> bool:
+    """Whether sigma lies in ``window``, window_bounds' (low, high)."""
+    return window[0] <= sigma <= window[1]
 
 
 def window_bounds(sigma_start: float, sigma_end: float) -> tuple[float, float]:
@@ -144,7 +148,7 @@ def _apply_model_wrapper(executor, x, t, *args, **kwargs):
     if transformer_options.get(READS_SIGMA_KEY):
         sigma, schedule = _read_sigma_and_schedule(t, transformer_options.get("sample_sigmas"))
         step = locate_step(sigma, schedule)
-        windows = {window: window[0] <= sigma <= window[1]
+        windows = {window: within(sigma, window)
                    for window in transformer_options.get(WINDOWS_KEY, ())}
     else:
         step = UNREAD
