@@ -12,6 +12,8 @@
 #   bash benchmarks/gpu_session.sh d128       # never run: Flux's head width per call, tiles
 #   bash benchmarks/gpu_session.sh compiled   # ≤ 6 minutes, a command of its own
 #   bash benchmarks/gpu_session.sh compiled_e2e  # ≤ 7 minutes, a command of its own
+#   bash benchmarks/gpu_session.sh compiled_probe  # ≤ 7 minutes: the Probe under
+#                                             # TorchCompileModel, end to end
 #   bash benchmarks/gpu_session.sh base       # main's first ≈ 4.5 minutes alone
 #   HC_GPU_SKIP="gpu_tier triton_launch" bash benchmarks/gpu_session.sh main
 #
@@ -22,8 +24,8 @@
 # sweeps, and SDXL's end-to-end table in bf16. families: the models and dtypes main leaves out.
 # d128: the per-call table and sweeps at Flux's shape (d = 128, never timed on a device; the
 # sweep compiles a dozen tiles per dtype, so it gets a command of its own).
-# compiled: the tier's compile cases (torch.compile of the steering, full-size sampling under
-# TorchCompileModel), then SDXL's space = input row. compiled_e2e: TorchCompileModel alone and
+# compiled: the tier's compile cases (torch.compile of the steering and the tiny models' Probe
+# under TorchCompileModel, then full-size sampling under it), then SDXL's space = input row. compiled_e2e: TorchCompileModel alone and
 # with Skew on SDXL fp16 (each inductor compile of the UNet takes minutes: 90 s did not finish
 # the first). HC_GPU_STEPS / HC_GPU_ROUNDS shorten the end-to-end runs.
 set -uo pipefail
@@ -88,9 +90,12 @@ for part in "${parts[@]}"; do
       --steps "$steps" --rounds "$rounds" --skip TorchCompileModel "space = input" core
     ;;
   compiled)
+    # the tiny models' compile cases first (the steering's graph, the Probe's records under
+    # TorchCompileModel), so that a slow full-size compile cannot cut them off
+    step gpu_tier_compile_tiny 150 "${tier[@]}" -k "compile and not full_size"
     # one full-size compile (SDXL) in the tier: on an H200, dynamo alone traced the UNet for
     # over 90 s, so this part gets a command of its own and the test a longer limit
-    step gpu_tier_compile 300 "${tier[@]}" -k "compile or (full_size and True and sdxl)" \
+    step gpu_tier_compile 280 "${tier[@]}" -k "full_size and True and sdxl" \
       "${compile_timeout_flag[@]}"
     # the authors' formulation is several times a step: its row alone, after the rest
     step bench_e2e_input_space 60 "$py" benchmarks/bench_e2e_gpu.py --models sdxl \
@@ -99,6 +104,12 @@ for part in "${parts[@]}"; do
   compiled_e2e)
     step bench_e2e_compiled 420 "$py" benchmarks/bench_e2e_gpu.py --models sdxl --dtypes fp16 \
       --steps "$steps" --rounds 2 --only TorchCompileModel --skip Adaptive Probe
+    ;;
+  compiled_probe)
+    # the Probe compiled with the UNet (its measurement traced into the graph): one more
+    # inductor compile of the UNet, so a command of its own
+    step bench_e2e_compiled_probe 420 "$py" benchmarks/bench_e2e_gpu.py --models sdxl \
+      --dtypes fp16 --steps "$steps" --rounds 2 --only "TorchCompileModel + Probe"
     ;;
   families)
     # the rows main leaves out: SD3-medium in bf16, SD3.5-medium (its extra image
@@ -115,7 +126,7 @@ for part in "${parts[@]}"; do
     ;;
   *)
     echo "gpu_session.sh: unknown part '$part' (main, base, kernels, families, compiled," \
-      "compiled_e2e, d128)" >&2
+      "compiled_e2e, compiled_probe, d128)" >&2
     exit 2
     ;;
   esac
