@@ -90,9 +90,10 @@ for part in "${parts[@]}"; do
       --steps "$steps" --rounds "$rounds" --skip TorchCompileModel "space = input" core
     ;;
   compiled)
-    # the tiny models' compile cases first (the steering's graph, the Probe's records under
-    # TorchCompileModel), so that a slow full-size compile cannot cut them off
-    step gpu_tier_compile_tiny 150 "${tier[@]}" -k "compile and not full_size"
+    # the small compile cases first (the steering's graph, the probe's kernels as one op, the
+    # Probe's records under TorchCompileModel), so that a slow full-size compile cannot cut
+    # them off
+    step gpu_tier_compile_tiny 170 "${tier[@]}" -k "compile and not full_size"
     # one full-size compile (SDXL) in the tier: on an H200, dynamo alone traced the UNet for
     # over 90 s, so this part gets a command of its own and the test a longer limit
     step gpu_tier_compile 280 "${tier[@]}" -k "full_size and True and sdxl" \

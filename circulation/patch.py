@@ -18,7 +18,6 @@ from ..hopfield import (
     fused_triton,
 )
 from ..hopfield.circulation import circulate_rows, needs_baseline, use_fused
-from ..hopfield.symmetry import half_into_fp32
 from ..vocabulary import FEATURE_SPACES, STEER_BRANCHES, FeatureSpace, SteerBranch, check_choice
 from .branches import RowMasks, steers_branch
 
@@ -110,11 +109,7 @@ def patch_circulation(
         return Steered(result.out, everywhere)
 
     install_attention_hook(m, steer, adapter)
-    # Settled now, outside any compiled graph, so those only read the answers.
-    fused_triton.facts()
-    device = torch.device(getattr(m, "load_device", "cpu"))
-    half_into_fp32(device)
-    fused_triton.tensor_core_dots(device)
+    fused_triton.settle(torch.device(getattr(m, "load_device", "cpu")))
     return m
 
 

@@ -170,6 +170,18 @@ def tensor_core_dots(device: torch.device) -> bool:
     return found
 
 
+def settle(device: torch.device) -> None:
+    """Ask, outside any compiled graph, what the kernels' eligibility asks once per process or
+    device (Triton's presence, half-precision products into fp32, tensor cores), so that a
+    compile trace, which finds an unasked question answered no and takes a slower path, reads
+    the answers. Each node calls this when it patches a model."""
+    from .symmetry import half_into_fp32
+
+    facts()
+    half_into_fp32(device)
+    tensor_core_dots(device)
+
+
 def auto_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether ``kernel="auto"`` takes this kernel: compiled on CUDA, fp16/bf16, shapes fit, a
     GPU whose tensor cores Triton's products use. Never under the interpreter (it would run

@@ -116,6 +116,8 @@ def layer_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor,
     (``stability_triton.run_planned`` then launches them on the caller's unviewed tensors).
     """
     if stability_triton.eligible(q, k, retrieval):  # CUDA, fp16/bf16, widths 64 or 128
+        if torch.compiler.is_compiling():  # one opaque op in the graph, never re-traced
+            return LayerStability(stability_triton.STABILITY_OP(q, k, retrieval))
         packed = stability_triton.try_stability(q, k, retrieval, plan_key)
         if packed is not None:
             return LayerStability(packed)

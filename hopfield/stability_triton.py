@@ -25,11 +25,12 @@ Everything in between lives in one fp32 workspace; the call's output is one [B, 
 (the measures, then the map). Same math as the torch path; its roundings differ only in that
 the centring happens after the products (exact inputs, fp32 corrections) rather than before.
 
-Used by ``layer_stability`` in eager mode on CUDA when q, k and the retrieval share fp16 or
-bf16 with widths (d, m) of (64, 64) (SDXL's and SD3's heads in the value basis, or a 64-channel
-input basis) or (128, 128) (Flux, Chroma, Qwen-Image: eta then by its own kernel, one or two
-launches more); other calls keep the torch path. A failure to compile or launch warns once and hands
-the rest of the process to the torch path. The import is lazy.
+Used by ``layer_stability`` on CUDA (in a compile trace as one registered op, ``STABILITY_OP``)
+when q, k and the retrieval share fp16 or bf16 with widths (d, m) of (64, 64) (SDXL's and SD3's
+heads in the value basis, or a 64-channel input basis) or (128, 128) (Flux, Chroma, Qwen-Image:
+eta then by its own kernel, one or two launches more); other calls keep the torch path. A
+failure to compile or launch warns once and hands the rest of the process to the torch path. The
+import is lazy.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ _launchers = {stage: launcher_of(lambda stage=stage: _kernel(stage), tensors)
 
 
 def eligible(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> bool:
-    """Whether ``layer_stability`` takes the kernel: compiled Triton on CUDA, outside a compile
-    trace, q, k and the retrieval of one half-precision dtype, widths in STABILITY_CONFIGS."""
+    """Whether ``layer_stability`` takes the kernel: compiled Triton on CUDA, q, k and the
+    retrieval of one half-precision dtype, widths in STABILITY_CONFIGS (in a compile trace as
+    the registered op STABILITY_OP)."""
     return (
         q.is_cuda and q.dtype in STABILITY_DTYPES and q.ndim == 4 and q.shape == k.shape
         and retrieval.ndim == 4 and retrieval.shape[:3] == q.shape[:3]
@@ -87,7 +89,7 @@ def eligible(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> bool:
         and k.dtype == q.dtype == retrieval.dtype
         and k.device == q.device == retrieval.device
         and not _FAILED and fused_triton.kernel_usable()
-        and not torch.compiler.is_compiling() and fused_triton.tensor_core_dots(q.device)
+        and fused_triton.tensor_core_dots(q.device)
     )
 
 
@@ -329,3 +331,42 @@ def try_stability(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor,
     return fused_triton.first_failure_hands_over(
         "Stability Probe", _FAILED,
         lambda: stability_packed(q, k, retrieval, plan_key=plan_key))
+
+
+def _op_impl(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> torch.Tensor:
+    """STABILITY_OP as a compiled graph runs it: the kernels' packed result, or the torch
+    path's where they failed in this process (the graph was traced before it knew)."""
+    packed = None if _FAILED else try_stability(q, k, retrieval)
+    if packed is None:
+        from .stability import layer_stability_torch
+
+        packed = layer_stability_torch(q, k, retrieval).packed
+    return packed
+
+
+OP_NAMESPACE, OP_NAME = "hopfield_circulation", "stability_packed"
+OP_SCHEMA = "(Tensor q, Tensor k, Tensor retrieval) -> Tensor"
+_LIBRARY: list = []  # keeps the registration alive
+
+
+def _register_op():
+    """The probe's kernels as one torch op, so that a compile trace (TorchCompileModel) puts
+    them in the graph as they are, as fused_triton's op does for the fused kernel; without it
+    the trace takes the torch path's products and passes. A second copy of the pack in one
+    process reuses the first's op."""
+    try:
+        library = torch.library.Library(OP_NAMESPACE, "FRAGMENT")
+        library.define(f"{OP_NAME}{OP_SCHEMA}")
+    except RuntimeError:  # defined already (the pack imported under another name)
+        return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)
+    library.impl(OP_NAME, _op_impl, "CompositeExplicitAutograd")
+
+    def fake(q, k, retrieval):
+        return q.new_empty((q.shape[0], 4 + q.shape[2]), dtype=torch.float32)
+
+    torch.library.register_fake(f"{OP_NAMESPACE}::{OP_NAME}", fake, lib=library)
+    _LIBRARY.append(library)
+    return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)
+
+
+STABILITY_OP = _register_op()

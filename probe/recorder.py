@@ -35,6 +35,7 @@ from ..hook.schedule import (
     whole_run,
     window_bounds,
 )
+from ..hopfield import fused_triton
 from ..hopfield.input_space import channel_subset, input_retrieval, steered_input_retrieval
 from ..hopfield.stability import layer_stability
 from ..hopfield.stability_triton import host_layout, run_planned
@@ -97,6 +98,7 @@ def patch_probe(model_patcher, settings: ProbeSettings):
             _record(run, call, out, steering, chunks, basis)
 
     add_observer(m, record_stability)
+    fused_triton.settle(torch.device(m.load_device))  # what a compiled graph's trace reads
     from comfy.patcher_extension import WrappersMP
 
     m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _run_bracket(state))

@@ -106,3 +106,40 @@ def test_zero_columns_give_zero_not_nan():
 def test_cpu_calls_keep_the_torch_path():
     q, k, x = inputs(1, 1, 8, seed=5, dtype=torch.float16)
     assert not eligible(q, k, x)
+
+
+@pytest.mark.parametrize("d", [64, 128])  # 128: eta's own launches inside the op too
+def test_torch_compile_calls_the_kernels_as_one_op(monkeypatch, d):
+    """Under torch.compile (inductor, fullgraph: no graph break) an eligible call is the
+    registered op, which runs the probe's kernels: the eager kernels' result, bit for bit, on
+    the same strided views the probe hands over."""
+    from hopfield_circulation.hopfield import stability_triton
+
+    monkeypatch.setattr(stability_triton, "eligible", lambda q, k, x: True)
+    gen = torch.Generator().manual_seed(11)
+    qkv = torch.randn(2, 37, 3, 2, d, generator=gen)  # the host's [B, L, 3, H, d] projection
+    q, k, x = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+
+    def probe(q, k, x):
+        return layer_stability(q, k, x).packed
+
+    torch._dynamo.reset()
+    compiled = torch.compile(probe, backend="inductor", fullgraph=True)
+    assert torch.equal(compiled(q, k, x), probe(q, k, x))
+    graph = torch._dynamo.explain(probe)(q, k, x)
+    assert graph.graph_break_count == 0
+    ops = [str(node.target) for g in graph.graphs for node in g.graph.nodes]
+    assert sum(op.startswith("hopfield_circulation.stability_packed") for op in ops) == 1
+    torch._dynamo.reset()
+
+
+def test_the_op_takes_the_torch_path_once_the_kernels_failed(monkeypatch):
+    """A graph traced before the kernels failed in this process still calls the op: it then
+    gives the torch path's result."""
+    from hopfield_circulation.hopfield import stability_triton
+    from hopfield_circulation.hopfield.stability import layer_stability_torch
+
+    q, k, x = inputs(1, 2, 30, seed=12, dtype=torch.float32)
+    monkeypatch.setattr(stability_triton, "_FAILED", ["out of resource"])
+    assert torch.equal(stability_triton.STABILITY_OP(q, k, x),
+                       layer_stability_torch(q, k, x).packed)

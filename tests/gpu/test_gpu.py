@@ -205,9 +205,9 @@ def test_compiled_steering_is_one_graph_and_matches_eager(adaptive):
 
     q, k, v = inputs(2, 10, 1024, 64, torch.float16, seed=9)
     settings = CirculationSettings(1.05, 3.0, adaptive=adaptive)
-    # what patching a model settles outside any trace (circulation/patch.py): else the trace
+    # what patching a model settles outside any trace (fused_triton.settle): else the trace
     # would find the device unasked and take the two-call path
-    fused_triton.facts()
+    fused_triton.settle(q.device)
     assert fused_triton.tensor_core_dots(q.device)
 
     def steer(q, k, v):
@@ -389,9 +389,35 @@ def test_probe_kernel_is_deterministic_and_any_token_split_agrees(dtype):
         torch.testing.assert_close(token_map, default[1], rtol=1e-4, atol=1e-5)
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compiled_probe_measures_are_the_eager_kernels(dtype):
+    """Under torch.compile (inductor, fullgraph) an eligible call is the registered op, which
+    runs the probe's kernels: the eager kernels' result, bit for bit, on SD3's strided joint
+    qkv (the views the probe hands over), and the op once in one graph."""
+    from hopfield_circulation.hopfield import stability_triton
+    from hopfield_circulation.hopfield.stability import layer_stability
+
+    q, k, x = inputs(1, 24, 1178, 64, dtype, strided=True, seed=19)
+    assert stability_triton.eligible(q, k, x)
+
+    def probe(q, k, x):
+        return layer_stability(q, k, x).packed
+
+    torch._dynamo.reset()
+    compiled = torch.compile(probe, backend="inductor", fullgraph=True)
+    assert torch.equal(compiled(q, k, x), probe(q, k, x))
+    graph = torch._dynamo.explain(probe)(q, k, x)
+    ops = [str(node.target) for g in graph.graphs for node in g.graph.nodes]
+    assert graph.graph_break_count == 0
+    assert sum(op.startswith("hopfield_circulation.stability_packed") for op in ops) == 1
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_probe_measures_on_tensor_cores(dtype):
-    """The torch path (what other widths and compiled graphs use): products into fp32."""
+    """The torch path (what other widths use, and the kernels' fallback): products into
+    fp32."""
     from hopfield_circulation.hopfield.stability import layer_stability, layer_stability_torch
 
     q, k, x = inputs(2, 10, 1024, 64, dtype, seed=11)

@@ -73,6 +73,22 @@ def compiles_of(compiled, sample, steps: int, eager) -> tuple[int, int]:
     return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
 
 
+@pytest.mark.parametrize("node", ["skew", "adaptive", "probe"])
+def test_each_node_settles_what_a_compile_trace_reads(nodes, sdxl, node, monkeypatch):
+    """Patching asks, outside any graph, what the kernels' eligibility asks once per device
+    (Triton, fp16 products into fp32, tensor cores). A trace that finds a question unasked
+    answers no: under TorchCompileModel, whose first model call is already a trace, the Probe
+    alone measured by fp32 copies and no kernel on a GPU."""
+    from hopfield_circulation.hopfield import fused_triton
+
+    asked = []
+    monkeypatch.setattr(fused_triton, "settle", asked.append)
+    patch = {"skew": lambda m: skew(nodes, m), "adaptive": lambda m: adaptive(nodes, m),
+             "probe": probed}[node]
+    patch(sdxl)
+    assert asked == [torch.device(sdxl.load_device)]
+
+
 @pytest.mark.parametrize("node", ["skew", "adaptive"])
 def test_torch_compile_in_both_orders_matches_eager(nodes, sampling, sdxl, node):
     """TorchCompileModel (inductor) after or before a circulation node: the compiled sample is
