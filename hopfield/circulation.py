@@ -133,7 +133,7 @@ def circulate_value_space(
     dtype = q.dtype if base is None else base.dtype  # the model's: what the call returns
     if fused and settings.adaptive and not torch.compiler.is_compiling():
         # eta_M, then one launch that derives the coefficients itself (eager calls; a compile
-        # trace takes the path below, where inductor fuses the coefficients' ops).
+        # trace takes the path below: eta's op, the coefficients' torch ops, the fused op).
         out, coefficients = fused_triton.fused_adaptive_circulation(
             q, k, v, symmetry_index(q, k), settings.alpha, settings.beta,
             per_sample=settings.eta_per_sample, norm_match=settings.norm_match, active=active,

@@ -13,16 +13,17 @@ the default and the split is there to be asked for. The torch path it replaces o
 launches (concatenation, Gram product, roll, product, block sum, clamp, division), each a few
 microseconds of host time in every steered call of a launch-bound sampling step.
 
-Used by ``symmetry_index`` in eager mode on CUDA for fp16/bf16 with d of 64 or 128; a torch.compile
-trace keeps the torch path (inductor fuses it there). A failure to compile or launch warns once
-and hands the rest of the process to the torch path. The import is lazy.
+Used by ``symmetry_index`` on CUDA for fp16/bf16 with d of 64 or 128, in a torch.compile trace
+too (as one registered op, ETA_OP, where a trace took the torch path before). A failure to
+compile or launch warns once and hands the rest of the process to the torch path. The import is
+lazy.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import fused_triton
+from . import fused_triton, torch_ops
 from .token_chunks import token_chunks
 from .triton_launch import launcher_of
 
@@ -64,12 +65,13 @@ _reduce_launcher = launcher_of(_reduce_kernel, REDUCE_TENSOR_ARGS)
 
 def eligible(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether ``symmetry_index`` takes the kernel for this call: compiled Triton on CUDA
-    (never the interpreter there), fp16/bf16, d 64/128, q and k alike, outside a compile trace."""
+    (never the interpreter there), fp16/bf16, d 64/128, q and k alike (in a compile trace as
+    the registered op ETA_OP)."""
     return (
         q.is_cuda and q.dtype in ETA_DTYPES and q.ndim == 4 and q.shape == k.shape
         and q.shape[-1] in ETA_HEAD_DIMS and k.dtype == q.dtype and k.device == q.device
         and not _FAILED and fused_triton.kernel_usable()
-        and not torch.compiler.is_compiling() and fused_triton.tensor_core_dots(q.device)
+        and fused_triton.tensor_core_dots(q.device)
     )
 
 
@@ -154,3 +156,23 @@ def try_symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
     path, now and for the rest of the process)."""
     return fused_triton.first_failure_hands_over(
         "symmetry-index", _FAILED, lambda: symmetry_index_triton(q, k))
+
+
+def _op_impl(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """ETA_OP as a compiled graph runs it: the kernel's eta, or the torch path's where the
+    kernel failed in this process (the graph was traced before it knew)."""
+    eta = None if _FAILED else try_symmetry_index(q, k)
+    if eta is None:
+        from .symmetry import symmetry_index_torch
+
+        eta = symmetry_index_torch(q, k)
+    return eta
+
+
+def _op_fake(q, k):
+    return q.new_empty(q.shape[:2], dtype=torch.float32)
+
+
+# The kernel as one torch op (hopfield/torch_ops.py): what a compile trace calls
+ETA_OP = torch_ops.register("symmetry_index", "(Tensor q, Tensor k) -> Tensor", _op_impl,
+                            _op_fake)

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import fused_tiles
+from . import fused_tiles, torch_ops
 from .fused_tiles import TUNE_ENV, LaunchConfig
 from .triton_launch import launcher_of
 
@@ -491,33 +491,14 @@ def fused_adaptive_circulation(
     return out, adaptive.coefficients
 
 
-OP_NAMESPACE, OP_NAME = "hopfield_circulation", "fused_skew_circulation"
-OP_SCHEMA = (
+def _fused_op_fake(q, k, v, *args):
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+# The kernel as one torch op (hopfield/torch_ops.py): what a compile trace calls
+FUSED_OP = torch_ops.register(
+    "fused_skew_circulation",
     "(Tensor q, Tensor k, Tensor v, Tensor? alpha_t, Tensor? beta_t, float alpha_value, "
     "float beta_value, Tensor? active, bool norm_match, int block_m, int block_n, "
-    "int num_warps, int num_stages, bool fallback) -> Tensor"
-)
-_LIBRARY: list = []  # keeps the registration alive
-
-
-def _register_op():
-    """The kernel as one torch op, so dynamo and inductor call it as it is (never re-tracing
-    the Triton code) with the scalar types its schema declares. Registered through
-    torch.library's plain API, which imports neither dynamo nor Triton. A second copy of the
-    pack in one process reuses the first's op."""
-    try:
-        library = torch.library.Library(OP_NAMESPACE, "FRAGMENT")
-        library.define(f"{OP_NAME}{OP_SCHEMA}")
-    except RuntimeError:  # defined already (the pack imported under another name)
-        return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)
-    library.impl(OP_NAME, _fused_op_impl, "CompositeExplicitAutograd")
-
-    def fake(q, k, v, *args):
-        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
-
-    torch.library.register_fake(f"{OP_NAMESPACE}::{OP_NAME}", fake, lib=library)
-    _LIBRARY.append(library)
-    return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)
-
-
-FUSED_OP = _register_op()
+    "int num_warps, int num_stages, bool fallback) -> Tensor",
+    _fused_op_impl, _fused_op_fake)

@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import eta_triton, fused_plan, fused_triton
+from . import eta_triton, fused_plan, fused_triton, torch_ops
 from .token_chunks import token_chunks
 from .triton_launch import launcher_of
 
@@ -344,29 +344,11 @@ def _op_impl(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor) -> torch
     return packed
 
 
-OP_NAMESPACE, OP_NAME = "hopfield_circulation", "stability_packed"
-OP_SCHEMA = "(Tensor q, Tensor k, Tensor retrieval) -> Tensor"
-_LIBRARY: list = []  # keeps the registration alive
+def _op_fake(q, k, retrieval):
+    return q.new_empty((q.shape[0], 4 + q.shape[2]), dtype=torch.float32)
 
 
-def _register_op():
-    """The probe's kernels as one torch op, so that a compile trace (TorchCompileModel) puts
-    them in the graph as they are, as fused_triton's op does for the fused kernel; without it
-    the trace takes the torch path's products and passes. A second copy of the pack in one
-    process reuses the first's op."""
-    try:
-        library = torch.library.Library(OP_NAMESPACE, "FRAGMENT")
-        library.define(f"{OP_NAME}{OP_SCHEMA}")
-    except RuntimeError:  # defined already (the pack imported under another name)
-        return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)
-    library.impl(OP_NAME, _op_impl, "CompositeExplicitAutograd")
-
-    def fake(q, k, retrieval):
-        return q.new_empty((q.shape[0], 4 + q.shape[2]), dtype=torch.float32)
-
-    torch.library.register_fake(f"{OP_NAMESPACE}::{OP_NAME}", fake, lib=library)
-    _LIBRARY.append(library)
-    return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)
-
-
-STABILITY_OP = _register_op()
+# The four launches as one torch op (hopfield/torch_ops.py): what a compile trace calls, where
+# it would otherwise trace the torch path's products and passes
+STABILITY_OP = torch_ops.register(
+    "stability_packed", "(Tensor q, Tensor k, Tensor retrieval) -> Tensor", _op_impl, _op_fake)

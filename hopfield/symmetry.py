@@ -32,6 +32,8 @@ def symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     same traces come from one or two Triton launches where they apply (hopfield/eta_triton.py).
     """
     if eta_triton.eligible(q, k):  # CUDA, fp16/bf16: one or two launches instead of seven
+        if torch.compiler.is_compiling():  # one opaque op in the graph, never re-traced
+            return eta_triton.ETA_OP(q, k)
         eta = eta_triton.try_symmetry_index(q, k)
         if eta is not None:
             return eta
@@ -39,7 +41,7 @@ def symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def symmetry_index_torch(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``symmetry_index`` by torch ops alone (any device; what a compile trace fuses)."""
+    """``symmetry_index`` by torch ops alone (any device)."""
     b, h, length, d = q.shape
     if length < 2 * d:  # few tokens: the L x L logits are smaller than the Gram (2d x 2d)
         dtype = torch.promote_types(q.dtype, torch.float32)

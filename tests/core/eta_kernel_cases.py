@@ -102,3 +102,35 @@ def test_a_cached_launcher_in_front_of_the_interpreter_steps_aside(monkeypatch):
         torch.testing.assert_close(symmetry_index_triton(q, k, config=SMALL), want,
                                    rtol=0, atol=0)
     assert not launcher.enabled and not launcher.compiled
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_torch_compile_calls_the_kernel_as_one_op(monkeypatch, d):
+    """Under torch.compile (inductor, fullgraph: no graph break) an eligible call is the
+    registered op, which runs the kernel: the eager kernel's eta, bit for bit, on the strided
+    views a joint qkv projection gives."""
+    from hopfield_circulation.hopfield import eta_triton
+
+    monkeypatch.setattr(eta_triton, "eligible", lambda q, k: True)
+    gen = torch.Generator().manual_seed(13)
+    qkv = torch.randn(2, 150, 3, 2, d, generator=gen)  # [B, L, 3, H, d]: 150 >= 2d tokens
+    q, k = (qkv[:, :, i].transpose(1, 2) for i in range(2))
+    torch._dynamo.reset()
+    compiled = torch.compile(symmetry_index, backend="inductor", fullgraph=True)
+    assert torch.equal(compiled(q, k), symmetry_index(q, k))
+    graph = torch._dynamo.explain(symmetry_index)(q, k)
+    ops = [str(node.target) for g in graph.graphs for node in g.graph.nodes]
+    assert graph.graph_break_count == 0
+    assert sum(op.startswith("hopfield_circulation.symmetry_index") for op in ops) == 1
+    torch._dynamo.reset()
+
+
+def test_the_op_takes_the_torch_path_once_the_kernel_failed(monkeypatch):
+    """A graph traced before the kernel failed in this process still calls the op: it then
+    gives the torch path's eta."""
+    from hopfield_circulation.hopfield import eta_triton
+    from hopfield_circulation.hopfield.symmetry import symmetry_index_torch
+
+    (q, k), _ = rounded_qk(1, 2, 140, 64, seed=14, dtype=torch.float32)
+    monkeypatch.setattr(eta_triton, "_FAILED", ["out of resource"])
+    assert torch.equal(eta_triton.ETA_OP(q, k), symmetry_index_torch(q, k))
