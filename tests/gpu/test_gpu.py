@@ -216,6 +216,11 @@ def test_compiled_steering_is_one_graph_and_matches_eager(adaptive):
     torch._dynamo.reset()
     compiled = torch.compile(steer, fullgraph=True)
     torch.testing.assert_close(compiled(q, k, v), steer(q, k, v), rtol=2e-3, atol=2e-3)
+    graph = torch._dynamo.explain(steer)(q, k, v)
+    ops = {str(node.target) for g in graph.graphs for node in g.graph.nodes}
+    wanted = {"fused_skew_circulation"} | ({"symmetry_index"} if adaptive else set())
+    assert {op.split(".")[1] for op in ops if op.startswith("hopfield_circulation.")} == wanted
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("name", ["sdxl", "sd3-medium"])
