@@ -40,18 +40,19 @@ from ..hopfield.input_space import channel_subset, input_retrieval, steered_inpu
 from ..hopfield.stability import layer_stability
 from ..hopfield.stability_triton import host_layout, run_planned
 from .registry import (
+    ALL_ROWS,
     Measurement,
     ProbeHandle,
     ProbeRun,
     ProbeSettings,
     ProbeState,
+    chunk_placements,
     new_run,
     register,
 )
 from .traced import record_in_graph
 
 WRAPPER_KEY = "hopfield_circulation_probe"
-ALL_ROWS = slice(None)  # a whole-batch measurement
 
 
 def patch_probe(model_patcher, settings: ProbeSettings):
@@ -86,7 +87,7 @@ def patch_probe(model_patcher, settings: ProbeSettings):
             return
         if torch.compiler.is_compiling():  # a trace: measure in the graph, keep as it runs
             packed = [_measure(call, out, steering, rows, basis, planned=False)
-                      for rows, _ in _measured_rows(call, wanted)]
+                      for rows, _ in _placements(call, wanted)]
             return record_in_graph(state.probe_id, call, steering, wanted, packed)
         run = state.current
         if run is None:
@@ -204,27 +205,16 @@ def _steered(steering: Steering, q, k, x, subset, rows):
     return torch.where(keep, blended, retrieved.to(blended.dtype))
 
 
-def _measured_rows(call: AttentionCall, chunks: list[tuple[int, int]]) -> list:
-    """[(rows, placed)]: what to measure for the chosen CFG ``chunks`` [(branch, chunk)] of a
-    call, and where each chunk's rows lie in that measurement ((branch, first row, end row)).
-
-    When every chunk is wanted (branch 'both' on a batched CFG call), one measurement covers
-    the whole batch; otherwise each chunk is measured on its own rows (views: no host sync).
-    With several chunks of one branch (area conditioning) the first one stands for the sample.
-    """
-    per_chunk = call.batch // len(call.cond_or_uncond)
-    if len(chunks) == len(call.cond_or_uncond):
-        return [(ALL_ROWS, tuple((branch, c * per_chunk, (c + 1) * per_chunk)
-                                 for branch, c in chunks))]
-    return [(slice(c * per_chunk, (c + 1) * per_chunk), ((branch, 0, per_chunk),))
-            for branch, c in chunks]
+def _placements(call: AttentionCall, chunks: list[tuple[int, int]]) -> list:
+    return chunk_placements(call.batch, len(call.cond_or_uncond), chunks)
 
 
 def _measure(call: AttentionCall, out: torch.Tensor, steering: Steering | None, rows: slice,
              basis, planned: bool = True) -> torch.Tensor:
     """The packed measures (LayerStability.packed) of ``rows`` of one call. ``planned``: a
     whole-batch value-basis call may launch a planned layout on the host's q, k and output as
-    they are (no views); never in a compile trace, which takes the torch ops."""
+    they are (no views); never in a compile trace, which calls layer_stability (on CUDA its
+    kernels' registered op, elsewhere the torch ops)."""
     plan_key = None
     if planned and rows == ALL_ROWS and basis is _value_basis:
         plan_key = host_layout(call.host_q, call.host_k, out, call.heads,
@@ -246,7 +236,7 @@ def _record(run: ProbeRun, call: AttentionCall, out: torch.Tensor, steering: Ste
     if grid is not None:
         run.latent_shape = tuple(latent)
     evaluation = run.evaluation
-    for rows, placed in _measured_rows(call, chunks):
+    for rows, placed in _placements(call, chunks):
         packed = _measure(call, out, steering, rows, basis)
         run.record(Measurement(layer.index, layer.kind, layer.group, grid, call.text_tokens,
                                placed, call.step, call.sigma, evaluation, packed))

@@ -97,6 +97,26 @@ class Measurement(NamedTuple):
     packed: torch.Tensor  # [rows, 4 + L]: MEASURES, then lambda per token (LayerStability)
 
 
+ALL_ROWS = slice(None)  # a whole-batch measurement
+
+
+def chunk_placements(batch: int, chunk_count: int, chunks: list[tuple[int, int]]) -> list:
+    """[(rows, placed)]: what to measure for the chosen CFG ``chunks`` [(branch, chunk)] of a
+    call of ``batch`` rows in ``chunk_count`` chunks, and where each chunk's rows lie in that
+    measurement (Measurement.chunks: (branch, first row, end row)).
+
+    When every chunk is wanted (branch 'both' on a batched CFG call), one measurement covers
+    the whole batch; otherwise each chunk is measured on its own rows (views: no host sync).
+    With several chunks of one branch (area conditioning) the first one stands for the sample.
+    """
+    per_chunk = batch // chunk_count
+    if len(chunks) == chunk_count:
+        return [(ALL_ROWS, tuple((branch, c * per_chunk, (c + 1) * per_chunk)
+                                 for branch, c in chunks))]
+    return [(slice(c * per_chunk, (c + 1) * per_chunk), ((branch, 0, per_chunk),))
+            for branch, c in chunks]
+
+
 class SeriesEntry(NamedTuple):
     """One recorded (step, layer, branch) of the saved series."""
 

@@ -18,7 +18,7 @@ import torch
 
 from ..hook.call import AttentionCall, Steering
 from ..hook.schedule import LATENT_SHAPE_KEY, running_step
-from .registry import Measurement, state_of
+from .registry import Measurement, chunk_placements, state_of
 
 OP_NAMESPACE, OP_NAME = "hopfield_circulation", "probe_keep"
 OP_SCHEMA = (
@@ -62,23 +62,24 @@ def _keep(packed, sink, probe, layer, kind, group, branches, chunks, chunk_count
         run.steering_spaces.add(steering_space)
     if latent:
         run.latent_shape = tuple(latent)
-    if len(wanted) == chunk_count:  # one measurement of the whole batch
-        per_chunk = packed[0].shape[0] // chunk_count
-        measured = [(packed[0], tuple((branch, c * per_chunk, (c + 1) * per_chunk)
-                                      for branch, c in kept))]
-    else:
-        measured = [(t, ((branch, 0, t.shape[0]),))
-                    for (branch, c), t in zip(wanted, packed, strict=True) if (branch, c) in kept]
-    for values, placed in measured:
+    whole = len(wanted) == chunk_count  # one measurement of the whole batch
+    batch = packed[0].shape[0] * (1 if whole else chunk_count)
+    kept_branches = {branch for branch, _ in kept}
+    for values, (_, placed) in zip(packed, chunk_placements(batch, chunk_count, wanted),
+                                   strict=True):
+        placed = tuple(chunk for chunk in placed if chunk[0] in kept_branches)
+        if not placed:  # a guidance re-run's chunk
+            continue
         # a copy: inductor may reuse the memory of the graph's tensors once the op has run
         run.record(Measurement(layer, kind, group, tuple(grid) or None, text_tokens, placed,
                                step.step, step.sigma, run.evaluation, values.clone()))
 
 
 def _register_op():
-    """Registered with torch.library's plain API (as the fused kernel's op: hopfield/
-    fused_triton.py). It reads this copy's registry: a second copy of the pack in one process
-    (imported under another name) registers an op of its own, under the next free name."""
+    """Registered with torch.library's plain API, as the kernels' ops are (hopfield/
+    torch_ops.py), but not shared as theirs are: it reads this copy's registry, so a second
+    copy of the pack in one process (imported under another name) registers an op of its
+    own, under the next free name."""
     library = torch.library.Library(OP_NAMESPACE, "FRAGMENT")
     for copy in range(1, 100):
         name = OP_NAME if copy == 1 else f"{OP_NAME}_{copy}"
