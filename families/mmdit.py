@@ -5,11 +5,22 @@ no block index to attention in 0.3.64, so ``dit`` double_block replace patches p
 (chained with whatever replace was there, e.g. SkipLayerGuidanceDiT); newer hosts that pass
 ``block_type``/``block_index`` themselves are read directly. A joint call's sequence is
 [text; image]; SD3.5-M adds an image-only self-attention in some blocks, placed as "image_self".
+
+A replaced block is run as the host's own loop runs it: the ``original_block`` that ComfyUI's
+replace path hands over calls the block without the model's ``use_checkpoint`` (False for
+inference), so every joint block went through ``torch.utils.checkpoint``, whose RNG-state
+stashing costs host time in every block of every model call and saves nothing without
+gradients. Ours passes the model's own setting, so checkpointing happens exactly where the
+unpatched model does it (training with ``use_checkpoint`` set). A compile trace keeps the host's
+``original_block``: its graph pays no host time per block.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+
+import torch
 
 from ..hook.layers import LayerId, LayerMap
 from ..hook.schedule import LATENT_SHAPE_KEY
@@ -42,18 +53,53 @@ def block_index(options: dict) -> int | None:
     return index
 
 
-def _block_index_patch(index: int, previous):
-    """A dit double_block replace that publishes the block index, then runs the block as before."""
+def _block_index_patch(index: int, previous, run_block):
+    """A dit double_block replace that publishes the block index, then runs the block as before
+    (``run_block``: the block as the host's own loop runs it, or None for the host's
+    ``original_block``; the host's inside a compile trace). A replace chained before ours gets
+    ``run_block`` as its original."""
 
     def publish_block_index(args, extra, **kwargs):
         args = dict(args)
         args["transformer_options"] = {**args["transformer_options"], BLOCK_KEY: index}
+        # A compiled graph pays no host time per block, and dynamo cannot trace the model
+        # reached through our closure while it traces it as the caller's ``self``
+        if run_block is not None and not torch.compiler.is_compiling():
+            extra = {**extra, "original_block": run_block}
         if previous is not None:
             return previous(args, extra, **kwargs)
         return extra["original_block"](args)
 
     publish_block_index.hopfield_block_index = index
     return publish_block_index
+
+
+def _host_passes_use_checkpoint() -> bool:
+    """The host's joint blocks take ``use_checkpoint`` (0.3.64's ``block_mixing``)."""
+    from comfy.ldm.modules.diffusionmodules import mmdit
+
+    mixing = getattr(mmdit, "block_mixing", None)
+    try:
+        return mixing is not None and "use_checkpoint" in inspect.signature(mixing).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _joint_block_runner(base_model, index: int):
+    """The joint block ``index`` as the host's unreplaced loop calls it, with the model's own
+    ``use_checkpoint``; the same {"txt", "img"} as the replace path's ``original_block``. The
+    block is looked up on the live model at each call, so object patches applied since are
+    honoured."""
+
+    def run_joint_block(args):
+        net = base_model.diffusion_model
+        txt, img = net.joint_blocks[index](
+            args["txt"], args["img"], c=args["vec"],
+            transformer_options=args["transformer_options"],
+            use_checkpoint=net.use_checkpoint)
+        return {"txt": txt, "img": img}
+
+    return run_joint_block
 
 
 class MMDiTFamily(FamilyAdapter):
@@ -76,12 +122,14 @@ class MMDiTFamily(FamilyAdapter):
     def install(self, model_patcher) -> None:
         options = model_patcher.model_options["transformer_options"]
         replaces = options.get("patches_replace", {}).get("dit", {})
+        direct = _host_passes_use_checkpoint()
         for i in range(len(self.layer_map.layers)):
             previous = replaces.get(("double_block", i))
             if getattr(previous, "hopfield_block_index", None) == i:
                 continue  # an earlier node of ours already publishes it
+            run_block = _joint_block_runner(model_patcher.model, i) if direct else None
             model_patcher.set_model_patch_replace(
-                _block_index_patch(i, previous), "dit", "double_block", i
+                _block_index_patch(i, previous, run_block), "dit", "double_block", i
             )
 
     def place(self, options: dict, n_q: int, n_k: int) -> Placement | None:

@@ -89,6 +89,60 @@ def test_each_node_settles_what_a_compile_trace_reads(nodes, sdxl, node, monkeyp
     assert asked == [torch.device(sdxl.load_device)]
 
 
+def test_sd3s_replaced_joint_blocks_run_as_the_unpatched_loop_runs_them(
+        nodes, sampling, sd3, monkeypatch):
+    """ComfyUI's replace path hands over an original_block that calls the joint block without
+    the model's use_checkpoint, so the block replace that publishes the block index put every
+    joint block through torch.utils.checkpoint (host time in every block, nothing saved
+    without gradients). Ours runs each block as the unreplaced loop does: no checkpoint in an
+    inference run, the unpatched sample bit for bit under a pass-through hook, the same runner
+    as the original_block of a replace chained before ours; and with the model's own
+    use_checkpoint set, exactly the unpatched model's checkpoints."""
+    import torch.utils.checkpoint
+
+    checkpoints = []
+    host_checkpoint = torch.utils.checkpoint.checkpoint
+
+    def counted(*args, **kwargs):
+        checkpoints.append(1)
+        return host_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counted)
+    sample = sampling["sd3"]
+    blocks = len(sd3.model.diffusion_model.joint_blocks)
+
+    def checkpoints_of(model):
+        checkpoints.clear()
+        out = sample(model, steps=2)
+        return out, len(checkpoints)
+
+    unpatched, none = checkpoints_of(sd3)
+    hooked, hooked_count = checkpoints_of(probed(sd3))
+    assert (none, hooked_count) == (0, 0) and torch.equal(hooked, unpatched)
+
+    # a replace chained before ours (as another pack installs one) runs the block through
+    # the original_block we hand it
+    originals = []
+    before = sd3.clone()
+    for i in range(blocks):
+        def other_pack(args, extra, **kwargs):
+            originals.append(extra["original_block"])
+            return extra["original_block"](args)
+
+        before.set_model_patch_replace(other_pack, "dit", "double_block", i)
+    steered = skew(nodes, before, alpha=0.95)
+    out, count = checkpoints_of(steered)
+    assert count == 0 and len(originals) == 2 * blocks
+    assert all(getattr(o, "__name__", "") == "run_joint_block" for o in originals)
+    assert torch.equal(out, sample(skew(nodes, sd3, alpha=0.95), steps=2))
+
+    monkeypatch.setattr(sd3.model.diffusion_model, "use_checkpoint", True)
+    unpatched_again, host_count = checkpoints_of(sd3)
+    hooked, hooked_count = checkpoints_of(probed(sd3))
+    assert host_count == hooked_count == 2 * blocks
+    assert torch.equal(unpatched_again, unpatched) and torch.equal(hooked, unpatched)
+
+
 @pytest.mark.parametrize("node", ["skew", "adaptive"])
 def test_torch_compile_in_both_orders_matches_eager(nodes, sampling, sdxl, node):
     """TorchCompileModel (inductor) after or before a circulation node: the compiled sample is
