@@ -11,8 +11,9 @@ replace path hands over calls the block without the model's ``use_checkpoint`` (
 inference), so every joint block went through ``torch.utils.checkpoint``, whose RNG-state
 stashing costs host time in every block of every model call and saves nothing without
 gradients. Ours passes the model's own setting, so checkpointing happens exactly where the
-unpatched model does it (training with ``use_checkpoint`` set). A compile trace keeps the host's
-``original_block``: its graph pays no host time per block.
+unpatched model does it (training with ``use_checkpoint`` set). The host's ``original_block`` is
+kept in a compile trace (its graph pays no host time per block) and where the model runs a loop
+or blocks other than the host's (a pack that swaps the model's class).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def _block_index_patch(index: int, previous, run_block):
         args["transformer_options"] = {**args["transformer_options"], BLOCK_KEY: index}
         # A compiled graph pays no host time per block, and dynamo cannot trace the model
         # reached through our closure while it traces it as the caller's ``self``
-        if run_block is not None and not torch.compiler.is_compiling():
+        if run_block is not None and not torch.compiler.is_compiling() \
+                and run_block.stock_loop():
             extra = {**extra, "original_block": run_block}
         if previous is not None:
             return previous(args, extra, **kwargs)
@@ -89,7 +91,11 @@ def _joint_block_runner(base_model, index: int):
     """The joint block ``index`` as the host's unreplaced loop calls it, with the model's own
     ``use_checkpoint``; the same {"txt", "img"} as the replace path's ``original_block``. The
     block is looked up on the live model at each call, so object patches applied since are
-    honoured."""
+    honoured. ``run_joint_block.stock_loop()``: the model runs the host's own loop and block
+    (a pack that swaps the model's class brings its own ``original_block``, which is kept)."""
+    from comfy.ldm.modules.diffusionmodules.mmdit import JointBlock, MMDiT
+
+    host_loop = MMDiT.forward_core_with_concat
 
     def run_joint_block(args):
         net = base_model.diffusion_model
@@ -99,6 +105,12 @@ def _joint_block_runner(base_model, index: int):
             use_checkpoint=net.use_checkpoint)
         return {"txt": txt, "img": img}
 
+    def stock_loop() -> bool:
+        net = base_model.diffusion_model
+        return getattr(type(net), "forward_core_with_concat", None) is host_loop \
+            and type(net.joint_blocks[index]) is JointBlock
+
+    run_joint_block.stock_loop = stock_loop
     return run_joint_block
 
 

@@ -96,8 +96,9 @@ def test_sd3s_replaced_joint_blocks_run_as_the_unpatched_loop_runs_them(
     joint block through torch.utils.checkpoint (host time in every block, nothing saved
     without gradients). Ours runs each block as the unreplaced loop does: no checkpoint in an
     inference run, the unpatched sample bit for bit under a pass-through hook, the same runner
-    as the original_block of a replace chained before ours; and with the model's own
-    use_checkpoint set, exactly the unpatched model's checkpoints."""
+    as the original_block of a replace chained before ours; the host's original_block where a
+    pack runs the model with a loop of its own; and with the model's own use_checkpoint set,
+    exactly the unpatched model's checkpoints."""
     import torch.utils.checkpoint
 
     checkpoints = []
@@ -134,9 +135,24 @@ def test_sd3s_replaced_joint_blocks_run_as_the_unpatched_loop_runs_them(
     out, count = checkpoints_of(steered)
     assert count == 0 and len(originals) == 2 * blocks
     assert all(getattr(o, "__name__", "") == "run_joint_block" for o in originals)
-    assert torch.equal(out, sample(skew(nodes, sd3, alpha=0.95), steps=2))
+    steered_out = sample(skew(nodes, sd3, alpha=0.95), steps=2)
+    assert torch.equal(out, steered_out)
 
-    monkeypatch.setattr(sd3.model.diffusion_model, "use_checkpoint", True)
+    # a pack that swaps the model's class for its own loop (as NAG's does) keeps its own
+    # original_block, whatever its blocks take
+    net = sd3.model.diffusion_model
+    host_class = type(net)
+
+    class OwnLoop(host_class):
+        def forward_core_with_concat(self, *args, **kwargs):
+            return super().forward_core_with_concat(*args, **kwargs)
+
+    monkeypatch.setattr(net, "__class__", OwnLoop)
+    out, count = checkpoints_of(skew(nodes, sd3, alpha=0.95))
+    assert count == 2 * blocks and torch.equal(out, steered_out)
+    monkeypatch.setattr(net, "__class__", host_class)
+
+    monkeypatch.setattr(net, "use_checkpoint", True)
     unpatched_again, host_count = checkpoints_of(sd3)
     hooked, hooked_count = checkpoints_of(probed(sd3))
     assert host_count == hooked_count == 2 * blocks
