@@ -82,9 +82,9 @@ def patch_circulation(
                     if got is not None and not settings.adaptive:
                         return Steered(got, steering, host_layout=True)
                     if got is not None:
-                        out, _, alpha, beta = got
-                        return Steered(out, Steering(space, alpha, beta, settings.norm_match,
-                                                     active), host_layout=True)
+                        out, coefficients = got
+                        return Steered(out, lambda: _adaptive_steering(
+                            space, coefficients, settings.norm_match, active), host_layout=True)
             q, k, v = call.q, call.k, call.v
             fused = use_fused(q, k, v, kernel)
             if run is not None and not fused and not settings.adaptive:
@@ -111,6 +111,13 @@ def patch_circulation(
     install_attention_hook(m, steer, adapter)
     fused_triton.settle(torch.device(getattr(m, "load_device", "cpu")))
     return m
+
+
+def _adaptive_steering(space: FeatureSpace, coefficients: torch.Tensor, norm_match: bool,
+                       active: torch.Tensor | None) -> Steering:
+    """What an adaptive planned call applied, from the coefficients its kernel wrote."""
+    _, alpha, beta = fused_plan.coefficient_rows(coefficients)
+    return Steering(space, alpha, beta, norm_match, active)
 
 
 def _plan_maker(settings: CirculationSettings):

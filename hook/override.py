@@ -64,11 +64,17 @@ class HostBaseline:
 @dataclass(frozen=True)
 class Steered:
     """A handler's result: the new output and what was applied to get it. ``out`` is
-    [B, H, L, d], or already in the host's layout with ``host_layout`` (AttentionCall.to_host)."""
+    [B, H, L, d], or already in the host's layout with ``host_layout`` (AttentionCall.to_host).
+    ``steering`` may be a function that makes it: it is asked for only where an observer reads
+    it, so a call nobody observes makes no views of the coefficients it applied."""
 
     out: torch.Tensor
-    steering: Steering
+    steering: Steering | Callable[[], Steering]
     host_layout: bool = False
+
+    def applied(self) -> Steering:
+        steering = self.steering
+        return steering if isinstance(steering, Steering) else steering()
 
 
 # handler(call, baseline) -> Steered, or None to keep the baseline
@@ -162,7 +168,7 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
         else:
             out = steered.out if steered.host_layout else call.to_host(steered.out)
             if scope is not None:
-                scope.steering = steered.steering
+                scope.steering = steered.applied()
         if outermost:  # the output as returned: views cost host time in every call
             for observer in observers:
                 observer(call, out, scope.steering)

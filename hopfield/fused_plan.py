@@ -171,9 +171,10 @@ class AdaptivePlan:
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             active: torch.Tensor | None, v_heads: torch.Tensor | None = None) -> tuple | None:
-        """(output, eta-bar, alpha_eff, beta_eff) with the general path's values (the three
-        [B|1, 1, 1, 1] rows of one tensor; the output as ``SkewPlan.run``'s), or None where
-        that path must run instead."""
+        """(output, coefficients) with the general path's values: the output as
+        ``SkewPlan.run``'s, and eta-bar, alpha_eff and beta_eff as the [3, B|1, 1, 1, 1]
+        tensor the kernel writes (``coefficient_rows`` views its rows, where they are read);
+        or None where that path must run instead."""
         eta_launches, fused, device = self.eta, self.fused, self.device
         if not launchable(device, active, fused, *(launch for _, launch in eta_launches)) \
                 or eta_triton.failed():
@@ -192,8 +193,14 @@ class AdaptivePlan:
                 return None
         if not fused(device, q, k, v, out, out, out, v16, rows, eta, coefficients):
             return None
-        eta_bar, alpha, beta = coefficients.unbind(0)
-        return out, eta_bar, alpha, beta
+        return out, coefficients
+
+
+def coefficient_rows(coefficients: torch.Tensor) -> tuple:
+    """(eta-bar, alpha_eff, beta_eff), each [B|1, 1, 1, 1], of an adaptive plan's
+    coefficients: views, made only where something reads them (an observer), since every
+    view costs a steered call host time."""
+    return coefficients.unbind(0)
 
 
 def make_skew_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float,

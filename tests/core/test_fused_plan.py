@@ -223,7 +223,8 @@ def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, monk
     general_out, general_coefficients = general()
     plan = fused_plan.make_adaptive_plan(q, k, v, 1.2, 5.0, per_sample, True, active)
     assert plan is not None
-    out, eta_bar, alpha, beta = plan.run(q, k, v, active)
+    out, coefficients = plan.run(q, k, v, active)
+    eta_bar, alpha, beta = fused_plan.coefficient_rows(coefficients)
     assert (out.shape, out.stride(), out.dtype) == (
         general_out.shape, general_out.stride(), general_out.dtype)
     assert general_coefficients.shape == (3, 2 if per_sample else 1)

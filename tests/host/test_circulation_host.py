@@ -248,6 +248,7 @@ def test_steered_calls_replay_their_layouts_prepared_launch(nodes, sampling, sd3
     not run: the kernels need a GPU (tiny SD3: heads of 64)."""
     from core.launch_recorder import fused_at, record_fused_launches
     from hopfield_circulation.circulation import patch as circulation_patch
+    from hopfield_circulation.hook.override import add_observer
 
     recorder = record_fused_launches(monkeypatch)
     general = []
@@ -265,6 +266,18 @@ def test_steered_calls_replay_their_layouts_prepared_launch(nodes, sampling, sd3
         assert all(f[9 + fused_at("eta")] is e[9 + 2] for f, e in zip(recorder.launches[-4:],
                                                          recorder.eta.launches[-4:],
                                                          strict=True))
+    if node == "adaptive":  # an observer reads the coefficients the planned launch wrote
+        watched, steerings = make(sd3).clone(), []
+        add_observer(watched, lambda call, out, steering: steerings.append(steering))
+        before = len(recorder.launches)
+        sampling["sd3"](watched, steps=3)
+        launched = recorder.launches[before:]  # the general call's, then the plans'
+        assert len(launched) == len(steerings) == 3 * 2
+        for steering, launch in zip(steerings, launched, strict=True):
+            coefficients = launch[9 + fused_at("coefficients")]
+            assert steering.alpha.shape == (coefficients.shape[1], 1, 1, 1)
+            assert steering.alpha.data_ptr() == coefficients[1].data_ptr()
+            assert steering.beta.data_ptr() == coefficients[2].data_ptr()
     rows = [launch[9 + fused_at("active")] for launch in recorder.launches]  # steered rows
     if branch == "both":
         assert all(r is launch[9 + fused_at("out")]
