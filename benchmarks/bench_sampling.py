@@ -3,8 +3,9 @@
     python benchmarks/bench_sampling.py        # needs ComfyUI (COMFYUI_PATH or ~/comfy/ComfyUI)
 
 Times whole KSampler-equivalent runs (comfy.sample.sample) of the in-process tiny SDXL and SD3
-models used by the host tests: the ratio shows the nodes' overhead on a real sampling loop
-(the tiny models' attention is a larger share of their cost than in full-size ones).
+models used by the host tests, and of SD3.5-medium's 24 joint blocks at tiny width: the ratio
+shows the nodes' overhead on a real sampling loop (the tiny models' attention is a larger share
+of their cost than in full-size ones).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main(steps: int = 8, rounds: int = 5):
     for family, build, sample, alpha in (
         ("tiny SDXL", tiny_models.tiny_sdxl, tiny_models.sample_sdxl, 1.05),
         ("tiny SD3", tiny_models.tiny_sd3, tiny_models.sample_sd3, 0.95),
+        ("tiny SD3.5-medium (24 blocks)", lambda: tiny_models.tiny_sd35("medium"),
+         _sample_sd35, 0.95),
     ):
         model = build()
         variants = {
@@ -54,6 +57,18 @@ def main(steps: int = 8, rounds: int = 5):
         for name, samples in times.items():
             med = statistics.median(samples)
             print(f"| {family} | {name} | {med:.3f} | {med / base:.2f} |")
+
+
+def _sample_sd35(model, steps):
+    """SD3.5-medium's real depth at tiny width, on 16 text tokens: what a model call costs
+    the host per block shows (the replace path's per-block cost, say)."""
+    from host import tiny_models
+
+    def conditioning(seed):
+        return [[c[:, :16], extra] for c, extra in tiny_models.sd3_conditioning(seed)]
+
+    return tiny_models.sample(model, conditioning(1), conditioning(2), latent_channels=16,
+                              steps=steps, size=8)
 
 
 if __name__ == "__main__":
