@@ -36,7 +36,8 @@ import conftest  # noqa: E402  (registers the pack; loads ComfyUI on the CPU)
 
 BATCH, HEADS, TOKENS, HEAD_DIM = 2, 10, 16, 64
 HOST_FP32 = "ComfyUI attention_pytorch in fp32 (the host's call, dispatch-bound)"
-PROBE_ROW = "Stability Probe (value, both branches)"
+PROBE_ROWS = {"both": "Stability Probe (value, both branches)",
+              "cond": "Stability Probe (value, cond: the default)"}
 PROBED_STEPS = 20  # a probed layer's calls per run: its records are folded at the run's end
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -185,10 +186,13 @@ def main():
     # one by hand. Every call here is the first of its step, so each one is measured; what the
     # run's end does with a layer's records (ProbeRun.fold) is timed too, once every
     # PROBED_STEPS calls, as for one layer of a sampling run of that many steps.
-    probed, handle = StabilityProbe.execute(model, "value", 64, 0.0, 1.0, "both", "all").result
-    state = probe_state(handle)
-    state.current = new_run(state)
-    variants[PROBE_ROW] = probed
+    states = {}
+    for branch, row in PROBE_ROWS.items():
+        probed, handle = StabilityProbe.execute(model, "value", 64, 0.0, 1.0, branch,
+                                                "all").result
+        state = states[row] = probe_state(handle)
+        state.current = new_run(state)
+        variants[row] = probed
     _, args, kwargs = attn1_call(variants["Skew Circulation"], device, dtype)
     path = "fused" if use_fused(*(a.view(BATCH, TOKENS, HEADS, HEAD_DIM).transpose(1, 2)
                                   for a in args[:3]), "auto") else "two-call"
@@ -211,16 +215,16 @@ def main():
     for name, patched in variants.items():
         # The probe runs the host's call and observes its output: stubbed, on fp32 inputs, so
         # that the host's part is its dispatch-bound fp32 call, not the CPU's slow fp16 math.
-        probe_stubbed = name == PROBE_ROW and cli.stub_kernels
+        probe_stubbed = name in states and cli.stub_kernels
         override, call_args, call_kwargs = attn1_call(
             patched, device, torch.float32 if probe_stubbed else dtype)
 
         def call(override=override, call_args=call_args, call_kwargs=call_kwargs):
             return override(host, *call_args, **call_kwargs)
 
-        if name == PROBE_ROW:
+        if name in states:
             calls[f"{name}{' (fp32 inputs)' if probe_stubbed else ''}"] = \
-                probe_with_fold(call, state)
+                probe_with_fold(call, states[name])
         else:
             calls[f"{name} ({path})"] = call
     # A cross-attention call (every other call of a UNet), which the hook hands to the host.
@@ -247,10 +251,11 @@ def main():
         print("|---|---:|---:|---:|")
         for name, us in times.items():
             print(f"| {name} | {us:.1f} | {us / host_us:.2f} | {counted[name]} |")
-        probe = f"{PROBE_ROW} (fp32 inputs)"
-        own = times[probe] - host_us
-        print(f"| the probe's own work (its row less the host's fp32 call) | {own:.1f} | "
-              f"{own / host_us:.2f} | {counted[probe] - counted[HOST_FP32]} |")
+        for branch, row in PROBE_ROWS.items():
+            probe = f"{row} (fp32 inputs)"
+            own = times[probe] - host_us
+            print(f"| the probe's own work, {branch} (its row less the host's fp32 call) | "
+                  f"{own:.1f} | {own / host_us:.2f} | {counted[probe] - counted[HOST_FP32]} |")
         return
     print("| call | µs per call | × host's call | aten ops |")
     print("|---|---:|---:|---:|")

@@ -212,14 +212,18 @@ def _placements(call: AttentionCall, chunks: list[tuple[int, int]]) -> list:
 def _measure(call: AttentionCall, out: torch.Tensor, steering: Steering | None, rows: slice,
              basis, planned: bool = True) -> torch.Tensor:
     """The packed measures (LayerStability.packed) of ``rows`` of one call. ``planned``: a
-    whole-batch value-basis call may launch a planned layout on the host's q, k and output as
-    they are (no views); never in a compile trace, which calls layer_stability (on CUDA its
-    kernels' registered op, elsewhere the torch ops)."""
+    value-basis call may launch a planned layout on the host's q, k and output as they are, or
+    on their rows (one slice each, where the [B, H, L, d] views of the rows take three ops
+    each: the planned launches read addresses, at the same strides); never in a compile trace,
+    which calls layer_stability (on CUDA its kernels' registered op, elsewhere the torch
+    ops)."""
     plan_key = None
-    if planned and rows == ALL_ROWS and basis is _value_basis:
-        plan_key = host_layout(call.host_q, call.host_k, out, call.heads,
-                               call.host_heads_first, call.output_heads_first)
-        packed = run_planned(plan_key, call.host_q, call.host_k, out)
+    if planned and basis is _value_basis:
+        host = (call.host_q, call.host_k, out) if rows == ALL_ROWS else \
+            (call.host_q[rows], call.host_k[rows], out[rows])
+        plan_key = host_layout(*host, call.heads, call.host_heads_first,
+                               call.output_heads_first)
+        packed = run_planned(plan_key, *host)
         if packed is not None:
             return packed
     return layer_stability(_rows(call.q, rows), _rows(call.k, rows),

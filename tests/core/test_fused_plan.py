@@ -301,7 +301,8 @@ def test_the_probes_plan_under_the_callers_key_launches_on_unviewed_tensors(reco
                                                                             monkeypatch):
     """The probe keeps a layout's plan under a key of the host's own tensors too
     (probe/recorder.py): a later call launches it on those tensors, with no [B, H, L, d]
-    views made, exactly what the views' launches were; a key never planned launches nothing."""
+    views made, exactly what the views' launches were, and on one CFG chunk's rows of them
+    likewise; a key never planned launches nothing."""
     from core.launch_recorder import Recorder
     from hopfield_circulation.hopfield import stability_triton
     from hopfield_circulation.hopfield.stability import layer_stability
@@ -331,3 +332,15 @@ def test_the_probes_plan_under_the_callers_key_launches_on_unviewed_tensors(reco
     assert recorder.launches[-4][9:12] == tuple(host)  # the host's tensors, as they are
     other = stability_triton.host_layout(*host, 4)  # another head count: another layout
     assert stability_triton.run_planned(other, *host) is None
+    # One CFG chunk of the call (the probe's default branch): the host's tensors' rows, one
+    # slice each, launch what the rows of the views launched, at the rows' addresses
+    for rows in (slice(0, 1), slice(1, 2)):
+        chunk = [t[rows] for t in host]
+        key = stability_triton.host_layout(*chunk, 3)
+        for _ in range(2):  # a new layout (one sample): Triton's own launch first
+            layer_stability(*(views(t)[rows] for t in host), plan_key=key)
+        viewed = recorder.launches[-4:]
+        assert stability_triton.run_planned(key, *chunk).shape == (1, 4 + 37)
+        same_launches(viewed, recorder.launches[-4:])
+        assert [t.data_ptr() for t in recorder.launches[-4][9:12]] == [
+            t.data_ptr() for t in chunk] == [views(t)[rows].data_ptr() for t in host]

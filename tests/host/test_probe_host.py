@@ -212,3 +212,51 @@ def test_bad_use_fails_clearly(env):
         probe(env, env["sd3"], basis="input")
     with pytest.raises(ValueError, match="layers"):
         probe(env, env["sdxl"], layers="everything")
+
+
+@pytest.mark.parametrize("branch", ["cond", "both"])
+def test_probed_calls_launch_their_plan_on_the_hosts_own_rows(env, monkeypatch, branch):
+    """On CUDA a probed call's four launches are planned per call layout
+    (hopfield/stability_triton.py): after a layout's first call, the probe hands the plan the
+    host's q, k and output as they are, or one slice of each for one CFG chunk (the default
+    branch), where views of the chunk cost three ops a tensor. Recorded, not run: the kernels
+    need a GPU."""
+    from core.launch_recorder import Recorder
+    from hopfield_circulation.families import adapter_for
+    from hopfield_circulation.families.unet_attn1 import unet_attn1_marker
+    from hopfield_circulation.hook.schedule import LATENT_SHAPE_KEY, STEP_KEY, StepInfo
+    from hopfield_circulation.hopfield import stability_triton
+    from hopfield_circulation.probe.registry import new_run, probe_state
+
+    launches = []
+    for stage, tensors in stability_triton.STAGE_TENSOR_ARGS.items():
+        stand_in = Recorder(kernel=stability_triton._kernel(stage), tensors=tensors)
+        stand_in.launches = launches
+        monkeypatch.setitem(stability_triton._launchers, stage,
+                            lambda stand_in=stand_in: stand_in.launcher)
+    monkeypatch.setattr(stability_triton, "_plans", {})
+    monkeypatch.setattr(stability_triton, "_FAILED", [])
+    monkeypatch.setattr(stability_triton, "eligible", lambda q, k, x: True)
+
+    patched, handle = probe(env, env["sdxl"], branch=branch)
+    state = probe_state(handle)
+    state.current = new_run(state)
+    layer_key = next(iter(adapter_for(patched).layer_map.by_key))
+    options = dict(patched.model_options["transformer_options"])
+    override = options.pop("optimized_attention_override")
+    options |= {"block": layer_key[:2], "block_index": layer_key[2], "cond_or_uncond": [1, 0],
+                "activations_shape": [2, 640, 4, 4], STEP_KEY: StepInfo(10.0, 0, 0.0, 1),
+                LATENT_SHAPE_KEY: [2, 4, 8, 8]}
+    unet_attn1_marker(patched).key = (layer_key[:2], layer_key[2])
+    import comfy.ldm.modules.attention as host_attention
+
+    host = host_attention.attention_pytorch.__wrapped__
+    for seed in range(3):  # Triton's own launches, then the views' plan, then the host's
+        gen = torch.Generator().manual_seed(seed)
+        q, k, v = (torch.randn(2, 16, 640, generator=gen).half() for _ in range(3))
+        out = override(host, q, k, v, 10, transformer_options=options)
+    grams = launches[-4][9:12]  # the first stage reads q, k and the retrieval
+    rows = slice(1, 2) if branch == "cond" else slice(0, 2)  # [uncond, cond]
+    assert [t.data_ptr() for t in grams] == [t[rows].data_ptr() for t in (q, k, out)]
+    assert all(t.shape[0] == rows.stop - rows.start and t.ndim == 3 for t in grams)
+    state.current = None
