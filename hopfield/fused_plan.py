@@ -93,7 +93,23 @@ def _fused_operands(plan, q, v, active, v_heads):
     reads them (else the output stands in for either)."""
     out = plan.output.new(q)
     v16 = fused_triton.v_in_fp16(v if v_heads is None else v_heads) if plan.v16 else out
-    return out, v16, out if active is None else active.view(torch.uint8)
+    return out, v16, out if active is None else plan.row_bytes(active)
+
+
+class SteeredRows:
+    """The bytes of the last mask of steered rows a plan launched with: a caller hands the
+    same mask to every call of a layout (circulation/branches.py keeps one per batch layout),
+    and viewing it as bytes costs two ops in every call."""
+
+    __slots__ = ("_mask", "_bytes")
+
+    def __init__(self):
+        self._mask = self._bytes = None
+
+    def row_bytes(self, active: torch.Tensor) -> torch.Tensor:
+        if active is not self._mask:
+            self._mask, self._bytes = active, active.view(torch.uint8)
+        return self._bytes
 
 
 def aligned(*tensors) -> bool:
@@ -129,12 +145,13 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class SkewPlan:
+class SkewPlan(SteeredRows):
     """Static alpha and beta: one fused launch."""
 
     __slots__ = ("fused", "device", "v16", "output")
 
     def __init__(self, fused: PreparedLaunch, device: int, v16: bool, output: OutputLayout):
+        super().__init__()
         self.fused, self.device, self.v16, self.output = fused, device, v16, output
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -156,7 +173,7 @@ class SkewPlan:
         return out
 
 
-class AdaptivePlan:
+class AdaptivePlan(SteeredRows):
     """Adaptive settings: the eta kernel's launches (one, or the chunks' Grams and their
     reduction: eta_triton.py), then the fused kernel's, which derives alpha_eff and beta_eff
     from eta itself (fused_triton.fused_adaptive_circulation)."""
@@ -165,6 +182,7 @@ class AdaptivePlan:
 
     def __init__(self, eta: list, fused: PreparedLaunch, device: int, v16: bool,
                  eta_shape: tuple[int, int], work: int, lanes: int, output: OutputLayout):
+        super().__init__()
         self.eta, self.fused, self.device = eta, fused, device  # eta: [(stage, launch)]
         self.v16, self.eta_shape, self.work = v16, eta_shape, work
         self.lanes, self.output = lanes, output

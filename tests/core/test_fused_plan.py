@@ -93,6 +93,13 @@ def test_a_plan_launches_what_the_general_path_launches(recorder, case):
     out2 = plan.run(q2, k2, v2, active)
     assert recorder.launches[-1][9:12] == (q2, k2, v2)
     assert out2.stride() == general_out.stride()
+    if active is not None:  # the mask's bytes viewed once per mask, not per call
+        read = [launch[9 + fused_at("active")] for launch in recorder.launches[-2:]]
+        assert read[0] is read[1] and torch.equal(read[0], active.view(torch.uint8))
+        other = ~active
+        plan.run(q2, k2, v2, other)
+        assert torch.equal(recorder.launches[-1][9 + fused_at("active")],
+                           other.view(torch.uint8))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
