@@ -391,6 +391,33 @@ def test_probe_kernel_is_deterministic_and_any_token_split_agrees(dtype):
 
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_probe_plan_on_a_chunks_host_rows_measures_what_its_views_measure(dtype):
+    """The probe's default branch measures one CFG chunk: its plan, kept under the chunk's
+    host-layout key, launches on one slice of each host tensor ([B, L, H*d], a UNet's) and
+    gives, bit for bit, what the chunk's [B, H, L, d] views give."""
+    from hopfield_circulation.hopfield import stability_triton
+    from hopfield_circulation.hopfield.stability import layer_stability
+
+    gen = torch.Generator(device="cuda").manual_seed(35)
+    host = [torch.randn(2, 1024, 10 * 64, generator=gen, device="cuda").to(dtype)
+            for _ in range(3)]
+
+    def views(t):
+        return t.view(2, 1024, 10, 64).transpose(1, 2)
+
+    stability_triton._plans.clear()
+    for rows in (slice(1, 2), slice(0, 1)):
+        chunk = [t[rows] for t in host]
+        key = stability_triton.host_layout(*chunk, 10)
+        viewed = [layer_stability(*(views(t)[rows] for t in host), plan_key=key).packed
+                  for _ in range(2)]  # the general path, then the plan through the views
+        planned = stability_triton.run_planned(key, *chunk)
+        assert planned is not None
+        assert torch.equal(planned, viewed[0]) and torch.equal(planned, viewed[1])
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_compiled_probe_measures_are_the_eager_kernels(dtype):
     """Under torch.compile (inductor, fullgraph) an eligible call is the registered op, which
     runs the probe's kernels: the eager kernels' result, bit for bit, on SD3's strided joint
