@@ -12,12 +12,14 @@ inference), so every joint block went through ``torch.utils.checkpoint``, whose 
 stashing costs host time in every block of every model call and saves nothing without
 gradients. Ours passes the model's own setting, so checkpointing happens exactly where the
 unpatched model does it (training with ``use_checkpoint`` set). The host's ``original_block`` is
-kept in a compile trace (its graph pays no host time per block) and where the model runs a loop
-or blocks other than the host's (a pack that swaps the model's class).
+kept in a compile trace (its graph pays no host time per block), where the model runs a loop
+or blocks other than the host's (a pack that swaps the model's class), and on a host whose
+replace path calls its blocks otherwise than 0.3.64 does (read from its source, once).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -76,15 +78,29 @@ def _block_index_patch(index: int, previous, run_block):
     return publish_block_index
 
 
-def _host_passes_use_checkpoint() -> bool:
-    """The host's joint blocks take ``use_checkpoint`` (0.3.64's ``block_mixing``)."""
+# What the host's replace path calls as ``original_block`` (0.3.64), whitespace aside: the
+# runner below makes the same call with the model's ``use_checkpoint`` added, and is used only
+# where the host's loop still makes exactly this one
+HOST_BLOCK_CALL = ('self.joint_blocks[i](args["txt"], args["img"], c=args["vec"], '
+                   'transformer_options=args["transformer_options"])')
+
+
+@functools.cache
+def _host_block_call_known() -> bool:
+    """The host's replace path calls its joint blocks as ``HOST_BLOCK_CALL`` does, and they
+    take ``use_checkpoint`` (``block_mixing``); read once per process from its source."""
     from comfy.ldm.modules.diffusionmodules import mmdit
 
-    mixing = getattr(mmdit, "block_mixing", None)
     try:
-        return mixing is not None and "use_checkpoint" in inspect.signature(mixing).parameters
-    except (TypeError, ValueError):
+        source = inspect.getsource(mmdit.MMDiT.forward_core_with_concat)
+        takes_it = "use_checkpoint" in inspect.signature(mmdit.block_mixing).parameters
+    except (AttributeError, OSError, TypeError, ValueError):
         return False
+
+    def bare(text: str) -> str:
+        return "".join(text.split())
+
+    return takes_it and bare(HOST_BLOCK_CALL) in bare(source)
 
 
 def _joint_block_runner(base_model, index: int):
@@ -134,7 +150,7 @@ class MMDiTFamily(FamilyAdapter):
     def install(self, model_patcher) -> None:
         options = model_patcher.model_options["transformer_options"]
         replaces = options.get("patches_replace", {}).get("dit", {})
-        direct = _host_passes_use_checkpoint()
+        direct = _host_block_call_known()
         for i in range(len(self.layer_map.layers)):
             previous = replaces.get(("double_block", i))
             if getattr(previous, "hopfield_block_index", None) == i:

@@ -97,8 +97,8 @@ def test_sd3s_replaced_joint_blocks_run_as_the_unpatched_loop_runs_them(
     without gradients). Ours runs each block as the unreplaced loop does: no checkpoint in an
     inference run, the unpatched sample bit for bit under a pass-through hook, the same runner
     as the original_block of a replace chained before ours; the host's original_block where a
-    pack runs the model with a loop of its own; and with the model's own use_checkpoint set,
-    exactly the unpatched model's checkpoints."""
+    pack runs the model with a loop of its own, or the host calls its blocks otherwise; and
+    with the model's own use_checkpoint set, exactly the unpatched model's checkpoints."""
     import torch.utils.checkpoint
 
     checkpoints = []
@@ -151,6 +151,19 @@ def test_sd3s_replaced_joint_blocks_run_as_the_unpatched_loop_runs_them(
     out, count = checkpoints_of(skew(nodes, sd3, alpha=0.95))
     assert count == 2 * blocks and torch.equal(out, steered_out)
     monkeypatch.setattr(net, "__class__", host_class)
+
+    # a host whose replace path calls its blocks otherwise than 0.3.64 does: its own
+    # original_block, which we do not mirror
+    from hopfield_circulation.families import mmdit
+
+    with monkeypatch.context() as other_host:
+        other_host.setattr(mmdit, "HOST_BLOCK_CALL", "self.joint_blocks[i](args)")
+        mmdit._host_block_call_known.cache_clear()
+        try:
+            out, count = checkpoints_of(skew(nodes, sd3, alpha=0.95))
+        finally:
+            mmdit._host_block_call_known.cache_clear()
+    assert count == 2 * blocks and torch.equal(out, steered_out)
 
     monkeypatch.setattr(net, "use_checkpoint", True)
     unpatched_again, host_count = checkpoints_of(sd3)
