@@ -147,8 +147,9 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
         # Only a model with observers needs the call's scope: the outermost of our hooks makes
         # it, and hands it to the hooks it chains in a copy of the call's options. A write
         # into the call's own options would be a side effect a compiled graph must replay,
-        # and inside SD3's joint blocks, which the host checkpoints when a block replace runs
-        # them (ours publishes the block index), it cannot: a graph break in every block
+        # and inside SD3's joint blocks, which a compile trace runs through the host's
+        # checkpoint when a block replace runs them (ours publishes the block index:
+        # families/mmdit.py), it cannot: a graph break in every block
         observers = call_options.get(OBSERVERS_KEY) if call_options is not None else None
         scope = call_options.get(SCOPE_KEY) if observers else None
         outermost = bool(observers) and scope is None
