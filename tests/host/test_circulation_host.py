@@ -6,7 +6,13 @@ import copy
 
 import pytest
 import torch
-from host.node_calls import adaptive, compare_rows_with_host, record_layers, skew
+from host.node_calls import (
+    adaptive,
+    compare_rows_with_host,
+    record_layers,
+    sdxl_attn1_override,
+    skew,
+)
 
 pytestmark = pytest.mark.host
 
@@ -299,26 +305,14 @@ def test_planned_unet_calls_hand_the_host_its_own_layout(nodes, sdxl, monkeypatc
     planned launches read the host's tensors and write an output the host takes as it is,
     laid out as the general path's output is when handed back (recorded, not run)."""
     from core.launch_recorder import fused_at, record_fused_launches
-    from hopfield_circulation.families import adapter_for
-    from hopfield_circulation.families.unet_attn1 import unet_attn1_marker
-    from hopfield_circulation.hook.schedule import STEP_KEY, StepInfo
 
     recorder = record_fused_launches(monkeypatch)
-    patched = skew(nodes, sdxl, branch=branch)
-    layer_key = next(iter(adapter_for(patched).layer_map.by_key))
-    options = dict(patched.model_options["transformer_options"])
-    override = options.pop("optimized_attention_override")
-    options |= {"block": layer_key[:2], "block_index": layer_key[2], "cond_or_uncond": [1, 0],
-                "activations_shape": [2, 640, 4, 4], STEP_KEY: StepInfo(None, None, None)}
-    unet_attn1_marker(patched).key = (layer_key[:2], layer_key[2])
-    import comfy.ldm.modules.attention as host_attention
-
-    host = host_attention.attention_pytorch.__wrapped__
+    attn1 = sdxl_attn1_override(skew(nodes, sdxl, branch=branch))
     outputs = []
     for seed in range(3):
         gen = torch.Generator().manual_seed(seed)
         q, k, v = (torch.randn(2, 16, 640, generator=gen).half() for _ in range(3))
-        out = override(host, q, k, v, 10, transformer_options=options)
+        out = attn1(q, k, v)
         assert out.shape == (2, 16, 640) and out.dtype == torch.float16
         outputs.append(out)
     assert recorder.launches[-1][9:12] == (q, k, v)  # the host's tensors themselves

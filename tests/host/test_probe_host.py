@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from host.node_calls import sdxl_attn1_override
 
 pytestmark = pytest.mark.host
 
@@ -222,9 +223,7 @@ def test_probed_calls_launch_their_plan_on_the_hosts_own_rows(env, monkeypatch, 
     branch), where views of the chunk cost three ops a tensor. Recorded, not run: the kernels
     need a GPU."""
     from core.launch_recorder import Recorder
-    from hopfield_circulation.families import adapter_for
-    from hopfield_circulation.families.unet_attn1 import unet_attn1_marker
-    from hopfield_circulation.hook.schedule import LATENT_SHAPE_KEY, STEP_KEY, StepInfo
+    from hopfield_circulation.hook.schedule import LATENT_SHAPE_KEY, StepInfo
     from hopfield_circulation.hopfield import stability_triton
     from hopfield_circulation.probe.registry import new_run, probe_state
 
@@ -241,20 +240,12 @@ def test_probed_calls_launch_their_plan_on_the_hosts_own_rows(env, monkeypatch, 
     patched, handle = probe(env, env["sdxl"], branch=branch)
     state = probe_state(handle)
     state.current = new_run(state)
-    layer_key = next(iter(adapter_for(patched).layer_map.by_key))
-    options = dict(patched.model_options["transformer_options"])
-    override = options.pop("optimized_attention_override")
-    options |= {"block": layer_key[:2], "block_index": layer_key[2], "cond_or_uncond": [1, 0],
-                "activations_shape": [2, 640, 4, 4], STEP_KEY: StepInfo(10.0, 0, 0.0, 1),
-                LATENT_SHAPE_KEY: [2, 4, 8, 8]}
-    unet_attn1_marker(patched).key = (layer_key[:2], layer_key[2])
-    import comfy.ldm.modules.attention as host_attention
-
-    host = host_attention.attention_pytorch.__wrapped__
+    attn1 = sdxl_attn1_override(patched, StepInfo(10.0, 0, 0.0, 1),
+                                **{LATENT_SHAPE_KEY: [2, 4, 8, 8]})
     for seed in range(3):  # Triton's own launches, then the views' plan, then the host's
         gen = torch.Generator().manual_seed(seed)
         q, k, v = (torch.randn(2, 16, 640, generator=gen).half() for _ in range(3))
-        out = override(host, q, k, v, 10, transformer_options=options)
+        out = attn1(q, k, v)
     grams = launches[-4][9:12]  # the first stage reads q, k and the retrieval
     rows = slice(1, 2) if branch == "cond" else slice(0, 2)  # [uncond, cond]
     assert [t.data_ptr() for t in grams] == [t[rows].data_ptr() for t in (q, k, out)]
