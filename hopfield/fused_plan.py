@@ -10,6 +10,12 @@ layout launched (the compiled kernels and every argument that is not one of the 
 tensors) and afterwards launches them with the new call's tensors only: fresh outputs, the
 current stream, and the 16-byte address checks that Triton specialises on.
 
+A plan hands the compiled launcher each tensor as its address, an int, which the launcher
+takes as it is. Given a tensor, it calls the tensor's ``data_ptr`` and asks the driver about
+the pointer (``cuPointerGetAttribute``), for every pointer argument (ten of the fused kernel's)
+in every launch. The driver's check has nothing to catch here: a layout's plan is only found by
+tensors of the devices it was planned on (its layout holds them), at addresses checked here.
+
 A plan steps aside (``run`` returns None and launches nothing; the caller takes the general
 path) wherever that path could launch differently: a profiler's launch hook, another current
 device, an address off 16 bytes, a kernel that failed in this process, a launcher that refused.
@@ -45,18 +51,19 @@ class PreparedLaunch:
         return launcher.enabled and not hook_set(hooks.launch_enter_hook) \
             and not hook_set(hooks.launch_exit_hook)
 
-    def __call__(self, device: int, *tensors) -> bool:
-        """Launch with these tensors (aligned, as planned); False where the compiled launcher
-        refused them (it parses its arguments first: nothing ran)."""
-        return self.on_stream(self.launcher.stream(device), tensors)
+    def __call__(self, device: int, *addresses) -> bool:
+        """Launch with the call's tensors given by their addresses (ints: 16-byte aligned, on
+        the planned devices); False where the compiled launcher refused them (it parses its
+        arguments first: nothing ran)."""
+        return self.on_stream(self.launcher.stream(device), addresses)
 
-    def on_stream(self, stream, tensors) -> bool:
-        """``self(device, *tensors)`` on ``stream``, that device's current one (a plan of
-        several launches looks it up once)."""
+    def on_stream(self, stream, addresses) -> bool:
+        """``self(device, *addresses)`` on ``stream``, that device's current one (a plan of
+        several launches looks it up once). Tensors would do too (a benchmark compares)."""
         compiled, grid = self.compiled, self.grid
         try:
             compiled.run(grid[0], grid[1], grid[2], stream, compiled.function,
-                         compiled.packed_metadata, None, None, None, *tensors, *self.tail)
+                         compiled.packed_metadata, None, None, None, *addresses, *self.tail)
         except (TypeError, ValueError, SystemError, AttributeError) as error:
             self.launcher.refused(error)  # Triton's own path from now on
             return False
@@ -87,36 +94,15 @@ def launchable(device: int, active: torch.Tensor | None, *launches: PreparedLaun
         and (active is None or active.is_contiguous())
 
 
-def _fused_operands(plan, q, v, active, v_heads):
-    """(output, v in fp16, steered rows) of one planned fused launch: the output laid out as
-    planned, the fp16 copy of v only where the kernel reads it (bf16), the rows as the kernel
-    reads them (else the output stands in for either)."""
-    out = plan.output.new(q)
-    v16 = fused_triton.v_in_fp16(v if v_heads is None else v_heads) if plan.v16 else out
-    return out, v16, out if active is None else plan.row_bytes(active)
-
-
-class SteeredRows:
-    """The bytes of the last mask of steered rows a plan launched with: a caller hands the
-    same mask to every call of a layout (circulation/branches.py keeps one per batch layout),
-    and viewing it as bytes costs two ops in every call."""
-
-    __slots__ = ("_mask", "_bytes")
-
-    def __init__(self):
-        self._mask = self._bytes = None
-
-    def row_bytes(self, active: torch.Tensor) -> torch.Tensor:
-        if active is not self._mask:
-            self._mask, self._bytes = active, active.view(torch.uint8)
-        return self._bytes
-
-
 def aligned(*tensors) -> bool:
-    address = 0
-    for t in tensors:
-        address |= t.data_ptr()
-    return not address & 15
+    return aligned_addresses(*(t.data_ptr() for t in tensors))
+
+
+def aligned_addresses(*addresses: int) -> bool:
+    joined = 0
+    for address in addresses:
+        joined |= address
+    return not joined & 15
 
 
 class OutputLayout:
@@ -145,13 +131,33 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class SkewPlan(SteeredRows):
+def _fused_operands(plan, q, k, v, active, v_heads) -> tuple | None:
+    """(output, v in fp16, addresses) of one planned fused launch, or None where an address
+    is off 16 bytes (planned for aligned tensors only). The output is laid out as planned;
+    v's fp16 copy is made only where the kernel reads it (bf16); the addresses are q, k, v,
+    the output, v's copy and the steered rows (a bool is the byte the kernel reads), the
+    output's standing in for those a launch does not read."""
+    out = plan.output.new(q)
+    o = out.data_ptr()
+    if plan.v16:
+        v16 = fused_triton.v_in_fp16(v if v_heads is None else v_heads)
+        v16_at = v16.data_ptr()
+    else:
+        v16, v16_at = out, o
+    rows = o if active is None else active.data_ptr()
+    at = q.data_ptr(), k.data_ptr(), v.data_ptr(), o, v16_at, rows
+    if (at[0] | at[1] | at[2] | o | v16_at | rows) & 15:
+        return None
+    # v16 goes back with them: its block must not go to another tensor before the launch
+    return out, v16, at
+
+
+class SkewPlan:
     """Static alpha and beta: one fused launch."""
 
     __slots__ = ("fused", "device", "v16", "output")
 
     def __init__(self, fused: PreparedLaunch, device: int, v16: bool, output: OutputLayout):
-        super().__init__()
         self.fused, self.device, self.v16, self.output = fused, device, v16, output
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -165,15 +171,16 @@ class SkewPlan(SteeredRows):
         fused, device = self.fused, self.device
         if not launchable(device, active, fused):
             return None
-        out, v16, rows = _fused_operands(self, q, v, active, v_heads)
-        if not aligned(q, k, v, out, v16, rows):
-            return None  # planned for 16-byte aligned tensors only
-        if not fused(device, q, k, v, out, out, out, v16, rows, out, out):
+        operands = _fused_operands(self, q, k, v, active, v_heads)
+        if operands is None:
+            return None
+        out, _, (q_at, k_at, v_at, o, v16_at, rows) = operands
+        if not fused(device, q_at, k_at, v_at, o, o, o, v16_at, rows, o, o):
             return None
         return out
 
 
-class AdaptivePlan(SteeredRows):
+class AdaptivePlan:
     """Adaptive settings: the eta kernel's launches (one, or the chunks' Grams and their
     reduction: eta_triton.py), then the fused kernel's, which derives alpha_eff and beta_eff
     from eta itself (fused_triton.fused_adaptive_circulation)."""
@@ -182,7 +189,6 @@ class AdaptivePlan(SteeredRows):
 
     def __init__(self, eta: list, fused: PreparedLaunch, device: int, v16: bool,
                  eta_shape: tuple[int, int], work: int, lanes: int, output: OutputLayout):
-        super().__init__()
         self.eta, self.fused, self.device = eta, fused, device  # eta: [(stage, launch)]
         self.v16, self.eta_shape, self.work = v16, eta_shape, work
         self.lanes, self.output = lanes, output
@@ -197,19 +203,24 @@ class AdaptivePlan(SteeredRows):
         if not launchable(device, active, fused, *(launch for _, launch in eta_launches)) \
                 or eta_triton.failed():
             return None
-        out, v16, rows = _fused_operands(self, q, v, active, v_heads)
-        eta = torch.empty(self.eta_shape, dtype=torch.float32, device=q.device)
-        work = torch.empty(self.work, dtype=torch.float32, device=q.device) if self.work \
-            else eta
+        operands = _fused_operands(self, q, k, v, active, v_heads)
+        if operands is None:
+            return None
+        out, _, (q_at, k_at, v_at, o, v16_at, rows) = operands
+        eta_tensor = torch.empty(self.eta_shape, dtype=torch.float32, device=out.device)
+        work_tensor = torch.empty(self.work, dtype=torch.float32, device=out.device) \
+            if self.work else eta_tensor
         # [3, lanes] as the kernel writes it, shaped so that its rows need no views
         coefficients = torch.empty(3, self.lanes, 1, 1, 1, dtype=torch.float32,
-                                   device=q.device)
-        if not aligned(q, k, v, out, v16, rows, eta, work, coefficients):
+                                   device=out.device)
+        eta, work, written = (eta_tensor.data_ptr(), work_tensor.data_ptr(),
+                              coefficients.data_ptr())
+        if (eta | work | written) & 15:
             return None
         for stage, launch in eta_launches:
-            if not launch(device, *eta_triton.stage_tensors(stage, q, k, eta, work)):
+            if not launch(device, *eta_triton.stage_tensors(stage, q_at, k_at, eta, work)):
                 return None
-        if not fused(device, q, k, v, out, out, out, v16, rows, eta, coefficients):
+        if not fused(device, q_at, k_at, v_at, o, o, o, v16_at, rows, eta, written):
             return None
         return out, coefficients
 
@@ -286,9 +297,9 @@ def _plannable(q: torch.Tensor, active: torch.Tensor | None):
 
 class LayoutPlans:
     """The plans of one patched model, by call layout (the shapes and strides of the tensors
-    a call hands over, dtype, device and whatever else the caller's views and rows depend on:
-    ``extra``), each with what its caller keeps beside it. ``make(q, k, v, active, to_host)``
-    makes one, or None."""
+    a call hands over, dtype, their devices and whatever else the caller's views and rows
+    depend on: ``extra``), each with what its caller keeps beside it.
+    ``make(q, k, v, active, to_host)`` makes one, or None."""
 
     def __init__(self, make):
         self.make = make
@@ -297,7 +308,7 @@ class LayoutPlans:
     @staticmethod
     def layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *extra) -> tuple:
         return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype,
-                q.get_device(), *extra)
+                q.get_device(), k.get_device(), v.get_device(), *extra)
 
     def get(self, layout: tuple) -> tuple | None:
         """(plan, extra) of a planned layout, else None."""

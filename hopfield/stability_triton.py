@@ -142,17 +142,23 @@ class Geometry(NamedTuple):
         eta = work[at:at + self.batch * self.heads].view(self.batch, self.heads)
         return eta, work[self.offsets["eta_work"]:] if self.eta_work else eta
 
+    def eta_addresses(self, work: int) -> tuple[int, int]:
+        """``eta_tensors`` as addresses, for a workspace at address ``work`` (no views)."""
+        eta = work + 4 * self.offsets["eta"]
+        return eta, work + 4 * self.offsets["eta_work"] if self.eta_work else eta
 
-def stage_tensors(stage: str, q, k, retrieval, work, out, g: Geometry) -> tuple:
+
+def stage_tensors(stage: str, q, k, retrieval, work, out, eta: tuple) -> tuple:
     """The tensors a stage of launch_arguments takes first, in its order (ProbePlan replays
-    a stage with a call's own tensors through this)."""
+    a stage with a call's own tensors' addresses through this). ``eta``: where eta's kernels
+    write (d = 128; ``Geometry.eta_tensors``)."""
     if stage in ("grams", "field"):
         return q, k, retrieval, work
     if stage == "weights":
         return (work,)
     if stage == "finish":
         return work, out
-    return eta_triton.stage_tensors(stage[4:], q, k, *g.eta_tensors(work))  # "eta ..."
+    return eta_triton.stage_tensors(stage[4:], q, k, *eta)  # "eta ..."
 
 
 def launch_arguments(q, k, retrieval, work, out, g: Geometry) -> list:
@@ -169,9 +175,10 @@ def launch_arguments(q, k, retrieval, work, out, g: Geometry) -> list:
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",  # else ignored
     )
     rows = g.batch * g.heads
+    eta = () if g.with_eta else g.eta_tensors(work)  # eta by its own kernels (d = 128)
 
     def tensors(stage: str) -> tuple:
-        return stage_tensors(stage, q, k, retrieval, work, out, g)
+        return stage_tensors(stage, q, k, retrieval, work, out, eta)
 
     found = [
         ("grams", (rows, g.blocks, g.chunks),
@@ -185,7 +192,7 @@ def launch_arguments(q, k, retrieval, work, out, g: Geometry) -> list:
     ]
     if not g.with_eta:  # eta by its own kernels, into the workspace's eta rows
         found += [(f"eta {stage}", grid, args, constexprs) for stage, grid, args, constexprs
-                  in eta_triton.launch_arguments(q, k, *g.eta_tensors(work))]
+                  in eta_triton.launch_arguments(q, k, *eta)]
     found += [
         ("field", (rows, g.blocks, g.chunks),
          (*tensors("field"), *strides, g.heads, g.length, g.chunk, at["stats"], at["field"],
@@ -213,13 +220,14 @@ def _tensor_args(stage: str) -> int:
 class ProbePlan:
     """A call layout's launches prepared once (hopfield/fused_plan.py's ``prepare``): later
     calls of the layout launch the compiled kernels with only their own tensors (the inputs,
-    a fresh workspace and output), without the geometry, the argument lists or the cached
-    launcher's key."""
+    a fresh workspace and output) given by their addresses, without the geometry, the
+    argument lists or the cached launcher's key."""
 
-    __slots__ = ("launches", "device", "geometry", "out_shape")
+    __slots__ = ("launches", "device", "torch_device", "geometry", "out_shape")
 
-    def __init__(self, launches: list, device: int, g: Geometry):
-        self.launches, self.device, self.geometry = launches, device, g
+    def __init__(self, launches: list, device: torch.device, g: Geometry):
+        self.launches, self.torch_device, self.geometry = launches, device, g
+        self.device = device.index if device.type == "cuda" else -1  # as get_device() says
         self.out_shape = (g.batch, 4 + g.length)
 
     def run(self, q, k, retrieval):
@@ -227,19 +235,26 @@ class ProbePlan:
         launcher not ready, another current device, an address off 16 bytes, a refusal).
         q, k, retrieval: the planned call's tensors, as [B, H, L, d] views or as the host's
         own tensors they view (the launches read addresses; the layout is planned)."""
+        return self.run_at(q.data_ptr(), k.data_ptr(), retrieval.data_ptr())
+
+    def run_at(self, q: int, k: int, retrieval: int):
+        """``run`` on the tensors at these addresses (laid out as planned)."""
         device, g = self.device, self.geometry
         if _FAILED or not fused_plan.launchable(device, None,
                                                 *(launch for _, launch in self.launches)):
             return None
-        work = torch.empty(g.work, dtype=torch.float32, device=q.device)
-        out = torch.empty(self.out_shape, dtype=torch.float32, device=q.device)
-        if not fused_plan.aligned(q, k, retrieval, work, out):
+        work_tensor = torch.empty(g.work, dtype=torch.float32, device=self.torch_device)
+        out_tensor = torch.empty(self.out_shape, dtype=torch.float32, device=self.torch_device)
+        work, out = work_tensor.data_ptr(), out_tensor.data_ptr()
+        if not fused_plan.aligned_addresses(q, k, retrieval, work, out):
             return None
+        eta = g.eta_addresses(work) if not g.with_eta else ()
         stream = self.launches[0][1].launcher.stream(device)  # one driver: one current stream
         for stage, launch in self.launches:
-            if not launch.on_stream(stream, stage_tensors(stage, q, k, retrieval, work, out, g)):
+            if not launch.on_stream(stream, stage_tensors(stage, q, k, retrieval, work, out,
+                                                          eta)):
                 return None
-        return out
+        return out_tensor
 
 
 _plans: dict[tuple, ProbePlan | None] = {}  # call layout -> its plan (None: none to make)
@@ -265,7 +280,7 @@ def stability_packed(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, 
     layout; its later calls launch the plan. ``plan_key``: the caller's own key for this
     call's layout (``host_layout``), under which the plan is kept too (``run_planned``)."""
     layout = (q.shape, q.stride(), k.stride(), retrieval.shape, retrieval.stride(), q.dtype,
-              q.get_device(), config, splits)
+              q.get_device(), k.get_device(), retrieval.get_device(), config, splits)
     plan = _plans.get(layout)
     if plan is not None:
         out = plan.run(q, k, retrieval)
@@ -280,7 +295,7 @@ def stability_packed(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, 
     for stage, grid, args, constexprs in launches:
         _launcher(stage)[grid](*args, **constexprs)
     if layout not in _plans:
-        _keep(layout, _make_plan(launches, q.get_device(), g))
+        _keep(layout, _make_plan(launches, q.device, g))
     if plan_key is not None and plan_key not in _plans:
         _keep(plan_key, _plans[layout])
     return out
@@ -294,10 +309,11 @@ def _keep(key: tuple, plan: ProbePlan | None) -> None:
 
 def host_layout(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, *views) -> tuple:
     """A key for a call's layout given as the tensors a caller holds (the host's, say) before
-    viewing them as [B, H, L, d]: their shapes, strides, dtype and device, and ``views``,
+    viewing them as [B, H, L, d]: their shapes, strides, dtype and devices, and ``views``,
     whatever else decides the views (heads, the host's layout flags)."""
     return ("host", q.shape, q.stride(), k.shape, k.stride(), retrieval.shape,
-            retrieval.stride(), q.dtype, q.device, *views)
+            retrieval.stride(), q.dtype, q.device, k.get_device(), retrieval.get_device(),
+            *views)
 
 
 def run_planned(key: tuple, q: torch.Tensor, k: torch.Tensor,
@@ -310,7 +326,7 @@ def run_planned(key: tuple, q: torch.Tensor, k: torch.Tensor,
     return None if plan is None else plan.run(q, k, retrieval)
 
 
-def _make_plan(launches: list, device: int, g: Geometry) -> ProbePlan | None:
+def _make_plan(launches: list, device: torch.device, g: Geometry) -> ProbePlan | None:
     prepared = [(stage, fused_plan.prepare(_launcher(stage), grid, args, constexprs,
                                            _tensor_args(stage)))
                 for stage, grid, args, constexprs in launches]

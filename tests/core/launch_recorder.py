@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import torch
 from hopfield_circulation.hopfield import eta_triton, fused_triton, stability_triton
 from hopfield_circulation.hopfield.triton_launch import CachedLauncher
 
@@ -76,6 +77,19 @@ def stand_in_launcher(surface: KernelSurface, tensors: int) -> CachedLauncher:
     return CachedLauncher(surface, tensors, enabled=True, runtime=(driver, hooks))
 
 
+class RecordedLaunch(tuple):
+    """A launch's arguments as the compiled launcher got them (grid, stream, function,
+    metadata, three hooks, then the kernel's), knowing how many of the kernel's lead
+    arguments are pointers: tensors, or (from a plan) their addresses."""
+
+    pointers: int
+
+    def __new__(cls, args: tuple, pointers: int):
+        launch = super().__new__(cls, args)
+        launch.pointers = pointers
+        return launch
+
+
 class Recorder(KernelSurface):
     """A kernel whose compiled launcher records every launch's arguments."""
 
@@ -87,9 +101,10 @@ class Recorder(KernelSurface):
         self.own_launches: list[tuple] = []  # through "Triton's own" kernel[grid](...)
         self.launcher = stand_in_launcher(self, tensors)
         self.hooks = self.launcher.hooks
+        self.tensors = tensors
 
     def run(self, *args):
-        self.launches.append(args)
+        self.launches.append(RecordedLaunch(args, self.tensors))
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
@@ -97,6 +112,14 @@ class Recorder(KernelSurface):
             return self.compiled
 
         return launch
+
+
+def address(pointer) -> int:
+    """A recorded pointer argument's address: a tensor's, or the int a plan passed."""
+    if isinstance(pointer, torch.Tensor):
+        return pointer.data_ptr()
+    assert type(pointer) is int
+    return pointer
 
 
 def fused_at(name: str) -> int:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from core.launch_recorder import fused_at, record_fused_launches
+from core.launch_recorder import address, fused_at, record_fused_launches
 from hopfield_circulation.hopfield import fused_plan, fused_tiles, fused_triton
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
@@ -49,23 +49,33 @@ CASES = [  # (layout, dtype, d, alpha, beta, norm_match, active)
 
 
 def same_launches(general: list[tuple], planned: list[tuple]):
-    """Argument for argument: the same input tensors; where one path passes a tensor of its
-    own making (outputs, eta, the coefficients, v's maxima), the other passes its own of the
-    same kind, consistently across its launches; equal values elsewhere."""
+    """Argument for argument: the same input tensors (a plan passes each as its address);
+    where one path passes a tensor of its own making (outputs, eta, the coefficients, a
+    workspace), the other passes its own, consistently across its launches; equal values
+    elsewhere."""
     assert len(general) == len(planned)
-    own: dict[int, int] = {}  # id of a general path's tensor -> id of the plan's
+    own: dict = {}  # a general path's tensor (its id, or its address) -> the plan's address
     for g_launch, p_launch in zip(general, planned, strict=True):
-        assert len(g_launch) == len(p_launch)
+        assert len(g_launch) == len(p_launch) and g_launch.pointers == p_launch.pointers
+        pointers = range(9, 9 + g_launch.pointers)
         for i, (a, b) in enumerate(zip(g_launch, p_launch, strict=True)):
-            if not isinstance(a, torch.Tensor):
+            if i not in pointers:
                 assert type(a) is type(b) and a == b, (i, a, b)
                 continue
-            # the kernel reads a tensor's address and dtype; shapes and strides are arguments
-            assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, i
-            if a.data_ptr() != b.data_ptr():  # made by each path: the same one throughout
-                assert own.setdefault(id(a), id(b)) == id(b), i
+            # the kernel reads a pointer's address (its dtype is the layout's); shapes and
+            # strides are arguments
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                assert a.dtype == b.dtype, i
+            made = id(a) if isinstance(a, torch.Tensor) else a
+            a, b = address(a), address(b)
+            if a != b:  # made by each path: the same one throughout
+                assert own.setdefault(made, b) == b, i
             else:
-                assert id(a) not in own, i
+                assert made not in own, i
+
+
+def addresses(*tensors) -> tuple:
+    return tuple(t.data_ptr() for t in tensors)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0].__name__}-{c[1]}-d{c[2]}-"
@@ -91,15 +101,14 @@ def test_a_plan_launches_what_the_general_path_launches(recorder, case):
     # and for new tensors of the same layout
     q2, k2, v2 = layout(2, 37, 3, d, dtype, seed=1)
     out2 = plan.run(q2, k2, v2, active)
-    assert recorder.launches[-1][9:12] == (q2, k2, v2)
+    assert recorder.launches[-1][9:12] == addresses(q2, k2, v2)
     assert out2.stride() == general_out.stride()
-    if active is not None:  # the mask's bytes viewed once per mask, not per call
+    if active is not None:  # the mask as it is (a bool is the kernel's byte): no view
         read = [launch[9 + fused_at("active")] for launch in recorder.launches[-2:]]
-        assert read[0] is read[1] and torch.equal(read[0], active.view(torch.uint8))
+        assert read == [active.data_ptr()] * 2
         other = ~active
         plan.run(q2, k2, v2, other)
-        assert torch.equal(recorder.launches[-1][9 + fused_at("active")],
-                           other.view(torch.uint8))
+        assert recorder.launches[-1][9 + fused_at("active")] == other.data_ptr()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -120,7 +129,7 @@ def test_a_plan_reads_the_hosts_tensors_and_writes_the_hosts_layout(recorder, dt
     handed = to_host(general_out)
     assert (planned_out.shape, planned_out.stride()) == (handed.shape, handed.stride())
     same_launches(recorder.launches[-2:-1], recorder.launches[-1:])
-    assert recorder.launches[-1][9 + fused_at("out")] is planned_out
+    assert recorder.launches[-1][9 + fused_at("out")] == planned_out.data_ptr()
     # a hand-over that copies has no layout to write into: no plan
     assert fused_plan.make_skew_plan(q, k, v, 1.05, 3.0, True, None,
                                      lambda out: out.contiguous().flatten(2)) is None
@@ -245,7 +254,8 @@ def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, monk
     same_launches([*eta_launches[-2 * n:-n], fused_launches[-2]],
                   [*eta_launches[-n:], fused_launches[-1]])
     eta = eta_launches[-1][9 + 1] if split else eta_launches[-1][9 + 2]
-    assert fused_launches[-1][9 + fused_at("eta")] is eta  # eta: written, then read
+    assert fused_launches[-1][9 + fused_at("eta")] == eta  # eta: written, then read
+    assert fused_launches[-1][9 + fused_at("coefficients")] == eta_bar.data_ptr()
 
 
 def test_no_adaptive_plan_where_the_general_path_takes_torch_ops(recorder, monkeypatch):
@@ -296,7 +306,7 @@ def test_the_probes_plan_launches_what_its_general_path_launches(recorder, monke
     # new tensors of the layout: the plan launches on them
     q2, k2, x2 = layout(2, 37, 3, d, dtype, seed=1)
     stability_triton.stability_triton(q2, k2, x2)
-    assert recorder.launches[-launches][9:12] == (q2, k2, x2)
+    assert recorder.launches[-launches][9:12] == addresses(q2, k2, x2)
     # an address off 16 bytes: the plan steps aside, the general path runs
     storage = torch.empty(x.untyped_storage().nbytes() // x.element_size() + 1, dtype=dtype)
     off = storage.as_strided(x.shape, x.stride(), x.storage_offset() + 1)  # x's layout
@@ -336,7 +346,7 @@ def test_the_probes_plan_under_the_callers_key_launches_on_unviewed_tensors(reco
     planned = stability_triton.run_planned(key, *host)
     assert planned.shape == (2, 4 + 37)
     same_launches(recorder.launches[-8:-4], recorder.launches[-4:])
-    assert recorder.launches[-4][9:12] == tuple(host)  # the host's tensors, as they are
+    assert recorder.launches[-4][9:12] == addresses(*host)  # the host's tensors, as they are
     other = stability_triton.host_layout(*host, 4)  # another head count: another layout
     assert stability_triton.run_planned(other, *host) is None
     # One CFG chunk of the call (the probe's default branch): the host's tensors' rows, one
@@ -349,5 +359,5 @@ def test_the_probes_plan_under_the_callers_key_launches_on_unviewed_tensors(reco
         viewed = recorder.launches[-4:]
         assert stability_triton.run_planned(key, *chunk).shape == (1, 4 + 37)
         same_launches(viewed, recorder.launches[-4:])
-        assert [t.data_ptr() for t in recorder.launches[-4][9:12]] == [
-            t.data_ptr() for t in chunk] == [views(t)[rows].data_ptr() for t in host]
+        assert list(recorder.launches[-4][9:12]) == [t.data_ptr() for t in chunk] == [
+            views(t)[rows].data_ptr() for t in host]

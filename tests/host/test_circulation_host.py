@@ -252,7 +252,7 @@ def test_steered_calls_replay_their_layouts_prepared_launch(nodes, sampling, sd3
     general path runs for a layout's first call, every later call launches the plan, with
     the arguments the general path would give it (tests/core/test_fused_plan.py). Recorded,
     not run: the kernels need a GPU (tiny SD3: heads of 64)."""
-    from core.launch_recorder import fused_at, record_fused_launches
+    from core.launch_recorder import address, fused_at, record_fused_launches
     from hopfield_circulation.circulation import patch as circulation_patch
     from hopfield_circulation.hook.override import add_observer
 
@@ -269,9 +269,9 @@ def test_steered_calls_replay_their_layouts_prepared_launch(nodes, sampling, sd3
     assert len(recorder.own_launches) + len(recorder.launches) == 3 * 2 > len(general)
     if node == "adaptive":  # each with its eta launch first, eta handed over
         assert len(recorder.eta.own_launches) + len(recorder.eta.launches) == 3 * 2
-        assert all(f[9 + fused_at("eta")] is e[9 + 2] for f, e in zip(recorder.launches[-4:],
+        assert all(f[9 + fused_at("eta")] == e[9 + 2] for f, e in zip(recorder.launches[-4:],
                                                          recorder.eta.launches[-4:],
-                                                         strict=True))
+                                                         strict=True))  # planned: addresses
     if node == "adaptive":  # an observer reads the coefficients the planned launch wrote
         watched, steerings = make(sd3).clone(), []
         add_observer(watched, lambda call, out, steering: steerings.append(steering))
@@ -280,16 +280,23 @@ def test_steered_calls_replay_their_layouts_prepared_launch(nodes, sampling, sd3
         launched = recorder.launches[before:]  # the general call's, then the plans'
         assert len(launched) == len(steerings) == 3 * 2
         for steering, launch in zip(steerings, launched, strict=True):
-            coefficients = launch[9 + fused_at("coefficients")]
-            assert steering.alpha.shape == (coefficients.shape[1], 1, 1, 1)
-            assert steering.alpha.data_ptr() == coefficients[1].data_ptr()
-            assert steering.beta.data_ptr() == coefficients[2].data_ptr()
+            written = launch[9 + fused_at("coefficients")]  # [3, C]: eta-bar, alpha, beta
+            columns = steering.alpha.shape[0]
+            assert steering.alpha.shape == (columns, 1, 1, 1)
+            if isinstance(written, torch.Tensor):  # the general call's; a plan's: its address
+                assert written.shape[1] == columns
+            assert steering.alpha.data_ptr() == address(written) + 4 * columns
+            assert steering.beta.data_ptr() == address(written) + 8 * columns
     rows = [launch[9 + fused_at("active")] for launch in recorder.launches]  # steered rows
     if branch == "both":
-        assert all(r is launch[9 + fused_at("out")]
+        assert all(address(r) == address(launch[9 + fused_at("out")])
                    for r, launch in zip(rows, recorder.launches, strict=True))
-    else:
-        assert all(r.dtype == torch.uint8 and r.tolist() == [0, 1] for r in rows)  # [uncond, cond]
+    else:  # one mask per model and batch layout: a general call's bytes, then its address
+        general_rows = [r for r in rows if isinstance(r, torch.Tensor)] + [
+            launch[fused_at("active")] for launch in recorder.own_launches]  # Triton's own
+        assert all(r.dtype == torch.uint8 and r.tolist() == [0, 1]  # [uncond, cond]
+                   for r in general_rows)
+        assert {address(r) for r in rows} == {r.data_ptr() for r in general_rows}
     # An override chained before ours must see every call: no plan replaces the host's call.
     general.clear()
     chained = sd3.clone()
@@ -315,11 +322,12 @@ def test_planned_unet_calls_hand_the_host_its_own_layout(nodes, sdxl, monkeypatc
         out = attn1(q, k, v)
         assert out.shape == (2, 16, 640) and out.dtype == torch.float16
         outputs.append(out)
-    assert recorder.launches[-1][9:12] == (q, k, v)  # the host's tensors themselves
+    # the host's tensors themselves, by address
+    assert recorder.launches[-1][9:12] == tuple(t.data_ptr() for t in (q, k, v))
     general, *planned = outputs
     assert all(p.stride() == general.stride() for p in planned)
     # written in place, handed on as is
-    assert recorder.launches[-1][9 + fused_at("out")] is planned[-1]
+    assert recorder.launches[-1][9 + fused_at("out")] == planned[-1].data_ptr()
     assert len(recorder.own_launches) + len(recorder.launches) == 3
 
 
