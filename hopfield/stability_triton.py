@@ -311,9 +311,22 @@ def host_layout(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, *view
     """A key for a call's layout given as the tensors a caller holds (the host's, say) before
     viewing them as [B, H, L, d]: their shapes, strides, dtype and devices, and ``views``,
     whatever else decides the views (heads, the host's layout flags)."""
-    return ("host", q.shape, q.stride(), k.shape, k.stride(), retrieval.shape,
-            retrieval.stride(), q.dtype, q.device, k.get_device(), retrieval.get_device(),
-            *views)
+    return _layout_key(q.shape, k.shape, retrieval.shape, q, k, retrieval, views)
+
+
+def rows_layout(rows: slice, q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor,
+                *views) -> tuple:
+    """``host_layout(q[rows], k[rows], retrieval[rows], *views)`` without the slices (an op
+    each): ``rows`` (start and stop, within the first dimension) keep every stride."""
+    count = rows.stop - rows.start
+    return _layout_key((count, *q.shape[1:]), (count, *k.shape[1:]),
+                       (count, *retrieval.shape[1:]), q, k, retrieval, views)
+
+
+def _layout_key(q_shape, k_shape, retrieval_shape, q, k, retrieval, views) -> tuple:
+    return ("host", tuple(q_shape), q.stride(), tuple(k_shape), k.stride(),
+            tuple(retrieval_shape), retrieval.stride(), q.dtype, q.device, k.get_device(),
+            retrieval.get_device(), *views)
 
 
 def run_planned(key: tuple, q: torch.Tensor, k: torch.Tensor,
@@ -324,6 +337,18 @@ def run_planned(key: tuple, q: torch.Tensor, k: torch.Tensor,
     or it cannot launch now."""
     plan = _plans.get(key)
     return None if plan is None else plan.run(q, k, retrieval)
+
+
+def run_planned_rows(key: tuple, rows: slice, q: torch.Tensor, k: torch.Tensor,
+                     retrieval: torch.Tensor) -> torch.Tensor | None:
+    """``run_planned(key, q[rows], k[rows], retrieval[rows])`` (``key``: ``rows_layout``'s),
+    launched at the rows' addresses: no slices."""
+    plan = _plans.get(key)
+    if plan is None:
+        return None
+    first = rows.start
+    return plan.run_at(*(t.data_ptr() + first * t.stride(0) * t.element_size()
+                         for t in (q, k, retrieval)))
 
 
 def _make_plan(launches: list, device: torch.device, g: Geometry) -> ProbePlan | None:

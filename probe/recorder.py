@@ -38,7 +38,7 @@ from ..hook.schedule import (
 from ..hopfield import fused_triton
 from ..hopfield.input_space import channel_subset, input_retrieval, steered_input_retrieval
 from ..hopfield.stability import layer_stability
-from ..hopfield.stability_triton import host_layout, run_planned
+from ..hopfield.stability_triton import host_layout, rows_layout, run_planned, run_planned_rows
 from .registry import (
     ALL_ROWS,
     Measurement,
@@ -213,17 +213,19 @@ def _measure(call: AttentionCall, out: torch.Tensor, steering: Steering | None, 
              basis, planned: bool = True) -> torch.Tensor:
     """The packed measures (LayerStability.packed) of ``rows`` of one call. ``planned``: a
     value-basis call may launch a planned layout on the host's q, k and output as they are, or
-    on their rows (one slice each, where the [B, H, L, d] views of the rows take three ops
-    each: the planned launches read addresses, at the same strides); never in a compile trace,
-    which calls layer_stability (on CUDA its kernels' registered op, elsewhere the torch
-    ops)."""
+    at their rows' addresses (where the [B, H, L, d] views of the rows take three ops each, a
+    slice one: the planned launches read addresses, at the same strides); never in a compile
+    trace, which calls layer_stability (on CUDA its kernels' registered op, elsewhere the
+    torch ops)."""
     plan_key = None
     if planned and basis is _value_basis:
-        host = (call.host_q, call.host_k, out) if rows == ALL_ROWS else \
-            (call.host_q[rows], call.host_k[rows], out[rows])
-        plan_key = host_layout(*host, call.heads, call.host_heads_first,
-                               call.output_heads_first)
-        packed = run_planned(plan_key, *host)
+        views = (call.heads, call.host_heads_first, call.output_heads_first)
+        if rows == ALL_ROWS:
+            plan_key = host_layout(call.host_q, call.host_k, out, *views)
+            packed = run_planned(plan_key, call.host_q, call.host_k, out)
+        else:
+            plan_key = rows_layout(rows, call.host_q, call.host_k, out, *views)
+            packed = run_planned_rows(plan_key, rows, call.host_q, call.host_k, out)
         if packed is not None:
             return packed
     return layer_stability(_rows(call.q, rows), _rows(call.k, rows),

@@ -349,15 +349,21 @@ def test_the_probes_plan_under_the_callers_key_launches_on_unviewed_tensors(reco
     assert recorder.launches[-4][9:12] == addresses(*host)  # the host's tensors, as they are
     other = stability_triton.host_layout(*host, 4)  # another head count: another layout
     assert stability_triton.run_planned(other, *host) is None
-    # One CFG chunk of the call (the probe's default branch): the host's tensors' rows, one
-    # slice each, launch what the rows of the views launched, at the rows' addresses
+    # One CFG chunk of the call (the probe's default branch): the host's tensors' rows launch
+    # what the rows of the views launched, at the rows' addresses, with no slice made
+    keys = []
     for rows in (slice(0, 1), slice(1, 2)):
         chunk = [t[rows] for t in host]
-        key = stability_triton.host_layout(*chunk, 3)
+        key = stability_triton.rows_layout(rows, *host, 3)
+        assert key == stability_triton.host_layout(*chunk, 3)  # the slices' layout
+        if not keys:  # the second chunk's layout is the first's: planned by then
+            assert stability_triton.run_planned_rows(key, rows, *host) is None
+        keys.append(key)
         for _ in range(2):  # a new layout (one sample): Triton's own launch first
             layer_stability(*(views(t)[rows] for t in host), plan_key=key)
         viewed = recorder.launches[-4:]
-        assert stability_triton.run_planned(key, *chunk).shape == (1, 4 + 37)
+        assert stability_triton.run_planned_rows(key, rows, *host).shape == (1, 4 + 37)
         same_launches(viewed, recorder.launches[-4:])
         assert list(recorder.launches[-4][9:12]) == [t.data_ptr() for t in chunk] == [
             views(t)[rows].data_ptr() for t in host]
+    assert keys[0] == keys[1]

@@ -393,8 +393,8 @@ def test_probe_kernel_is_deterministic_and_any_token_split_agrees(dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_probe_plan_on_a_chunks_host_rows_measures_what_its_views_measure(dtype):
     """The probe's default branch measures one CFG chunk: its plan, kept under the chunk's
-    host-layout key, launches on one slice of each host tensor ([B, L, H*d], a UNet's) and
-    gives, bit for bit, what the chunk's [B, H, L, d] views give."""
+    host-layout key, launches at the chunk's rows of each host tensor ([B, L, H*d], a UNet's;
+    by address, no slice) and gives, bit for bit, what the chunk's [B, H, L, d] views give."""
     from hopfield_circulation.hopfield import stability_triton
     from hopfield_circulation.hopfield.stability import layer_stability
 
@@ -407,11 +407,10 @@ def test_probe_plan_on_a_chunks_host_rows_measures_what_its_views_measure(dtype)
 
     stability_triton._plans.clear()
     for rows in (slice(1, 2), slice(0, 1)):
-        chunk = [t[rows] for t in host]
-        key = stability_triton.host_layout(*chunk, 10)
+        key = stability_triton.rows_layout(rows, *host, 10)
         viewed = [layer_stability(*(views(t)[rows] for t in host), plan_key=key).packed
                   for _ in range(2)]  # the general path, then the plan through the views
-        planned = stability_triton.run_planned(key, *chunk)
+        planned = stability_triton.run_planned_rows(key, rows, *host)
         assert planned is not None
         assert torch.equal(planned, viewed[0]) and torch.equal(planned, viewed[1])
 

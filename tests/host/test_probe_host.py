@@ -219,9 +219,9 @@ def test_bad_use_fails_clearly(env):
 def test_probed_calls_launch_their_plan_on_the_hosts_own_rows(env, monkeypatch, branch):
     """On CUDA a probed call's four launches are planned per call layout
     (hopfield/stability_triton.py): after a layout's first call, the probe hands the plan the
-    host's q, k and output as they are, or one slice of each for one CFG chunk (the default
-    branch), where views of the chunk cost three ops a tensor. Recorded, not run: the kernels
-    need a GPU."""
+    host's q, k and output as they are, or for one CFG chunk (the default branch) the
+    addresses of its rows, where views of the chunk cost three ops a tensor and a slice one.
+    Recorded, not run: the kernels need a GPU."""
     from core.launch_recorder import Recorder
     from hopfield_circulation.hook.schedule import LATENT_SHAPE_KEY, StepInfo
     from hopfield_circulation.hopfield import stability_triton
