@@ -82,9 +82,10 @@ def patch_circulation(
                     if got is not None and not settings.adaptive:
                         return Steered(got, steering, host_layout=True)
                     if got is not None:
-                        out, coefficients = got
+                        out, scratch = got
                         return Steered(out, lambda: _adaptive_steering(
-                            space, coefficients, settings.norm_match, active), host_layout=True)
+                            space, plan.coefficient_rows(scratch), settings.norm_match, active),
+                            host_layout=True)
             q, k, v = call.q, call.k, call.v
             fused = use_fused(q, k, v, kernel)
             if run is not None and not fused and not settings.adaptive:
@@ -113,10 +114,11 @@ def patch_circulation(
     return m
 
 
-def _adaptive_steering(space: FeatureSpace, coefficients: torch.Tensor, norm_match: bool,
+def _adaptive_steering(space: FeatureSpace, coefficients: tuple, norm_match: bool,
                        active: torch.Tensor | None) -> Steering:
-    """What an adaptive planned call applied, from the coefficients its kernel wrote."""
-    _, alpha, beta = fused_plan.coefficient_rows(coefficients)
+    """What an adaptive planned call applied, from the coefficients its kernel wrote
+    (eta-bar, alpha_eff, beta_eff)."""
+    _, alpha, beta = coefficients
     return Steering(space, alpha, beta, norm_match, active)
 
 

@@ -183,22 +183,28 @@ class SkewPlan:
 class AdaptivePlan:
     """Adaptive settings: the eta kernel's launches (one, or the chunks' Grams and their
     reduction: eta_triton.py), then the fused kernel's, which derives alpha_eff and beta_eff
-    from eta itself (fused_triton.fused_adaptive_circulation)."""
+    from eta itself (fused_triton.fused_adaptive_circulation). What they write besides the
+    output shares one fp32 allocation per call (``scratch``): the coefficients [3, C] the
+    fused kernel records (eta-bar, alpha_eff, beta_eff; C = B per sample, else 1), then eta
+    [B, H], then the eta chunks' Grams where its tokens are split; each part starts at a
+    multiple of 16 bytes."""
 
-    __slots__ = ("eta", "fused", "device", "v16", "eta_shape", "work", "lanes", "output")
+    __slots__ = ("eta", "fused", "device", "v16", "output", "columns", "eta_at", "work_at",
+                 "size")
 
     def __init__(self, eta: list, fused: PreparedLaunch, device: int, v16: bool,
-                 eta_shape: tuple[int, int], work: int, lanes: int, output: OutputLayout):
+                 eta_shape: tuple[int, int], work: int, columns: int, output: OutputLayout):
         self.eta, self.fused, self.device = eta, fused, device  # eta: [(stage, launch)]
-        self.v16, self.eta_shape, self.work = v16, eta_shape, work
-        self.lanes, self.output = lanes, output
+        self.v16, self.output, self.columns = v16, output, columns
+        self.eta_at = _whole_units(3 * columns)  # in floats
+        self.work_at = self.eta_at + _whole_units(eta_shape[0] * eta_shape[1])
+        self.size = self.work_at + work
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             active: torch.Tensor | None, v_heads: torch.Tensor | None = None) -> tuple | None:
-        """(output, coefficients) with the general path's values: the output as
-        ``SkewPlan.run``'s, and eta-bar, alpha_eff and beta_eff as the [3, B|1, 1, 1, 1]
-        tensor the kernel writes (``coefficient_rows`` views its rows, where they are read);
-        or None where that path must run instead."""
+        """(output, scratch) with the general path's values: the output as ``SkewPlan.run``'s,
+        and the call's scratch, whose coefficients ``coefficient_rows`` views where they are
+        read; or None where that path must run instead."""
         eta_launches, fused, device = self.eta, self.fused, self.device
         if not launchable(device, active, fused, *(launch for _, launch in eta_launches)) \
                 or eta_triton.failed():
@@ -207,29 +213,29 @@ class AdaptivePlan:
         if operands is None:
             return None
         out, _, (q_at, k_at, v_at, o, v16_at, rows) = operands
-        eta_tensor = torch.empty(self.eta_shape, dtype=torch.float32, device=out.device)
-        work_tensor = torch.empty(self.work, dtype=torch.float32, device=out.device) \
-            if self.work else eta_tensor
-        # [3, lanes] as the kernel writes it, shaped so that its rows need no views
-        coefficients = torch.empty(3, self.lanes, 1, 1, 1, dtype=torch.float32,
-                                   device=out.device)
-        eta, work, written = (eta_tensor.data_ptr(), work_tensor.data_ptr(),
-                              coefficients.data_ptr())
-        if (eta | work | written) & 15:
+        scratch = torch.empty(self.size, dtype=torch.float32, device=out.device)
+        coefficients = scratch.data_ptr()
+        if coefficients & 15:  # its parts are whole 16-byte units apart
             return None
+        eta = coefficients + 4 * self.eta_at
+        work = coefficients + 4 * self.work_at if self.size > self.work_at else eta
         for stage, launch in eta_launches:
             if not launch(device, *eta_triton.stage_tensors(stage, q_at, k_at, eta, work)):
                 return None
-        if not fused(device, q_at, k_at, v_at, o, o, o, v16_at, rows, eta, written):
+        if not fused(device, q_at, k_at, v_at, o, o, o, v16_at, rows, eta, coefficients):
             return None
-        return out, coefficients
+        return out, scratch
+
+    def coefficient_rows(self, scratch: torch.Tensor) -> tuple:
+        """(eta-bar, alpha_eff, beta_eff), each [B|1, 1, 1, 1], of a call's ``scratch``:
+        views, made only where something reads them (an observer), since every view costs a
+        steered call host time."""
+        return scratch[:3 * self.columns].view(3, self.columns, 1, 1, 1).unbind(0)
 
 
-def coefficient_rows(coefficients: torch.Tensor) -> tuple:
-    """(eta-bar, alpha_eff, beta_eff), each [B|1, 1, 1, 1], of an adaptive plan's
-    coefficients: views, made only where something reads them (an observer), since every
-    view costs a steered call host time."""
-    return coefficients.unbind(0)
+def _whole_units(floats: int) -> int:
+    """``floats`` rounded up to whole 16-byte units (4 floats)."""
+    return -(-floats // 4) * 4
 
 
 def make_skew_plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: float,

@@ -239,8 +239,8 @@ def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, monk
     general_out, general_coefficients = general()
     plan = fused_plan.make_adaptive_plan(q, k, v, 1.2, 5.0, per_sample, True, active)
     assert plan is not None
-    out, coefficients = plan.run(q, k, v, active)
-    eta_bar, alpha, beta = fused_plan.coefficient_rows(coefficients)
+    out, scratch = plan.run(q, k, v, active)
+    eta_bar, alpha, beta = plan.coefficient_rows(scratch)
     assert (out.shape, out.stride(), out.dtype) == (
         general_out.shape, general_out.stride(), general_out.dtype)
     assert general_coefficients.shape == (3, 2 if per_sample else 1)
@@ -255,7 +255,15 @@ def test_an_adaptive_plan_launches_what_the_general_path_launches(recorder, monk
                   [*eta_launches[-n:], fused_launches[-1]])
     eta = eta_launches[-1][9 + 1] if split else eta_launches[-1][9 + 2]
     assert fused_launches[-1][9 + fused_at("eta")] == eta  # eta: written, then read
-    assert fused_launches[-1][9 + fused_at("coefficients")] == eta_bar.data_ptr()
+    # one allocation: the coefficients the fused kernel records, then eta (then eta's Grams)
+    assert fused_launches[-1][9 + fused_at("coefficients")] == eta_bar.data_ptr() \
+        == scratch.data_ptr()
+    eta_at = 8 if per_sample else 4  # floats: [3, 2] or [3, 1], in whole 16-byte units
+    work_at = eta_at + 8  # eta [2, 3]
+    assert eta == scratch.data_ptr() + 4 * eta_at
+    assert scratch.numel() == work_at + ((6 * (3 if d == 64 else 5) * 3 * d * d) if split else 0)
+    if split:  # the chunks' Grams: written by the first launch, read by the reduction
+        assert eta_launches[-2][9 + 3] == eta_launches[-1][9] == scratch.data_ptr() + 4 * work_at
 
 
 def test_no_adaptive_plan_where_the_general_path_takes_torch_ops(recorder, monkeypatch):

@@ -526,7 +526,7 @@ def test_planned_adaptive_launches_match_the_general_path(dtype):
         q, k, v = inputs(2, 10, 1000, 64, dtype, strided, seed=34)
         want, coefficients = general(q, k, v)
         out, planned = plan.run(q, k, v, active)
-        eta_bar, alpha, beta = fused_plan.coefficient_rows(planned)
+        eta_bar, alpha, beta = plan.coefficient_rows(planned)
         assert torch.equal(out, want) and out.stride() == want.stride()
         assert torch.equal(torch.stack((eta_bar.flatten(), alpha.flatten(), beta.flatten())),
                            coefficients)
