@@ -9,7 +9,8 @@ Triton's binder and cache key (what ``kernel[grid](...)`` does on every call bef
 the compiled kernel up and launches it: a lower bound on that path) against everything the
 cached launcher does per call (its key, the lookup, the argument list), with the compiled
 launcher a no-op. On CUDA it also times whole steered calls, tiny and launch-bound, with the
-cache on and off in one process, and checks that both give bit-identical outputs.
+cache on and off in one process, and checks that both give bit-identical outputs; and one
+planned launch with its pointers given as tensors against as addresses (what plans pass).
 """
 
 from __future__ import annotations
@@ -186,12 +187,37 @@ def cuda_rows() -> None:
         off, on = min(timed[False]), min(timed[True])
         print(f"| {name} | {off:.1f} | {on:.1f} | {off - on:.1f} | {plan_us} | {same} | "
               f"{misses} |")
+    if skew_plan:
+        pointer_rows(q, skew_plan)
     import triton
 
     hooks = triton.knobs.runtime
     print(f"Triton launch hooks: enter {hooks.launch_enter_hook!r}, exit "
           f"{hooks.launch_exit_hook!r}; launchers enabled: "
           f"{[launcher.enabled for launcher in launchers]}")
+
+
+def pointer_rows(q, skew_plan) -> None:
+    """One prepared fused launch (fused_plan.PreparedLaunch) with its ten pointer arguments
+    given as tensors, for each of which Triton's compiled launcher calls ``data_ptr`` and asks
+    the driver about the pointer (cuPointerGetAttribute), or as the addresses a plan hands
+    it, taking turns in one process."""
+    out = skew_plan.output.new(q)
+    tensors = (q, q, q, out, out, out, out, out, out, out)  # q, k, v as one: same work
+    addresses = tuple(t.data_ptr() for t in tensors)
+    launch, device = skew_plan.fused, q.get_device()
+    ways = {"tensors": lambda: launch(device, *tensors),
+            "addresses": lambda: launch(device, *addresses)}
+    timed: dict = {}
+    for _ in range(3):
+        for name, fn in ways.items():
+            timed.setdefault(name, []).append(
+                per_call_us(fn, calls=1000, sync=torch.cuda.synchronize))
+    by_tensors, by_addresses = min(timed["tensors"]), min(timed["addresses"])
+    print(f"\nOne planned fused launch, [2, 10, 16, 64] fp16, µs per launch: pointers as "
+          f"tensors {by_tensors:.2f}, as addresses {by_addresses:.2f}; saved "
+          f"{by_tensors - by_addresses:.2f} ({(by_tensors - by_addresses) / 10:.2f} per "
+          f"pointer argument)")
 
 
 def main():
