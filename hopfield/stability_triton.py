@@ -311,21 +311,18 @@ def host_layout(q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor, *view
     """A key for a call's layout given as the tensors a caller holds (the host's, say) before
     viewing them as [B, H, L, d]: their shapes, strides, dtype and devices, and ``views``,
     whatever else decides the views (heads, the host's layout flags)."""
-    return _layout_key(q.shape, k.shape, retrieval.shape, q, k, retrieval, views)
+    return ("host", q.shape, q.stride(), k.shape, k.stride(), retrieval.shape,
+            retrieval.stride(), q.dtype, q.device, k.get_device(), retrieval.get_device(),
+            *views)
 
 
 def rows_layout(rows: slice, q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor,
                 *views) -> tuple:
-    """``host_layout(q[rows], k[rows], retrieval[rows], *views)`` without the slices (an op
-    each): ``rows`` (start and stop, within the first dimension) keep every stride."""
-    count = rows.stop - rows.start
-    return _layout_key((count, *q.shape[1:]), (count, *k.shape[1:]),
-                       (count, *retrieval.shape[1:]), q, k, retrieval, views)
-
-
-def _layout_key(q_shape, k_shape, retrieval_shape, q, k, retrieval, views) -> tuple:
-    return ("host", tuple(q_shape), q.stride(), tuple(k_shape), k.stride(),
-            tuple(retrieval_shape), retrieval.stride(), q.dtype, q.device, k.get_device(),
+    """A key for the layout of ``q[rows]``, ``k[rows]``, ``retrieval[rows]`` (``rows``: start
+    and stop within the first dimension, which keep every stride) without the slices, an op
+    each: how many rows, and ``host_layout``'s of the whole tensors."""
+    return ("rows", rows.stop - rows.start, q.shape, q.stride(), k.shape, k.stride(),
+            retrieval.shape, retrieval.stride(), q.dtype, q.device, k.get_device(),
             retrieval.get_device(), *views)
 
 
