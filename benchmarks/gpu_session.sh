@@ -74,7 +74,7 @@ for part in "${parts[@]}"; do
   base)
     step gpu_tier 170 "${tier[@]}" -k "not ($compile_cases)"
     # the table's tiles, no timing of candidates: these steps measure the host, not the tiles
-    HOPFIELD_CIRCULATION_TUNE=0 step triton_launch 15 "$py" benchmarks/bench_triton_launch.py \
+    HOPFIELD_CIRCULATION_TUNE=0 step triton_launch 20 "$py" benchmarks/bench_triton_launch.py \
       --device cuda
     HOPFIELD_CIRCULATION_TUNE=0 step host_overhead 25 "$py" benchmarks/bench_host_overhead.py \
       --device cuda --dtype fp16
