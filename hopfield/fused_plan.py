@@ -146,6 +146,8 @@ def _fused_operands(plan, q, k, v, active, v_heads) -> tuple | None:
         v16, v16_at = out, o
     rows = o if active is None else active.data_ptr()
     at = q.data_ptr(), k.data_ptr(), v.data_ptr(), o, v16_at, rows
+    # aligned_addresses, written out: in every steered call, its call would cost more than
+    # the check
     if (at[0] | at[1] | at[2] | o | v16_at | rows) & 15:
         return None
     # v16 goes back with them: its block must not go to another tensor before the launch
