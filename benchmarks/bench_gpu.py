@@ -35,9 +35,14 @@ Paths, each timed as what the attention override costs per steered call:
   hopfield/token_chunks.py), by the same kernels with one chunk per (sample, head) (what
   the kernel did before the split), and by torch ops.
 
-Columns: median ms over CUDA-event timings after warm-up (first calls compile the kernel); the
-ratio to baseline from the same run; fused TFLOP/s counting 8 L² d per (batch, head) (two
-attention calls' worth of matmuls); peak extra memory over the inputs (output included);
+Columns: ms, the median over CUDA-event timings of single calls after warm-up (first calls
+compile the kernel), on an idle device: the host's time to issue the call is timed with its
+kernels wherever the device waits for it (for small kernels, most of it); device ms, the
+median of the call's device work alone, issued while the device spins (gpu_timing.py: what
+the kernels cost a step that keeps the device busy; "–" for a call that waits for the device
+itself); each with its ratio to baseline's from the same run; fused TFLOP/s from device ms,
+counting 8 L² d per (batch, head) (two attention calls' worth of matmuls); peak extra memory
+over the inputs (output included);
 check: max |out − two-call fp32| / max |two-call fp32| on the full shape (catches a bad
 compile); Δ error: |Δ − Δ_fp64| / |Δ_fp64| at α 0.97 and 1.05 (β 3) on a 1024-token slice, with
 the float64 reference computed from the same rounded inputs, and "floor", the float64 result
@@ -56,6 +61,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_attention import hopfield  # noqa: E402  (registers the pack as a package)
+from gpu_timing import device_ms  # noqa: E402
 from hopfield_circulation.hopfield import fused_tiles, fused_triton, reference  # noqa: E402
 
 SHAPES = {  # name: (batch, heads, tokens, d, joint qkv view)
@@ -152,6 +158,19 @@ def extra_paths(q, k, v):
             "probe_torch": lambda: layer_stability_torch(q, k, x)}
 
 
+def ratio(ms, base_ms):
+    return "–" if ms is None or not base_ms else f"{ms / base_ms:.2f}"
+
+
+def shown(ms):
+    return "–" if ms is None else f"{ms:.3f}"
+
+
+def both_ms(fn, args):
+    """(ms as issued on an idle device, device ms alone or None): the Columns of the doc."""
+    return median_ms(fn, args.warmup, args.reps), device_ms(fn, args.warmup, args.reps)
+
+
 def median_ms(fn, warmup, reps):
     for _ in range(warmup):
         fn()
@@ -207,20 +226,22 @@ def bench_shape(name, spec, dtype_name, args):
     q, k, v = make_qkv(batch, heads, tokens, d, joint, dtype)
     errors = {a: delta_errors(q, k, v, a, dtype) for a in (0.97, 1.05)}
     flops = 8 * tokens**2 * d * batch * heads
-    base_ms = None
+    base = None
     for path, fn in paths(q, k, v).items():
-        ms = median_ms(fn, args.warmup, args.reps)
-        base_ms = base_ms or ms
-        tflops = f"{flops / ms / 1e9:.0f}" if path == "fused" else ""
+        ms, gpu = both_ms(fn, args)
+        base = base or (ms, gpu)
+        tflops = f"{flops / gpu / 1e9:.0f}" if path == "fused" and gpu else ""
         check = f"{full_shape_check(q, k, v, fn()):.1e}" if path == "fused" else ""
         err = tuple(f"{errors[a][path]:.4f}" if path in errors[a] else "" for a in (0.97, 1.05))
-        print(f"| {name} | {dtype_name} | {path} | {ms:.3f} | {ms / base_ms:.2f} | {tflops} | "
-              f"{peak_extra_mib(fn):.0f} | {check} | {err[0]} | {err[1]} |", flush=True)
+        print(f"| {name} | {dtype_name} | {path} | {ms:.3f} | {ratio(ms, base[0])} | "
+              f"{shown(gpu)} | {ratio(gpu, base[1])} | {tflops} | {peak_extra_mib(fn):.0f} | "
+              f"{check} | {err[0]} | {err[1]} |", flush=True)
     for path, fn in extra_paths(q, k, v).items():
-        ms = median_ms(fn, args.warmup, args.reps)
-        print(f"| {name} | {dtype_name} | {path} | {ms:.3f} | {ms / base_ms:.2f} | | "
-              f"{peak_extra_mib(fn):.0f} | | | |", flush=True)
-    print(f"| {name} | {dtype_name} | floor | | | | | | {errors[0.97]['floor']:.4f} | "
+        ms, gpu = both_ms(fn, args)
+        print(f"| {name} | {dtype_name} | {path} | {ms:.3f} | {ratio(ms, base[0])} | "
+              f"{shown(gpu)} | {ratio(gpu, base[1])} | | {peak_extra_mib(fn):.0f} | | | |",
+              flush=True)
+    print(f"| {name} | {dtype_name} | floor | | | | | | | | {errors[0.97]['floor']:.4f} | "
           f"{errors[1.05]['floor']:.4f} |", flush=True)
 
 
@@ -229,18 +250,19 @@ def sweep_shape(name, spec, dtype_name, args):
 
     batch, heads, tokens, d, joint = spec
     q, k, v = make_qkv(batch, heads, tokens, d, joint, DTYPES[dtype_name])
-    base_ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v), args.warmup, args.reps)
+    base = both_ms(lambda: F.scaled_dot_product_attention(q, k, v), args)
     default = fused_tiles.default_config(d, q.dtype)
     for cfg in [default] + [c for c in SWEEP if c != default]:
         try:
-            ms = median_ms(lambda cfg=cfg: fused_triton.fused_skew_circulation(
-                q, k, v, 1.05, BETA, config=cfg), args.warmup, args.reps)
+            ms, gpu = both_ms(lambda cfg=cfg: fused_triton.fused_skew_circulation(
+                q, k, v, 1.05, BETA, config=cfg), args)
         except Exception as error:  # e.g. out of shared memory: a finding, not a crash
-            print(f"| {name} | {dtype_name} | {cfg} | failed: {type(error).__name__} | |")
+            print(f"| {name} | {dtype_name} | {cfg} | failed: {type(error).__name__} | | | |")
             continue
         mark = " (default)" if cfg == default else ""
         print(f"| {name} | {dtype_name} | {cfg.block_m}x{cfg.block_n} w{cfg.num_warps} "
-              f"s{cfg.num_stages}{mark} | {ms:.3f} | {ms / base_ms:.2f} |", flush=True)
+              f"s{cfg.num_stages}{mark} | {ms:.3f} | {ratio(ms, base[0])} | {shown(gpu)} | "
+              f"{ratio(gpu, base[1])} |", flush=True)
 
 
 def sweep_chunks(name, spec, args):
@@ -251,7 +273,7 @@ def sweep_chunks(name, spec, args):
     batch, heads, tokens, d, joint = spec
     q, k, v = make_qkv(batch, heads, tokens, d, joint, torch.float16)
     x = F.scaled_dot_product_attention(q, k, v)
-    base_ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v), args.warmup, args.reps)
+    base = both_ms(lambda: F.scaled_dot_product_attention(q, k, v), args)
 
     def probe_chunks(splits):
         geometry = stability_triton.Geometry.of(q, x, splits=splits)
@@ -271,10 +293,10 @@ def sweep_chunks(name, spec, args):
             if chunks in seen:  # more asked than the tokens have tiles
                 continue
             seen.add(chunks)
-            ms = median_ms(lambda splits=splits, run=run: run(splits), args.warmup, args.reps)
+            ms, gpu = both_ms(lambda splits=splits, run=run: run(splits), args)
             mark = " (default)" if (chunks, chunk) == default else ""
             print(f"| {name} | {kernel} | {chunks}{mark} | {chunk} | {ms:.3f} | "
-                  f"{ms / base_ms:.2f} |", flush=True)
+                  f"{ratio(ms, base[0])} | {shown(gpu)} | {ratio(gpu, base[1])} |", flush=True)
 
 
 def main():
@@ -293,23 +315,27 @@ def main():
     print(f"Device: {props.name} ({props.multi_processor_count} SMs, "
           f"{props.total_memory / 2**30:.0f} GiB); torch {torch.__version__}, CUDA "
           f"{torch.version.cuda}, Triton {triton.__version__}")
-    print("| shape | dtype | path | ms | × baseline | fused TFLOP/s | peak extra MiB | check "
-          "| Δ err α 0.97 | Δ err α 1.05 |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| shape | dtype | path | ms | × baseline | device ms | × baseline | fused TFLOP/s "
+          "| peak extra MiB | check | Δ err α 0.97 | Δ err α 1.05 |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with torch.inference_mode():
         for name, spec in shapes.items():
             for dtype_name in DTYPES:
                 bench_shape(name, spec, dtype_name, args)
         if args.sweep:
-            print("\nFused kernel tile candidates (ms, × baseline SDPA of the same shape):")
-            print("| shape | dtype | BLOCK_M x BLOCK_N, warps, stages | ms | × baseline |")
-            print("|---|---|---|---:|---:|")
+            print("\nFused kernel tile candidates (ms as issued and device ms, each × baseline "
+                  "SDPA of the same shape):")
+            print("| shape | dtype | BLOCK_M x BLOCK_N, warps, stages | ms | × baseline | "
+                  "device ms | × baseline |")
+            print("|---|---|---|---:|---:|---:|---:|")
             for name, spec in shapes.items():
                 for dtype_name in DTYPES:
                     sweep_shape(name, spec, dtype_name, args)
-            print("\nToken chunks of the probe's and eta's kernels, fp16 (ms, × baseline SDPA):")
-            print("| shape | kernel | chunks | tokens per chunk | ms | × baseline |")
-            print("|---|---|---:|---:|---:|---:|")
+            print("\nToken chunks of the probe's and eta's kernels, fp16 (ms as issued and "
+                  "device ms, each × baseline SDPA):")
+            print("| shape | kernel | chunks | tokens per chunk | ms | × baseline | device ms | "
+                  "× baseline |")
+            print("|---|---|---:|---:|---:|---:|---:|---:|")
             # SDXL's 32 x 32 level too: 60 of its 70 self-attention calls per step
             more = {"SDXL 32x32": (2, 20, 1024, 64, False)} if args.shapes == "d64" else {}
             for name, spec in {**shapes, **more}.items():
