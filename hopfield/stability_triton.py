@@ -321,9 +321,7 @@ def rows_layout(rows: slice, q: torch.Tensor, k: torch.Tensor, retrieval: torch.
     """A key for the layout of ``q[rows]``, ``k[rows]``, ``retrieval[rows]`` (``rows``: start
     and stop within the first dimension, which keep every stride) without the slices, an op
     each: how many rows, and ``host_layout``'s of the whole tensors."""
-    return ("rows", rows.stop - rows.start, q.shape, q.stride(), k.shape, k.stride(),
-            retrieval.shape, retrieval.stride(), q.dtype, q.device, k.get_device(),
-            retrieval.get_device(), *views)
+    return ("rows", rows.stop - rows.start, host_layout(q, k, retrieval, *views))
 
 
 def run_planned(key: tuple, q: torch.Tensor, k: torch.Tensor,
