@@ -24,14 +24,14 @@ def symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """eta_M per (batch, head) for q, k of shape [B, H, L, d]; returns [B, H] (fp32, or fp64
     for fp64 input).
 
-    One Gram matrix G = Z^T Z of Z = [K | Q] holds K^T K, K^T Q and Q^T Q: one concatenation in
-    the model's dtype and one batched product accumulated in fp32 (on tensor cores for fp16 and
-    bf16 on CUDA), instead of fp32 copies of q and k and three products. Below 2d tokens the
+    One concatenation Z = [K | Q] in the model's dtype and two batched products accumulated in
+    fp32 (on tensor cores for fp16 and bf16 on CUDA), K^T Z = [K^T K, K^T Q] and Q^T Q, instead
+    of fp32 copies of q and k: three quarters of the whole Gram Z^T Z. Below 2d tokens the
     logits themselves are the smaller matrix (and the cheaper product), so they are used. Stays
     on q's device; a zero logit matrix (|M| = 0) gives eta = 0 instead of NaN. On CUDA the
     same traces come from one or two Triton launches where they apply (hopfield/eta_triton.py).
     """
-    if eta_triton.eligible(q, k):  # CUDA, fp16/bf16: one or two launches instead of seven
+    if eta_triton.eligible(q, k):  # CUDA, fp16/bf16: one or two launches instead of eight
         if torch.compiler.is_compiling():  # one opaque op in the graph, never re-traced
             return eta_triton.ETA_OP(q, k)
         eta = eta_triton.try_symmetry_index(q, k)
@@ -50,18 +50,16 @@ def symmetry_index_torch(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         cross = (logits * logits.transpose(-1, -2)).sum(dim=(-1, -2))
         return cross / norm_sq.clamp_min(ETA_EPS)
     z = torch.cat((k, q), dim=-1).view(b * h, length, 2 * d)
-    gram = fp32_gram(z)  # [[K^T K, K^T Q], [Q^T K, Q^T Q]]
-    # Against G with both halves swapped, [[Q^T Q, Q^T K], [K^T Q, K^T K]], the elementwise
-    # product sums per d x d block to tr((Q^T Q)(K^T K)) on the diagonal blocks (both Grams are
-    # symmetric) and to tr((K^T Q)^2) off it: both traces in one multiply and one reduction.
-    blocks = (gram * gram.roll((d, d), dims=(-2, -1))).view(b, h, 2, d, 2, d).sum(dim=(-3, -1))
-    norm_sq, cross = blocks[..., 0, 0], blocks[..., 0, 1]
+    # The three Grams the traces need, not the whole Z^T Z (whose fourth block, Q^T K, only
+    # transposes K^T Q): three quarters of its multiply-adds, in two products
+    k_k_q = fp32_product(z[..., :d].transpose(1, 2), z)  # [K^T K, K^T Q]
+    q_q = fp32_product(z[..., d:].transpose(1, 2), z[..., d:])  # Q^T Q
+    # Both Grams of the first trace are symmetric: tr((Q^T Q)(K^T K)) is their elementwise
+    # product's sum, read untransposed
+    norm_sq = (q_q * k_k_q[..., :d]).sum(dim=(-1, -2)).view(b, h)
+    k_q = k_k_q[..., d:]
+    cross = (k_q * k_q.transpose(-1, -2)).sum(dim=(-1, -2)).view(b, h)
     return cross / norm_sq.clamp_min(ETA_EPS)
-
-
-def fp32_gram(z: torch.Tensor) -> torch.Tensor:
-    """Z^T Z for Z [N, L, m], fp32 (fp64 for fp64 input)."""
-    return fp32_product(z.transpose(1, 2), z)
 
 
 def fp32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
