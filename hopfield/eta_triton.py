@@ -9,7 +9,7 @@ H200 splitting the tokens among more programs (``splits``: each chunk writes its
 second launch sums them in a fixed order) measured slower at SDXL's 64 x 64 level and SD3's
 1024², and a few microseconds faster at SDXL's 32 x 32 level, less than the second launch costs
 the host there (benchmarks/bench_gpu.py --sweep; the README has the table). So one launch is
-the default and the split is there to be asked for. The torch path it replaces on CUDA is eight
+the default and the split is there to be asked for. The torch path it replaces on CUDA is nine
 launches (concatenation, two Gram products, two products and their sums, clamp, division), each
 a few microseconds of host time in every steered call of a launch-bound sampling step.
 

@@ -31,7 +31,7 @@ def symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     on q's device; a zero logit matrix (|M| = 0) gives eta = 0 instead of NaN. On CUDA the
     same traces come from one or two Triton launches where they apply (hopfield/eta_triton.py).
     """
-    if eta_triton.eligible(q, k):  # CUDA, fp16/bf16: one or two launches instead of eight
+    if eta_triton.eligible(q, k):  # CUDA, fp16/bf16: one or two launches instead of nine
         if torch.compiler.is_compiling():  # one opaque op in the graph, never re-traced
             return eta_triton.ETA_OP(q, k)
         eta = eta_triton.try_symmetry_index(q, k)
@@ -50,6 +50,8 @@ def symmetry_index_torch(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         cross = (logits * logits.transpose(-1, -2)).sum(dim=(-1, -2))
         return cross / norm_sq.clamp_min(ETA_EPS)
     z = torch.cat((k, q), dim=-1).view(b * h, length, 2 * d)
+    if z.dtype != torch.promote_types(z.dtype, torch.float32) and not half_into_fp32(z.device):
+        z = z.float()  # once for both products (each would take fp32 copies of its operands)
     # The three Grams the traces need, not the whole Z^T Z (whose fourth block, Q^T K, only
     # transposes K^T Q): three quarters of its multiply-adds, in two products
     k_k_q = fp32_product(z[..., :d].transpose(1, 2), z)  # [K^T K, K^T Q]
