@@ -29,7 +29,8 @@ def heads_view(x: torch.Tensor, like: torch.Tensor, subset: torch.Tensor | None 
     """X [B, L, C] as [B, H, L, m] in ``like``'s dtype: the chosen channels, one view per head."""
     if subset is not None:
         x = x.index_select(-1, subset.to(x.device))
-    return x.unsqueeze(1).expand(-1, like.shape[1], -1, -1).to(like.dtype)
+    # converted before the broadcast: converting the broadcast view would copy X once per head
+    return x.to(like.dtype).unsqueeze(1).expand(-1, like.shape[1], -1, -1)
 
 
 def input_retrieval(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor,
