@@ -11,10 +11,9 @@ X is shared by the heads (a broadcast view, never copied per head). No L x L mat
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .blend import blend_retrievals
-from .skew import Scalar, skew_scaled_attention
+from .skew import Scalar, attend_any_width, skew_scaled_attention
 
 
 def channel_subset(channels: int, m: int, seed: int = 0) -> torch.Tensor | None:
@@ -37,8 +36,9 @@ def input_retrieval(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor,
                     subset: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(QK^T/sqrt(d)) X per head, [B, H, L, m]. x: [B, L, C]; ``subset``: channel
     indices (``channel_subset``), None for all C channels (the exact input basis). One
-    attention call of value width m (m = d = 64 makes it flash-eligible)."""
-    return F.scaled_dot_product_attention(q, k, heads_view(x, q, subset))
+    attention call of value width m (m = d = 64 makes it flash-eligible; other widths:
+    skew.attend_any_width)."""
+    return attend_any_width(q, k, heads_view(x, q, subset))
 
 
 def steered_input_retrieval(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor, alpha: Scalar,
@@ -47,6 +47,6 @@ def steered_input_retrieval(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor, a
     """(retrieval, blended): the plain retrieval over X and its blend with the alpha-scaled one
     (fp32), for effective coefficients ``alpha``, ``beta`` (floats or [B|1, 1, 1, 1])."""
     x_heads = heads_view(x, q, subset)
-    retrieved = F.scaled_dot_product_attention(q, k, x_heads)
+    retrieved = attend_any_width(q, k, x_heads)
     perturbed = skew_scaled_attention(q, k, x_heads, alpha)
     return retrieved, blend_retrievals(retrieved, perturbed, beta, norm_match=norm_match)
