@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from core.devices import ON_CUDA
+from core.tensor_shapes import ShapesMade
 from hopfield_circulation.hopfield import (
     CirculationSettings,
     adaptive_coefficients,
@@ -19,8 +20,6 @@ from hopfield_circulation.hopfield import (
 )
 from hopfield_circulation.hopfield import reference as ref
 from hopfield_circulation.hopfield.skew import attend_any_width
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 F64 = torch.float64
 ALPHAS = [1.05, 1.2, 2.0, 0.97, 0.9, 0.5, 0.0, 1.0, -0.5, -2.0]  # -0.5, -2: c1 < 0 or c2 > 1
@@ -68,20 +67,6 @@ def test_value_width_other_than_head_dim():
                                    ref.skew_scaled_attention(q, k, v, 1.3))
 
 
-class _ShapesMade(TorchDispatchMode):
-    """The shapes of every tensor the ops under it return."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.shapes += [tuple(t.shape) for t in tree_flatten(out)[0]
-                        if isinstance(t, torch.Tensor)]
-        return out
-
-
 @pytest.mark.parametrize("width, values", [(16, 8), (16, 16), (16, 40), (64, 640), (64, 200),
                                            (128, 1280), (160, 300)])
 def test_any_value_width_equals_the_literal_softmax_and_builds_no_l_by_l_matrix(width, values):
@@ -92,11 +77,11 @@ def test_any_value_width_equals_the_literal_softmax_and_builds_no_l_by_l_matrix(
     q, k = rand(2, 3, tokens, width, seed=70), rand(2, 3, tokens, width, seed=71)
     x = rand(2, tokens, values, seed=72)
     v = x.unsqueeze(1).expand(-1, 3, -1, -1)  # shared by the heads, as heads_view gives it
-    with _ShapesMade() as made:
+    with ShapesMade() as made:
         got = attend_any_width(q, k, v, scale=0.3)
     expected = torch.softmax(q @ k.transpose(-1, -2) * 0.3, -1) @ v
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    assert not [s for s in made.shapes if s[-2:] == (tokens, tokens)], made.shapes
+    assert not made.square(tokens), made.square(tokens)
     # the default scale is q's own width, padded or not
     torch.testing.assert_close(attend_any_width(q, k, v), torch.softmax(
         q @ k.transpose(-1, -2) / width**0.5, -1) @ v, rtol=1e-10, atol=1e-12)

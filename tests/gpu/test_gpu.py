@@ -142,13 +142,34 @@ def test_bf16_two_call_without_triton_in_fp16():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_eta_from_one_gram_in_fp32(dtype):
+def test_eta_from_grams_in_fp32(dtype):
     from hopfield_circulation.hopfield import reference as ref
     from hopfield_circulation.hopfield.symmetry import symmetry_index
 
     q, k, _ = inputs(2, 10, 1024, 64, dtype, seed=7)
     want = ref.symmetry_index(q.double(), k.double())
     torch.testing.assert_close(symmetry_index(q, k).double(), want, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("values", [640, 1280, 100])
+def test_retrieval_over_x_builds_no_l_by_l_matrix(dtype, values):
+    """The input space's retrievals over X (C channels per head): one call of the
+    memory-efficient kernel on CUDA where C is a multiple of 8, chunks of flash calls
+    otherwise (skew.attend_any_width); never SDPA's L x L path."""
+    from core.tensor_shapes import ShapesMade
+    from hopfield_circulation.hopfield.skew import attend_any_width
+
+    tokens = 1000
+    q, k, _ = inputs(2, 10, tokens, 64, dtype, seed=9)
+    x = torch.randn(2, tokens, values, device="cuda").to(dtype)
+    v = x.unsqueeze(1).expand(-1, 10, -1, -1)
+    with ShapesMade() as made:
+        got = attend_any_width(q, k, v)
+    assert not made.square(tokens), made.square(tokens)
+    want = torch.softmax(q.double() @ k.double().transpose(-1, -2) / 8, -1) @ v.double()
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 2e-3}[dtype]  # TF32
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
 
 
 @needs_triton
