@@ -179,7 +179,7 @@ def layer_stability_torch(q: torch.Tensor, k: torch.Tensor,
 
 def column_squares(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """|x|^2 over tokens (axis -2) in ``dtype``, [..., 1, m]. The CPU's vector_norm over an
-    axis other than the last runs unvectorised (5-6 times the time of squaring and summing);
+    axis other than the last runs unvectorised (5 to 14 times the time of squaring and summing);
     elsewhere, and for half-precision x (whose squares could overflow before the fp32 sum),
     vector_norm reads x into ``dtype`` in one pass."""
     if x.dtype == dtype and x.device.type == "cpu":
