@@ -86,24 +86,31 @@ def attend_concat(z: torch.Tensor, scale: float) -> torch.Tensor:
     return out[..., :d]
 
 
-# Where values are wider than the queries and the device has no attention kernel for that, the
-# queries and keys are zero-padded to this width (fewer calls; measured on the CPU, below)
+# Where a wider v goes in chunks, the queries and keys are zero-padded to this width (fewer calls
+# than chunks of q's own width; measured on the CPU)
 PADDED_WIDTH = 128
+
+
+def chunks_wide_values(device: torch.device, values: int) -> bool:
+    """Whether a v wider than q goes in chunks of q's width: where SDPA's flash kernel takes only
+    one width for q, k and v and a wider v falls back to its path that builds the L x L weights.
+    That is the CPU, and CUDA for widths off a multiple of 8 (its memory-efficient kernel takes
+    the others as they are). Elsewhere one call, as before: MPS's attention builds the L x L
+    weights whatever the widths, so chunks would only repeat them."""
+    return device.type == "cpu" or (device.type == "cuda" and values % 8 != 0)
 
 
 def attend_any_width(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      scale: float | None = None) -> torch.Tensor:
-    """softmax(q k^T * scale) v (scale: 1 / sqrt(q's width) by default) for a v of any width,
-    never through an L x L matrix. PyTorch's flash kernels take one width for q, k and v; where
-    v's differs they fall back to a path that builds the L x L weights, except on CUDA, whose
-    memory-efficient kernel takes a wider v as it is (a width that is a multiple of 8). So a
-    narrower v is zero-padded, and elsewhere a wider one (the block input X's C channels) goes
-    in chunks of q's width, q and k zero-padded to PADDED_WIDTH (which adds nothing to the
-    logits) where that is wider, the last chunk zero-padded: one flash call per chunk. At
-    SDXL's 64 x 64 level (B = 2, 10 heads, C = 640, fp32, CPU) the L x L path took 3.2 GB more
-    memory per call than the chunks' 0.7 GB."""
+    """softmax(q k^T * scale) v (scale: 1 / sqrt(q's width) by default) for a v of any width. A
+    narrower v is zero-padded to q's width (flash kernels take one width), and a wider one (the
+    block input X's C channels), where ``chunks_wide_values``, goes in chunks: q and k
+    zero-padded to PADDED_WIDTH where that is wider (which adds nothing to the logits), v in
+    chunks of that width, the last one zero-padded, one flash call each, never an L x L matrix.
+    At SDXL's 64 x 64 level (B = 2, 10 heads, C = 640, fp32, CPU) the L x L path took 3.2 GB more
+    memory per call, the chunks 0.7 GB."""
     width, values = q.shape[-1], v.shape[-1]
-    if values == width or (values > width and values % 8 == 0 and q.device.type == "cuda"):
+    if values == width or (values > width and not chunks_wide_values(q.device, values)):
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     scale = width**-0.5 if scale is None else scale
     chunk = max(width, min(PADDED_WIDTH, values))
