@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from core.devices import ON_CUDA
-from core.tensor_shapes import ShapesMade
+from core.tensors_made import TensorsMade
 from hopfield_circulation.hopfield import (
     CirculationSettings,
     adaptive_coefficients,
@@ -77,7 +77,7 @@ def test_any_value_width_equals_the_literal_softmax_and_builds_no_l_by_l_matrix(
     q, k = rand(2, 3, tokens, width, seed=70), rand(2, 3, tokens, width, seed=71)
     x = rand(2, tokens, values, seed=72)
     v = x.unsqueeze(1).expand(-1, 3, -1, -1)  # shared by the heads, as heads_view gives it
-    with ShapesMade() as made:
+    with TensorsMade() as made:
         got = attend_any_width(q, k, v, scale=0.3)
     expected = torch.softmax(q @ k.transpose(-1, -2) * 0.3, -1) @ v
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

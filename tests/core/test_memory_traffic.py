@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from core.tensors_made import TensorsMade
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -20,21 +20,6 @@ def head_tensors(dtype):
     b, h, length, d = SHAPE
     return tuple(torch.empty(b, length, h, d, device="meta", dtype=dtype).transpose(1, 2)
                  for _ in range(3))
-
-
-class Outputs(TorchDispatchMode):
-    """(op, dtype) of every full-size tensor an op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.full_size = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.numel() >= torch.Size(SHAPE).numel():
-                self.full_size.append((func._schema.name, t.dtype))
-        return out
 
 
 def test_counts_reads_and_writes_of_one_op():
@@ -75,8 +60,9 @@ def test_bf16_two_call_with_a_number_beta_makes_no_fp32_head_tensor(beta):
     q, k, v = head_tensors(torch.bfloat16)
     if beta == "tensor":
         beta = torch.full((SHAPE[0], 1, 1, 1), 3.0, device="meta")
-    with memory_traffic.attention_as_one_op(), Outputs() as mode:
+    with memory_traffic.attention_as_one_op(), TensorsMade() as mode:
         out = two_call(q, k, v, None, 1.05, beta, out_dtype=torch.bfloat16)
     assert out.dtype == torch.bfloat16
-    fp32 = [op for op, dtype in mode.full_size if dtype == torch.float32]
+    fp32 = [op for op, dtype in mode.at_least(torch.Size(SHAPE).numel())
+            if dtype == torch.float32]
     assert (fp32 == []) == (not isinstance(beta, torch.Tensor)), fp32

@@ -157,14 +157,14 @@ def test_retrieval_over_x_builds_no_l_by_l_matrix(dtype, values):
     """The input space's retrievals over X (C channels per head): one call of the
     memory-efficient kernel on CUDA where C is a multiple of 8, chunks of flash calls
     otherwise (skew.attend_any_width); never SDPA's L x L path."""
-    from core.tensor_shapes import ShapesMade
+    from core.tensors_made import TensorsMade
     from hopfield_circulation.hopfield.skew import attend_any_width
 
     tokens = 1000
     q, k, _ = inputs(2, 10, tokens, 64, dtype, seed=9)
     x = torch.randn(2, tokens, values, device="cuda").to(dtype)
     v = x.unsqueeze(1).expand(-1, 10, -1, -1)
-    with ShapesMade() as made:
+    with TensorsMade() as made:
         got = attend_any_width(q, k, v)
     assert not made.square(tokens), made.square(tokens)
     want = torch.softmax(q.double() @ k.double().transpose(-1, -2) / 8, -1) @ v.double()
