@@ -92,11 +92,11 @@ PADDED_WIDTH = 128
 
 
 def chunks_wide_values(device: torch.device, values: int) -> bool:
-    """Whether a v wider than q goes in chunks of q's width: where SDPA's flash kernel takes only
-    one width for q, k and v and a wider v falls back to its path that builds the L x L weights.
-    That is the CPU, and CUDA for widths off a multiple of 8 (its memory-efficient kernel takes
-    the others as they are). Elsewhere one call, as before: MPS's attention builds the L x L
-    weights whatever the widths, so chunks would only repeat them."""
+    """Whether a v wider than q goes in chunks (``attend_any_width``): where SDPA's flash kernel
+    takes only one width for q, k and v and a wider v falls back to its path that builds the
+    L x L weights. That is the CPU, and CUDA for widths off a multiple of 8 (its memory-efficient
+    kernel takes the others as they are). Elsewhere one call, as before: MPS's attention builds
+    the L x L weights whatever the widths, so chunks would only repeat them."""
     return device.type == "cpu" or (device.type == "cuda" and values % 8 != 0)
 
 
