@@ -70,9 +70,10 @@ def test_value_width_other_than_head_dim():
 @pytest.mark.parametrize("width, values", [(16, 8), (16, 16), (16, 40), (64, 640), (64, 200),
                                            (128, 1280), (160, 300)])
 def test_any_value_width_equals_the_literal_softmax_and_builds_no_l_by_l_matrix(width, values):
-    """The input space's retrievals over X (C channels per head, wider than q): v in chunks of
-    q's width (q and k zero-padded to skew.PADDED_WIDTH where that is wider, the last chunk
-    zero-padded), never the L x L weights SDPA builds for unequal widths off CUDA."""
+    """The input space's retrievals over X (C channels per head, wider than q) on the CPU: q and
+    k zero-padded to skew.PADDED_WIDTH (or C, if narrower) where that is wider than q, v in
+    chunks of that width, the last one zero-padded, never the L x L weights SDPA builds there
+    for unequal widths; a narrower v zero-padded to q's width."""
     tokens = 37
     q, k = rand(2, 3, tokens, width, seed=70), rand(2, 3, tokens, width, seed=71)
     x = rand(2, tokens, values, seed=72)
