@@ -482,7 +482,8 @@ def test_every_row_of_the_gpu_benchmark_runs(dtype, joint, d):
     rows = bench_gpu.paths(q, k, v)
     assert ("kernel_v_in_loop" in rows) == (dtype == torch.bfloat16)
     two_call = rows["two_call"]().double()
-    for name, row in {**rows, **bench_gpu.extra_paths(q, k, v)}.items():
+    extra = bench_gpu.extra_paths(q, k, v)
+    for name, row in {**rows, **extra}.items():
         got = row()
         for t in got if isinstance(got, tuple) else [getattr(got, "packed", got)]:
             assert torch.isfinite(t).all(), name
@@ -490,3 +491,6 @@ def test_every_row_of_the_gpu_benchmark_runs(dtype, joint, d):
                     "kernel_v_in_loop"):  # Skew, all rows
             err = (got.double() - two_call).abs().max() / two_call.abs().max()
             assert err < 0.02, f"{name}: {err:.4f} off the two-call path"
+    # the perturbed retrieval both ways: the same products, V as it is or widened
+    wide, narrow = extra["concat_wide_v"]().double(), extra["concat_narrow_v"]().double()
+    assert (narrow - wide).abs().max() <= 0.01 * wide.abs().max()
