@@ -129,19 +129,29 @@ FP32_PIPE = ("FFMA", "FMUL", "FADD", "FMNMX", "F2FP")  # per-element float work 
 
 
 def main_loop(sass: str) -> dict:
-    """The loop of the SASS with the most exponentials, the first of equals (the fused kernel's
-    key-tile loop; bf16's rerun on scaled V, rare, comes after it): its instruction count,
-    how many of them are per-element float work (FP32_PIPE), and its spill traffic, per thread
-    and iteration. A static measure: fewer is better only where nothing else changed."""
+    """The innermost loop of the SASS with the most exponentials, the first of equals (the
+    fused kernel's key-tile loop; bf16's rerun on scaled V, rare, comes after it): its
+    instruction count, how many of them are per-element float work (FP32_PIPE), and its spill
+    traffic, per thread and iteration. A static measure: fewer is better only where nothing
+    else changed. Innermost: Triton 3.9 puts the divergent-warp paths of its reductions
+    (BRA.DIV) after the kernel's exit, and their jumps back span several loops without being
+    one; taken as loops they held the most exponentials (4,340 instructions for bf16's
+    600-odd)."""
     found = [(int(at, 16), text) for at, text in
              re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    best: list[str] = []
+    spans = []  # (start, end) of each backward branch: a loop
     for end, text in found:
         target = re.search(r"BRA\s+0x([0-9a-f]+)", text)
-        if target and int(target.group(1), 16) < end:  # a backward branch closes a loop
-            body = [t for at, t in found if int(target.group(1), 16) <= at <= end]
-            if sum("MUFU.EX2" in t for t in body) > sum("MUFU.EX2" in t for t in best):
-                best = body
+        if target and int(target.group(1), 16) < end:
+            spans.append((int(target.group(1), 16), end))
+    best: list[str] = []
+    for start, end in spans:
+        if any(start <= inner[0] and inner[1] <= end and inner != (start, end)
+               for inner in spans):
+            continue  # holds another loop
+        body = [t for at, t in found if start <= at <= end]
+        if sum("MUFU.EX2" in t for t in body) > sum("MUFU.EX2" in t for t in best):
+            best = body
     opcodes = [re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in best]
     return {"loop": len(best), "loop_fp32": sum(op in FP32_PIPE for op in opcodes),
             "loop_spill": sum(op in ("STL", "LDL") for op in opcodes)}
