@@ -43,13 +43,15 @@ def symmetry_index(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 def symmetry_index_torch(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """``symmetry_index`` by torch ops alone (any device)."""
     b, h, length, d = q.shape
+    # One contiguous buffer: its (batch, head) pairs form one batch axis, where the host's
+    # head views ([B, L, H, d] storage) would make each batched product copy both operands
+    z = torch.cat((k, q), dim=-1).view(b * h, length, 2 * d)
     if length < 2 * d:  # few tokens: the L x L logits are smaller than the Gram (2d x 2d)
-        dtype = torch.promote_types(q.dtype, torch.float32)
-        logits = q.to(dtype) @ k.to(dtype).transpose(-1, -2)  # M up to its 1/sqrt(d)
+        z = z.to(torch.promote_types(z.dtype, torch.float32))
+        logits = torch.bmm(z[..., d:], z[..., :d].transpose(1, 2))  # M up to its 1/sqrt(d)
         norm_sq = torch.square(logits).sum(dim=(-1, -2))
         cross = (logits * logits.transpose(-1, -2)).sum(dim=(-1, -2))
-        return cross / norm_sq.clamp_min(ETA_EPS)
-    z = torch.cat((k, q), dim=-1).view(b * h, length, 2 * d)
+        return (cross / norm_sq.clamp_min(ETA_EPS)).view(b, h)
     if z.dtype != torch.promote_types(z.dtype, torch.float32) and not half_into_fp32(z.device):
         z = z.float()  # once for both products (each would take fp32 copies of its operands)
     # The three Grams the traces need, not the whole Z^T Z (whose fourth block, Q^T K, only
