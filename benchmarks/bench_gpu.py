@@ -29,7 +29,7 @@ Paths, each timed as what the attention override costs per steered call:
 - eta_kernel, eta_split, eta_torch: eta_M alone, by the Triton kernel as the adaptive path
   calls it on CUDA (one launch, one program per (sample, head): splitting the tokens measured
   slower), by the same kernels with the tokens split into 7 chunks and a second launch that
-  sums them, and by torch ops (concatenation and one fp32-accumulated Gram product).
+  sums them, and by torch ops (one concatenation and two fp32-accumulated Gram products).
 - concat_wide_v, concat_narrow_v: the two-call path's perturbed retrieval alone (alpha 1.05),
   as it runs now, V widened to 2d so that q~, k~ and v~ share one width (a flash kernel's
   condition: hopfield/skew.py), and with q~, k~ of width 2d but V as it is, which SDPA hands to

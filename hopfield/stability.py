@@ -34,10 +34,9 @@ from dataclasses import dataclass
 import torch
 
 from . import stability_triton  # imports Triton only when its kernel first runs
-from .symmetry import fp32_product, half_into_fp32
+from .symmetry import eta_from_grams, fp32_product, half_into_fp32
 
 EPS = 1e-12
-ETA_EPS = 1e-20
 
 
 @dataclass
@@ -144,11 +143,8 @@ def layer_stability_torch(q: torch.Tensor, k: torch.Tensor,
     gram_k = fp32_product(k3.transpose(-1, -2), z3)  # [BH, d, 2d + m]: K^T K|K^T Q|K^T Xc
     gram_q = fp32_product(q3.transpose(-1, -2), z3[..., d:])  # [BH, d, d + m]: Q^T Q|Q^T Xc
 
-    # eta = <M, M^T> / |M|^2 = tr((K^T Q)^2) / tr(Q^T Q K^T K), as hopfield.symmetry; both
-    # Grams in the second trace are symmetric, so it needs no transposed read of either
-    qq, kk, kq = gram_q[..., :d], gram_k[..., :d], gram_k[..., d:2 * d]
-    norm_sq = (qq * kk).sum(dim=(-1, -2))
-    eta = (kq * kq.transpose(-1, -2)).sum(dim=(-1, -2)) / norm_sq.clamp_min(ETA_EPS)
+    # eta = <M, M^T> / |M|^2 from the same Grams, as hopfield.symmetry
+    eta = eta_from_grams(gram_q[..., :d], gram_k[..., :d], gram_k[..., d:2 * d])
 
     # h / |xc| = [K | Q] [Q^T Xc ; K^T Xc] / (2 sqrt(d) |xc|^2), centred over tokens
     col_sq = column_squares(x3, dtype)  # [BH, 1, m]: |xc|^2

@@ -58,11 +58,15 @@ def symmetry_index_torch(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     # transposes K^T Q): three quarters of its multiply-adds, in two products
     k_k_q = fp32_product(z[..., :d].transpose(1, 2), z)  # [K^T K, K^T Q]
     q_q = fp32_product(z[..., d:].transpose(1, 2), z[..., d:])  # Q^T Q
-    # Both Grams of the first trace are symmetric: tr((Q^T Q)(K^T K)) is their elementwise
-    # product's sum, read untransposed
-    norm_sq = (q_q * k_k_q[..., :d]).sum(dim=(-1, -2)).view(b, h)
-    k_q = k_k_q[..., d:]
-    cross = (k_q * k_q.transpose(-1, -2)).sum(dim=(-1, -2)).view(b, h)
+    return eta_from_grams(q_q, k_k_q[..., :d], k_k_q[..., d:]).view(b, h)
+
+
+def eta_from_grams(q_q: torch.Tensor, k_k: torch.Tensor, k_q: torch.Tensor) -> torch.Tensor:
+    """eta = tr((K^T Q)^2) / tr((Q^T Q)(K^T K)) from the three d x d Grams ([N, d, d] each);
+    [N]. Both Grams of the second trace are symmetric: it is their elementwise product's sum,
+    read untransposed."""
+    norm_sq = (q_q * k_k).sum(dim=(-1, -2))
+    cross = (k_q * k_q.transpose(-1, -2)).sum(dim=(-1, -2))
     return cross / norm_sq.clamp_min(ETA_EPS)
 
 
