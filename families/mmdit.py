@@ -26,7 +26,7 @@ import math
 import torch
 
 from ..hook.layers import LayerId, LayerMap
-from ..hook.schedule import LATENT_SHAPE_KEY
+from ..hook.schedule import LATENT_SHAPE_KEY, STEP_KEY
 from .base import FamilyAdapter, Placement, no_block_input
 
 GROUPS = ("early", "middle", "late")
@@ -64,11 +64,15 @@ def _block_index_patch(index: int, previous, run_block):
 
     def publish_block_index(args, extra, **kwargs):
         args = dict(args)
-        args["transformer_options"] = {**args["transformer_options"], BLOCK_KEY: index}
+        options = args["transformer_options"] = {**args["transformer_options"], BLOCK_KEY: index}
+        if torch.compiler.is_compiling():
+            # The host's block runs in a checkpoint, whose arguments dynamo guards whole
+            step = options.get(STEP_KEY)
+            if step is not None:
+                options[STEP_KEY] = step.for_graph()
         # A compiled graph pays no host time per block, and dynamo cannot trace the model
         # reached through our closure while it traces it as the caller's ``self``
-        if run_block is not None and not torch.compiler.is_compiling() \
-                and run_block.stock_loop():
+        elif run_block is not None and run_block.stock_loop():
             extra = {**extra, "original_block": run_block}
         if previous is not None:
             return previous(args, extra, **kwargs)

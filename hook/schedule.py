@@ -56,6 +56,17 @@ class StepInfo:
             return self.sigma is None or within(self.sigma, window)
         return inside
 
+    def for_graph(self) -> StepInfo:
+        """What a compiled graph's blocks are handed: the window decisions (the sigma where no
+        window was decided), without what differs in every model call. A block run inside
+        torch.utils.checkpoint (SD3's joint blocks, as the host's replace path runs them) gets
+        its arguments guarded whole by torch 2.11's dynamo, every field of this frozen
+        dataclass included, so the model call's number and the step recompiled the graph (3
+        graphs for a step window where 2 do). Nothing in a graph reads them: what records
+        there reads running_step() when the graph runs."""
+        return StepInfo(self.sigma if self.windows is None else None, None, None,
+                        windows=self.windows)
+
 
 UNREAD = StepInfo(None, None, None)
 

@@ -6,7 +6,14 @@ import pytest
 from hopfield_circulation.families.mmdit import mmdit_layer_map as sd3_layer_map
 from hopfield_circulation.families.unet import unet_layer_map
 from hopfield_circulation.hook.layers import select_layers
-from hopfield_circulation.hook.schedule import in_window, locate_step
+from hopfield_circulation.hook.schedule import (
+    UNREAD,
+    StepInfo,
+    in_window,
+    locate_step,
+    window_bounds,
+    within,
+)
 
 SDXL = unet_layer_map(
     [("input", 4, 2), ("input", 5, 2), ("input", 7, 10), ("input", 8, 10), ("middle", 0, 10)]
@@ -52,3 +59,19 @@ def test_step_location_and_window():
     assert locate_step(3.0, None).step is None
     assert in_window(3.0, 999999999.9, 0.0) and not in_window(3.0, 2.0, 0.0)
     assert not in_window(3.0, 0.0, 0.0) and in_window(1.0, 1.0, 0.5)
+
+
+def test_a_graph_is_handed_the_window_decisions_and_nothing_that_differs_per_call():
+    """What SD3's checkpointed joint blocks get in a compiled graph (torch 2.11 guards all of
+    it): equal for two model calls in the same windows, answering every window as before."""
+    window, other = window_bounds(1.0, 0.5), window_bounds(9.0, 2.0)
+    calls = [StepInfo(sigma, step, step / 4, call, {window: within(sigma, window),
+                                                    other: within(sigma, other)})
+             for call, (step, sigma) in enumerate(((1, 7.0), (2, 3.0), (3, 0.7), (4, 0.6)))]
+    seen = [info.for_graph() for info in calls]
+    assert seen[0] == seen[1] != seen[2] == seen[3]
+    for info, graph in zip(calls, seen, strict=True):
+        assert all(graph.in_window(w) == info.in_window(w) for w in (window, other))
+    # no window decided: the sigma, as before (in_window falls back to it)
+    read = StepInfo(3.0, 2, 0.5, 7)
+    assert read.for_graph() == StepInfo(3.0, None, None) and UNREAD.for_graph() == UNREAD

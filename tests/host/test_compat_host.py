@@ -205,6 +205,18 @@ def test_torch_compile_keeps_sd3s_joint_blocks_in_one_graph(nodes, sampling, sd3
     torch._dynamo.reset()
 
 
+def test_torch_compile_of_an_sd3_step_window_compiles_once_inside_and_once_outside(
+        nodes, sampling, sd3):
+    """SD3's joint blocks run inside a checkpoint in a compiled graph, which (torch 2.11) guards
+    every field of what the call's options hand the block: the step's sigma too."""
+    steered = skew(nodes, sd3, start=0.2, end=0.8)
+    sample = sampling["sd3"]
+    eager = sample(steered, steps=5)
+    assert (eager - sample(sd3, steps=5)).abs().max() > 10 * COMPILE_TOLERANCE
+    assert compiles_of(torch_compiled(steered), sample, 5, eager) == (2, 0)
+    torch._dynamo.reset()
+
+
 def test_torch_compile_of_a_step_window_compiles_once_inside_and_once_outside(
         nodes, sampling, sdxl):
     """A circulation on part of the run under TorchCompileModel: two graphs of the UNet, the
