@@ -9,23 +9,23 @@ Models are ComfyUI's own full-size SDXL / SD3-medium / SD3.5 classes with seeded
 (tests/gpu/full_size_models.py), sampled by comfy.sample at 1024², CFG 5, euler, batch 1.
 Variants: baseline; Skew Circulation (auto = fused kernel on CUDA), the same with every kernel
 launched through Triton's own path instead of the pack's cached launcher, the same forced onto
-the two-call path, branch = cond only; Adaptive Circulation; Stability Probe (value); space = input
-(SDXL, the authors' formulation); the peers in core ComfyUI (PerturbedAttentionGuidance 3,
+the two-call path, branch = cond only; Adaptive Circulation; Stability Probe (value); space =
+input (SDXL, the authors' formulation); the peers in core ComfyUI (PerturbedAttentionGuidance 3,
 SelfAttentionGuidance 0.5 on SDXL; SkipLayerGuidanceDiT 7,8,9 at 1-15 % on SD3); and
 TorchCompileModel (inductor) alone and with Skew, Adaptive and the Probe. Every variant is
 warmed up first; then the eager variants take turns, one run each per round. Columns: median
-seconds per run over rounds, the median over rounds of the ratio to that round's baseline of
-the same model and dtype (compiled rows: to the baseline's median), peak GPU memory, and
-from torch.profiler over a shorter run (device activity only, --profile-steps): GPU-busy ms
-and kernel launches per step. Two diagnostic rows and columns say
-where a steered step's wall time goes when it is not the GPU's: "our hook only" (the pack's
-attention hook on every call, nothing steered) and "baseline + a sigma read per step" (the one
-device synchronisation per model call a step window costs); "host ms/step" (the
-host's time inside the model calls, timed without waiting for the device: close to the wall
-time per step means the step is host-bound) and "syncs/run" (host synchronisations in one run,
-from torch.cuda.set_sync_debug_mode, the run's final wait and ComfyUI's own included; their
-places are printed under the table). Exits with a
-clear message without CUDA (use --tiny to check the script on a CPU).
+seconds per run over rounds, the median over rounds of the ratio to that round's baseline of the
+same model and dtype (compiled rows: to the baseline's median), peak GPU memory, and from
+torch.profiler over a shorter run (device activity only, --profile-steps; compiled rows over a
+run as long as the timed ones, see print_row): GPU-busy ms and kernel launches per step. Two
+diagnostic rows and columns say where a steered step's wall time goes when it is not the GPU's:
+"our hook only" (the pack's attention hook on every call, nothing steered) and "baseline + a
+sigma read per step" (the one device synchronisation per model call a step window costs); "host
+ms/step" (the host's time inside the model calls, timed without waiting for the device: close to
+the wall time per step means the step is host-bound) and "syncs/run" (host synchronisations in
+one run, from torch.cuda.set_sync_debug_mode, the run's final wait and ComfyUI's own included;
+their places are printed under the table). Exits with a clear message without CUDA (use --tiny
+to check the script on a CPU).
 """
 
 from __future__ import annotations
@@ -246,7 +246,11 @@ class Variant:
 
 def print_row(name, dtype_name, variant, seconds, ratio, args, sync_places) -> None:
     host_ms = variant.host_ms_per_step()
-    busy, launches = profile_run(variant.run, args.profile_steps, variant.cuda)
+    # A compiled model is profiled over as many steps as it was timed: another count changes
+    # the length of the sigmas the host hands the model, which compiles it again (minutes for
+    # a full-size model, inside the profiler)
+    steps = variant.steps if variant.label.startswith(COMPILED) else args.profile_steps
+    busy, launches = profile_run(variant.run, steps, variant.cuda)
     syncs, places = count_syncs(variant.run, variant.cuda)
     if places:
         sync_places[f"{name} {dtype_name} {variant.label}"] = places
@@ -262,7 +266,8 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile-steps", type=int, default=3,
-                        help="steps of the profiled run (GPU ms and launches per step)")
+                        help="steps of the profiled run (GPU ms and launches per step); "
+                        "compiled rows take --steps")
     parser.add_argument("--only", nargs="*", help="variant labels to run (substring match)")
     parser.add_argument("--skip", nargs="*", help="variant labels to leave out (substring match)")
     parser.add_argument("--tiny", action="store_true",
