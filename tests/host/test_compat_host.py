@@ -205,28 +205,20 @@ def test_torch_compile_keeps_sd3s_joint_blocks_in_one_graph(nodes, sampling, sd3
     torch._dynamo.reset()
 
 
-def test_torch_compile_of_an_sd3_step_window_compiles_once_inside_and_once_outside(
-        nodes, sampling, sd3):
-    """SD3's joint blocks run inside a checkpoint in a compiled graph, which (torch 2.11) guards
-    every field of what the call's options hand the block: the step's sigma too."""
-    steered = skew(nodes, sd3, start=0.2, end=0.8)
-    sample = sampling["sd3"]
-    eager = sample(steered, steps=5)
-    assert (eager - sample(sd3, steps=5)).abs().max() > 10 * COMPILE_TOLERANCE
-    assert compiles_of(torch_compiled(steered), sample, 5, eager) == (2, 0)
-    torch._dynamo.reset()
-
-
+@pytest.mark.parametrize(("family", "window"), [("sdxl", (0.3, 0.7)), ("sd3", (0.2, 0.8))])
 def test_torch_compile_of_a_step_window_compiles_once_inside_and_once_outside(
-        nodes, sampling, sdxl):
-    """A circulation on part of the run under TorchCompileModel: two graphs of the UNet, the
+        request, nodes, sampling, family, window):
+    """A circulation on part of the run under TorchCompileModel: two graphs of the model, the
     steered and the plain one, whatever the number of steps (the step wrapper decides the
     window outside the graph; a graph comparing the sigma itself guarded on its value, and its
-    first compile served one step only)."""
-    steered = skew(nodes, sdxl, start=0.3, end=0.7)
-    sample = sampling["sdxl"]
+    first compile served one step only). SD3's joint blocks run inside the host's checkpoint
+    in a graph, which torch 2.11 guards whole: the step's sigma and the model call's number
+    too, where the blocks were handed them (3 graphs)."""
+    model = request.getfixturevalue(family)
+    steered = skew(nodes, model, start=window[0], end=window[1])
+    sample = sampling[family]
     eager = sample(steered, steps=5)
-    assert (eager - sample(sdxl, steps=5)).abs().max() > 10 * COMPILE_TOLERANCE
+    assert (eager - sample(model, steps=5)).abs().max() > 10 * COMPILE_TOLERANCE
     assert compiles_of(torch_compiled(steered), sample, 5, eager) == (2, 0)
     torch._dynamo.reset()
 
