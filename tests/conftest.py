@@ -38,27 +38,6 @@ def comfyui_path() -> Path:
     return Path(os.environ.get("COMFYUI_PATH") or Path.home() / "comfy" / "ComfyUI").expanduser()
 
 
-def _torchvision_cpu_shim() -> None:
-    """torchvision 0.28 for torch 2.13 is a CUDA build: its import registers fake kernels for
-    ops its CPU-less _C never defined. Defining the two schemas first lets it import (test set-up
-    only; nothing here runs inside the pack). Only beside a CPU build of torch: a torchvision
-    whose _C defines them (CUDA machines) aborts the process on a second definition."""
-    import torch
-
-    if torch.version.cuda is not None:
-        return
-    try:
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define(
-            "qnms(Tensor dets, Tensor scores, float iou_threshold, float scale, int zero_point) "
-            "-> Tensor"
-        )
-        _torchvision_cpu_shim.lib = lib  # keep the library alive
-    except RuntimeError:
-        pass  # already defined (a real CPU torchvision, or a second call)
-
-
 def _load_host() -> str | None:
     """Import ComfyUI on the CPU; returns why it can't be used, or None when it can."""
     root = comfyui_path()
@@ -67,7 +46,9 @@ def _load_host() -> str | None:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     try:
-        _torchvision_cpu_shim()
+        from torchvision_shim import apply_torchvision_cpu_shim
+
+        apply_torchvision_cpu_shim()
         import comfy.cli_args
 
         comfy.cli_args.args.cpu = True  # before model_management asks for CUDA

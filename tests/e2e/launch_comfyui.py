@@ -1,9 +1,9 @@
 """Start ComfyUI's main.py for the end-to-end tier: `python launch_comfyui.py COMFY_ROOT args...`.
 
-Beside a CPU build of torch, applies the torchvision shim first (torchvision 0.28 is a CUDA build
-here; see tests/conftest.py), then runs main.py as __main__ with the remaining arguments. The
-server exits by itself when the test process that started it is gone (HC_E2E_PARENT_PID), so a
-killed or timed-out pytest never leaves a server behind.
+Applies the torchvision shim first (tests/torchvision_shim.py: beside a CPU build of torch,
+torchvision 0.28 is a CUDA build here), then runs main.py as __main__ with the remaining
+arguments. The server exits by itself when the test process that started it is gone
+(HC_E2E_PARENT_PID), so a killed or timed-out pytest never leaves a server behind.
 """
 
 import os
@@ -11,8 +11,6 @@ import runpy
 import sys
 import threading
 import time
-
-import torch
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -32,16 +30,11 @@ def _exit_with_parent(parent: int) -> None:
 if os.environ.get("HC_E2E_PARENT_PID"):
     _exit_with_parent(int(os.environ["HC_E2E_PARENT_PID"]))
 
-# Only beside a CPU build of torch (as tests/conftest.py): a torchvision whose _C defines the two
-# ops (any CUDA build of torch) aborts the server on a second definition
-if torch.version.cuda is None:
-    try:
-        _lib = torch.library.Library("torchvision", "DEF")
-        _lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold, float scale, "
-                    "int zero_point) -> Tensor")
-    except RuntimeError:
-        pass
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+from torchvision_shim import apply_torchvision_cpu_shim  # noqa: E402
+
+sys.path.pop(0)  # the tests' folders are no modules of the server's
+apply_torchvision_cpu_shim()
 
 root = sys.argv[1]
 os.chdir(root)
