@@ -61,9 +61,9 @@ class StepInfo:
         window was decided), without what differs in every model call. A block run inside
         torch.utils.checkpoint (SD3's joint blocks, as the host's replace path runs them) gets
         its arguments guarded whole by torch 2.11's dynamo, every field of this frozen
-        dataclass included, so the model call's number and the step recompiled the graph (3
-        graphs for a step window where 2 do). Nothing in a graph reads them: what records
-        there reads running_step() when the graph runs."""
+        dataclass included, so the model call's number and the step compiled the graph again.
+        Nothing in a graph reads them: what records there reads running_step() when the graph
+        runs."""
         return StepInfo(self.sigma if self.windows is None else None, None, None,
                         windows=self.windows)
 
