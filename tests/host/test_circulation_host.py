@@ -411,6 +411,9 @@ def test_effective_value_weight_is_what_the_layer_applies(comfy_host, kind):
     if kind == "plain":
         layer = torch.nn.Linear(8, 6)
     elif kind == "scaled_fp8":
+        if not hasattr(comfy.ops, "scaled_fp8_ops"):
+            pytest.skip("this host loads scaled-fp8 checkpoints through its quantised "
+                        "mixed-precision layers (ComfyUI 0.3.64 has scaled_fp8_ops)")
         layer = comfy.ops.scaled_fp8_ops().Linear(8, 6, bias=True, dtype=torch.float8_e4m3fn)
         layer.scale_weight = torch.nn.Parameter(torch.tensor(0.25), requires_grad=False)
     else:

@@ -81,11 +81,12 @@ def test_layer_selection_hits_exactly(nodes, qwen, spec, expected):
 
 def _with_mask(model, mask):
     """Every attention call gets ``mask`` as the masked entry point's fifth argument (0.3.64's
-    Qwen-Image passes None there), ahead of our hook and the host's attention alike."""
+    Qwen-Image passes None there), ahead of our hook and the host's attention alike. Later
+    hosts hand q heads first (skip_reshape)."""
     inner = model.model_options["transformer_options"]["optimized_attention_override"]
 
     def pass_mask(func, *args, **kwargs):
-        n = args[0].shape[1]
+        n = args[0].shape[-2 if kwargs.get("skip_reshape") else 1]
         return inner(func, *args[:4], mask(n, args[0]), *args[5:], **kwargs)
 
     model.model_options["transformer_options"]["optimized_attention_override"] = pass_mask

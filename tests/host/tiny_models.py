@@ -125,7 +125,7 @@ def tiny_flux(seed: int = 0):
     """A ModelPatcher around a tiny ``model_base.Flux`` (one double and one single block)."""
     import comfy.supported_models
 
-    config = comfy.supported_models.Flux(dict(FLUX))
+    config = comfy.supported_models.Flux(_for_this_host(FLUX))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
     init_weights(model, seed)
@@ -278,10 +278,40 @@ UNSUPPORTED = {
 }
 
 
+# Fields that later ComfyUI releases added to these models' parameter classes without a default
+# (0.33: Flux's and Chroma's txt_ids_dims, Chroma's vec_in_dim, Chroma Radiance's and
+# HunyuanVideo's flags), at the values its model detection gives checkpoints of the models built
+# here; a host whose class lacks one gets none.
+NEWER_HOST_FIELDS = {
+    "txt_ids_dims": [], "vec_in_dim": None, "use_x0": False, "use_sequential_txt_ids": False,
+    "use_cond_type_embedding": False, "vision_in_dim": None, "meanflow_sum": False,
+}
+PARAMS_CLASSES = {
+    "flux": ("comfy.ldm.flux.model", "FluxParams"),
+    "chroma": ("comfy.ldm.chroma.model", "ChromaParams"),
+    "chroma_radiance": ("comfy.ldm.chroma_radiance.model", "ChromaRadianceParams"),
+    "hunyuan_video": ("comfy.ldm.hunyuan_video.model", "HunyuanVideoParams"),
+}
+
+
+def _for_this_host(unet: dict) -> dict:
+    """``unet`` plus the fields this host's parameter class requires that it lacks."""
+    import dataclasses
+    import importlib
+
+    where = PARAMS_CLASSES.get(unet.get("image_model"))
+    if where is None:
+        return dict(unet)
+    params = getattr(importlib.import_module(where[0]), where[1])
+    required = {f.name for f in dataclasses.fields(params)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    return {**{k: v for k, v in NEWER_HOST_FIELDS.items() if k in required}, **unet}
+
+
 def _build(config_class: str, unet: dict, seed: int):
     import comfy.supported_models
 
-    config = getattr(comfy.supported_models, config_class)(dict(unet))
+    config = getattr(comfy.supported_models, config_class)(_for_this_host(unet))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
     init_weights(model, seed)
