@@ -56,17 +56,11 @@ def attn1_call(model, device="cpu", dtype=torch.float32):
     """(override, args, kwargs) of one SDXL attn1 call of ``model``, as the UNet makes it."""
     from hopfield_circulation.families import adapter_for
     from hopfield_circulation.families.unet_attn1 import unet_attn1_marker
-    from hopfield_circulation.hook.schedule import LATENT_SHAPE_KEY, STEP_KEY, StepInfo
-
     layer_key = next(iter(adapter_for(model).layer_map.by_key))  # (block name, number, index)
     options = {**model.model_options["transformer_options"]}
     side = int(TOKENS**0.5)
     options |= {"block": layer_key[:2], "block_index": layer_key[2], "cond_or_uncond": [1, 0],
-                "activations_shape": [BATCH, HEADS * HEAD_DIM, side, side],
-                STEP_KEY: StepInfo(10.0, 0, 0.0, 1),
-                # the latent the step wrapper records (the probe's maps need it): a UNet
-                # level below the latent's own resolution
-                LATENT_SHAPE_KEY: [BATCH, 4, 2 * side, 2 * side]}
+                "activations_shape": [BATCH, HEADS * HEAD_DIM, side, side]}
     unet_attn1_marker(model).key = ((layer_key[0], layer_key[1]), layer_key[2])
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(BATCH, TOKENS, HEADS * HEAD_DIM, generator=gen).to(device, dtype)
@@ -75,6 +69,15 @@ def attn1_call(model, device="cpu", dtype=torch.float32):
     # kwargs marked as inside the wrapper.
     return options["optimized_attention_override"], (q, k, v, HEADS), {
         "transformer_options": options, "_inside_attn_wrapper": True}
+
+
+def model_call():
+    """The model call the attention calls run in, as the step wrapper keeps it (sigma read)."""
+    from hopfield_circulation.hook.schedule import ModelCall, StepInfo
+
+    side = int(TOKENS**0.5)
+    # the latent (the probe's maps need it): a UNet level below the latent's own resolution
+    return ModelCall(StepInfo(10.0, 0, 0.0, 1), (1, 0), (BATCH, 4, 2 * side, 2 * side))
 
 
 def probe_with_fold(call, state):
@@ -164,6 +167,7 @@ def main():
                                  else "fp32")]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     import comfy.ldm.modules.attention as host_attention
+    from hopfield_circulation.hook.schedule import running
     from hopfield_circulation.hopfield.circulation import use_fused
     from hopfield_circulation.nodes.circulation_nodes import AdaptiveCirculation, SkewCirculation
     from hopfield_circulation.nodes.probe_nodes import StabilityProbe
@@ -235,9 +239,10 @@ def main():
         lambda: wrapped(*cross, **plain)
     calls["Skew Circulation on that cross-attention call (handed on)"] = \
         lambda: skew_override(host, *cross, **skew_kwargs)
-    times = per_call_us(calls, sync=sync)
-    for name, fn in calls.items():
-        counted[name] = ops_of(fn)
+    with running(model_call()):
+        times = per_call_us(calls, sync=sync)
+        for name, fn in calls.items():
+            counted[name] = ops_of(fn)
     base_us = times["ComfyUI attention_pytorch (the host's call)"]
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU, 1 thread"
     print(f"Host cost per attention call, {where}, q/k/v [{BATCH}, {TOKENS}, "

@@ -82,9 +82,11 @@ class FamilyAdapter(ABC):
         """Install on ``model_patcher`` (a clone) what ``place`` needs, once per lineage."""
 
     @abstractmethod
-    def place(self, options: dict, n_q: int, n_k: int) -> Placement | None:
-        """The call's placement from its transformer_options and lengths, or None for calls
-        the pack leaves alone (cross-attention, tokens merged by another patch, unknown)."""
+    def place(self, options: dict, n_q: int, n_k: int,
+              latent_shape: tuple[int, ...] | None) -> Placement | None:
+        """The call's placement from its transformer_options, its lengths and the model call's
+        latent shape (None when unknown), or None for calls the pack leaves alone
+        (cross-attention, tokens merged by another patch, unknown)."""
 
     def require_space(self, space: FeatureSpace) -> None:
         """Refuse, with the reason, a feature space this family does not offer."""

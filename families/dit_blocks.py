@@ -14,7 +14,6 @@ import math
 from collections.abc import Iterable
 
 from ..hook.layers import LayerId, LayerMap
-from ..hook.schedule import LATENT_SHAPE_KEY
 from ..vocabulary import LayerKind
 from .base import Placement
 
@@ -103,13 +102,12 @@ def _text_tokens(options: dict, n_q: int, image_tokens: int) -> int:
     return int(text)
 
 
-def place_joint(layer_map: LayerMap, patch_size: int, options: dict,
-                n_q: int) -> Placement | None:
+def place_joint(layer_map: LayerMap, patch_size: int, options: dict, n_q: int,
+                latent: tuple[int, ...] | None) -> Placement | None:
     """A call over [text; image; reference images] placed on the generated image's token grid:
     the reference tokens of Kontext/Qwen-Image-Edit follow the image tokens and are left out
     of the grid (they still take part in the steered attention, like the text)."""
     block = running_block(options)
-    latent = options.get(LATENT_SHAPE_KEY)
     if block is None or latent is None:
         return None
     layer = layer_map.by_key.get(tuple(block))

@@ -38,8 +38,9 @@ class FluxFamily(FamilyAdapter):
     def install(self, model_patcher) -> None:
         install_block_patches(model_patcher, self.layer_map.by_key)
 
-    def place(self, options: dict, n_q: int, n_k: int) -> Placement | None:
-        return place_joint(self.layer_map, self.patch_size, options, n_q)
+    def place(self, options: dict, n_q: int, n_k: int,
+              latent_shape: tuple[int, ...] | None) -> Placement | None:
+        return place_joint(self.layer_map, self.patch_size, options, n_q, latent_shape)
 
 
 class ChromaFamily(FluxFamily):

@@ -26,7 +26,6 @@ import math
 import torch
 
 from ..hook.layers import LayerId, LayerMap
-from ..hook.schedule import LATENT_SHAPE_KEY, STEP_KEY
 from .base import FamilyAdapter, Placement, no_block_input
 
 GROUPS = ("early", "middle", "late")
@@ -64,15 +63,11 @@ def _block_index_patch(index: int, previous, run_block):
 
     def publish_block_index(args, extra, **kwargs):
         args = dict(args)
-        options = args["transformer_options"] = {**args["transformer_options"], BLOCK_KEY: index}
-        if torch.compiler.is_compiling():
-            # The host's block runs in a checkpoint, whose arguments dynamo guards whole
-            step = options.get(STEP_KEY)
-            if step is not None:
-                options[STEP_KEY] = step.for_graph()
+        args["transformer_options"] = {**args["transformer_options"], BLOCK_KEY: index}
         # A compiled graph pays no host time per block, and dynamo cannot trace the model
         # reached through our closure while it traces it as the caller's ``self``
-        elif run_block is not None and run_block.stock_loop():
+        if (run_block is not None and not torch.compiler.is_compiling()
+                and run_block.stock_loop()):
             extra = {**extra, "original_block": run_block}
         if previous is not None:
             return previous(args, extra, **kwargs)
@@ -164,9 +159,9 @@ class MMDiTFamily(FamilyAdapter):
                 _block_index_patch(i, previous, run_block), "dit", "double_block", i
             )
 
-    def place(self, options: dict, n_q: int, n_k: int) -> Placement | None:
+    def place(self, options: dict, n_q: int, n_k: int,
+              latent: tuple[int, ...] | None) -> Placement | None:
         index = block_index(options)
-        latent = options.get(LATENT_SHAPE_KEY)
         if index is None or latent is None:
             return None
         layer = self.layer_map.by_key.get((index,))

@@ -108,7 +108,8 @@ class UNetFamily(FamilyAdapter):
     def install(self, model_patcher) -> None:
         self.marker = unet_attn1_marker(model_patcher)
 
-    def place(self, options: dict, n_q: int, n_k: int) -> Placement | None:
+    def place(self, options: dict, n_q: int, n_k: int,
+              latent_shape: tuple[int, ...] | None) -> Placement | None:
         block, shape = options.get("block"), options.get("activations_shape")
         if block is None or shape is None or self.marker is None:
             return None

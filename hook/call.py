@@ -71,18 +71,20 @@ class AttentionCall:
     """
 
     __slots__ = ("host_q", "host_k", "host_v", "heads", "layer", "step_info",
-                 "cond_or_uncond", "text_tokens", "token_grid",
-                 "transformer_options", "host_heads_first", "output_heads_first", "_q", "_k", "_v")
+                 "cond_or_uncond", "text_tokens", "token_grid", "transformer_options",
+                 "host_heads_first", "output_heads_first", "latent_shape", "_q", "_k", "_v")
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-                 layer: LayerId, step_info: StepInfo, cond_or_uncond: list[int],
+                 layer: LayerId, step_info: StepInfo, cond_or_uncond: tuple[int, ...],
                  text_tokens: int = 0,
                  token_grid: tuple[int, int] | None = None,
                  transformer_options: dict[str, Any] | None = None, *,
-                 host_heads_first: bool = True, output_heads_first: bool = True):
+                 host_heads_first: bool = True, output_heads_first: bool = True,
+                 latent_shape: tuple[int, ...] | None = None):
         """q, k, v: [B, H, L, d], or the host's tensors when ``host_heads_first`` is False
         (viewed on first use). ``output_heads_first``: the host wants [B, H, L, d] back
-        (skip_output_reshape), else [B, L, H*d]."""
+        (skip_output_reshape), else [B, L, H*d]. ``latent_shape``: the model call's input
+        (None when not known: maps are then not placed on the latent)."""
         self.host_q, self.host_k, self.host_v = q, k, v
         self.heads = heads
         self.layer = layer
@@ -96,6 +98,7 @@ class AttentionCall:
         self.token_grid = token_grid  # (h, w) of the image tokens, row-major
         self.transformer_options = {} if transformer_options is None else transformer_options
         self.host_heads_first, self.output_heads_first = host_heads_first, output_heads_first
+        self.latent_shape = latent_shape
         # each [B, H, L, d] view made when first asked for (the probe's value basis needs
         # only q and k)
         self._q, self._k, self._v = (q, k, v) if host_heads_first else (None, None, None)

@@ -1,28 +1,35 @@
-"""Never steer (or record) nothing in silence: check, at every model call, that the model's
-attention override still reaches this pack's hook.
+"""Never steer (or record) nothing in silence: check, at every model call of a model we patched,
+that one of this pack's hooks ran in it.
 
-ComfyUI has one ``optimized_attention_override`` slot per model. Our hook chains whatever was
-there before it, but a node placed *after* ours that writes the slot without chaining (an
-attention-backend node: a Sage or Flash attention patch) switches the steering and the probe off,
-and the user would get an unsteered image and a report blaming the sampler. The step wrapper
-(schedule.py) calls ``watch`` before each model call and ``confirm`` after it: an override that
-is ours passes at once; any other must have called ours at least once during the model call.
+Two things can keep them from running:
+
+- ComfyUI has one ``optimized_attention_override`` slot per model. Our hook chains whatever was
+  there before it, but a node placed *after* ours that writes the slot without chaining (an
+  attention-backend node: a Sage or Flash attention patch) switches the steering and the probe
+  off.
+- ComfyUI's TorchCompileModel (0.5.0 and later) drops every guard on transformer_options, where
+  model patches live, and torch.compile shares its graphs between all compiles of one module
+  with the same settings. A graph compiled for another model of the same checkpoint, one
+  without our patches (the baseline beside a steered run), then runs this model's calls too.
+
+The user would get an unsteered image and a report blaming the sampler. The step wrapper
+(schedule.py) keeps a ModelCall for each model call; our hooks set its ``hook_ran`` (in a
+compiled graph, through an op that does it each time the graph runs), and ``confirm`` raises,
+saying which of the two happened, when a model with our patches ran none.
 """
 
 from __future__ import annotations
 
+import torch
+
 OVERRIDE_KEY = "optimized_attention_override"
 HOOK_MARK = "hopfield_circulation_hook"  # set on our override functions
-SEEN_KEY = "hopfield_circulation_hook_seen"  # per model call: did our hook run?
 
-
-class HookSeen:
-    """Set by our hook whenever it runs inside the model call that carries it."""
-
-    __slots__ = ("seen",)
-
-    def __init__(self):
-        self.seen = False
+OP_NAMESPACE, OP_NAME = "hopfield_circulation", "hook_ran"
+# What the op declares it writes: a write to a tensor the graph did not make keeps the op in
+# the graph, and nothing ever reads this one.
+_SINK = torch.zeros(1)
+_LIBRARY: list = []  # keeps the registration alive
 
 
 def mark(override) -> None:
@@ -33,20 +40,29 @@ def is_ours(override) -> bool:
     return getattr(override, HOOK_MARK, False)
 
 
-def watch(transformer_options: dict) -> HookSeen | None:
-    """Before a model call: None when the slot holds our hook, else a flag our hook will set."""
-    if is_ours(transformer_options.get(OVERRIDE_KEY)):
-        return None
-    transformer_options[SEEN_KEY] = seen = HookSeen()
-    return seen
+def mark_run_in_graph() -> None:
+    """In a trace: the op that sets the running ModelCall's ``hook_ran`` each time the graph
+    runs (our hooks put one in a graph, not one per call: each costs host time)."""
+    _OP(_SINK)
 
 
-def confirm(seen: HookSeen | None, transformer_options: dict) -> None:
-    """After a model call: raise when a replaced override never reached our hook."""
-    if seen is None or seen.seen:
+def confirm(call, transformer_options: dict) -> None:
+    """After a model call (``call``: its ModelCall): raise when the model carries our patches
+    and none of our hooks ran."""
+    if not call.patch or call.hook_ran:
         return
-    replaced = transformer_options.get(OVERRIDE_KEY)
-    name = "nothing" if replaced is None else getattr(replaced, "__qualname__", repr(replaced))
+    override = transformer_options.get(OVERRIDE_KEY)
+    if is_ours(override):
+        raise RuntimeError(
+            "Hopfield Circulation: this model ran a compiled graph that was traced for another "
+            "model, one without Skew Circulation / Adaptive Circulation / Stability Probe, so "
+            "it was neither steered nor recorded. ComfyUI's TorchCompileModel (0.5.0 and "
+            "later) does not tell apart models of one checkpoint that differ only in their "
+            "patches, and torch.compile reuses a graph across them. Fix: compile only the "
+            "models with Hopfield Circulation nodes (take TorchCompileModel off the baseline "
+            "beside them); the graph compiled for the baseline lasts until ComfyUI restarts."
+        )
+    name = "nothing" if override is None else getattr(override, "__qualname__", repr(override))
     raise RuntimeError(
         "Hopfield Circulation: this model's attention override was replaced after Skew "
         f"Circulation / Adaptive Circulation / Stability Probe (it is now {name}), by a node "
@@ -57,8 +73,33 @@ def confirm(seen: HookSeen | None, transformer_options: dict) -> None:
     )
 
 
-def note_run(transformer_options: dict) -> None:
-    """Called by our hook on every call: tells ``confirm`` that the override reached it."""
-    seen = transformer_options.get(SEEN_KEY)
-    if seen is not None:
-        seen.seen = True
+def _hook_ran(sink) -> None:
+    """The op, each time a graph with our hooks runs."""
+    from .schedule import running_call
+
+    call = running_call()
+    if call is not None:
+        call.hook_ran = True
+
+
+def _register_op():
+    """Registered as the probe's op is (probe/traced.py): a second copy of the pack in one
+    process (imported under another name) registers an op of its own, under the next free
+    name, since each reads its own copy's model calls."""
+    library = torch.library.Library(OP_NAMESPACE, "FRAGMENT")
+    for copy in range(1, 100):
+        name = OP_NAME if copy == 1 else f"{OP_NAME}_{copy}"
+        try:
+            library.define(f"{name}(Tensor(a!) sink) -> ()")
+            break
+        except RuntimeError:  # defined by another copy of the pack
+            continue
+    else:
+        raise RuntimeError(f"Hopfield Circulation: no free name for the op {OP_NAME}")
+    library.impl(name, _hook_ran, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"{OP_NAMESPACE}::{name}", lambda sink: None, lib=library)
+    _LIBRARY.append(library)
+    return getattr(getattr(torch.ops, OP_NAMESPACE), name)
+
+
+_OP = _register_op()

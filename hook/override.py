@@ -31,7 +31,7 @@ from .call import (
     Steering,
     heads_first,
 )
-from .schedule import STEP_KEY, UNREAD, ensure_step_wrapper
+from .schedule import UNREAD, ModelCall, ensure_step_wrapper, new_patch_key, running_call
 
 
 class HostBaseline:
@@ -97,13 +97,21 @@ def _attends_everywhere(mask: torch.Tensor) -> bool:
     return mask.is_floating_point() and not bool(mask.any())
 
 
-def parse_call(adapter: FamilyAdapter, args: tuple, kwargs: dict) -> AttentionCall | None:
+def restricted(args: tuple, kwargs: dict) -> bool:
+    """Whether the call carries a mask that restricts attention."""
+    mask = args[4] if len(args) > 4 else kwargs.get("mask")
+    return mask is not None and not _attends_everywhere(mask)
+
+
+def place_call(adapter: FamilyAdapter, args: tuple, kwargs: dict,
+               running: ModelCall | None) -> AttentionCall | None:
     """The self-attention call in SDPA layout, or None for calls this pack leaves alone
-    (a mask that restricts attention, cross-attention, or not placeable in the model by its
-    family adapter)."""
+    (cross-attention, or not placeable in the model by its family adapter); whether a mask
+    restricts it is asked apart (``restricted``). ``running``: the model call it belongs to
+    (schedule.ModelCall; None outside one: the step unread, the CFG chunks from the call's
+    options)."""
     q, k, v = args[:3]
     heads = args[3] if len(args) > 3 else kwargs.get("heads")
-    mask = args[4] if len(args) > 4 else kwargs.get("mask")
     options = kwargs.get("transformer_options") or {}
     if heads is None:
         return None
@@ -114,15 +122,20 @@ def parse_call(adapter: FamilyAdapter, args: tuple, kwargs: dict) -> AttentionCa
     n_q, n_k = q.shape[token_axis], k.shape[token_axis]
     if n_q != n_k or _head_width(v, heads) != _head_width(q, heads):
         return None
-    placement = adapter.place(options, n_q, n_k)
-    if placement is None or (mask is not None and not _attends_everywhere(mask)):
+    latent_shape = running.latent_shape if running is not None else None
+    placement = adapter.place(options, n_q, n_k, latent_shape)
+    if placement is None:
         return None
+    if running is not None:
+        step, chunks = running.step, running.cond_or_uncond
+    else:
+        step, chunks = UNREAD, tuple(options.get("cond_or_uncond") or (0,))
     return AttentionCall(  # [B, H, L, d] views of q, k, v made on first use
-        q, k, v, heads, placement.layer, options.get(STEP_KEY) or UNREAD,
-        options.get("cond_or_uncond") or [0],  # read only, never copied
+        q, k, v, heads, placement.layer, step, chunks,
         placement.text_tokens, placement.token_grid, options,
         host_heads_first=host_heads_first,
         output_heads_first=bool(kwargs.get("skip_output_reshape")),
+        latent_shape=latent_shape,
     )
 
 
@@ -139,11 +152,19 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
     adapter.install(model_patcher)
     options = model_patcher.model_options.setdefault("transformer_options", {})
     previous = options.get(intact.OVERRIDE_KEY)
+    patch = new_patch_key(model_patcher)
 
     def hopfield_attention_override(func, *args, **kwargs):
+        running = running_call()
+        if torch.compiler.is_compiling():
+            # Read in a trace, the model call's patch number guards the graph on this model's
+            # patches of ours (schedule.ModelCall); the latest of them tells intact it ran
+            latest = running is not None and running.patch == patch
+        else:
+            latest = False
+            if running is not None:
+                running.hook_ran = True
         call_options = kwargs.get("transformer_options")
-        if call_options is not None:
-            intact.note_run(call_options)
         # Only a model with observers needs the call's scope: the outermost of our hooks makes
         # it, and hands it to the hooks it chains in a copy of the call's options. A write
         # into the call's own options would be a side effect a compiled graph must replay,
@@ -160,8 +181,12 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
         baseline = HostBaseline(previous, func, args, kwargs)
         if handler is None and not outermost:
             return baseline.output()
-        call = parse_call(adapter, args, kwargs)
+        call = place_call(adapter, args, kwargs, running)
         if call is None:
+            return baseline.output()
+        if latest and call.layer.index == 0:  # once per graph (each op costs host time)
+            intact.mark_run_in_graph()
+        if restricted(args, kwargs):
             return baseline.output()
         steered = handler(call, baseline) if handler is not None else None
         if steered is None:

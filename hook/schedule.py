@@ -11,29 +11,37 @@ finishes this one, so it is made only for models that asked for it (``require_ho
 step window narrower than the whole run, of a circulation or a probe). Over the whole run
 neither needs it, and their model calls wait for nothing (the probe places its series on the
 schedule when the run ends: probe/registry.py).
+
+What a model call's attention hooks need to know about the call (its step, its CFG chunks, its
+latent's shape, which of our patches the model carries) is kept in a ``ModelCall`` that the
+wrapper pushes for the length of the call, never in the call's transformer_options: a compiled
+graph reads it like any Python value and is guarded on what it read, while ComfyUI's
+TorchCompileModel drops every guard on transformer_options (since v0.5.0), so a graph that
+read its decisions there was reused for calls that needed others (ModelCall).
 """
 
 from __future__ import annotations
 
 import itertools
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from . import intact
 
-STEP_KEY = "hopfield_circulation_step"
-LATENT_SHAPE_KEY = "hopfield_circulation_latent_shape"
 WRAPPER_KEY = "hopfield_circulation"
 # In model_options["transformer_options"]: some feature of this model reads the step on the host
 READS_SIGMA_KEY = "hopfield_circulation_reads_sigma"
 # ... and the (low, high) sigma windows its features step by, decided once per model call
 WINDOWS_KEY = "hopfield_circulation_windows"
+# ... and a number for the set of our patches it carries, new with every patch (new_patch_key)
+PATCH_KEY = "hopfield_circulation_patch"
 
 
 _MODEL_CALLS = itertools.count()
-# The model calls under way, innermost last: what code inside a compiled graph, which cannot
-# read the call's transformer_options when the graph runs, asks for (running_step)
+_PATCHES = itertools.count(1)
+# The model calls under way, innermost last (running_call)
 _RUNNING: list = []
 
 
@@ -56,19 +64,60 @@ class StepInfo:
             return self.sigma is None or within(self.sigma, window)
         return inside
 
-    def for_graph(self) -> StepInfo:
-        """What a compiled graph's blocks are handed: the window decisions (the sigma where no
-        window was decided), without what differs in every model call. A block run inside
-        torch.utils.checkpoint (SD3's joint blocks, as the host's replace path runs them) gets
-        its arguments guarded whole by torch 2.11's dynamo, every field of this frozen
-        dataclass included, so the model call's number and the step compiled the graph again.
-        Nothing in a graph reads them: what records there reads running_step() when the graph
-        runs."""
-        return StepInfo(self.sigma if self.windows is None else None, None, None,
-                        windows=self.windows)
-
 
 UNREAD = StepInfo(None, None, None)
+
+
+class ModelCall:
+    """A model call under way, as the step wrapper saw it, outside any compiled graph.
+
+    A graph traced through our hooks reads its decisions here (the step windows, the CFG
+    chunks, the latent's shape, and ``patch``, which the outermost of our hooks compares with
+    its own), so dynamo guards the graph on them: a call that needs other decisions, or a model
+    with other patches of ours, gets a graph of its own. Read from the call's
+    transformer_options instead, they were not guarded under TorchCompileModel, which filters
+    out every guard on transformer_options (ComfyUI 0.5.0 and later): a step window steered
+    every step or none, and a model re-steered after TorchCompileModel kept its first settings.
+    Nothing read in a graph may change from one model call to the next without cause (the step
+    and the model call's number do: they are read only when a graph runs, through
+    running_step()).
+
+    ``hook_ran``: set when one of our hooks runs in this call (intact.py).
+    """
+
+    __slots__ = ("step", "cond_or_uncond", "latent_shape", "patch", "hook_ran")
+
+    def __init__(self, step: StepInfo = UNREAD, cond_or_uncond: tuple[int, ...] = (0,),
+                 latent_shape: tuple[int, ...] | None = None, patch: int = 0):
+        self.step = step
+        self.cond_or_uncond = cond_or_uncond  # one entry per batch chunk: 0 cond, 1 uncond
+        self.latent_shape = latent_shape
+        self.patch = patch  # the model's PATCH_KEY; 0: none of ours
+        self.hook_ran = False
+
+
+@contextmanager
+def running(call: ModelCall):
+    """``call`` is the model call under way inside this context."""
+    _RUNNING.append(call)
+    try:
+        yield call
+    finally:
+        _RUNNING.pop()
+
+
+def running_call() -> ModelCall | None:
+    """The model call under way (the innermost, where one model's call runs inside another's),
+    or None outside any."""
+    return _RUNNING[-1] if _RUNNING else None
+
+
+def new_patch_key(model_patcher) -> int:
+    """Give ``model_patcher`` (a clone that one of our nodes just patched) a patch number of
+    its own, and return it."""
+    options = model_patcher.model_options.setdefault("transformer_options", {})
+    options[PATCH_KEY] = key = next(_PATCHES)
+    return key
 
 
 def locate_step(sigma: float, schedule: list[float] | None) -> StepInfo:
@@ -86,10 +135,9 @@ def locate_step(sigma: float, schedule: list[float] | None) -> StepInfo:
 
 
 def running_step() -> StepInfo:
-    """The StepInfo of the model call under way (the innermost, where one model's call runs
-    inside another's), read when a compiled graph hands its results out (probe/traced.py);
-    UNREAD outside any."""
-    return _RUNNING[-1] if _RUNNING else UNREAD
+    """The StepInfo of the model call under way, read when a compiled graph hands its results
+    out (probe/traced.py); UNREAD outside any."""
+    return _RUNNING[-1].step if _RUNNING else UNREAD
 
 
 def in_window(sigma: float, sigma_start: float, sigma_end: float) -> bool:
@@ -150,8 +198,9 @@ def _read_sigma_and_schedule(t, schedule) -> tuple[float, list[float] | None]:
 
 
 def _apply_model_wrapper(executor, x, t, *args, **kwargs):
-    """Record the latent shape and the step of this model call for the attention hooks, and
-    check that the model's attention override still reaches them (intact.py)."""
+    """Keep this model call's step, CFG chunks and latent shape for the attention hooks while
+    it runs (ModelCall), and check that the model's attention override reached them
+    (intact.py)."""
     transformer_options = args[3] if len(args) > 3 else kwargs.get("transformer_options")
     if transformer_options is None:
         return executor(x, t, *args, **kwargs)
@@ -163,16 +212,12 @@ def _apply_model_wrapper(executor, x, t, *args, **kwargs):
                    for window in transformer_options.get(WINDOWS_KEY, ())}
     else:
         step = UNREAD
-    info = StepInfo(step.sigma, step.step, step.percent, next(_MODEL_CALLS), windows)
-    transformer_options[STEP_KEY] = info
-    transformer_options[LATENT_SHAPE_KEY] = tuple(x.shape)
-    seen = intact.watch(transformer_options)
-    _RUNNING.append(info)
-    try:
+    call = ModelCall(StepInfo(step.sigma, step.step, step.percent, next(_MODEL_CALLS), windows),
+                     tuple(transformer_options.get("cond_or_uncond") or (0,)), tuple(x.shape),
+                     transformer_options.get(PATCH_KEY, 0))
+    with running(call):
         out = executor(x, t, *args, **kwargs)
-    finally:
-        _RUNNING.pop()
-    intact.confirm(seen, transformer_options)
+    intact.confirm(call, transformer_options)
     return out
 
 

@@ -29,7 +29,6 @@ from ..hook.call import AttentionCall, Steering
 from ..hook.layers import select_layers
 from ..hook.override import add_observer, install_attention_hook
 from ..hook.schedule import (
-    LATENT_SHAPE_KEY,
     require_host_sigma,
     sigma_window,
     whole_run,
@@ -237,7 +236,7 @@ def _record(run: ProbeRun, call: AttentionCall, out: torch.Tensor, steering: Ste
     """Measure the chosen CFG chunks of one call and keep the result for the run's sums, maps
     and series (ProbeRun.fold adds them up later: no tensor op here beyond the measurement)."""
     layer = call.layer
-    latent = call.transformer_options.get(LATENT_SHAPE_KEY)
+    latent = call.latent_shape
     grid = call.token_grid if latent is not None else None  # maps need the latent's grid
     if grid is not None:
         run.latent_shape = tuple(latent)

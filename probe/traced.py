@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..hook.call import AttentionCall, Steering
-from ..hook.schedule import LATENT_SHAPE_KEY, running_step
+from ..hook.schedule import running_step
 from .registry import Measurement, chunk_placements, state_of
 
 OP_NAMESPACE, OP_NAME = "hopfield_circulation", "probe_keep"
@@ -37,7 +37,7 @@ def record_in_graph(probe_id: str, call: AttentionCall, steering: Steering | Non
     """In traced code: have ``_keep`` record ``packed`` each time the graph runs. ``wanted``:
     the call's chunks [(CFG branch, chunk)] the probe records; ``packed``: their measurement,
     one of the whole batch where they are all of it, else one per chunk (recorder.py)."""
-    latent = call.transformer_options.get(LATENT_SHAPE_KEY)
+    latent = call.latent_shape
     grid = call.token_grid if latent is not None else None  # maps need the latent's grid
     layer = call.layer
     _OP(packed, _SINK, probe_id, layer.index, layer.kind, layer.group,

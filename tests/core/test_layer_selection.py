@@ -7,12 +7,8 @@ from hopfield_circulation.families.mmdit import mmdit_layer_map as sd3_layer_map
 from hopfield_circulation.families.unet import unet_layer_map
 from hopfield_circulation.hook.layers import select_layers
 from hopfield_circulation.hook.schedule import (
-    UNREAD,
-    StepInfo,
     in_window,
     locate_step,
-    window_bounds,
-    within,
 )
 
 SDXL = unet_layer_map(
@@ -61,17 +57,24 @@ def test_step_location_and_window():
     assert not in_window(3.0, 0.0, 0.0) and in_window(1.0, 1.0, 0.5)
 
 
-def test_a_graph_is_handed_the_window_decisions_and_nothing_that_differs_per_call():
-    """What SD3's checkpointed joint blocks get in a compiled graph (torch 2.11 guards all of
-    it): equal for two model calls in the same windows, answering every window as before."""
-    window, other = window_bounds(1.0, 0.5), window_bounds(9.0, 2.0)
-    calls = [StepInfo(sigma, step, step / 4, call, {window: within(sigma, window),
-                                                    other: within(sigma, other)})
-             for call, (step, sigma) in enumerate(((1, 7.0), (2, 3.0), (3, 0.7), (4, 0.6)))]
-    seen = [info.for_graph() for info in calls]
-    assert seen[0] == seen[1] != seen[2] == seen[3]
-    for info, graph in zip(calls, seen, strict=True):
-        assert all(graph.in_window(w) == info.in_window(w) for w in (window, other))
-    # no window decided: the sigma, as before (in_window falls back to it)
-    read = StepInfo(3.0, 2, 0.5, 7)
-    assert read.for_graph() == StepInfo(3.0, None, None) and UNREAD.for_graph() == UNREAD
+def test_the_model_call_under_way_is_the_innermost():
+    """What the hooks read of a model call (schedule.ModelCall): the innermost one under way,
+    none outside, and popped even when the call raises."""
+    from hopfield_circulation.hook.schedule import (
+        UNREAD,
+        ModelCall,
+        StepInfo,
+        running,
+        running_call,
+        running_step,
+    )
+
+    outer, inner = ModelCall(StepInfo(3.0, 1, 0.5, 7), (1, 0)), ModelCall(patch=4)
+    assert running_call() is None and running_step() is UNREAD
+    with running(outer):
+        assert running_call() is outer and running_step().step == 1
+        with pytest.raises(ValueError), running(inner):
+            assert running_call() is inner and running_step() is UNREAD
+            raise ValueError
+        assert running_call() is outer
+    assert running_call() is None

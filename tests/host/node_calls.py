@@ -19,27 +19,28 @@ def adaptive(nodes, model, alpha=1.2, beta=5.0, aggregation="per sample", start=
     ).result[0]
 
 
-def sdxl_attn1_override(patcher, step=None, **options):
+def sdxl_attn1_override(patcher, step=None, latent_shape=None):
     """``call(q, k, v)``: ``patcher``'s attention override called as ComfyUI's UNet calls it
     for its first attn1 layer (q, k, v [2, 16, 10 x 64], chunks [uncond, cond], a 4 x 4 level;
-    the unwrapped host attention, as wrap_attn hands it over), with ``step`` (default: sigma
-    not read) and ``options`` added to the call's transformer_options."""
+    the unwrapped host attention, as wrap_attn hands it over), inside a model call at ``step``
+    (default: sigma not read) with ``latent_shape``, as the step wrapper keeps it."""
     import comfy.ldm.modules.attention as host_attention
     from hopfield_circulation.families import adapter_for
     from hopfield_circulation.families.unet_attn1 import unet_attn1_marker
-    from hopfield_circulation.hook.schedule import STEP_KEY, StepInfo
+    from hopfield_circulation.hook.schedule import PATCH_KEY, UNREAD, ModelCall, running
 
     layer_key = next(iter(adapter_for(patcher).layer_map.by_key))
     call_options = dict(patcher.model_options["transformer_options"])
     override = call_options.pop("optimized_attention_override")
     call_options |= {"block": layer_key[:2], "block_index": layer_key[2],
-                     "cond_or_uncond": [1, 0], "activations_shape": [2, 640, 4, 4],
-                     STEP_KEY: step or StepInfo(None, None, None), **options}
+                     "cond_or_uncond": [1, 0], "activations_shape": [2, 640, 4, 4]}
     unet_attn1_marker(patcher).key = (layer_key[:2], layer_key[2])
     host = host_attention.attention_pytorch.__wrapped__
+    model_call = ModelCall(step or UNREAD, (1, 0), latent_shape, call_options.get(PATCH_KEY, 0))
 
     def call(q, k, v):
-        return override(host, q, k, v, 10, transformer_options=call_options)
+        with running(model_call):
+            return override(host, q, k, v, 10, transformer_options=call_options)
 
     return call
 

@@ -58,6 +58,22 @@ def torch_compiled(model):
     return TorchCompileModel.execute(model, "inductor").result[0]
 
 
+def no_transformer_options_guards(guard_entries):
+    """ComfyUI's TorchCompileModel passes this guard filter since 0.5.0 (its
+    skip_torch_compile_dict): no guard on anything read from transformer_options."""
+    return [("transformer_options" not in entry.name) for entry in guard_entries]
+
+
+def compiled_as_newer_hosts_do(model):
+    """``model`` under TorchCompileModel as ComfyUI 0.5.0 and later apply it, on any host."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    m = model.clone()
+    set_torch_compile_wrapper(model=m, backend="inductor",
+                              options={"guard_filter_fn": no_transformer_options_guards})
+    return m
+
+
 # Compiled minus eager, in latent units: inductor reorders fp32 arithmetic (about 1e-3 on the
 # unpatched tiny model after two steps); the steering itself moves the latent far more.
 COMPILE_TOLERANCE = 5e-3
@@ -220,6 +236,34 @@ def test_torch_compile_of_a_step_window_compiles_once_inside_and_once_outside(
     eager = sample(steered, steps=5)
     assert (eager - sample(model, steps=5)).abs().max() > 10 * COMPILE_TOLERANCE
     assert compiles_of(torch_compiled(steered), sample, 5, eager) == (2, 0)
+    torch._dynamo.reset()
+
+
+def test_compiled_without_guards_on_transformer_options_steers_as_eager(nodes, sampling, sdxl):
+    """TorchCompileModel as ComfyUI 0.5.0 and later apply it: no guard on what the graph reads
+    from transformer_options, where model patches live, and one graph cache for every compile
+    of a module. What our hooks decide by is read from the step wrapper's ModelCall, so the
+    graph is guarded on it: a step window compiles a steered and a plain graph (it steered
+    every step or none), a model re-steered after TorchCompileModel gets its new settings
+    (it kept the first), and the baseline after a steered run is not steered (it raised in
+    the host's code). A graph traced without our hooks cannot be guarded by them: a steered
+    model that gets the baseline's graph raises, saying so, instead of running unsteered."""
+    sample = sampling["sdxl"]
+    plain = sample(sdxl, steps=3)
+    settings = [dict(alpha=0.95), dict(alpha=0.95, start=0.3, end=0.7), dict(alpha=0.9)]
+    eager = [sample(skew(nodes, sdxl, **s), steps=3) for s in settings]
+    torch._dynamo.reset()
+    compiled_first = compiled_as_newer_hosts_do(sdxl)  # TorchCompileModel before ours
+    for s, expected in zip(settings, eager, strict=True):
+        assert (sample(skew(nodes, compiled_first, **s), steps=3) - expected).abs().max() \
+            <= COMPILE_TOLERANCE
+    assert (sample(compiled_as_newer_hosts_do(sdxl), steps=3) - plain).abs().max() \
+        <= COMPILE_TOLERANCE
+    torch._dynamo.reset()
+    assert (sample(compiled_as_newer_hosts_do(sdxl), steps=3) - plain).abs().max() \
+        <= COMPILE_TOLERANCE
+    with pytest.raises(RuntimeError, match="traced for another model"):
+        sample(compiled_as_newer_hosts_do(skew(nodes, sdxl)), steps=3)
     torch._dynamo.reset()
 
 

@@ -235,16 +235,15 @@ def test_newer_host_block_options_are_read(flux):
     """Hosts newer than 0.3.64 set block_type/block_index (and img_slice in single blocks)
     themselves: placement reads them when our own patch did not run."""
     from hopfield_circulation.families import adapter_for
-    from hopfield_circulation.hook.schedule import LATENT_SHAPE_KEY
 
     adapter = adapter_for(flux["dev"])
-    latent = {LATENT_SHAPE_KEY: (1, 16, 16, 15)}  # odd width: padded to 8 x 8 tokens
-    single = adapter.place({**latent, "block_type": "single", "block_index": 2,
-                            "img_slice": [8, 88]}, 88, 88)
+    latent = (1, 16, 16, 15)  # odd width: padded to 8 x 8 tokens
+    single = adapter.place({"block_type": "single", "block_index": 2, "img_slice": [8, 88]},
+                           88, 88, latent)
     assert (single.layer.index, single.layer.kind, single.text_tokens, single.token_grid) == (
         5, "single", 8, (8, 8))
-    double = adapter.place({**latent, "block_type": "double", "block_index": 0}, 72, 72)
+    double = adapter.place({"block_type": "double", "block_index": 0}, 72, 72, latent)
     assert (double.layer.index, double.text_tokens) == (0, 8)  # [text; image] without refs
-    assert adapter.place({**latent, "block_type": "double", "block_index": 9}, 72, 72) is None
-    assert adapter.place({**latent}, 72, 72) is None  # no block known: left alone
-    assert adapter.place({**latent, "block_type": "double", "block_index": 0}, 40, 40) is None
+    assert adapter.place({"block_type": "double", "block_index": 9}, 72, 72, latent) is None
+    assert adapter.place({}, 72, 72, latent) is None  # no block known: left alone
+    assert adapter.place({"block_type": "double", "block_index": 0}, 40, 40, latent) is None

@@ -223,7 +223,7 @@ def test_probed_calls_launch_their_plan_on_the_hosts_own_rows(env, monkeypatch, 
     addresses of its rows, where views of the chunk cost three ops a tensor and a slice one.
     Recorded, not run: the kernels need a GPU."""
     from core.launch_recorder import Recorder
-    from hopfield_circulation.hook.schedule import LATENT_SHAPE_KEY, StepInfo
+    from hopfield_circulation.hook.schedule import StepInfo
     from hopfield_circulation.hopfield import stability_triton
     from hopfield_circulation.probe.registry import new_run, probe_state
 
@@ -240,8 +240,7 @@ def test_probed_calls_launch_their_plan_on_the_hosts_own_rows(env, monkeypatch, 
     patched, handle = probe(env, env["sdxl"], branch=branch)
     state = probe_state(handle)
     state.current = new_run(state)
-    attn1 = sdxl_attn1_override(patched, StepInfo(10.0, 0, 0.0, 1),
-                                **{LATENT_SHAPE_KEY: [2, 4, 8, 8]})
+    attn1 = sdxl_attn1_override(patched, StepInfo(10.0, 0, 0.0, 1), (2, 4, 8, 8))
     for seed in range(3):  # Triton's own launches, then the views' plan, then the host's
         gen = torch.Generator().manual_seed(seed)
         q, k, v = (torch.randn(2, 16, 640, generator=gen).half() for _ in range(3))
