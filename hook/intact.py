@@ -20,16 +20,11 @@ saying which of the two happened, when a model with our patches ran none.
 
 from __future__ import annotations
 
-import torch
+from .host_ops import SINK, register_python_op
 
 OVERRIDE_KEY = "optimized_attention_override"
 HOOK_MARK = "hopfield_circulation_hook"  # set on our override functions
 
-OP_NAMESPACE, OP_NAME = "hopfield_circulation", "hook_ran"
-# What the op declares it writes: a write to a tensor the graph did not make keeps the op in
-# the graph, and nothing ever reads this one.
-_SINK = torch.zeros(1)
-_LIBRARY: list = []  # keeps the registration alive
 
 
 def mark(override) -> None:
@@ -43,7 +38,7 @@ def is_ours(override) -> bool:
 def mark_run_in_graph() -> None:
     """In a trace: the op that sets the running ModelCall's ``hook_ran`` each time the graph
     runs (our hooks put one in a graph, not one per call: each costs host time)."""
-    _OP(_SINK)
+    _OP(SINK)
 
 
 def confirm(call, transformer_options: dict) -> None:
@@ -82,24 +77,4 @@ def _hook_ran(sink) -> None:
         call.hook_ran = True
 
 
-def _register_op():
-    """Registered as the probe's op is (probe/traced.py): a second copy of the pack in one
-    process (imported under another name) registers an op of its own, under the next free
-    name, since each reads its own copy's model calls."""
-    library = torch.library.Library(OP_NAMESPACE, "FRAGMENT")
-    for copy in range(1, 100):
-        name = OP_NAME if copy == 1 else f"{OP_NAME}_{copy}"
-        try:
-            library.define(f"{name}(Tensor(a!) sink) -> ()")
-            break
-        except RuntimeError:  # defined by another copy of the pack
-            continue
-    else:
-        raise RuntimeError(f"Hopfield Circulation: no free name for the op {OP_NAME}")
-    library.impl(name, _hook_ran, "CompositeExplicitAutograd")
-    torch.library.register_fake(f"{OP_NAMESPACE}::{name}", lambda sink: None, lib=library)
-    _LIBRARY.append(library)
-    return getattr(getattr(torch.ops, OP_NAMESPACE), name)
-
-
-_OP = _register_op()
+_OP = register_python_op("hook_ran", "(Tensor(a!) sink) -> ()", _hook_ran, lambda sink: None)

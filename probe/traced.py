@@ -17,19 +17,15 @@ from __future__ import annotations
 import torch
 
 from ..hook.call import AttentionCall, Steering
+from ..hook.host_ops import SINK, register_python_op
 from ..hook.schedule import running_step
 from .registry import Measurement, chunk_placements, state_of
 
-OP_NAMESPACE, OP_NAME = "hopfield_circulation", "probe_keep"
 OP_SCHEMA = (
     "(Tensor[] packed, Tensor(a!) sink, str probe, int layer, str kind, str group, "
     "int[] branches, int[] chunks, int chunk_count, int[] grid, int text_tokens, int[] latent, "
     "str steering_space) -> ()"
 )
-# What the op declares it writes: a write to a tensor the graph did not make keeps the op in
-# the graph, and nothing ever reads this one.
-_SINK = torch.zeros(1)
-_LIBRARY: list = []  # keeps the registration alive
 
 
 def record_in_graph(probe_id: str, call: AttentionCall, steering: Steering | None,
@@ -40,7 +36,7 @@ def record_in_graph(probe_id: str, call: AttentionCall, steering: Steering | Non
     latent = call.latent_shape
     grid = call.token_grid if latent is not None else None  # maps need the latent's grid
     layer = call.layer
-    _OP(packed, _SINK, probe_id, layer.index, layer.kind, layer.group,
+    _OP(packed, SINK, probe_id, layer.index, layer.kind, layer.group,
         [branch for branch, _ in wanted], [chunk for _, chunk in wanted],
         len(call.cond_or_uncond), list(grid or ()), call.text_tokens, list(latent or ()),
         steering.space if steering is not None else "")
@@ -75,25 +71,4 @@ def _keep(packed, sink, probe, layer, kind, group, branches, chunks, chunk_count
                                step.step, step.sigma, run.evaluation, values.clone()))
 
 
-def _register_op():
-    """Registered with torch.library's plain API, as the kernels' ops are (hopfield/
-    torch_ops.py), but not shared as theirs are: it reads this copy's registry, so a second
-    copy of the pack in one process (imported under another name) registers an op of its
-    own, under the next free name."""
-    library = torch.library.Library(OP_NAMESPACE, "FRAGMENT")
-    for copy in range(1, 100):
-        name = OP_NAME if copy == 1 else f"{OP_NAME}_{copy}"
-        try:
-            library.define(f"{name}{OP_SCHEMA}")
-            break
-        except RuntimeError:  # defined by another copy of the pack
-            continue
-    else:
-        raise RuntimeError(f"Hopfield Circulation: no free name for the op {OP_NAME}")
-    library.impl(name, _keep, "CompositeExplicitAutograd")
-    torch.library.register_fake(f"{OP_NAMESPACE}::{name}", lambda *args: None, lib=library)
-    _LIBRARY.append(library)
-    return getattr(getattr(torch.ops, OP_NAMESPACE), name)
-
-
-_OP = _register_op()
+_OP = register_python_op("probe_keep", OP_SCHEMA, _keep, lambda *args: None)
