@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..families import adapter_for
 from ..hook.call import AttentionCall, Steering
 from ..hook.layers import select_layers
 from ..hook.override import HostBaseline, Steered, install_attention_hook
-from ..hook.schedule import require_host_sigma, sigma_window, whole_run, window_bounds
+from ..hook.schedule import (
+    PATCH_KEY,
+    require_host_sigma,
+    sigma_window,
+    whole_run,
+    window_bounds,
+)
 from ..hopfield import (
     CirculationResult,
     CirculationSettings,
@@ -57,6 +65,7 @@ def patch_circulation(
         if input_space is None and kernel != "two_call" else None
 
     def steer(call: AttentionCall, baseline: HostBaseline) -> Steered | None:
+        settings = _SETTINGS[patch]  # a graph's constants (_SETTINGS)
         # Cheapest refusals first: every attention call of the model comes through here.
         if call.layer.index not in selected:
             return None
@@ -110,8 +119,21 @@ def patch_circulation(
         return Steered(result.out, everywhere)
 
     install_attention_hook(m, steer, adapter)
+    patch = m.model_options["transformer_options"][PATCH_KEY]
+    _SETTINGS[patch] = settings
+    weakref.finalize(steer, _SETTINGS.pop, patch, None)  # the clones of m hold steer
     fused_triton.settle(torch.device(getattr(m, "load_device", "cpu")))
     return m
+
+
+# Each steered model's settings by its patch number (hook/schedule.PATCH_KEY), which is where
+# the steering reads them, for as long as the steering lives. Read through the model's own closure, alpha and beta were the same
+# source (a path through transformer_options) in every model: once dynamo had seen two values
+# there, it made them inputs of the graph, and inductor's FX graph cache then handed a model
+# the graph compiled for another alpha (a step window after a run with another alpha: 0.09
+# from eager on tiny SDXL). Here each model's are a source of their own, constants in its
+# graph, which the patch number's guard keeps to that model.
+_SETTINGS: dict[int, CirculationSettings] = {}
 
 
 def _adaptive_steering(space: FeatureSpace, coefficients: tuple, norm_match: bool,
