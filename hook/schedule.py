@@ -72,8 +72,8 @@ class ModelCall:
     """A model call under way, as the step wrapper saw it, outside any compiled graph.
 
     A graph traced through our hooks reads its decisions here (the step windows, the CFG
-    chunks, the latent's shape, and ``patch``, which the outermost of our hooks compares with
-    its own), so dynamo guards the graph on them: a call that needs other decisions, or a model
+    chunks, the latent's shape, and ``patch``, which each of our hooks compares with the
+    number it was installed under), so dynamo guards the graph on them: a call that needs other decisions, or a model
     with other patches of ours, gets a graph of its own. Read from the call's
     transformer_options instead, they were not guarded under TorchCompileModel, which filters
     out every guard on transformer_options (ComfyUI 0.5.0 and later): a step window steered
