@@ -126,13 +126,13 @@ def patch_circulation(
     return m
 
 
-# Each steered model's settings by its patch number (hook/schedule.PATCH_KEY), which is where
-# the steering reads them, for as long as the steering lives. Read through the model's own closure, alpha and beta were the same
-# source (a path through transformer_options) in every model: once dynamo had seen two values
-# there, it made them inputs of the graph, and inductor's FX graph cache then handed a model
-# the graph compiled for another alpha (a step window after a run with another alpha: 0.09
-# from eager on tiny SDXL). Here each model's are a source of their own, constants in its
-# graph, which the patch number's guard keeps to that model.
+# Each steered model's settings by its patch number (hook/schedule.PATCH_KEY), which is where the
+# steering reads them, for as long as the steering lives. Read through the model's own closure,
+# alpha and beta were the same source (a path through transformer_options) in every model: once
+# dynamo had seen two values there, it made them inputs of the graph, and inductor's FX graph cache
+# then handed a model the graph compiled for another alpha (a step window after a run with another
+# alpha: 0.09 from eager on tiny SDXL). Here each model's are a source of their own, constants in
+# its graph, which the patch number's guard keeps to that model.
 _SETTINGS: dict[int, CirculationSettings] = {}
 
 

@@ -73,9 +73,9 @@ class ModelCall:
 
     A graph traced through our hooks reads its decisions here (the step windows, the CFG
     chunks, the latent's shape, and ``patch``, which each of our hooks compares with the
-    number it was installed under), so dynamo guards the graph on them: a call that needs other decisions, or a model
-    with other patches of ours, gets a graph of its own. Read from the call's
-    transformer_options instead, they were not guarded under TorchCompileModel, which filters
+    number it was installed under), so dynamo guards the graph on them: a call that needs
+    other decisions, or a model with other patches of ours, gets a graph of its own. Read
+    from the call's transformer_options instead, they were not guarded under TorchCompileModel, which filters
     out every guard on transformer_options (ComfyUI 0.5.0 and later): a step window steered
     every step or none, and a model re-steered after TorchCompileModel kept its first settings.
     Nothing read in a graph may change from one model call to the next without cause (the step
