@@ -75,12 +75,12 @@ class ModelCall:
     chunks, the latent's shape, and ``patch``, which each of our hooks compares with the
     number it was installed under), so dynamo guards the graph on them: a call that needs
     other decisions, or a model with other patches of ours, gets a graph of its own. Read
-    from the call's transformer_options instead, they were not guarded under TorchCompileModel, which filters
-    out every guard on transformer_options (ComfyUI 0.5.0 and later): a step window steered
-    every step or none, and a model re-steered after TorchCompileModel kept its first settings.
-    Nothing read in a graph may change from one model call to the next without cause (the step
-    and the model call's number do: they are read only when a graph runs, through
-    running_step()).
+    from the call's transformer_options instead, they were not guarded under
+    TorchCompileModel, which filters out every guard on transformer_options (ComfyUI 0.5.0
+    and later): a step window steered every step or none, and a model re-steered after
+    TorchCompileModel kept its first settings. Nothing read in a graph may change from one
+    model call to the next without cause (the step and the model call's number do: they are
+    read only when a graph runs, through running_step()).
 
     ``hook_ran``: set when one of our hooks runs in this call (intact.py).
     """
