@@ -70,7 +70,7 @@ def confirm(call, transformer_options: dict) -> None:
 
 def _hook_ran(sink) -> None:
     """The op, each time a graph with our hooks runs."""
-    from .schedule import running_call
+    from .schedule import running_call  # here: schedule imports this module
 
     call = running_call()
     if call is not None:
