@@ -160,15 +160,15 @@ class MMDiTFamily(FamilyAdapter):
             )
 
     def place(self, options: dict, n_q: int, n_k: int,
-              latent: tuple[int, ...] | None) -> Placement | None:
+              latent_shape: tuple[int, ...] | None) -> Placement | None:
         index = block_index(options)
-        if index is None or latent is None:
+        if index is None or latent_shape is None:
             return None
         layer = self.layer_map.by_key.get((index,))
         if layer is None:
             return None
         patch = self.patch_size
-        grid = (math.ceil(latent[-2] / patch), math.ceil(latent[-1] / patch))  # padded
+        grid = (math.ceil(latent_shape[-2] / patch), math.ceil(latent_shape[-1] / patch))  # padded
         image_tokens = grid[0] * grid[1]
         if n_q == image_tokens:  # SD3.5-M's extra image-only self-attention in the same block
             return Placement(LayerId("sd3", layer.index, layer.group, "image_self"), grid)

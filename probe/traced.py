@@ -6,7 +6,7 @@ list) is Python that must run at every call, not once when the graph is traced; 
 there split the model into a graph per probed call, recompiled per layer. So the traced code
 ends each probed call with one opaque op that hands the measurement, and constants naming the
 call, to ``_keep`` when the graph runs. Inductor keeps the op where it is: it declares a write
-to a small tensor of its own, so it is never dropped as dead code.
+to a small tensor (hook/host_ops.SINK), so it is never dropped as dead code.
 
 Where the model call stands (its id, its step) is not in the graph either: ``_keep`` asks the
 step wrapper (hook/schedule.running_step), which runs outside the compiled model.

@@ -6,10 +6,7 @@ import pytest
 from hopfield_circulation.families.mmdit import mmdit_layer_map as sd3_layer_map
 from hopfield_circulation.families.unet import unet_layer_map
 from hopfield_circulation.hook.layers import select_layers
-from hopfield_circulation.hook.schedule import (
-    in_window,
-    locate_step,
-)
+from hopfield_circulation.hook.schedule import in_window, locate_step
 
 SDXL = unet_layer_map(
     [("input", 4, 2), ("input", 5, 2), ("input", 7, 10), ("input", 8, 10), ("middle", 0, 10)]
