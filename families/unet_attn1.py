@@ -72,8 +72,9 @@ def take_block_input(marker: Attn1Marker, options: dict):
 
 def effective_weight(linear, like):
     """(weight, bias) of a Linear layer as it really applies them to inputs like ``like``: fp8
-    storage, low-VRAM offload and LoRA weight functions (comfy.ops), scaled-fp8 checkpoints
-    and layers that cast themselves (GGUF) included. W_v for the input space."""
+    storage, low-VRAM offload and LoRA weight functions (comfy.ops), scaled-fp8 checkpoints,
+    the quantised layers of newer ComfyUI (fp8, int8, nvfp4, ...; AWQ input smoothing
+    included) and layers that cast themselves (GGUF). W_v for the input space."""
     own_cast = getattr(linear, "cast_bias_weight", None)
     if callable(own_cast):  # quantised layers from other packs bring their own cast
         weight, bias = own_cast(like)[:2]
@@ -84,7 +85,14 @@ def effective_weight(linear, like):
     else:
         weight = linear.weight.to(like)
         bias = linear.bias.to(like) if linear.bias is not None else None
+    if type(weight).dequantize is not torch.Tensor.dequantize:
+        # newer ComfyUI's QuantizedTensor (packed data and its scales): the retrieval over X
+        # wants the values it stands for, in plain float ops
+        weight = weight.dequantize().to(like.dtype)
     scale = getattr(linear, "scale_weight", None)  # scaled fp8 stores W / scale
     if isinstance(scale, torch.Tensor):
         weight = weight * scale.to(weight)
+    smoothing = getattr(linear, "pre_quant_scale", None)  # AWQ: the layer applies (x * s) W^T
+    if isinstance(smoothing, torch.Tensor):
+        weight = weight * smoothing.to(weight)  # = x (W diag(s))^T: s scales W's columns
     return weight, bias

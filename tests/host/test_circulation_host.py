@@ -364,6 +364,25 @@ def test_input_space_without_norm_match_equals_value_space(comfy_host, sdxl):
     assert not torch.equal(value, sample_sdxl(patch_circulation(sdxl, settings, space="value")))
 
 
+@pytest.mark.parametrize("smoothed", [False, True])
+def test_input_space_on_quantized_values_equals_value_space(comfy_host, smoothed):
+    """A checkpoint with fp8 attn1.to_v weights, as newer ComfyUI loads it (QuantizedTensor),
+    with and without AWQ's input smoothing: the input space projects X as the layer does (norm
+    matching off: equal to the value space up to fp32 rounding)."""
+    from hopfield_circulation.circulation import patch_circulation
+    from hopfield_circulation.hopfield import CirculationSettings
+    from host.tiny_models import sample_sdxl, tiny_sdxl_with_fp8_values
+
+    pytest.importorskip("comfy.quant_ops", reason="this host has no quantised mixed-precision "
+                        "layers (comfy.quant_ops; ComfyUI 0.3.64 has scaled_fp8_ops)")
+    model = tiny_sdxl_with_fp8_values(smoothed=smoothed)
+    settings = CirculationSettings(alpha=1.1, beta=2.0, norm_match=False)
+    value = sample_sdxl(patch_circulation(model, settings, space="value"))
+    inp = sample_sdxl(patch_circulation(model, settings, space="input"))
+    torch.testing.assert_close(inp, value, rtol=1e-3, atol=1e-3)
+    assert not torch.equal(value, sample_sdxl(model))
+
+
 def test_bad_use_fails_clearly(nodes, sdxl, sd3, comfy_host):
     import comfy.model_management
     import comfy.model_patcher
@@ -400,9 +419,12 @@ def test_bad_use_fails_clearly(nodes, sdxl, sd3, comfy_host):
 
 
 @pytest.mark.parametrize("kind", ["disable_weight_init", "manual_cast", "weight_function",
-                                  "scaled_fp8", "plain"])
+                                  "scaled_fp8", "quantized_fp8", "quantized_fp8_smoothed",
+                                  "plain"])
 def test_effective_value_weight_is_what_the_layer_applies(comfy_host, kind):
-    """W_v for the input space, whatever the layer type: x W^T + b equals the layer's output."""
+    """W_v for the input space, whatever the layer type: x W^T + b equals the layer's output,
+    and W is a plain tensor (newer hosts' quantised layers hold a QuantizedTensor; "smoothed":
+    AWQ's pre_quant_scale, which the layer multiplies into its input)."""
     import comfy.ops
     from hopfield_circulation.families.unet_attn1 import effective_weight
 
@@ -416,18 +438,48 @@ def test_effective_value_weight_is_what_the_layer_applies(comfy_host, kind):
                         "mixed-precision layers (ComfyUI 0.3.64 has scaled_fp8_ops)")
         layer = comfy.ops.scaled_fp8_ops().Linear(8, 6, bias=True, dtype=torch.float8_e4m3fn)
         layer.scale_weight = torch.nn.Parameter(torch.tensor(0.25), requires_grad=False)
+    elif kind.startswith("quantized"):
+        layer = quantized_linear(torch.randn(6, 8, generator=gen), torch.randn(6, generator=gen))
+        if kind.endswith("smoothed"):
+            layer.pre_quant_scale = torch.nn.Parameter(1 + torch.rand(8, generator=gen),
+                                                       requires_grad=False)
     else:
         ops = comfy.ops.disable_weight_init if kind == "disable_weight_init" else (
             comfy.ops.manual_cast)
         layer = ops.Linear(8, 6, bias=True)
-    with torch.no_grad():
-        layer.weight.copy_(torch.randn(6, 8, generator=gen).to(layer.weight.dtype))
-        layer.bias.copy_(torch.randn(6, generator=gen))
+    if not kind.startswith("quantized"):
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(6, 8, generator=gen).to(layer.weight.dtype))
+            layer.bias.copy_(torch.randn(6, generator=gen))
     if kind == "weight_function":
         layer.weight_function = [lambda w: 2 * w + 1]
         layer.comfy_cast_weights = True
     weight, bias = effective_weight(layer, x)
-    torch.testing.assert_close(torch.nn.functional.linear(x, weight, bias), layer(x))
+    assert type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.dtype == x.dtype
+    with torch.no_grad():
+        torch.testing.assert_close(torch.nn.functional.linear(x, weight, bias), layer(x))
+
+
+def quantized_linear(weight, bias):
+    """A Linear of the quantised mixed-precision layers newer ComfyUI loads fp8 (and int8,
+    nvfp4, ...) checkpoints into, its weight stored as float8_e4m3fn with a scale; computed as
+    on a device without fp8 matmuls (what comfy.ops.pick_operations chooses there)."""
+    import comfy.ops
+
+    quant_ops = pytest.importorskip(
+        "comfy.quant_ops", reason="this host has no quantised mixed-precision layers "
+        "(comfy.quant_ops; ComfyUI 0.3.64 loads fp8 checkpoints through scaled_fp8_ops)")
+    ops = comfy.ops.mixed_precision_ops({}, torch.float32, disabled={"float8_e4m3fn"})
+    layer = ops.Linear(weight.shape[1], weight.shape[0], bias=True, device="cpu")
+    layout = quant_ops.QUANT_ALGOS["float8_e4m3fn"]["comfy_tensor_layout"]
+    layer.weight = torch.nn.Parameter(quant_ops.QuantizedTensor.from_float(weight, layout),
+                                      requires_grad=False)
+    layer.quant_format, layer.layout_type = "float8_e4m3fn", layout
+    layer._full_precision_mm = True  # what loading sets for a format the device lacks
+    with torch.no_grad():
+        layer.bias.copy_(bias)
+    layer.weight_function, layer.bias_function = [], []
+    return layer
 
 
 def test_cross_attention_costs_the_hook_no_op_of_its_own(nodes, sdxl):

@@ -98,6 +98,46 @@ def tiny_sdxl(seed: int = 0):
     return _patcher(model)
 
 
+def tiny_sdxl_with_fp8_values(seed: int = 0, smoothed: bool = False):
+    """``tiny_sdxl(seed)`` as newer ComfyUI loads a checkpoint whose attn1.to_v weights are
+    float8_e4m3fn with a scale: quantised mixed-precision layers (comfy.quant_ops), computed
+    as on a device without fp8 matmuls. ``smoothed``: each also carries an AWQ input scale
+    (pre_quant_scale, which ModelOpt's nvfp4 checkpoints bring and the layer multiplies into
+    its input). Needs a host with comfy.quant_ops."""
+    import json
+
+    import comfy.model_management
+    import comfy.ops
+    import comfy.supported_models
+    import comfy.utils
+
+    state = tiny_sdxl(seed).model.state_dict()
+    layers = {}
+    for key in [k for k in state if k.endswith("attn1.to_v.weight")]:
+        scale = state[key].abs().max() / 448  # float8_e4m3fn's largest value
+        state[key] = (state[key] / scale).to(torch.float8_e4m3fn)
+        state[key.replace(".weight", ".weight_scale")] = scale
+        layers[key.removesuffix(".weight")] = {"format": "float8_e4m3fn"}
+    state, _ = comfy.utils.convert_old_quants(
+        state, metadata={"_quantization_metadata": json.dumps({"layers": layers})})
+    config = comfy.supported_models.SDXL(dict(SDXL_UNET))
+    config.unet_config["num_head_channels"] = 16
+    config.set_inference_dtype(torch.float32, None)
+    config.custom_operations = comfy.ops.mixed_precision_ops(
+        {}, torch.float32, disabled={"float8_e4m3fn"})
+    model = config.get_model({})
+    model.load_state_dict(state, strict=True)
+    gen = torch.Generator().manual_seed(seed + 11)
+    for name, module in model.named_modules():
+        if smoothed and name.endswith("attn1.to_v"):
+            module.pre_quant_scale = torch.nn.Parameter(
+                1 + torch.rand(module.in_features, generator=gen), requires_grad=False)
+    patcher = _patcher(model)
+    # load now, outside inference mode: moving quantised parameters inside it fails in 0.33
+    comfy.model_management.load_models_gpu([patcher])
+    return patcher
+
+
 def tiny_sd3(seed: int = 0, x_block_self_attn_layers=()):
     """A ModelPatcher around a tiny ``model_base.SD3`` (flow, shift 3) with 2 joint blocks."""
     import comfy.supported_models
