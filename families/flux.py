@@ -1,12 +1,14 @@
-"""Flux (dev, schnell, Kontext, Fill) and Chroma (with Chroma Radiance).
+"""Flux (Flux.1 dev, schnell, Kontext, Fill; Flux.2) and Chroma (with Chroma Radiance).
 
 Both run double-stream blocks, whose joint attention covers [text; image], then single-stream
 blocks whose self-attention covers the same joined sequence; q and k reach the override after
 RoPE as [B, H, L, d] (``skip_reshape``). Layers are the double blocks 0..n-1, then the single
-blocks n..n+m-1 (Flux.1: 0-18 and 19-56), in early/middle/late thirds of that order; "double"
-and "single" name each kind. Kontext's reference-image tokens follow the image tokens: they are
-steered with the rest of the sequence (the paper's control acts on the whole square logit
-matrix, text included, as for SD3) but kept out of the probe's token grid.
+blocks n..n+m-1 (Flux.1: 0-18 and 19-56; Flux.2 dev: 0-7 and 8-55), in early/middle/late
+thirds of that order; "double" and "single" name each kind. Kontext's reference-image tokens
+(and Flux.2's) follow the image tokens: they are steered with the rest of the sequence (the
+paper's control acts on the whole square logit matrix, text included, as for SD3) but kept out
+of the probe's token grid. Flux.2 is the same ComfyUI class (``image_model="flux2"``) with one
+token per latent pixel (patch size 1, read from the model as for Chroma Radiance's 16).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .dit_blocks import dit_layer_map, install_block_patches, place_joint
 class FluxFamily(FamilyAdapter):
     name = "flux"
     label = "Flux"
-    supported = "Flux (dev, schnell, Kontext)"
+    supported = "Flux (Flux.1 dev, schnell, Kontext; Flux.2)"
     input_space_refusal = no_block_input(
         "Flux-style double blocks project text and image with different W_v")
 
@@ -33,7 +35,9 @@ class FluxFamily(FamilyAdapter):
         net = model_patcher.get_model_object("diffusion_model")
         self.patch_size = int(net.patch_size)  # latent pixels per token side (Radiance: 16)
         counts = {"double": len(net.double_blocks), "single": len(net.single_blocks)}
-        return dit_layer_map(self.name, self.label, counts, aliases=True)
+        config = getattr(model_patcher.model, "model_config", None)
+        flux2 = getattr(config, "unet_config", {}).get("image_model") == "flux2"
+        return dit_layer_map(self.name, "Flux.2" if flux2 else self.label, counts, aliases=True)
 
     def install(self, model_patcher) -> None:
         install_block_patches(model_patcher, self.layer_map.by_key)

@@ -29,7 +29,7 @@ UI_KEY = "hopfield_operating_point"
 def _shared_inputs(alpha: float, beta: float) -> list:
     return [
         io.Model.Input("model", tooltip="The diffusion model to steer: SDXL, SD1.x/2.x, SD3/SD3.5, "
-                       "Flux (dev, schnell, Kontext), Chroma or Qwen-Image."),
+                       "Flux (Flux.1 dev, schnell, Kontext; Flux.2), Chroma or Qwen-Image."),
         io.Float.Input(
             "alpha", default=alpha, min=-4.0, max=4.0, step=0.01, round=0.001,
             tooltip="Circulation scale α: the skew-symmetric part of the attention logits is "

@@ -9,8 +9,8 @@ from host.node_calls import adaptive, skew
 
 pytestmark = pytest.mark.host
 
-SUPPORTED = ("SDXL (and SD1.x/SD2.x UNets), SD3/SD3.5 MMDiT, Flux (dev, schnell, Kontext), "
-             "Chroma (and Chroma Radiance) and Qwen-Image models")
+SUPPORTED = ("SDXL (and SD1.x/SD2.x UNets), SD3/SD3.5 MMDiT, Flux (Flux.1 dev, schnell, "
+             "Kontext; Flux.2), Chroma (and Chroma Radiance) and Qwen-Image models")
 
 
 @pytest.mark.parametrize("name, backbone", [

@@ -1,6 +1,6 @@
-"""Tiny SDXL, SD1.x, SD3/SD3.5, Flux, Chroma and Qwen-Image models (and unsupported ones) built
-in-process with real ComfyUI classes, random conditioning for them, and tiny checkpoints on disk
-(no downloaded weights anywhere).
+"""Tiny SDXL, SD1.x, SD3/SD3.5, Flux (Flux.1 and Flux.2), Chroma and Qwen-Image models (and
+unsupported ones) built in-process with real ComfyUI classes, random conditioning for them, and
+tiny checkpoints on disk (no downloaded weights anywhere).
 
 Sizes follow ../shared/notes/comfyui-host.md §5: a 4.5 M-parameter SDXL UNet (transformers at
 two levels plus the middle block) and a 1.1 M-parameter two-block MMDiT. ComfyUI creates layers
@@ -274,6 +274,17 @@ FLUX_DEV = dict(
     axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
 )
 
+# Flux.2 (hosts newer than 0.3.64): as 0.33's model detection configures it (four RoPE axes,
+# shared modulation, gated-SiLU MLPs, no biases, one token per latent pixel, reference images
+# by index), at tiny width; head dim 128 with two heads.
+FLUX2 = dict(
+    image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=32,
+    hidden_size=256, mlp_ratio=3.0, num_heads=2, depth=2, depth_single_blocks=3,
+    axes_dim=[32, 32, 32, 32], theta=2000, patch_size=1, qkv_bias=False, guidance_embed=True,
+    global_modulation=True, mlp_silu_act=True, ops_bias=False, default_ref_method="index",
+    ref_index_scale=10.0, txt_ids_dims=[3],
+)
+
 CHROMA = dict(
     image_model="chroma", in_channels=64, out_channels=64, context_in_dim=32, hidden_size=256,
     mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=4, axes_dim=[16, 56, 56],
@@ -375,6 +386,16 @@ def tiny_flux_dev(seed: int = 0, depth: int = 3, single: int = 4, width: int = 2
     return _build("Flux" if guidance else "FluxSchnell", unet, seed)
 
 
+def tiny_flux2(seed: int = 0, depth: int = 2, single: int = 3, width: int = 256,
+               guidance: bool = True):
+    """``model_base.Flux2`` (``guidance``: a guidance input, as Flux.2 dev; without, real
+    CFG). ``width`` 64 gives head dim 32 for the real block counts at little cost."""
+    axes = [32] * 4 if width == 256 else [8] * 4
+    unet = dict(FLUX2, depth=depth, depth_single_blocks=single, hidden_size=width,
+                axes_dim=axes, guidance_embed=guidance)
+    return _build("Flux2", unet, seed)
+
+
 def tiny_chroma(seed: int = 0, radiance: bool = False):
     """``model_base.Chroma`` (or ChromaRadiance, pixel space) with 2 double and 4 single blocks."""
     if radiance:
@@ -435,6 +456,14 @@ def sample_flux(patcher, batch: int = 1, size: int = 16, reference=None, **kw):
     return sample_latent(patcher, flux_conditioning(1, batch, reference=reference),
                          flux_conditioning(2, batch, reference=reference),
                          torch.zeros(batch, 16, size, size), **kw)
+
+
+def sample_flux2(patcher, batch: int = 1, size: int = 8, reference=None, **kw):
+    """Flux.2's latent: 128 channels, one token per latent pixel; the host pads the text
+    to 512 tokens."""
+    return sample_latent(patcher, flux_conditioning(1, batch, reference=reference),
+                         flux_conditioning(2, batch, reference=reference),
+                         torch.zeros(batch, 128, size, size), **kw)
 
 
 def sample_chroma_radiance(patcher, batch: int = 1, size: int = 64, **kw):
