@@ -125,7 +125,8 @@ def test_probe_against_the_literal_reference(comfy_host, chroma, tmp_path):
 
 
 def test_change_per_call_against_sdxl(chroma, sdxl, sampling):
-    """docs/families.md: ~0.25x SDXL's change at (1.05, 3); (1.15, 4) roughly matches it."""
+    """The README's starting ranges: ~0.25x SDXL's change at (1.05, 3); (1.15, 4) roughly
+    matches it."""
     sdxl_change = relative_change(sdxl, sampling["sdxl"], 1.05, 3.0)
     ratio = relative_change(chroma["chroma"], sample, 1.05, 3.0) / sdxl_change
     matched = relative_change(chroma["chroma"], sample, 1.15, 4.0) / sdxl_change

@@ -222,7 +222,7 @@ def test_report_shows_block_groups(probe_nodes, flux):
 
 
 def test_change_per_call_against_sdxl(flux, sdxl, sampling):
-    """docs/families.md's starting ranges: on these tiny models the steering change per call
+    """The README's starting ranges: on these tiny models the steering change per call
     at (1.05, 3) is ~0.43x SDXL's at its paper point, and (1.10, 3.5) roughly matches it."""
     sdxl_change = relative_change(sdxl, sampling["sdxl"], 1.05, 3.0)
     ratio = relative_change(flux["dev"], sample, 1.05, 3.0) / sdxl_change

@@ -166,7 +166,8 @@ def test_probe_against_the_literal_reference(comfy_host, qwen, tmp_path):
 
 
 def test_change_per_call_against_sdxl(qwen, sdxl, sampling):
-    """docs/families.md: about SDXL's change at the same (alpha, beta) on these tiny models."""
+    """The README's starting ranges: about SDXL's change at the same (alpha, beta) on these
+    tiny models."""
     ratio = relative_change(qwen, sample, 1.05, 3.0) / relative_change(
         sdxl, sampling["sdxl"], 1.05, 3.0)
     assert 0.7 < ratio < 1.3, ratio

@@ -103,7 +103,7 @@ def test_chained_with_skip_layer_guidance(nodes, sd35):
 
 
 def test_change_per_call_against_sdxl(sd35, sdxl, sampling):
-    """docs/families.md: Large moves ~0.44x SDXL's change at (1.05, 3), Medium ~0.35x;
+    """The README's starting ranges: Large moves ~0.44x SDXL's change at (1.05, 3), Medium ~0.35x;
     (0.90, 3.5) roughly matches SDXL's paper point on Large."""
     from host.family_checks import relative_change
 
