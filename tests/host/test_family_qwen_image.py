@@ -131,6 +131,32 @@ def test_edit_reference_tokens_are_steered_but_off_the_grid(nodes, qwen):
     assert max(err for err, _ in results) < 1e-3
 
 
+def test_layered_latents_are_steered_whole_and_gridded_by_their_first_frame(nodes, qwen):
+    """Qwen-Image-Layered's latent [B, 16, layers + 1, H, W] (hosts newer than 0.3.64): every
+    frame's tokens follow the text, are steered with the sequence (it matches the formula over
+    it), and the probe's grid is the first frame's."""
+    import comfy_extras.nodes_qwen
+
+    if not hasattr(comfy_extras.nodes_qwen, "EmptyQwenImageLayeredLatentImage"):
+        pytest.skip("this host's Qwen-Image takes one frame (ComfyUI 0.3.64; 0.33.0 has "
+                    "Qwen-Image-Layered)")
+    latent = torch.zeros(1, 16, 3, 16, 16)
+
+    def layered(model):
+        return tiny_models.sample_latent(model, tiny_models.qwen_image_conditioning(1),
+                                         tiny_models.qwen_image_conditioning(2), latent)
+
+    m, calls = record_calls(skew(nodes, qwen, alpha=0.95))
+    checked, results = compare_with_formula(m, 0.95, 3.0)
+    out = layered(checked)
+    assert out.shape == latent.shape and torch.isfinite(out).all()
+    assert not torch.equal(out, layered(qwen))
+    assert len(calls) == len(results) == BLOCKS * 2
+    for _, q, _, _, text, grid in calls:
+        assert (q.shape[-2], text, grid) == (8 + 3 * 64, 8, (8, 8))
+    assert max(err for err, _ in results) < 1e-3
+
+
 def test_input_space_is_refused(nodes, qwen):
     with pytest.raises(ValueError, match="Qwen-Image projects text and image"):
         skew(nodes, qwen, space="input")
