@@ -2,7 +2,9 @@
 and single blocks' self-attention, q and k after RoPE as [B, H, L, d] (skip_reshape).
 
 The tiny models have head dim 128 and Flux's RoPE axes; dev is guidance-distilled and runs at
-CFG 1 (the cond branch alone), schnell at CFG 2 here so cond and uncond share each call.
+CFG 1 (the cond branch alone), schnell at CFG 2 here so cond and uncond share each call. The
+identity and formula cases also run Flux.2 where the host builds it ("flux2" with a guidance
+input at CFG 1, "flux2-cfg" without at CFG 2; its own cases: test_family_flux2.py).
 """
 
 from __future__ import annotations
@@ -26,14 +28,29 @@ pytestmark = pytest.mark.host
 BLOCKS = 7  # 3 double + 4 single
 
 
+VARIANTS = ["dev", "schnell", "flux2", "flux2-cfg"]
+
+
 @pytest.fixture(scope="module")
 def flux(comfy_host):
-    return {"dev": tiny_models.tiny_flux_dev(), "schnell": tiny_models.tiny_flux_dev(
+    models = {"dev": tiny_models.tiny_flux_dev(), "schnell": tiny_models.tiny_flux_dev(
         guidance=False)}
+    if tiny_models.host_has_flux2():
+        models |= {"flux2": tiny_models.tiny_flux2(),
+                   "flux2-cfg": tiny_models.tiny_flux2(seed=1, guidance=False)}
+    return models
+
+
+def model_of(flux, variant):
+    if variant not in flux:
+        pytest.skip(tiny_models.NO_FLUX2)
+    return flux[variant]
 
 
 def sample(model, variant="dev", **kw):
-    kw.setdefault("cfg", 1.0 if variant == "dev" else 2.0)
+    kw.setdefault("cfg", 2.0 if variant in ("schnell", "flux2-cfg") else 1.0)
+    if variant.startswith("flux2"):
+        return tiny_models.sample_flux2(model, **kw)
     return tiny_models.sample_flux(model, **kw)
 
 
@@ -59,19 +76,19 @@ def test_layer_map_at_flux1_block_counts(nodes, comfy_host):
     assert {index for index, _, hit in seen if hit} == set(range(19)) | set(range(50, 57))
 
 
-@pytest.mark.parametrize("variant", ["dev", "schnell"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("alpha, beta", [(1.0, 3.0), (1.05, 0.0)])
 def test_identity_settings_are_bit_identical(nodes, flux, variant, alpha, beta):
-    model = flux[variant]
+    model = model_of(flux, variant)
     base = sample(model, variant)
     assert torch.equal(sample(skew(nodes, model, alpha=alpha, beta=beta), variant), base)
     assert torch.equal(sample(adaptive(nodes, model, alpha=alpha, beta=beta), variant), base)
 
 
-@pytest.mark.parametrize("variant", ["dev", "schnell"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("mode", ["skew", "adaptive"])
 def test_every_call_matches_the_float64_formula(nodes, flux, variant, mode):
-    model = flux[variant]
+    model = model_of(flux, variant)
     node = skew if mode == "skew" else adaptive
     alpha, beta = (0.9, 3.0) if mode == "skew" else (1.3, 5.0)
     checked, results = compare_with_formula(node(nodes, model, alpha=alpha, beta=beta),

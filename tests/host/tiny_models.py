@@ -279,7 +279,7 @@ FLUX_DEV = dict(
 # by index), at tiny width; head dim 128 with two heads.
 FLUX2 = dict(
     image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=32,
-    hidden_size=256, mlp_ratio=3.0, num_heads=2, depth=2, depth_single_blocks=3,
+    hidden_size=256, mlp_ratio=3.0, num_heads=2, depth=3, depth_single_blocks=4,
     axes_dim=[32, 32, 32, 32], theta=2000, patch_size=1, qkv_bias=False, guidance_embed=True,
     global_modulation=True, mlp_silu_act=True, ops_bias=False, default_ref_method="index",
     ref_index_scale=10.0, txt_ids_dims=[3],
@@ -386,7 +386,16 @@ def tiny_flux_dev(seed: int = 0, depth: int = 3, single: int = 4, width: int = 2
     return _build("Flux" if guidance else "FluxSchnell", unet, seed)
 
 
-def tiny_flux2(seed: int = 0, depth: int = 2, single: int = 3, width: int = 256,
+NO_FLUX2 = "this host has no Flux.2 (ComfyUI 0.3.64 predates it; 0.33.0 builds it)"
+
+
+def host_has_flux2() -> bool:
+    import comfy.supported_models
+
+    return hasattr(comfy.supported_models, "Flux2")
+
+
+def tiny_flux2(seed: int = 0, depth: int = 3, single: int = 4, width: int = 256,
                guidance: bool = True):
     """``model_base.Flux2`` (``guidance``: a guidance input, as Flux.2 dev; without, real
     CFG). ``width`` 64 gives head dim 32 for the real block counts at little cost."""
