@@ -26,7 +26,6 @@ OVERRIDE_KEY = "optimized_attention_override"
 HOOK_MARK = "hopfield_circulation_hook"  # set on our override functions
 
 
-
 def mark(override) -> None:
     setattr(override, HOOK_MARK, True)
 

@@ -88,14 +88,18 @@ def _patcher(model):
 
 def tiny_sdxl(seed: int = 0):
     """A ModelPatcher around a tiny ``model_base.SDXL`` (EPS) with 14 self-attention layers."""
+    model = _sdxl_config().get_model({})
+    init_weights(model, seed)
+    return _patcher(model)
+
+
+def _sdxl_config():
     import comfy.supported_models
 
     config = comfy.supported_models.SDXL(dict(SDXL_UNET))
     config.unet_config["num_head_channels"] = 16  # BASE forces 64; 32-64 channels need 16
     config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    init_weights(model, seed)
-    return _patcher(model)
+    return config
 
 
 def tiny_sdxl_with_fp8_values(seed: int = 0, smoothed: bool = False):
@@ -108,7 +112,6 @@ def tiny_sdxl_with_fp8_values(seed: int = 0, smoothed: bool = False):
 
     import comfy.model_management
     import comfy.ops
-    import comfy.supported_models
     import comfy.utils
 
     state = tiny_sdxl(seed).model.state_dict()
@@ -120,9 +123,7 @@ def tiny_sdxl_with_fp8_values(seed: int = 0, smoothed: bool = False):
         layers[key.removesuffix(".weight")] = {"format": "float8_e4m3fn"}
     state, _ = comfy.utils.convert_old_quants(
         state, metadata={"_quantization_metadata": json.dumps({"layers": layers})})
-    config = comfy.supported_models.SDXL(dict(SDXL_UNET))
-    config.unet_config["num_head_channels"] = 16
-    config.set_inference_dtype(torch.float32, None)
+    config = _sdxl_config()
     config.custom_operations = comfy.ops.mixed_precision_ops(
         {}, torch.float32, disabled={"float8_e4m3fn"})
     model = config.get_model({})
