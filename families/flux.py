@@ -7,13 +7,15 @@ blocks n..n+m-1 (Flux.1: 0-18 and 19-56; Flux.2 dev: 0-7 and 8-55), in early/mid
 thirds of that order; "double" and "single" name each kind. Kontext's reference-image tokens
 (and Flux.2's) follow the image tokens: they are steered with the rest of the sequence (the
 paper's control acts on the whole square logit matrix, text included, as for SD3) but kept out
-of the probe's token grid. Flux.2 is the same ComfyUI class (``image_model="flux2"``) with one
-token per latent pixel (patch size 1, read from the model as for Chroma Radiance's 16).
+of the probe's token grid, under FluxKVCache too (reference_keys.py). Flux.2 is the same ComfyUI
+class (``image_model="flux2"``) with one token per latent pixel (patch size 1, read from the
+model as for Chroma Radiance's 16).
 """
 
 from __future__ import annotations
 
 from ..hook.layers import LayerMap
+from . import reference_keys
 from .base import FamilyAdapter, Placement, no_block_input
 from .dit_blocks import dit_layer_map, install_block_patches, place_joint
 
@@ -41,6 +43,7 @@ class FluxFamily(FamilyAdapter):
 
     def install(self, model_patcher) -> None:
         install_block_patches(model_patcher, self.layer_map.by_key)
+        reference_keys.install(model_patcher)  # its edits may cache reference keys
 
     def place(self, options: dict, n_q: int, n_k: int,
               latent_shape: tuple[int, ...] | None) -> Placement | None:

@@ -10,6 +10,7 @@ image tokens: steered with the sequence, kept out of the probe's token grid.
 from __future__ import annotations
 
 from ..hook.layers import LayerMap
+from . import reference_keys
 from .base import FamilyAdapter, Placement, no_block_input
 from .dit_blocks import dit_layer_map, install_block_patches, place_joint
 
@@ -34,6 +35,7 @@ class QwenImageFamily(FamilyAdapter):
 
     def install(self, model_patcher) -> None:
         install_block_patches(model_patcher, self.layer_map.by_key)
+        reference_keys.install(model_patcher)  # its edits may cache reference keys
 
     def place(self, options: dict, n_q: int, n_k: int,
               latent_shape: tuple[int, ...] | None) -> Placement | None:

@@ -72,7 +72,8 @@ class AttentionCall:
 
     __slots__ = ("host_q", "host_k", "host_v", "heads", "layer", "step_info",
                  "cond_or_uncond", "text_tokens", "token_grid", "transformer_options",
-                 "host_heads_first", "output_heads_first", "latent_shape", "_q", "_k", "_v")
+                 "host_heads_first", "output_heads_first", "latent_shape", "query_rows",
+                 "_q", "_k", "_v")
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
                  layer: LayerId, step_info: StepInfo, cond_or_uncond: tuple[int, ...],
@@ -80,11 +81,14 @@ class AttentionCall:
                  token_grid: tuple[int, int] | None = None,
                  transformer_options: dict[str, Any] | None = None, *,
                  host_heads_first: bool = True, output_heads_first: bool = True,
-                 latent_shape: tuple[int, ...] | None = None):
+                 latent_shape: tuple[int, ...] | None = None, query_rows: int | None = None):
         """q, k, v: [B, H, L, d], or the host's tensors when ``host_heads_first`` is False
         (viewed on first use). ``output_heads_first``: the host wants [B, H, L, d] back
         (skip_output_reshape), else [B, L, H*d]. ``latent_shape``: the model call's input
-        (None when not known: maps are then not placed on the latent)."""
+        (None when not known: maps are then not placed on the latent). ``query_rows``: the
+        host's call had only that many queries, its keys ending with cached references whose
+        queries ``q`` carries after its own (families/reference_keys.py); None: q is the
+        host's."""
         self.host_q, self.host_k, self.host_v = q, k, v
         self.heads = heads
         self.layer = layer
@@ -99,6 +103,7 @@ class AttentionCall:
         self.transformer_options = {} if transformer_options is None else transformer_options
         self.host_heads_first, self.output_heads_first = host_heads_first, output_heads_first
         self.latent_shape = latent_shape
+        self.query_rows = query_rows
         # each [B, H, L, d] view made when first asked for (the probe's value basis needs
         # only q and k)
         self._q, self._k, self._v = (q, k, v) if host_heads_first else (None, None, None)
@@ -149,6 +154,11 @@ class AttentionCall:
         """An output [B, H, L, d] in the layout the host's attention function returns (a view
         when ``out`` has the host's memory layout, as the fused kernel writes it)."""
         return out if self.output_heads_first else out.transpose(1, 2).flatten(2)
+
+    def host_rows(self, out: torch.Tensor) -> torch.Tensor:
+        """Of an output in the host's layout, the rows of the queries the host asked for."""
+        rows = self.query_rows
+        return out[:, :, :rows] if self.output_heads_first else out[:, :rows]
 
     def from_host(self, out: torch.Tensor) -> torch.Tensor:
         """An output in the host's layout as [B, H, L, d] (a view)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..families import FamilyAdapter, adapter_for
+from ..families import FamilyAdapter, adapter_for, reference_keys
 from . import intact
 from .call import (
     OBSERVERS_KEY,
@@ -109,7 +109,8 @@ def place_call(adapter: FamilyAdapter, args: tuple, kwargs: dict,
     (cross-attention, or not placeable in the model by its family adapter); whether a mask
     restricts it is asked apart (``restricted``). ``running``: the model call it belongs to
     (schedule.ModelCall; None outside one: the step unread, the CFG chunks from the call's
-    options)."""
+    options). A call whose keys end with cached references is placed as the square call with
+    their queries (``AttentionCall.query_rows``: the rows the host asked for)."""
     q, k, v = args[:3]
     heads = args[3] if len(args) > 3 else kwargs.get("heads")
     options = kwargs.get("transformer_options") or {}
@@ -120,10 +121,21 @@ def place_call(adapter: FamilyAdapter, args: tuple, kwargs: dict,
     host_heads_first = bool(kwargs.get("skip_reshape"))
     token_axis = -2 if host_heads_first else 1
     n_q, n_k = q.shape[token_axis], k.shape[token_axis]
-    if n_q != n_k or _head_width(v, heads) != _head_width(q, heads):
+    if _head_width(v, heads) != _head_width(q, heads):
         return None
+    query_rows = None
+    references = options.get(reference_keys.REFERENCE_TOKENS_KEY) if host_heads_first else None
+    if n_q != n_k:
+        # Keys a reference cache supplies (FluxKVCache): the square call with their queries
+        # appended, else a cross-attention (families/reference_keys.py)
+        full_q = reference_keys.with_cached_queries(options, q, k) if references else None
+        if full_q is None:
+            return None
+        q, query_rows = full_q, n_q
+    elif references:
+        reference_keys.remember(options, q, reference_keys.reference_tokens(options))
     latent_shape = running.latent_shape if running is not None else None
-    placement = adapter.place(options, n_q, n_k, latent_shape)
+    placement = adapter.place(options, n_k, n_k, latent_shape)
     if placement is None:
         return None
     if running is not None:
@@ -135,7 +147,7 @@ def place_call(adapter: FamilyAdapter, args: tuple, kwargs: dict,
         placement.text_tokens, placement.token_grid, options,
         host_heads_first=host_heads_first,
         output_heads_first=bool(kwargs.get("skip_output_reshape")),
-        latent_shape=latent_shape,
+        latent_shape=latent_shape, query_rows=query_rows,
     )
 
 
@@ -188,8 +200,13 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
             intact.mark_run_in_graph()
         if restricted(args, kwargs):
             return baseline.output()
+        host = baseline
+        if call.query_rows is not None:  # the square call, its cached references' rows too
+            baseline = HostBaseline(previous, func, (call.host_q, *args[1:]), kwargs)
         steered = handler(call, baseline) if handler is not None else None
         if steered is None:
+            if call.query_rows is not None and not outermost:
+                return host.output()
             out = baseline.output()
         else:
             out = steered.out if steered.host_layout else call.to_host(steered.out)
@@ -198,7 +215,10 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
         if outermost:  # the output as returned: views cost host time in every call
             for observer in observers:
                 observer(call, out, scope.steering)
-        return out
+        if call.query_rows is None:
+            return out
+        # The rows the host asked for; unsteered, its own call's, bit for bit
+        return call.host_rows(out) if steered is not None else host.output()
 
     intact.mark(hopfield_attention_override)
     options[intact.OVERRIDE_KEY] = hopfield_attention_override

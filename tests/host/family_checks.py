@@ -48,15 +48,27 @@ def formula(q, k, v, alpha, beta, adaptive=False):
 
 def compare_with_formula(patcher, alpha, beta, adaptive=False):
     """A clone whose every attention call is checked against ``formula``. Returns (clone,
-    results): per call (error of the output relative to the steering change, |Δ|/|Ξ|)."""
+    results): per call (error of the output relative to the steering change, |Δ|/|Ξ|). A call
+    whose keys end with references cached by FluxKVCache is checked as the square call with
+    the queries of those references from the block's full call (their first step)."""
     inner = patcher.model_options["transformer_options"]["optimized_attention_override"]
     results = []
+    references = {}  # block -> the reference tokens' queries of its last full call
 
     def check_against_formula(func, *args, **kwargs):
         out = inner(func, *args, **kwargs)
         (q, k, v), mask = heads_first(args, kwargs)
+        options = kwargs.get("transformer_options") or {}
+        block = (options.get("block_type"), options.get("block_index"))
+        count = sum(options.get("reference_image_num_tokens") or ())
+        rows = q.shape[-2]
+        if count and rows == k.shape[-2]:
+            references[block] = q[:, :, rows - count:].clone()
+        elif count and k.shape[-2] == rows + count:  # keys from FluxKVCache: the square call
+            q = torch.cat((q, references[block].expand(len(q), -1, -1, -1)), dim=2)
         if mask is None and q.shape[-2] == k.shape[-2]:
             want, base = formula(q, k, v, alpha, beta, adaptive)
+            want, base = want[:, :, :rows], base[:, :, :rows]
             got = out if kwargs.get("skip_output_reshape") else out.unflatten(
                 -1, (q.shape[1], -1)).transpose(1, 2)
             delta = (want - base).norm()
