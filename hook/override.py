@@ -217,8 +217,9 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
                 observer(call, out, scope.steering)
         if call.query_rows is None:
             return out
-        # The rows the host asked for; unsteered, its own call's, bit for bit
-        return call.host_rows(out) if steered is not None else host.output()
+        if steered is None and (scope is None or scope.steering is None):
+            return host.output()  # none of our hooks steered it: the host's own call, bit for bit
+        return call.host_rows(out)  # the rows the host asked for
 
     intact.mark(hopfield_attention_override)
     options[intact.OVERRIDE_KEY] = hopfield_attention_override

@@ -138,6 +138,34 @@ def test_probe_measures_every_step_and_leaves_a_cached_run_bit_for_bit(cache_nod
     assert LayerKey(layers[0].index, layers[0].kind, 0) in run.sums
 
 
+@pytest.mark.parametrize("probe_outside", [True, False], ids=["probe-on-skew", "skew-on-probe"])
+def test_probe_and_skew_together_under_the_cache(nodes, cache_node, cached, probe_outside):
+    """Chained, our hooks hand each other the square call: the steering is the formula's in
+    every step, the probe records every step, and the image is Skew's alone, bit for bit."""
+    from hopfield_circulation.families import adapter_for
+    from hopfield_circulation.nodes import probe_nodes
+    from hopfield_circulation.probe import find_run
+
+    model, sample, _ = cached
+    kv = cache_node(model)
+
+    def probe(m):
+        return probe_nodes.StabilityProbe.execute(m, "value", 64, 0.0, 1.0, "both",
+                                                  "all").result
+
+    if probe_outside:
+        m, handle = probe(skew(nodes, kv, alpha=0.9))
+    else:
+        m, handle = probe(kv)
+        m = skew(nodes, m, alpha=0.9)
+    checked, results = compare_with_formula(m, 0.9, 3.0)
+    out = sample(checked, steps=STEPS)
+    layers = len(adapter_for(model).layer_map.layers)
+    assert len(results) == layers * STEPS and max(err for err, _ in results) < 1e-3
+    assert torch.equal(out, sample(skew(nodes, kv, alpha=0.9), steps=STEPS))
+    assert find_run(handle, out).steps == STEPS
+
+
 def test_the_queries_kept_go_when_the_run_ends(nodes, cache_node, cached):
     """The references' queries live as long as the host's cached keys: ComfyUI's cleanup at
     the end of the run clears both."""
