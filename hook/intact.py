@@ -16,9 +16,18 @@ The user would get an unsteered image and a report blaming the sampler. The step
 (schedule.py) keeps a ModelCall for each model call; our hooks set its ``hook_ran`` (in a
 compiled graph, through an op that does it each time the graph runs), and ``confirm`` raises,
 saying which of the two happened, when a model with our patches ran none.
+
+Both show in a run's first model call. Later calls may legitimately run no attention at all:
+EasyCache skips the diffusion model's computation in calls whose input moved little, handing
+back the last computed output shifted by the input's change. So a call that ran none of our
+hooks is an error only in a run none of them has reached yet.
 """
 
 from __future__ import annotations
+
+import weakref
+
+import torch
 
 from .host_ops import SINK, register_python_op
 
@@ -42,8 +51,20 @@ def mark_run_in_graph() -> None:
 
 def confirm(call, transformer_options: dict) -> None:
     """After a model call (``call``: its ModelCall): raise when the model carries our patches
-    and none of our hooks ran."""
-    if not call.patch or call.hook_ran:
+    and none of our hooks ran, in the run's first model call or any later one of a run our
+    hooks have not reached."""
+    if not call.patch:
+        return
+    run = transformer_options.get("sample_sigmas")  # one tensor for a whole sampling run
+    if call.hook_ran:
+        if run is not None:
+            _reached(run)
+        return
+    if run is not None and _was_reached(run):
+        # A later call of a run our hooks reached: its computation was skipped (EasyCache
+        # hands back its last output changed by the input's change, from a wrapper around
+        # the diffusion model), never a graph or an override that bypasses ours, which would
+        # have bypassed them in the run's first call too
         return
     override = transformer_options.get(OVERRIDE_KEY)
     if is_ours(override):
@@ -65,6 +86,25 @@ def confirm(call, transformer_options: dict) -> None:
         "Fix: put the attention-backend node before the Hopfield Circulation nodes on the MODEL "
         "path (the pack chains whatever override it finds)."
     )
+
+
+# id(the run's sigmas) -> a weak reference to them, for the runs in which one of our hooks ran
+_REACHED: dict[int, weakref.ref] = {}
+
+
+def _reached(run: torch.Tensor) -> None:
+    known = _REACHED.get(id(run))
+    if known is not None and known() is run:
+        return
+    if len(_REACHED) >= 64:  # forget finished runs
+        for key in [key for key, ref in _REACHED.items() if ref() is None]:
+            del _REACHED[key]
+    _REACHED[id(run)] = weakref.ref(run)
+
+
+def _was_reached(run: torch.Tensor) -> bool:
+    known = _REACHED.get(id(run))
+    return known is not None and known() is run
 
 
 def _hook_ran(sink) -> None:

@@ -1,5 +1,6 @@
 """Compatibility with what users stack on a model: attention-backend nodes that replace the
-override slot after ours, and ComfyUI's TorchCompileModel (inductor) before or after ours."""
+override slot after ours, EasyCache, which skips model calls, and ComfyUI's TorchCompileModel
+(inductor) before or after ours."""
 
 from __future__ import annotations
 
@@ -50,6 +51,64 @@ def test_a_backend_node_that_chains_or_comes_first_keeps_the_steering(nodes, sam
     after = sampling["sdxl"](backend_node(skew(nodes, sdxl), chains=True))
     before = sampling["sdxl"](skew(nodes, backend_node(sdxl, chains=False)))
     assert torch.equal(after, steered) and torch.equal(before, steered)
+
+
+STEPS = 12
+
+
+def easycache(model):
+    """ComfyUI's EasyCache (0.3.64 and later): from 15 % of the run, a model call whose input
+    moved little since the last computed one is not computed (a wrapper around the diffusion
+    model hands back that call's output shifted by the input's change). SD3's MMDiT takes no
+    such wrapper: EasyCache computes every step there."""
+    from comfy_extras.nodes_easycache import EasyCacheNode
+
+    return EasyCacheNode.execute(model, 1.0, 0.15, 0.95, False).result[0]
+
+
+def patched_with(nodes, node, model):
+    return {"skew": lambda m: skew(nodes, m, alpha=1.1, beta=3.0), "adaptive": lambda m: adaptive(
+        nodes, m), "probe": probed}[node](model)
+
+
+@pytest.fixture(scope="module")
+def flux(comfy_host):
+    from host import tiny_models
+
+    return tiny_models.tiny_flux()
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+@pytest.mark.parametrize("node", ["skew", "adaptive", "probe"])
+@pytest.mark.parametrize("cache_first", [True, False], ids=["easycache-first", "ours-first"])
+def test_steps_easycache_skips_are_not_taken_for_a_bypassed_override(
+        request, nodes, sampling, family, node, cache_first):
+    """The steps EasyCache skips run none of our hooks; before, the first of them stopped
+    sampling with the message meant for a compiled graph of another model. The steps it
+    computes are steered (or recorded) as before."""
+    from host import tiny_models
+    from host.family_checks import record_calls
+
+    model = request.getfixturevalue(family)
+    sample = sampling["sdxl"] if family == "sdxl" else (
+        lambda m, **kw: tiny_models.sample_flux(m, cfg=1.0, **kw))
+    m = (patched_with(nodes, node, easycache(model)) if cache_first
+         else easycache(patched_with(nodes, node, model)))
+    m, calls = record_calls(m)
+    out = sample(m, steps=STEPS)
+    layers = len({layer.index for layer, *_ in calls})
+    assert 0 < len(calls) < layers * STEPS  # EasyCache skipped some of the model calls
+    if node == "probe":
+        assert torch.equal(out, sample(easycache(model), steps=STEPS))
+    else:
+        assert not torch.equal(out, sample(easycache(model), steps=STEPS))
+
+
+def test_a_backend_node_after_ours_is_still_an_error_under_easycache(nodes, sampling, sdxl):
+    """The run's first model call is always computed: a bypassed override shows there."""
+    m = easycache(backend_node(skew(nodes, sdxl, alpha=0.95), chains=False))
+    with pytest.raises(RuntimeError, match="put the attention-backend node before"):
+        sampling["sdxl"](m, steps=STEPS)
 
 
 def torch_compiled(model):
