@@ -8,6 +8,7 @@ listed in ``families.ADAPTERS``.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -16,6 +17,8 @@ import torch
 
 from ..hook.layers import LayerId, LayerMap
 from ..vocabulary import FeatureSpace
+
+log = logging.getLogger(__name__)
 
 
 class UnsupportedModelError(ValueError):
@@ -67,6 +70,25 @@ class FamilyAdapter(ABC):
 
     def __init__(self, model_patcher):
         self.layer_map = self.build_layer_map(model_patcher)
+        self.unreachable: set[int] = set()  # layers note_unreachable has named
+
+    def self_attention_layer(self, options: dict) -> LayerId | None:
+        """The self-attention layer a call belongs to, whatever its shapes (None: a
+        cross-attention, or not known). Asked only of calls the pack cannot place."""
+        return None
+
+    def note_unreachable(self, layer: LayerId, n_q: int, n_k: int) -> None:
+        """Say once per layer that another patch changed its self-attention's tokens, so it
+        is left to the host (ToMe merges a UNet's attn1 queries, HyperTile tiles them)."""
+        if layer.index in self.unreachable:
+            return
+        self.unreachable.add(layer.index)
+        log.warning(
+            "Hopfield Circulation: another patch on this model changed the tokens of its "
+            "self-attention at layer %d (%d queries, %d keys, where the layer has as many of "
+            "each: ToMe, HyperTile or another attn1 patch). The skew part needs every "
+            "token's query and key, so this layer is left to the host: neither steered nor "
+            "probed. Take that patch off the model to steer it.", layer.index, n_q, n_k)
 
     @staticmethod
     @abstractmethod

@@ -93,6 +93,12 @@ def running_block(options: dict) -> tuple[str, int] | None:
     return block
 
 
+def joint_layer(layer_map: LayerMap, options: dict) -> LayerId | None:
+    """The layer of the running block (every call of these models is self-attention)."""
+    block = running_block(options)
+    return None if block is None else layer_map.by_key.get(tuple(block))
+
+
 def _text_tokens(options: dict, n_q: int, image_tokens: int) -> int:
     text = options.get(TEXT_KEY)
     if text is None and options.get("img_slice"):  # newer hosts, single blocks

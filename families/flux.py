@@ -14,10 +14,10 @@ model as for Chroma Radiance's 16).
 
 from __future__ import annotations
 
-from ..hook.layers import LayerMap
+from ..hook.layers import LayerId, LayerMap
 from . import reference_keys
 from .base import FamilyAdapter, Placement, no_block_input
-from .dit_blocks import dit_layer_map, install_block_patches, place_joint
+from .dit_blocks import dit_layer_map, install_block_patches, joint_layer, place_joint
 
 
 class FluxFamily(FamilyAdapter):
@@ -44,6 +44,9 @@ class FluxFamily(FamilyAdapter):
     def install(self, model_patcher) -> None:
         install_block_patches(model_patcher, self.layer_map.by_key)
         reference_keys.install(model_patcher)  # its edits may cache reference keys
+
+    def self_attention_layer(self, options: dict) -> LayerId | None:
+        return joint_layer(self.layer_map, options)
 
     def place(self, options: dict, n_q: int, n_k: int,
               latent_shape: tuple[int, ...] | None) -> Placement | None:

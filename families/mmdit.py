@@ -159,6 +159,10 @@ class MMDiTFamily(FamilyAdapter):
                 _block_index_patch(i, previous, run_block), "dit", "double_block", i
             )
 
+    def self_attention_layer(self, options: dict) -> LayerId | None:
+        index = block_index(options)
+        return None if index is None else self.layer_map.by_key.get((index,))
+
     def place(self, options: dict, n_q: int, n_k: int,
               latent_shape: tuple[int, ...] | None) -> Placement | None:
         index = block_index(options)

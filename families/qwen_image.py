@@ -9,10 +9,10 @@ image tokens: steered with the sequence, kept out of the probe's token grid.
 
 from __future__ import annotations
 
-from ..hook.layers import LayerMap
+from ..hook.layers import LayerId, LayerMap
 from . import reference_keys
 from .base import FamilyAdapter, Placement, no_block_input
-from .dit_blocks import dit_layer_map, install_block_patches, place_joint
+from .dit_blocks import dit_layer_map, install_block_patches, joint_layer, place_joint
 
 
 class QwenImageFamily(FamilyAdapter):
@@ -36,6 +36,9 @@ class QwenImageFamily(FamilyAdapter):
     def install(self, model_patcher) -> None:
         install_block_patches(model_patcher, self.layer_map.by_key)
         reference_keys.install(model_patcher)  # its edits may cache reference keys
+
+    def self_attention_layer(self, options: dict) -> LayerId | None:
+        return joint_layer(self.layer_map, options)
 
     def place(self, options: dict, n_q: int, n_k: int,
               latent_shape: tuple[int, ...] | None) -> Placement | None:

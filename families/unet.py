@@ -116,10 +116,18 @@ class UNetFamily(FamilyAdapter):
         if not self.marker.is_attn1(options):
             return None  # attn2 (cross-attention), or a call outside a transformer block
         h, w = int(shape[-2]), int(shape[-1])
-        if not n_q == n_k == h * w:  # tokens merged or tiled by another patch (ToMe, HyperTile)
-            return None
         layer = self.layer_map.by_key.get((block[0], block[1], options.get("block_index", 0)))
+        if layer is not None and not n_q == n_k == h * w:  # tokens merged or tiled by a patch
+            self.note_unreachable(layer, n_q, n_k)
+            return None
         return Placement(layer, (h, w)) if layer is not None else None
+
+    def self_attention_layer(self, options: dict) -> LayerId | None:
+        marker = self.marker
+        if marker is None or marker.key is None or not marker.is_attn1(options):
+            return None  # attn2: the marker is cleared as attn1 returns
+        block = options["block"]
+        return self.layer_map.by_key.get((block[0], block[1], options.get("block_index", 0)))
 
     def input_space(self, model_patcher) -> UNetInputSpace:
         net = model_patcher.get_model_object("diffusion_model")

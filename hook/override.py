@@ -130,6 +130,9 @@ def place_call(adapter: FamilyAdapter, args: tuple, kwargs: dict,
         # appended, else a cross-attention (families/reference_keys.py)
         full_q = reference_keys.with_cached_queries(options, q, k) if references else None
         if full_q is None:
+            layer = adapter.self_attention_layer(options)
+            if layer is not None:  # not a cross-attention: another patch changed its tokens
+                adapter.note_unreachable(layer, n_q, n_k)
             return None
         q, query_rows = full_q, n_q
     elif references:

@@ -111,6 +111,40 @@ def test_a_backend_node_after_ours_is_still_an_error_under_easycache(nodes, samp
         sampling["sdxl"](m, steps=STEPS)
 
 
+def token_patch(name, model):
+    """ComfyUI's ToMe (merges attn1's queries, ratio 0.5) or HyperTile (tiles them, 64 px
+    tiles), each at the top level only, as by default: the SD1.x UNet's layers 0, 10 and 12
+    (SDXL has no attention at that level, so neither touches it)."""
+    from comfy_extras.nodes_hypertile import HyperTile
+    from comfy_extras.nodes_tomesd import TomePatchModel
+
+    if name == "tome":
+        return TomePatchModel.execute(model, 0.5).result[0]
+    return HyperTile.execute(model, 64, 2, 0, False)[0]
+
+
+@pytest.mark.parametrize("patch", ["tome", "hypertile"])
+def test_layers_another_patch_changes_the_tokens_of_are_named_and_left_alone(
+        nodes, sampling, patch, caplog):
+    """Their queries no longer match their keys, so the skew part cannot be formed there:
+    those layers run as the host runs them, the warning names each once, and every other layer
+    is steered. Before, they were left out without a word."""
+    import logging
+
+    from host import tiny_models
+    from host.family_checks import record_calls
+
+    sd15 = tiny_models.tiny_sd15()
+    m, calls = record_calls(skew(nodes, token_patch(patch, sd15), alpha=1.1))
+    with caplog.at_level(logging.WARNING, logger="hopfield_circulation"):
+        out = sampling["sd15"](m, steps=2)
+        sampling["sd15"](m, steps=2)
+    named = [r.getMessage() for r in caplog.records if "left to the host" in r.getMessage()]
+    assert [message.split("layer ")[1].split(" ")[0] for message in named] == ["0", "10", "12"]
+    assert {layer.index for layer, *_ in calls} == {2, 4, 6, 8}
+    assert not torch.equal(out, sampling["sd15"](token_patch(patch, sd15), steps=2))
+
+
 def torch_compiled(model):
     from comfy_extras.nodes_torch_compile import TorchCompileModel
 
