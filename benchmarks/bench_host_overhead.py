@@ -167,6 +167,7 @@ def main():
                                  else "fp32")]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     import comfy.ldm.modules.attention as host_attention
+    from hopfield_circulation.families.unet_attn1 import unet_attn1_marker
     from hopfield_circulation.hook.schedule import running
     from hopfield_circulation.hopfield.circulation import use_fused
     from hopfield_circulation.nodes.circulation_nodes import AdaptiveCirculation, SkewCirculation
@@ -235,10 +236,19 @@ def main():
     context = torch.randn(BATCH, 77, HEADS * HEAD_DIM, generator=gen).to(device, dtype)
     cross = (args[0], context, context, HEADS)
     skew_override, _, skew_kwargs = attn1_call(variants["Skew Circulation"], device, dtype)
+    marker = unet_attn1_marker(variants["Skew Circulation"])
+
+    def skew_cross_attention():
+        # as in the UNet, where attn1's output patch has cleared the attn1 mark before attn2
+        attn1, marker.key = marker.key, None
+        try:
+            return skew_override(host, *cross, **skew_kwargs)
+        finally:
+            marker.key = attn1
+
     calls["ComfyUI attention_pytorch, cross-attention (77 keys)"] = \
         lambda: wrapped(*cross, **plain)
-    calls["Skew Circulation on that cross-attention call (handed on)"] = \
-        lambda: skew_override(host, *cross, **skew_kwargs)
+    calls["Skew Circulation on that cross-attention call (handed on)"] = skew_cross_attention
     with running(model_call()):
         times = per_call_us(calls, sync=sync)
         for name, fn in calls.items():
