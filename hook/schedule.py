@@ -23,6 +23,7 @@ read its decisions there was reused for calls that needed others (ModelCall).
 from __future__ import annotations
 
 import itertools
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -41,8 +42,19 @@ PATCH_KEY = "hopfield_circulation_patch"
 
 _MODEL_CALLS = itertools.count()
 _PATCHES = itertools.count(1)
-# The model calls under way, innermost last (running_call)
-_RUNNING: list = []
+
+
+class _Running(threading.local):
+    """The model calls under way in this thread, innermost last (running_call). Per thread:
+    newer ComfyUI's MultiGPU CFG split runs the cond and uncond model calls at once, each on its
+    own GPU's worker thread, and a hook must read its own call's CFG chunks and step (dynamo
+    reads a thread's attributes and guards on them as on a global's)."""
+
+    def __init__(self):
+        self.calls: list[ModelCall] = []
+
+
+_RUNNING = _Running()
 
 
 @dataclass(frozen=True)
@@ -99,17 +111,19 @@ class ModelCall:
 @contextmanager
 def running(call: ModelCall):
     """``call`` is the model call under way inside this context."""
-    _RUNNING.append(call)
+    calls = _RUNNING.calls
+    calls.append(call)
     try:
         yield call
     finally:
-        _RUNNING.pop()
+        calls.pop()
 
 
 def running_call() -> ModelCall | None:
-    """The model call under way (the innermost, where one model's call runs inside another's),
-    or None outside any."""
-    return _RUNNING[-1] if _RUNNING else None
+    """The model call under way in this thread (the innermost, where one model's call runs
+    inside another's), or None outside any."""
+    calls = _RUNNING.calls
+    return calls[-1] if calls else None
 
 
 def new_patch_key(model_patcher) -> int:
@@ -137,7 +151,8 @@ def locate_step(sigma: float, schedule: list[float] | None) -> StepInfo:
 def running_step() -> StepInfo:
     """The StepInfo of the model call under way, read when a compiled graph hands its results
     out (probe/traced.py); UNREAD outside any."""
-    return _RUNNING[-1].step if _RUNNING else UNREAD
+    calls = _RUNNING.calls
+    return calls[-1].step if calls else UNREAD
 
 
 def in_window(sigma: float, sigma_start: float, sigma_end: float) -> bool:

@@ -156,18 +156,26 @@ class ProbeRun:
     finished: bool = False
     steering_spaces: set = field(default_factory=set)  # circulation spaces seen on recorded calls
     approximate_match: bool = False  # set by find_run when the LATENT matched only closely
+    # Newer ComfyUI's MultiGPU CFG split records the cond and uncond calls from two threads:
+    # a fold must not take the pending list while the other thread adds to it
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def record(self, measurement: Measurement) -> None:
         """Keep one probed call's measurement; no tensor work until enough are kept."""
-        self.pending.append(measurement)
-        self.pending_values += measurement.packed.numel()
-        if self.pending_values >= FOLD_VALUES:
-            self.fold()
+        with self.lock:
+            self.pending.append(measurement)
+            self.pending_values += measurement.packed.numel()
+            if self.pending_values >= FOLD_VALUES:
+                self.fold()
 
     def fold(self) -> None:
         """Add the pending measurements to the sums, maps and series, in a few tensor ops per
         layer: the measurements of one layer (same chunks, same length) are stacked and summed
         at once, and the series keeps a compact copy of their measures, not the maps."""
+        with self.lock:
+            self._fold()
+
+    def _fold(self) -> None:
         pending, self.pending, self.pending_values = self.pending, [], 0
         by_layer = defaultdict(list)  # -> positions in pending
         for position, m in enumerate(pending):

@@ -103,3 +103,31 @@ def test_the_series_keeps_compact_measures_not_the_maps():
         assert entry.values.untyped_storage().nbytes() <= len(made) * 4 * 4 * 8
         assert all(entry.values.untyped_storage().data_ptr() != m.packed.data_ptr()
                    for m in made)
+
+
+def test_two_threads_recording_at_once_lose_nothing(monkeypatch):
+    """Newer ComfyUI's MultiGPU CFG split records the cond and uncond calls from two worker
+    threads into one run, folding as they go: every call is counted once."""
+    import threading
+
+    monkeypatch.setattr(registry, "FOLD_VALUES", 200)
+    made = [measurements(seed, evaluations=30) for seed in (7, 8)]
+    run = ProbeRun(1)
+    start = threading.Barrier(2)
+
+    def record(part):
+        start.wait()
+        for m in part:
+            run.record(m)
+
+    threads = [threading.Thread(target=record, args=(part,)) for part in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    run.fold()
+    want = added_as_they_came(made[0] + made[1])
+    assert run.counts == want.counts and run.map_counts == want.map_counts
+    assert len(run.series) == len(want.series)
+    for key, value in want.sums.items():
+        torch.testing.assert_close(run.sums[key], value, rtol=1e-10, atol=1e-10)
