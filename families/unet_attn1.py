@@ -14,22 +14,26 @@ model_options on every clone but keeps functions as they are, so the clones of a
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 MARKER_ATTR = "hopfield_attn1_marker"
 
 
-class Attn1Marker:
-    """Which transformer block's attn1 is running now (None between calls), and its input X."""
-
-    __slots__ = ("key", "x")
+class Attn1Marker(threading.local):
+    """Which transformer block's attn1 is running now (None between calls), and its input X, in
+    this thread: newer ComfyUI's MultiGPU CFG split runs the cond and uncond model calls at once
+    on two threads, where one thread's mark would place the other's calls (its attn2 taken for
+    attn1, its attn1 for attn2) and hand it the other's X."""
 
     def __init__(self):
         self.key = None
         self.x = None
 
     def is_attn1(self, options: dict) -> bool:
-        return self.key is not None and self.key == block_key(options)
+        key = self.key  # one read: a thread's attribute costs four times a slot's
+        return key is not None and key == block_key(options)
 
 
 def block_key(options: dict) -> tuple:

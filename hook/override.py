@@ -103,6 +103,22 @@ def restricted(args: tuple, kwargs: dict) -> bool:
     return mask is not None and not _attends_everywhere(mask)
 
 
+def _square_queries(adapter: FamilyAdapter, options: dict, q: torch.Tensor, k: torch.Tensor,
+                    host_heads_first: bool) -> torch.Tensor | None:
+    """For a call with fewer queries than keys: its queries with those of the references
+    whose keys a cache supplies (FluxKVCache: families/reference_keys.py), or None for a
+    cross-attention, or for a self-attention another patch changed (named once)."""
+    if host_heads_first and options.get(reference_keys.REFERENCE_TOKENS_KEY):
+        full_q = reference_keys.with_cached_queries(options, q, k)
+        if full_q is not None:
+            return full_q
+    layer = adapter.self_attention_layer(options)
+    if layer is not None:  # not a cross-attention: another patch changed its tokens
+        token_axis = -2 if host_heads_first else 1
+        adapter.note_unreachable(layer, q.shape[token_axis], k.shape[token_axis])
+    return None
+
+
 def place_call(adapter: FamilyAdapter, args: tuple, kwargs: dict,
                running: ModelCall | None) -> AttentionCall | None:
     """The self-attention call in SDPA layout, or None for calls this pack leaves alone
@@ -121,22 +137,18 @@ def place_call(adapter: FamilyAdapter, args: tuple, kwargs: dict,
     host_heads_first = bool(kwargs.get("skip_reshape"))
     token_axis = -2 if host_heads_first else 1
     n_q, n_k = q.shape[token_axis], k.shape[token_axis]
+    query_rows = None
+    if n_q != n_k:
+        q = _square_queries(adapter, options, q, k, host_heads_first)
+        if q is None:
+            return None
+        query_rows = n_q
     if _head_width(v, heads) != _head_width(q, heads):
         return None
-    query_rows = None
-    references = options.get(reference_keys.REFERENCE_TOKENS_KEY) if host_heads_first else None
-    if n_q != n_k:
-        # Keys a reference cache supplies (FluxKVCache): the square call with their queries
-        # appended, else a cross-attention (families/reference_keys.py)
-        full_q = reference_keys.with_cached_queries(options, q, k) if references else None
-        if full_q is None:
-            layer = adapter.self_attention_layer(options)
-            if layer is not None:  # not a cross-attention: another patch changed its tokens
-                adapter.note_unreachable(layer, n_q, n_k)
-            return None
-        q, query_rows = full_q, n_q
-    elif references:
-        reference_keys.remember(options, q, reference_keys.reference_tokens(options))
+    if host_heads_first and query_rows is None:
+        references = options.get(reference_keys.REFERENCE_TOKENS_KEY)
+        if references:  # a cache may keep their keys: keep their queries (reference_keys.py)
+            reference_keys.remember(options, q, reference_keys.reference_tokens(options))
     latent_shape = running.latent_shape if running is not None else None
     placement = adapter.place(options, n_k, n_k, latent_shape)
     if placement is None:
@@ -203,13 +215,11 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
             intact.mark_run_in_graph()
         if restricted(args, kwargs):
             return baseline.output()
-        host = baseline
         if call.query_rows is not None:  # the square call, its cached references' rows too
-            baseline = HostBaseline(previous, func, (call.host_q, *args[1:]), kwargs)
+            return _square_call(call, handler, baseline, HostBaseline(
+                previous, func, (call.host_q, *args[1:]), kwargs), scope, observers, outermost)
         steered = handler(call, baseline) if handler is not None else None
         if steered is None:
-            if call.query_rows is not None and not outermost:
-                return host.output()
             out = baseline.output()
         else:
             out = steered.out if steered.host_layout else call.to_host(steered.out)
@@ -218,16 +228,34 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
         if outermost:  # the output as returned: views cost host time in every call
             for observer in observers:
                 observer(call, out, scope.steering)
-        if call.query_rows is None:
-            return out
-        if steered is None and (scope is None or scope.steering is None):
-            return host.output()  # none of our hooks steered it: the host's own call, bit for bit
-        return call.host_rows(out)  # the rows the host asked for
+        return out
 
     intact.mark(hopfield_attention_override)
     options[intact.OVERRIDE_KEY] = hopfield_attention_override
     ensure_step_wrapper(model_patcher)
     return adapter
+
+
+def _square_call(call: AttentionCall, handler: Handler | None, host: HostBaseline,
+                 square: HostBaseline, scope: CallScope | None, observers, outermost: bool):
+    """A call whose keys end with cached references (``call.query_rows``): steered and
+    observed as the square call with their queries (``square`` its host output), the rows the
+    host asked for handed back."""
+    steered = handler(call, square) if handler is not None else None
+    if steered is None:
+        if not outermost:
+            return host.output()
+        out = square.output()
+    else:
+        out = steered.out if steered.host_layout else call.to_host(steered.out)
+        if scope is not None:
+            scope.steering = steered.applied()
+    if outermost:
+        for observer in observers:
+            observer(call, out, scope.steering)
+    if steered is None and (scope is None or scope.steering is None):
+        return host.output()  # none of our hooks steered it: the host's own call, bit for bit
+    return call.host_rows(out)  # the rows the host asked for
 
 
 def add_observer(model_patcher, observer: Observer) -> None:

@@ -37,3 +37,29 @@ def test_nested_model_calls_in_one_thread_read_the_innermost():
             assert running_call() is inner
         assert running_call() is outer
     assert running_call() is None
+
+
+def test_a_unets_attn1_mark_is_its_own_threads():
+    """The mark that tells a UNet's attn1 from its attn2 (and keeps attn1's input X), shared by
+    a model's clones: one thread's attn1 must not place the other's calls."""
+    from hopfield_circulation.families.unet_attn1 import Attn1Marker
+
+    marker = Attn1Marker()
+    marked, seen = threading.Barrier(2), {}
+
+    def attn1_then_attn2(name, block):
+        marker.key, marker.x = block, name
+        marked.wait()  # both threads inside their attn1
+        seen[name] = (marker.key, marker.x)
+        marker.key = marker.x = None  # attn1's output patch, before attn2
+        marked.wait()
+        seen[f"{name} attn2"] = marker.key
+
+    threads = [threading.Thread(target=attn1_then_attn2, args=(name, (("input", 4), i)))
+               for i, name in enumerate(("cond", "uncond"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == {"cond": ((("input", 4), 0), "cond"), "uncond": ((("input", 4), 1), "uncond"),
+                    "cond attn2": None, "uncond attn2": None}
