@@ -145,6 +145,29 @@ def test_layers_another_patch_changes_the_tokens_of_are_named_and_left_alone(
     assert not torch.equal(out, sampling["sd15"](token_patch(patch, sd15), steps=2))
 
 
+@pytest.mark.parametrize("nag_first", [True, False], ids=["nag-first", "ours-first"])
+def test_normalized_attention_guidance_runs_on_the_steered_retrieval(nodes, sdxl, nag_first):
+    """NAGuidance (newer ComfyUI) rewrites attn1's output after the call, in place: every
+    call our hook returns is still the formula's, before or after it on the model path."""
+    from host import tiny_models
+    from host.family_checks import compare_with_formula
+
+    try:
+        from comfy_extras.nodes_nag import NAGuidance
+    except ImportError:
+        pytest.skip("this host has no NAGuidance (ComfyUI 0.3.64 predates it; 0.33.0 has it)")
+
+    def nag(m):
+        return NAGuidance.execute(m, 5.0, 0.5, 1.5).result[0]
+
+    m = skew(nodes, nag(sdxl), alpha=1.1) if nag_first else nag(skew(nodes, sdxl, alpha=1.1))
+    checked, results = compare_with_formula(m, 1.1, 3.0)
+    out = tiny_models.sample_sdxl(checked, steps=3)
+    assert torch.isfinite(out).all() and results
+    assert max(err for err, _ in results) < 1e-3
+    assert not torch.equal(out, tiny_models.sample_sdxl(nag(sdxl), steps=3))
+
+
 def torch_compiled(model):
     from comfy_extras.nodes_torch_compile import TorchCompileModel
 
