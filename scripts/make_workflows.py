@@ -38,6 +38,9 @@ T5XXL = "t5xxl_fp16.safetensors"
 QWEN_TE = "qwen_2.5_vl_7b_fp8_scaled.safetensors"
 FLUX_VAE = "ae.safetensors"
 QWEN_VAE = "qwen_image_vae.safetensors"
+FLUX2_UNET = "flux2_dev_fp8mixed.safetensors"
+FLUX2_TE = "mistral_3_small_flux2_bf16.safetensors"
+FLUX2_VAE = "flux2-vae.safetensors"
 # What the frontend offers to download when a loader's model is missing (properties.models):
 # file name -> (url, folder under ComfyUI/models). The Flux and Qwen-Image files are the ones
 # ComfyUI's own templates download (Comfy-Org/workflow_templates); Chroma1-HD is its authors'
@@ -45,6 +48,7 @@ QWEN_VAE = "qwen_image_vae.safetensors"
 HF = "https://huggingface.co/"
 FLUX_TE = HF + "comfyanonymous/flux_text_encoders/resolve/main/"
 QWEN_REPO = HF + "Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files/"
+FLUX2_REPO = HF + "Comfy-Org/flux2-dev/resolve/main/split_files/"
 MODELS = {
     SDXL_CKPT: (HF + "stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
                 "sd_xl_base_1.0.safetensors", "checkpoints"),
@@ -64,6 +68,18 @@ MODELS = {
     FLUX_VAE: (HF + "Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/"
                "ae.safetensors", "vae"),
     QWEN_VAE: (QWEN_REPO + "vae/qwen_image_vae.safetensors", "vae"),
+    # FLUX.2 [dev] as ComfyUI's own Flux.2 templates load it (its non-commercial licence applies)
+    FLUX2_UNET: (FLUX2_REPO + "diffusion_models/flux2_dev_fp8mixed.safetensors",
+                 "diffusion_models"),
+    FLUX2_TE: (FLUX2_REPO + "text_encoders/mistral_3_small_flux2_bf16.safetensors",
+               "text_encoders"),
+    FLUX2_VAE: (FLUX2_REPO + "vae/flux2-vae.safetensors", "vae"),
+}
+# Node types a workflow needs that older ComfyUI lacks -> what brought them (the tests skip such
+# a workflow, with this reason, on a host without them)
+NEWER_HOST_NODES = {
+    "EmptyFlux2LatentImage": "Flux.2 (ComfyUI 0.3.72 and later)",
+    "Flux2Scheduler": "Flux.2 (ComfyUI 0.3.72 and later)",
 }
 SKEW = "HopfieldCirculation_SkewCirculation"
 ADAPTIVE = "HopfieldCirculation_AdaptiveCirculation"
@@ -86,6 +102,12 @@ OUTPUTS = {
     "EmptyLatentImage": [("LATENT", "LATENT")],
     "EmptySD3LatentImage": [("LATENT", "LATENT")],
     "KSampler": [("LATENT", "LATENT")],
+    "EmptyFlux2LatentImage": [("LATENT", "LATENT")],
+    "RandomNoise": [("NOISE", "NOISE")],
+    "KSamplerSelect": [("SAMPLER", "SAMPLER")],
+    "Flux2Scheduler": [("SIGMAS", "SIGMAS")],
+    "BasicGuider": [("GUIDER", "GUIDER")],
+    "SamplerCustomAdvanced": [("output", "LATENT"), ("denoised_output", "LATENT")],
     "VAEDecode": [("IMAGE", "IMAGE")],
     "ImageStitch": [("IMAGE", "IMAGE")],
     SKEW: [("MODEL", "MODEL")],
@@ -103,6 +125,9 @@ INPUTS = {
     "ConditioningZeroOut": [("conditioning", "CONDITIONING")],
     "KSampler": [("model", "MODEL"), ("positive", "CONDITIONING"),
                  ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+    "BasicGuider": [("model", "MODEL"), ("conditioning", "CONDITIONING")],
+    "SamplerCustomAdvanced": [("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"),
+                              ("sigmas", "SIGMAS"), ("latent_image", "LATENT")],
     "VAEDecode": [("samples", "LATENT"), ("vae", "VAE")],
     "ImageStitch": [("image1", "IMAGE"), ("image2", "IMAGE")],
     "SaveImage": [("images", "IMAGE")],
@@ -124,7 +149,9 @@ HEIGHT = {"CheckpointLoaderSimple": 140, "EmptyLatentImage": 130, "EmptySD3Laten
           PROBE: 270, "PreviewAny": 150, RANK: 330,
           # measured with the model files absent (a loader then shows an "Issues" footer)
           "UNETLoader": 130, "CLIPLoader": 140, "DualCLIPLoader": 170, "VAELoader": 100,
-          "ModelSamplingAuraFlow": 80, "FluxGuidance": 80, "ConditioningZeroOut": 50}
+          "ModelSamplingAuraFlow": 80, "FluxGuidance": 80, "ConditioningZeroOut": 50,
+          "EmptyFlux2LatentImage": 130, "RandomNoise": 90, "KSamplerSelect": 70,
+          "Flux2Scheduler": 130, "BasicGuider": 60, "SamplerCustomAdvanced": 130}
 WIDTH = 340
 COLUMN = 420  # pitch of the branch columns
 GROUP_HEAD = 100  # from a group's top to its first node's pos: title bar, badge, margin
@@ -511,6 +538,65 @@ def qwen_skew():
     return g
 
 
+FLUX2_STEPS = 20
+
+
+def flux2_skew():
+    """FLUX.2 [dev] as ComfyUI's own Flux.2 template samples it: a guider per column (the model
+    differs), the same noise, sampler and resolution-dependent schedule (Flux2Scheduler) for
+    both, guidance 4 on the positive, one (cond) branch."""
+    g = Graph()
+    load = split_files(FLUX2_UNET, (FLUX2_TE,), "flux2", FLUX2_VAE)
+    loaded = load(g)
+    text = g.node("CLIPTextEncode", (0, loaded.bottom), [SDXL_PROMPT], title="Positive prompt",
+                  size=(WIDTH, 170))
+    g.link(*loaded.clip, text, "clip")
+    pos = g.node("FluxGuidance", (0, below(text)), [4.0])
+    g.link(text, 0, pos, "conditioning")
+    latent = g.node("EmptyFlux2LatentImage", (0, below(pos)), [1024, 1024, 1])
+    noise = g.node("RandomNoise", (0, below(latent)), [SEED, "fixed"])
+    sampler = g.node("KSamplerSelect", (0, below(noise)), ["euler"])
+    sigmas = g.node("Flux2Scheduler", (0, below(sampler)), [FLUX2_STEPS, 1024, 1024])
+    room = HEIGHT[SKEW]
+    alpha, beta = 0.92, 3.5
+    decoded = []
+    for column, (title, patch) in enumerate((
+            ("Baseline", None),
+            (f"Skew Circulation α {alpha:.2f}, β {beta:g}", (SKEW, skew_widgets(alpha, beta))))):
+        x, source = 440 + column * COLUMN, loaded.model
+        if patch is not None:
+            node = g.node(patch[0], (x, 0), patch[1])
+            g.link(*loaded.model, node, "model")
+            source = (node, 0)
+        guider = g.node("BasicGuider", (x, room + TITLE + GAP), title=f"Guider: {title}")
+        g.link(*source, guider, "model")
+        g.link(pos, 0, guider, "conditioning")
+        run = g.node("SamplerCustomAdvanced", (x, below(guider)), title=f"Sampler: {title}")
+        for name, src in (("noise", noise), ("guider", guider), ("sampler", sampler),
+                          ("sigmas", sigmas), ("latent_image", latent)):
+            g.link(src, 0, run, name)
+        dec = g.node("VAEDecode", (x, below(run)))
+        g.link(run, 0, dec, "samples")
+        g.link(*loaded.vae, dec, "vae")
+        bottom = below(dec, gap=20)
+        g.group(title, x - 20, -GROUP_HEAD, WIDTH + 40, bottom + GROUP_HEAD)
+        decoded.append(dec)
+    stitch_all(g, decoded, 440 + 2 * COLUMN)
+    g.note("FLUX.2 [dev] (ComfyUI 0.3.72 and later; klein loads the same way, with its own text "
+           "encoder) is guidance-distilled: FluxGuidance 4 sets its guidance and it samples "
+           "with one (cond) branch, so Skew Circulation's branch 'both' and 'cond' are the "
+           "same. ComfyUI pads every Flux.2 prompt to 512 text tokens, which are steered with "
+           "the image's. "
+           + UNTESTED.format(a="0.92", b="3.5", family="Flux.2",
+                             why="about SDXL's per-call change at its paper point",
+                             mirror="the mirrored α 1.08") +
+           "layers: 'double' (double blocks 0-7), 'single' (single blocks 8-55), "
+           "'early' / 'middle' / 'late' thirds of all 56, or indices. With FluxKVCache (the "
+           "klein KV edit template) every step is steered as without it.",
+           (0, below(sigmas)), size=(WIDTH, 480))
+    return g
+
+
 # name (the template's title) -> (builder, thumbnail card)
 WORKFLOWS = {
     "SDXL Skew Circulation vs baseline": (sdxl_skew, {
@@ -540,6 +626,11 @@ WORKFLOWS = {
         "tag": "Flux", "purpose": "FLUX.1 dev at a starting point: one seed with and without",
         "columns": [("baseline", "unpatched"), ("Skew Circulation", "α 0.90, β 3.5")],
         "settings": "no paper point · CFG 1 · guidance 3.5 · 20 steps"}),
+    # "Flux 2", not "Flux.2": frontend 1.27 loses a template whose name has a dot
+    "Flux 2 Skew Circulation vs baseline": (flux2_skew, {
+        "tag": "Flux.2", "purpose": "FLUX.2 dev at a starting point: one seed with and without",
+        "columns": [("baseline", "unpatched"), ("Skew Circulation", "α 0.92, β 3.5")],
+        "settings": "no paper point · guidance 4 · 20 steps · 1024²"}),
     "Chroma Skew Circulation vs baseline": (chroma_skew, {
         "tag": "Chroma", "purpose": "Chroma1-HD at a starting point: one seed with and without",
         "columns": [("baseline", "unpatched"), ("Skew Circulation", "α 0.85, β 4")],
@@ -605,7 +696,8 @@ def thumbnail(title: str, card: dict, path: Path) -> None:
     d.text((x1 - 12, pad + 20), tag, font=tag_font, fill=(16, 20, 28), anchor="rm")
     y = pad + 58
     # the title without the family (spelled with a space in a file name: "Qwen Image")
-    name = title.removeprefix(card["tag"]).removeprefix(card["tag"].replace("-", " ")).strip()
+    name = title.removeprefix(card["tag"]).removeprefix(
+        card["tag"].replace("-", " ").replace(".", " ")).strip()  # a file name has neither
     name = name[:1].upper() + name[1:]
     title_font = bold(40)
     for line in _wrap(d, text(name), title_font, THUMB - 2 * pad)[:3]:

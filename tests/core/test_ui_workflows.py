@@ -12,8 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
-# the first word of a title names the model family (a file name has no hyphen: "Qwen Image")
-FAMILIES = ("SDXL", "SD3", "Flux", "Chroma", "Qwen")
+# the first word of a title names the model family (a file name has no hyphen: "Qwen Image";
+# nor a dot, which frontend 1.27 cuts a template's name at: "Flux 2"), with a version number
+FAMILIES = ("SDXL", "SD3", "Flux", "Flux 2", "Chroma", "Qwen")
 SKEW = "HopfieldCirculation_SkewCirculation"
 ADAPTIVE = "HopfieldCirculation_AdaptiveCirculation"
 # loader -> (the widgets that name its files, the folder under ComfyUI/models they go to)
@@ -38,7 +39,8 @@ def source(workflow: dict, node: dict, input_name: str) -> dict:
 
 
 def family(path: Path) -> str:
-    return path.stem.split()[0]
+    words = path.stem.split()
+    return " ".join(words[:2]) if words[1].isdigit() else words[0]
 
 
 def generator():
@@ -65,8 +67,8 @@ def test_title_is_the_file_name_and_reads_as_one(path):
     name = path.stem
     assert "_" not in name and "-" not in name  # the card's description turns these to spaces
     assert name[0].isupper() and 15 <= len(name) <= 44
-    assert all(c.isalnum() or c in " ,." for c in name), name
-    assert name.split()[0] in FAMILIES
+    assert all(c.isalnum() or c in " ," for c in name), name
+    assert family(path) in FAMILIES
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
@@ -115,10 +117,41 @@ DIT = {
     "Qwen": ("CLIPLoader", "qwen_image", 2.5, "CLIPTextEncode", "ModelSamplingAuraFlow", 1328),
 }
 DIT_WORKFLOWS = [p for p in WORKFLOWS if family(p) in DIT]
+# Flux.2 samples as ComfyUI's own Flux.2 template does (a guider and SamplerCustomAdvanced)
+FLUX2 = ROOT / "workflows" / "Flux 2 Skew Circulation vs baseline.json"
 
 
 def test_every_dit_family_has_a_workflow():
     assert sorted(family(p) for p in DIT_WORKFLOWS) == sorted(DIT)
+    assert FLUX2.is_file()
+
+
+def test_flux2_workflow_samples_as_comfyuis_flux2_template():
+    """FLUX.2 [dev]'s text encoder under the flux2 type, guidance 4 on the positive, a
+    1024 x 1024 Flux.2 latent and Flux2Scheduler's schedule for that size, and per column a
+    BasicGuider over the shared noise (seed 42, fixed), sampler (euler), sigmas and latent."""
+    workflow = load(FLUX2)
+    nodes = workflow["nodes"]
+    (clip,) = [n for n in nodes if n["type"] == "CLIPLoader"]
+    assert clip["widgets_values"][-2:] == ["flux2", "default"]
+    (unet,) = [n for n in nodes if n["type"] == "UNETLoader"]
+    assert unet["widgets_values"][1] == "default"
+    (latent,) = [n for n in nodes if n["type"] == "EmptyFlux2LatentImage"]
+    (schedule,) = [n for n in nodes if n["type"] == "Flux2Scheduler"]
+    assert latent["widgets_values"] == [1024, 1024, 1]
+    assert schedule["widgets_values"][1:] == latent["widgets_values"][:2]
+    runs = [n for n in nodes if n["type"] == "SamplerCustomAdvanced"]
+    assert len(runs) == 2 and not [n for n in nodes if n["type"] == "KSampler"]
+    guiders = [source(workflow, run, "guider") for run in runs]
+    assert [g["type"] for g in guiders] == ["BasicGuider"] * 2
+    positive = source(workflow, guiders[0], "conditioning")
+    assert positive["type"] == "FluxGuidance" and positive["widgets_values"] == [4.0]
+    assert source(workflow, source(workflow, positive, "conditioning"), "clip") is clip
+    assert source(workflow, runs[0], "noise")["widgets_values"] == [42, "fixed"]
+    assert source(workflow, runs[0], "sampler")["widgets_values"] == ["euler"]
+    models = [source(workflow, g, "model") for g in guiders]
+    assert models[0] is unet and models[1]["type"] == SKEW
+    assert source(workflow, models[1], "model") is unet
 
 
 @pytest.mark.parametrize("path", DIT_WORKFLOWS, ids=[p.stem for p in DIT_WORKFLOWS])
@@ -166,7 +199,8 @@ def readme_starting_points() -> dict[str, list[tuple[float, float]]]:
     return points
 
 
-@pytest.mark.parametrize("path", DIT_WORKFLOWS, ids=[p.stem for p in DIT_WORKFLOWS])
+@pytest.mark.parametrize("path", [*DIT_WORKFLOWS, FLUX2],
+                         ids=[p.stem for p in [*DIT_WORKFLOWS, FLUX2]])
 def test_dit_workflows_start_from_the_readme_range_and_say_so(path):
     """No paper point exists for these families: the node uses its α, β inputs ('custom'),
     set to the README's starting point, and the note says it is one and how to judge it."""
@@ -174,7 +208,7 @@ def test_dit_workflows_start_from_the_readme_range_and_say_so(path):
     (skew,) = [n for n in workflow["nodes"] if n["type"] == SKEW]
     alpha, beta = skew["widgets_values"][:2]
     assert skew["widgets_values"][-1] == "custom α, β"
-    start = readme_starting_points()[family(path)]
+    start = readme_starting_points()[family(path).removesuffix(" 2")]  # one row for both
     if family(path) == "Qwen":  # "start at SD3's points, α 0.95-0.97 β 2-4"
         assert "α 0.95-0.97 β 2-4" in start and 0.95 <= alpha <= 0.97 and 2 <= beta <= 4
     else:
@@ -183,10 +217,12 @@ def test_dit_workflows_start_from_the_readme_range_and_say_so(path):
     text = note["widgets_values"][0]
     assert "operating points for SDXL and SD3 only" in text
     assert "starting point" in text and "Stability Probe" in text
-    if family(path) == "Flux":
-        assert "CFG 1" in text and "one (cond) branch" in text
+    if family(path).startswith("Flux"):
+        assert "one (cond) branch" in text
         assert all(f"'{name}'" in text for name in ("double", "single", "early", "middle",
                                                      "late"))
+    if family(path) == "Flux":
+        assert "CFG 1" in text
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
@@ -208,8 +244,20 @@ def test_columns_differ_only_by_their_patch_and_say_which(path):
     title names the α, β its node is set to (when the node uses its inputs)."""
     workflow = load(path)
     samplers = [n for n in workflow["nodes"] if n["type"] == "KSampler"]
-    assert samplers
-    first = samplers[0]
+    custom = [n for n in workflow["nodes"] if n["type"] == "SamplerCustomAdvanced"]
+    assert bool(samplers) != bool(custom)
+    for run in custom:  # a guider per column over shared noise, sampler, sigmas and latent
+        for name in ("noise", "sampler", "sigmas", "latent_image"):
+            assert source(workflow, run, name) is source(workflow, custom[0], name)
+        guider = source(workflow, run, "guider")
+        assert source(workflow, guider, "conditioning") is source(
+            workflow, source(workflow, custom[0], "guider"), "conditioning")
+        patch = source(workflow, guider, "model")
+        if patch["type"] in (SKEW, ADAPTIVE):
+            alpha, beta = patch["widgets_values"][:2]
+            said = re.search(r"α ([\d.]+), β ([\d.]+)", run["title"])
+            assert said and (float(said[1]), float(said[2])) == (alpha, beta), run["title"]
+    first = samplers[0] if samplers else None
     for ks in samplers:
         assert ks["widgets_values"] == first["widgets_values"]
         assert ks["widgets_values"][:2] == [42, "fixed"]

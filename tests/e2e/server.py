@@ -154,3 +154,20 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 values.pop(0)
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
+
+
+def newer_host_reason(missing: set[str]) -> str | None:
+    """Why a bundled workflow cannot load on this host, when every node type it needs and the
+    host lacks came with a newer ComfyUI (``NEWER_HOST_NODES`` in scripts/make_workflows.py,
+    e.g. Flux.2's); None otherwise (then a missing type is a failure)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_workflows", REPO_ROOT / "scripts" / "make_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    newer = module.NEWER_HOST_NODES
+    if not missing or not missing <= newer.keys():
+        return None
+    brought = ", ".join(sorted({newer[kind] for kind in missing}))
+    return f"this host has no {', '.join(sorted(missing))}: {brought}"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .server import PACK_DIR_NAME, REPO_ROOT, ComfyServer
+from .server import PACK_DIR_NAME, REPO_ROOT, ComfyServer, newer_host_reason
 from .test_server import tiny_graph
 
 pytestmark = pytest.mark.e2e
@@ -189,6 +189,14 @@ def test_help_page_reaches_the_frontend(browser_session):
 def test_bundled_workflow_loads_without_missing_nodes(browser_session, path):
     page = browser_session["page"]
     workflow = json.loads(path.read_text())
+    # a workflow for a newer host is skipped before it loads: on 1.27 a graph with missing
+    # nodes makes the frontend look every node type of it up in the registry, offline here
+    unknown = page.evaluate("(types) => types.filter(t => !(t in window.LiteGraph"
+                            ".registered_node_types) && t !== 'Note')",
+                            sorted({n["type"] for n in workflow["nodes"]}))
+    reason = newer_host_reason(set(unknown))
+    if reason:
+        pytest.skip(reason)
     missing = page.evaluate(
         """async ([wf, name]) => {
             const app = window.comfyAPI.app.app;
@@ -280,14 +288,18 @@ def test_template_browser_shows_titles_and_readable_thumbnails(browser_session):
     titles = sorted(p.stem for p in WORKFLOWS)
     for title in titles:
         page.wait_for_selector(f'[data-testid="template-workflow-{title}"]', timeout=30_000)
-    # every card's thumbnail loaded (square, 512 px)
-    page.wait_for_function(f"""() => {{
-        const cards = document.querySelectorAll('[data-testid^="template-workflow-"]');
-        const imgs = Array.from(cards).flatMap((c) => Array.from(c.querySelectorAll('img')));
-        return cards.length === {len(titles)} && imgs.length >= {len(titles)} &&
-               imgs.every((i) => i.complete && i.naturalWidth === 512 &&
-                                 i.naturalHeight === 512);
-    }}""", timeout=30_000, polling=300)
+    assert page.evaluate("""() => document.querySelectorAll(
+        '[data-testid^="template-workflow-"]').length""") == len(titles)
+    # every card's thumbnail loads (square, 512 px): 1.27 loads a card's image while the card
+    # is in view and drops it when it leaves (nine cards fill more than its dialog)
+    for title in titles:
+        page.locator(f'[data-testid="template-workflow-{title}"]').scroll_into_view_if_needed()
+        page.wait_for_function("""(title) => {
+            const card = document.querySelector(`[data-testid="template-workflow-${title}"]`);
+            const imgs = card ? Array.from(card.querySelectorAll('img')) : [];
+            return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth === 512 &&
+                                                        i.naturalHeight === 512);
+        }""", arg=title, timeout=30_000, polling=200)
     shown = page.evaluate("""() => Array.from(document.querySelectorAll(
         '[data-testid^="template-workflow-"]')).map((c) => c.innerText)""")
     for title in titles:  # the title is on its card (1.58 may clip the end of a long one)
