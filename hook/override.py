@@ -105,17 +105,20 @@ def restricted(args: tuple, kwargs: dict) -> bool:
 
 def _square_queries(adapter: FamilyAdapter, options: dict, q: torch.Tensor, k: torch.Tensor,
                     host_heads_first: bool) -> torch.Tensor | None:
-    """For a call with fewer queries than keys: its queries with those of the references
-    whose keys a cache supplies (FluxKVCache: families/reference_keys.py), or None for a
-    cross-attention, or for a self-attention another patch changed (named once)."""
+    """For a call whose queries and keys differ in number: its queries with those of the
+    references whose keys a cache supplies (FluxKVCache: families/reference_keys.py), or None
+    for a cross-attention, or for a self-attention another patch changed (named once)."""
+    token_axis = -2 if host_heads_first else 1
+    n_q, n_k = q.shape[token_axis], k.shape[token_axis]
+    if n_q > n_k:
+        return None  # a cross-attention over fewer keys (a UNet's attn2, another pack's)
     if host_heads_first and options.get(reference_keys.REFERENCE_TOKENS_KEY):
         full_q = reference_keys.with_cached_queries(options, q, k)
         if full_q is not None:
             return full_q
     layer = adapter.self_attention_layer(options)
-    if layer is not None:  # not a cross-attention: another patch changed its tokens
-        token_axis = -2 if host_heads_first else 1
-        adapter.note_unreachable(layer, q.shape[token_axis], k.shape[token_axis])
+    if layer is not None:  # its queries merged or tiled by another patch (ToMe, HyperTile)
+        adapter.note_unreachable(layer, n_q, n_k)
     return None
 
 
