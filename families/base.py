@@ -74,7 +74,7 @@ class FamilyAdapter(ABC):
 
     def self_attention_layer(self, options: dict) -> LayerId | None:
         """The self-attention layer a call belongs to, whatever its shapes (None: a
-        cross-attention, or not known). Asked only of calls the pack cannot place."""
+        cross-attention, or not known): where a call the pack cannot place belongs."""
         return None
 
     def note_unreachable(self, layer: LayerId, n_q: int, n_k: int) -> None:

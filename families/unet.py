@@ -110,23 +110,20 @@ class UNetFamily(FamilyAdapter):
 
     def place(self, options: dict, n_q: int, n_k: int,
               latent_shape: tuple[int, ...] | None) -> Placement | None:
-        block, shape = options.get("block"), options.get("activations_shape")
-        if block is None or shape is None or self.marker is None:
+        shape = options.get("activations_shape")
+        layer = self.self_attention_layer(options) if shape is not None else None
+        if layer is None:
             return None
-        if not self.marker.is_attn1(options):
-            return None  # attn2 (cross-attention), or a call outside a transformer block
         h, w = int(shape[-2]), int(shape[-1])
-        layer = self.layer_map.by_key.get((block[0], block[1], options.get("block_index", 0)))
-        if layer is not None and not n_q == n_k == h * w:  # tokens merged or tiled by a patch
+        if not n_q == n_k == h * w:  # tokens merged or tiled by another patch
             self.note_unreachable(layer, n_q, n_k)
             return None
-        return Placement(layer, (h, w)) if layer is not None else None
+        return Placement(layer, (h, w))
 
     def self_attention_layer(self, options: dict) -> LayerId | None:
-        marker = self.marker
-        if marker is None or marker.key is None or not marker.is_attn1(options):
-            return None  # attn2: the marker is cleared as attn1 returns
-        block = options["block"]
+        block, marker = options.get("block"), self.marker
+        if block is None or marker is None or not marker.is_attn1(options):
+            return None  # attn2 (cross-attention), or a call outside a transformer block
         return self.layer_map.by_key.get((block[0], block[1], options.get("block_index", 0)))
 
     def input_space(self, model_patcher) -> UNetInputSpace:

@@ -93,8 +93,7 @@ _REACHED: dict[int, weakref.ref] = {}
 
 
 def _reached(run: torch.Tensor) -> None:
-    known = _REACHED.get(id(run))
-    if known is not None and known() is run:
+    if _was_reached(run):
         return
     if len(_REACHED) >= 64:  # forget finished runs
         for key in [key for key, ref in _REACHED.items() if ref() is None]:

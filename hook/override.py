@@ -104,12 +104,10 @@ def restricted(args: tuple, kwargs: dict) -> bool:
 
 
 def _square_queries(adapter: FamilyAdapter, options: dict, q: torch.Tensor, k: torch.Tensor,
-                    host_heads_first: bool) -> torch.Tensor | None:
+                    n_q: int, n_k: int, host_heads_first: bool) -> torch.Tensor | None:
     """For a call whose queries and keys differ in number: its queries with those of the
     references whose keys a cache supplies (FluxKVCache: families/reference_keys.py), or None
     for a cross-attention, or for a self-attention another patch changed (named once)."""
-    token_axis = -2 if host_heads_first else 1
-    n_q, n_k = q.shape[token_axis], k.shape[token_axis]
     if n_q > n_k:
         return None  # a cross-attention over fewer keys (a UNet's attn2, another pack's)
     if host_heads_first and options.get(reference_keys.REFERENCE_TOKENS_KEY):
@@ -142,7 +140,7 @@ def place_call(adapter: FamilyAdapter, args: tuple, kwargs: dict,
     n_q, n_k = q.shape[token_axis], k.shape[token_axis]
     query_rows = None
     if n_q != n_k:
-        q = _square_queries(adapter, options, q, k, host_heads_first)
+        q = _square_queries(adapter, options, q, k, n_q, n_k, host_heads_first)
         if q is None:
             return None
         query_rows = n_q

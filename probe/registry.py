@@ -158,7 +158,7 @@ class ProbeRun:
     approximate_match: bool = False  # set by find_run when the LATENT matched only closely
     # Newer ComfyUI's MultiGPU CFG split records the cond and uncond calls from two threads:
     # a fold must not take the pending list while the other thread adds to it
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record(self, measurement: Measurement) -> None:
         """Keep one probed call's measurement; no tensor work until enough are kept."""
@@ -166,7 +166,7 @@ class ProbeRun:
             self.pending.append(measurement)
             self.pending_values += measurement.packed.numel()
             if self.pending_values >= FOLD_VALUES:
-                self.fold()
+                self._fold()
 
     def fold(self) -> None:
         """Add the pending measurements to the sums, maps and series, in a few tensor ops per
