@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from .base import FamilyAdapter, InputSpace, Placement, UnsupportedModelError
 from .flux import ChromaFamily, FluxFamily
+from .lumina import LuminaFamily
 from .mmdit import MMDiTFamily
 from .qwen_image import QwenImageFamily
 from .unet import UNetFamily
 
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (
-    UNetFamily, MMDiTFamily, FluxFamily, ChromaFamily, QwenImageFamily,
+    UNetFamily, MMDiTFamily, FluxFamily, ChromaFamily, QwenImageFamily, LuminaFamily,
 )
 
 

@@ -46,11 +46,13 @@ def formula(q, k, v, alpha, beta, adaptive=False):
     return ref.blend(base, perturbed, beta), base
 
 
-def compare_with_formula(patcher, alpha, beta, adaptive=False):
+def compare_with_formula(patcher, alpha, beta, adaptive=False, steered=None):
     """A clone whose every attention call is checked against ``formula``. Returns (clone,
     results): per call (error of the output relative to the steering change, |Δ|/|Ξ|). A call
     whose keys end with references cached by FluxKVCache is checked as the square call with
-    the queries of those references from the block's full call (their first step)."""
+    the queries of those references from the block's full call (their first step).
+    ``steered(options)``: which calls are layers (default: every square unmasked one); the
+    others must return the host's own output, bit for bit."""
     inner = patcher.model_options["transformer_options"]["optimized_attention_override"]
     results = []
     references = {}  # block -> the reference tokens' queries of its last full call
@@ -66,7 +68,9 @@ def compare_with_formula(patcher, alpha, beta, adaptive=False):
             references[block] = q[:, :, rows - count:].clone()
         elif count and k.shape[-2] == rows + count:  # keys from FluxKVCache: the square call
             q = torch.cat((q, references[block].expand(len(q), -1, -1, -1)), dim=2)
-        if mask is None and q.shape[-2] == k.shape[-2]:
+        if steered is not None and not steered(options):
+            assert torch.equal(out, func(*args, **kwargs)), "a call that is no layer changed"
+        elif mask is None and q.shape[-2] == k.shape[-2]:
             want, base = formula(q, k, v, alpha, beta, adaptive)
             want, base = want[:, :, :rows], base[:, :, :rows]
             got = out if kwargs.get("skip_output_reshape") else out.unflatten(

@@ -1,5 +1,6 @@
 """Families the pack does not support are refused at patch time, naming the supported ones:
-video models (Wan, HunyuanVideo, whose blocks look like Flux's) and Lumina 2."""
+video models (Wan, HunyuanVideo, whose blocks look like Flux's). Lumina 2 on a host that names
+no block: test_family_lumina.py."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from host.node_calls import adaptive, skew
 pytestmark = pytest.mark.host
 
 SUPPORTED = ("SDXL (and SD1.x/SD2.x UNets), SD3/SD3.5 MMDiT, Flux (Flux.1 dev, schnell, "
-             "Kontext; Flux.2), Chroma (and Chroma Radiance) and Qwen-Image models")
+             "Kontext; Flux.2), Chroma (and Chroma Radiance), Qwen-Image and Lumina 2 (and "
+             "Z-Image) models")
 
 
 @pytest.mark.parametrize("name, backbone", [
-    ("wan", "WanModel"), ("hunyuan_video", "HunyuanVideo"), ("lumina2", "NextDiT"),
+    ("wan", "WanModel"), ("hunyuan_video", "HunyuanVideo"),
 ])
 def test_refused_with_the_supported_families(nodes, comfy_host, name, backbone):
     from hopfield_circulation.families import UnsupportedModelError

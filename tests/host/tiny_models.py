@@ -305,6 +305,19 @@ QWEN_IMAGE = dict(
     axes_dims_rope=(16, 56, 56),
 )
 
+# Lumina 2 (NextDiT) at tiny width: head dim 128, its grouped keys (2 query heads over 1 key
+# head), two refiner blocks per part as the real models, qk-norm, RoPE over three axes.
+LUMINA2 = dict(
+    image_model="lumina2", patch_size=2, in_channels=16, dim=256, n_layers=4,
+    n_refiner_layers=2, n_heads=2, n_kv_heads=1, multiple_of=16, ffn_dim_multiplier=None,
+    norm_eps=1e-5, qk_norm=True, cap_feat_dim=32, axes_dims=[32, 48, 48],
+    axes_lens=[300, 512, 512],
+)
+# Z-Image: no grouping, its modulation, timestep scale and RoPE theta, and the text and image
+# each padded to a multiple of 32 tokens (newer hosts only: 0.3.64 predates it)
+Z_IMAGE = dict(LUMINA2, n_kv_heads=2, z_image_modulation=True, time_scale=1000.0,
+               rope_theta=256.0, pad_tokens_multiple=32)
+
 # SD3.5 at their real block counts and qk-norm; width 64 * depth = 128 (2 heads of 64)
 SD35 = {
     "large": dict(SD3_MMDIT, depth=2, num_blocks=38, qk_norm="rms"),
@@ -317,11 +330,6 @@ UNSUPPORTED = {
         image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=16, in_dim=16,
         dim=64, ffn_dim=128, freq_dim=32, text_dim=32, out_dim=16, num_heads=2, num_layers=1,
         eps=1e-6)),
-    "lumina2": ("Lumina2", dict(
-        image_model="lumina2", patch_size=2, in_channels=16, dim=64, n_layers=1,
-        n_refiner_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, ffn_dim_multiplier=None,
-        norm_eps=1e-5, qk_norm=True, cap_feat_dim=32, axes_dims=[8, 12, 12],
-        axes_lens=[300, 512, 512])),
     "hunyuan_video": ("HunyuanVideo", dict(
         image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=32,
         context_in_dim=32, hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1,
@@ -420,6 +428,29 @@ def tiny_qwen_image(seed: int = 0, layers: int = 6, width: int = 256):
     return _build("QwenImage", unet, seed)
 
 
+NO_Z_IMAGE = "this host has no Z-Image (ComfyUI 0.3.64 predates it; 0.33.0 builds it)"
+
+
+def host_has_z_image() -> bool:
+    import comfy.supported_models
+
+    return hasattr(comfy.supported_models, "ZImage")
+
+
+def tiny_lumina2(seed: int = 0, layers: int = 4, width: int = 256):
+    """``model_base.Lumina2`` with ``layers`` main blocks (26 in the real model). ``width`` 64
+    gives head dim 32 at little cost."""
+    axes = [32, 48, 48] if width == 256 else [8, 12, 12]
+    return _build("Lumina2", dict(LUMINA2, n_layers=layers, dim=width, axes_dims=axes), seed)
+
+
+def tiny_z_image(seed: int = 0, layers: int = 4, width: int = 256):
+    """``model_base.Lumina2`` as ComfyUI builds Z-Image (its own config class; 30 blocks in
+    the real model)."""
+    axes = [32, 48, 48] if width == 256 else [8, 12, 12]
+    return _build("ZImage", dict(Z_IMAGE, n_layers=layers, dim=width, axes_dims=axes), seed)
+
+
 def tiny_sd35(variant: str, seed: int = 0):
     """``model_base.SD3`` shaped as SD3.5 Large (38 blocks) or Medium (24, image self-attention
     in blocks 0-12), with rms qk-norm."""
@@ -427,7 +458,7 @@ def tiny_sd35(variant: str, seed: int = 0):
 
 
 def tiny_unsupported(name: str, seed: int = 0):
-    """A model of a family the pack refuses (Wan, Lumina 2, HunyuanVideo)."""
+    """A model of a family the pack refuses (Wan, HunyuanVideo)."""
     config_class, unet = UNSUPPORTED[name]
     return _build(config_class, unet, seed)
 

@@ -1,0 +1,251 @@
+"""Lumina 2 and Z-Image (ComfyUI's NextDiT) through real ComfyUI sampling, on hosts that tell
+their attention which block runs (0.5.0 and later; 0.3.64 does not, and the model is refused
+there with the version to update to).
+
+The tiny models have the real layouts at tiny width: head dim 128, two refiner blocks over the
+text and two over the image before the main blocks, qk-norm and RoPE; Lumina 2 groups its keys
+(2 query heads over 1 key head), Z-Image pads the text and the image to multiples of 32 tokens.
+Only the main blocks are layers: the refiners' calls must come back as the host made them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from host import tiny_models
+from host.family_checks import (
+    compare_with_formula,
+    image_map,
+    literal_stability,
+    record_calls,
+    relative_change,
+)
+from host.node_calls import adaptive, record_layers, skew
+
+pytestmark = pytest.mark.host
+
+BLOCKS = 4
+NAMES_BLOCKS = "this host tells Lumina 2's attention no block index (ComfyUI 0.3.64; 0.5.0 does)"
+
+
+def host_names_blocks() -> bool:
+    from comfy.ldm.lumina.model import NextDiT
+    from hopfield_circulation.families.lumina import host_names_blocks
+
+    return host_names_blocks(NextDiT)
+
+
+@pytest.fixture(scope="module")
+def lumina_host(comfy_host):
+    if not host_names_blocks():
+        pytest.skip(NAMES_BLOCKS)
+
+
+@pytest.fixture(scope="module")
+def models(lumina_host):
+    if not tiny_models.host_has_z_image():
+        pytest.skip(tiny_models.NO_Z_IMAGE)
+    return {"lumina2": tiny_models.tiny_lumina2(), "z-image": tiny_models.tiny_z_image()}
+
+
+def conditioning(seed, batch=1, tokens=8, reference=None):
+    return tiny_models.qwen_image_conditioning(seed, batch, tokens, reference)
+
+
+def sample(model, batch=1, height=10, width=12, reference=None, **kw):
+    """A 10 x 12 latent: a 5 x 6 token grid, 30 image tokens (Z-Image pads them to 32)."""
+    return tiny_models.sample_latent(
+        model, conditioning(1, batch, reference=reference),
+        conditioning(2, batch, reference=reference),
+        torch.zeros(batch, 16, height, width), **kw)
+
+
+def main_block(options) -> bool:
+    return options.get("block_type") == "double"
+
+
+# (sequence length, text tokens before the image) of a main block's call, 8 text tokens
+SEQUENCE = {"lumina2": (8 + 30, 8), "z-image": (32 + 32, 32)}
+
+
+@pytest.mark.parametrize("kind, count, label, thirds", [
+    ("lumina2", 26, "Lumina 2", (9, 9, 8)), ("z-image", 30, "Z-Image", (10, 10, 10)),
+])
+def test_layer_map_at_the_real_block_counts(nodes, lumina_host, kind, count, label, thirds):
+    from hopfield_circulation.families import adapter_for
+
+    if kind == "z-image" and not tiny_models.host_has_z_image():
+        pytest.skip(tiny_models.NO_Z_IMAGE)
+    build = tiny_models.tiny_lumina2 if kind == "lumina2" else tiny_models.tiny_z_image
+    model = build(layers=count, width=64 if kind == "lumina2" else 256)  # Z-Image's
+    # modulation needs the full 256-wide timestep embedding
+    layer_map = adapter_for(model).layer_map
+    assert layer_map.family == "lumina2" and layer_map.aliases == {}
+    assert [layer.index for layer in layer_map.layers] == list(range(count))
+    assert {layer.kind for layer in layer_map.layers} == {"joint"}
+    assert Counter(layer.group for layer in layer_map.layers) == dict(
+        zip(("early", "middle", "late"), thirds, strict=True))
+    assert f"{label} layers are the transformer blocks 0-{count - 1}" in layer_map.index_hint
+    m, seen = record_layers(skew(nodes, model, layers="late, 3"))
+    sample(m, steps=1)
+    assert Counter(index for index, _, _ in seen) == {i: 1 for i in range(count)}
+    assert {index for index, _, hit in seen if hit} == {3} | set(range(count - thirds[2], count))
+
+
+@pytest.mark.parametrize("kind", ["lumina2", "z-image"])
+def test_identity_settings_are_bit_identical(nodes, models, kind):
+    model = models[kind]
+    base = sample(model)
+    for alpha, beta in ((1.0, 3.0), (1.05, 0.0)):
+        assert torch.equal(sample(skew(nodes, model, alpha=alpha, beta=beta)), base)
+        assert torch.equal(sample(adaptive(nodes, model, alpha=alpha, beta=beta)), base)
+
+
+@pytest.mark.parametrize("kind", ["lumina2", "z-image"])
+@pytest.mark.parametrize("mode", ["skew", "adaptive"])
+def test_every_main_block_matches_the_float64_formula(nodes, models, kind, mode):
+    """Batch 2 at CFG: every main block's call is the formula over the whole sequence (text,
+    image and Z-Image's padding); the refiners' calls are the host's own, bit for bit."""
+    node = skew if mode == "skew" else adaptive
+    alpha, beta = (0.95, 3.0) if mode == "skew" else (1.3, 5.0)
+    m, calls = record_calls(node(nodes, models[kind], alpha=alpha, beta=beta))
+    checked, results = compare_with_formula(m, alpha, beta, adaptive=mode == "adaptive",
+                                            steered=main_block)
+    out = sample(checked, batch=2)
+    assert torch.isfinite(out).all() and not torch.equal(out, sample(models[kind], batch=2))
+    assert len(results) == len(calls) == BLOCKS * 2
+    assert max(err for err, _ in results) < 1e-3, results
+    assert {(q.shape[-2], text, grid) for _, q, _, _, text, grid in calls} == {
+        (*SEQUENCE[kind], (5, 6))}
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("early", {0, 1}), ("late", {3}), ("0, 2-3", {0, 2, 3}),
+])
+def test_layer_selection_hits_exactly(nodes, models, spec, expected):
+    m, seen = record_layers(skew(nodes, models["z-image"], layers=spec))
+    sample(m)
+    assert Counter(index for index, _, _ in seen) == {i: 2 for i in range(BLOCKS)}
+    assert {index for index, _, hit in seen if hit} == expected
+
+
+def test_z_image_reference_tokens_come_first_and_stay_off_the_grid(nodes, models):
+    """Z-Image's edit path (reference latents): the references' text and tokens come before
+    the generated image, which is last; all of it is steered (the formula over the whole
+    sequence) and the grid is the generated image's."""
+    model = models["z-image"]
+    reference = [torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(3))]
+    m, calls = record_calls(skew(nodes, model, alpha=0.95))
+    checked, results = compare_with_formula(m, 0.95, 3.0, steered=main_block)
+    out = sample(checked, reference=reference)
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out, sample(model, reference=reference))
+    assert len(calls) == len(results) == BLOCKS * 2
+    for _, q, _, _, text, grid in calls:
+        assert (text, grid) == (q.shape[-2] - 32, (5, 6))
+        assert q.shape[-2] > SEQUENCE["z-image"][0]  # the reference's tokens take part
+    assert max(err for err, _ in results) < 1e-3
+
+
+def test_input_space_is_refused_with_the_reason(nodes, models):
+    with pytest.raises(ValueError, match="Lumina 2 or Z-Image blocks. Use 'value'"):
+        skew(nodes, models["lumina2"], space="input")
+
+
+@pytest.fixture(scope="module")
+def probe_nodes(comfy_host, tmp_path_factory):
+    import folder_paths
+    from hopfield_circulation.nodes import probe_nodes
+
+    folder_paths.set_output_directory(str(tmp_path_factory.mktemp("output")))
+    return probe_nodes
+
+
+@pytest.mark.parametrize("kind", ["lumina2", "z-image"])
+def test_probe_against_the_literal_reference(probe_nodes, models, kind):
+    """One step at CFG: each main block's E, r, Align, eta (cond branch) equal the literal
+    L x L measures of its call, the lambda map is the mean over layers of the image's tokens
+    (Z-Image's padding after them left out) on the latent grid, and the report names the
+    family."""
+    from hopfield_circulation.probe import find_run, probe_state
+    from hopfield_circulation.probe.registry import LayerKey
+    from hopfield_circulation.probe.summary import summarise
+
+    probed, handle = probe_nodes.StabilityProbe.execute(
+        models[kind], "value", 64, 0.0, 1.0, "cond", "all").result
+    m, calls = record_calls(probed)
+    latent = sample(m, steps=1)
+    run = find_run(handle, latent)
+    assert len(calls) == BLOCKS
+    cond = slice(1, 2)  # uncond first in the batched call; the probe records cond
+    maps = []
+    for layer, q, k, out, text, grid in calls:
+        assert (text, grid) == (SEQUENCE[kind][1], (5, 6))
+        values, lam = literal_stability(q, k, out)
+        got = run.sums[LayerKey(layer.index, layer.kind, 0)].double()
+        torch.testing.assert_close(got, values[:, cond], rtol=2e-4, atol=2e-5)
+        maps.append(image_map(lam[cond], grid, (10, 12), text))
+    summary = summarise(probe_state(handle), run)
+    torch.testing.assert_close(summary.maps["all"].double(), torch.stack(maps).mean(0),
+                               rtol=1e-4, atol=1e-6)
+    report = probe_nodes.StabilityReport.execute(handle, {"samples": latent}, True, "hc/lumina")
+    text = report.result[6]
+    assert "LUMINA" in text and "Saved: " in text
+    assert report.ui["hopfield_align_chart"][0]["family"] == "lumina2"
+
+
+def test_change_per_call_against_sdxl(models, sdxl, sampling):
+    """The README's starting ranges, on a 16 x 16 latent (an 8 x 8 token grid, as the Flux and
+    Qwen-Image rows): at the same (alpha, beta) Lumina 2 moves about as much as SDXL, Z-Image
+    about 0.7x (its text padded to 32 tokens); (0.94, 3.5) brings Z-Image to SDXL's paper
+    point."""
+    def larger(model, **kw):
+        return sample(model, height=16, width=16, **kw)
+
+    sdxl_change = relative_change(sdxl, sampling["sdxl"], 1.05, 3.0)
+    lumina = relative_change(models["lumina2"], larger, 1.05, 3.0) / sdxl_change
+    z_image = relative_change(models["z-image"], larger, 1.05, 3.0) / sdxl_change
+    matched = relative_change(models["z-image"], larger, 0.94, 3.5) / sdxl_change
+    assert 0.8 < lumina < 1.15, lumina
+    assert 0.55 < z_image < 0.85, z_image
+    assert 0.85 < matched < 1.2, matched
+
+
+def test_torch_compile_is_one_graph_equal_to_eager(nodes, models):
+    """TorchCompileModel (inductor) after Skew on Z-Image: the whole DiT, refiners included,
+    is one graph for the run, and the compiled sample is the eager one up to the compiler's
+    rounding."""
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    steered = skew(nodes, models["z-image"], alpha=0.9)
+    eager = sample(steered, steps=3, cfg=1.0)
+    assert (eager - sample(models["z-image"], steps=3, cfg=1.0)).abs().max() > 1e-2
+    compiled = TorchCompileModel.execute(steered, "inductor").result[0]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    try:
+        assert (sample(compiled, steps=3, cfg=1.0) - eager).abs().max() <= 1e-3
+        counters = torch._dynamo.utils.counters
+        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    finally:
+        torch._dynamo.reset()
+
+
+def test_refused_on_a_host_that_names_no_block(nodes, comfy_host):
+    """0.3.64's NextDiT tells attention no block index and has no block replace: a call could
+    not be placed, so every node refuses the model, naming the version that works."""
+    from hopfield_circulation.families import UnsupportedModelError
+    from hopfield_circulation.families.lumina import OLD_HOST
+    from hopfield_circulation.nodes import probe_nodes
+
+    if host_names_blocks():
+        pytest.skip("this host tells Lumina 2's attention its block (0.5.0 and later)")
+    model = tiny_models.tiny_lumina2()
+    for patch in (lambda: skew(nodes, model), lambda: adaptive(nodes, model),
+                  lambda: probe_nodes.StabilityProbe.execute(model, "value", 64, 0.0, 1.0,
+                                                             "cond", "all")):
+        with pytest.raises(UnsupportedModelError) as refused:
+            patch()
+        assert str(refused.value).endswith(OLD_HOST)
