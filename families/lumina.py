@@ -44,7 +44,7 @@ def host_names_blocks(net_class) -> bool:
 
 
 class LuminaFamily(FamilyAdapter):
-    name = "lumina2"  # ComfyUI's image_model for both
+    name = "lumina2"  # ComfyUI's image_model for both; a Z-Image model's adapter says "z-image"
     supported = "Lumina 2 (and Z-Image)"
     input_space_refusal = (
         "space='input' (the authors' input-space formulation) and basis='input' exist for "
@@ -66,7 +66,10 @@ class LuminaFamily(FamilyAdapter):
         self.patch_size = int(net.patch_size)
         self.pad_multiple = int(getattr(net, "pad_tokens_multiple", None) or 1)
         config = type(getattr(model_patcher.model, "model_config", None)).__name__
-        label = "Z-Image" if config.startswith("ZImage") else "Lumina 2"
+        if config.startswith("ZImage"):  # its own config class (pixel space too)
+            self.name, label = "z-image", "Z-Image"
+        else:
+            label = "Lumina 2"
         return dit_layer_map(self.name, label, {"double": len(net.layers)}, aliases=False)
 
     def install(self, model_patcher) -> None:

@@ -41,6 +41,8 @@ QWEN_VAE = "qwen_image_vae.safetensors"
 FLUX2_UNET = "flux2_dev_fp8mixed.safetensors"
 FLUX2_TE = "mistral_3_small_flux2_bf16.safetensors"
 FLUX2_VAE = "flux2-vae.safetensors"
+Z_IMAGE_UNET = "z_image_turbo_bf16.safetensors"
+Z_IMAGE_TE = "qwen_3_4b.safetensors"
 # What the frontend offers to download when a loader's model is missing (properties.models):
 # file name -> (url, folder under ComfyUI/models). The Flux and Qwen-Image files are the ones
 # ComfyUI's own templates download (Comfy-Org/workflow_templates); Chroma1-HD is its authors'
@@ -49,6 +51,7 @@ HF = "https://huggingface.co/"
 FLUX_TE = HF + "comfyanonymous/flux_text_encoders/resolve/main/"
 QWEN_REPO = HF + "Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files/"
 FLUX2_REPO = HF + "Comfy-Org/flux2-dev/resolve/main/split_files/"
+Z_IMAGE_REPO = HF + "Comfy-Org/z_image_turbo/resolve/main/split_files/"
 MODELS = {
     SDXL_CKPT: (HF + "stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
                 "sd_xl_base_1.0.safetensors", "checkpoints"),
@@ -74,6 +77,10 @@ MODELS = {
     FLUX2_TE: (FLUX2_REPO + "text_encoders/mistral_3_small_flux2_bf16.safetensors",
                "text_encoders"),
     FLUX2_VAE: (FLUX2_REPO + "vae/flux2-vae.safetensors", "vae"),
+    # Z-Image Turbo as ComfyUI's own template loads it (its VAE is ae.safetensors, above)
+    Z_IMAGE_UNET: (Z_IMAGE_REPO + "diffusion_models/z_image_turbo_bf16.safetensors",
+                   "diffusion_models"),
+    Z_IMAGE_TE: (Z_IMAGE_REPO + "text_encoders/qwen_3_4b.safetensors", "text_encoders"),
 }
 # Node types a workflow needs that older ComfyUI lacks -> what brought them (the tests skip such
 # a workflow, with this reason, on a host without them)
@@ -480,6 +487,7 @@ def sdxl_grid():
 FLUX_SAMPLING = (20, 1.0, "euler", "simple")
 CHROMA_SAMPLING = (26, 4.0, "euler", "simple")
 QWEN_SAMPLING = (20, 2.5, "euler", "simple")
+Z_IMAGE_SAMPLING = (8, 1.0, "res_multistep", "simple")  # ComfyUI's Z-Image Turbo template
 DIT_NEGATIVE = "blurry, low quality, bad anatomy, extra limbs"
 UNTESTED = ("The paper gives operating points for SDXL and SD3 only. α {a}, β {b} is a starting "
             "point from the README's range for {family} ({why}), not a measured setting: "
@@ -535,6 +543,27 @@ def qwen_skew():
                              mirror="(0.97, 4) and the mirrored α 1.05") +
            "layers: 'early' / 'middle' / 'late' thirds of blocks 0-59, or indices.",
            (0, below(shared.latent)), size=NOTE_SIZE)
+    return g
+
+
+def z_image_skew():
+    """Z-Image Turbo as ComfyUI's own template samples it: shift 3, 8 steps of res_multistep
+    at CFG 1 (one branch), the positive zeroed as the negative."""
+    g = Graph()
+    shared = common(g, split_files(Z_IMAGE_UNET, (Z_IMAGE_TE,), "lumina2", FLUX_VAE, shift=3.0),
+                    SDXL_PROMPT, None, Z_IMAGE_SAMPLING, latent="EmptySD3LatentImage")
+    skew_vs_baseline(g, shared, 0.94, 3.5)
+    g.note("Z-Image Turbo (ComfyUI 0.5.0 and later: older hosts name none of its blocks, and "
+           "the node says so) is distilled to sample in 8 steps at CFG 1 on the flow shift 3 "
+           "that ModelSamplingAuraFlow sets on the model both columns sample: one (cond) "
+           "branch, so the zeroed negative is never used and Skew Circulation's branch 'both' "
+           "and 'cond' are the same. "
+           + UNTESTED.format(a="0.94", b="3.5", family="Z-Image",
+                             why="about SDXL's per-call change at its paper point",
+                             mirror="the mirrored α 1.06") +
+           "layers: 'early' / 'middle' / 'late' thirds of blocks 0-29, or indices. Z-Image "
+           "Base and Lumina 2 load the same way (Lumina 2 with its own text encoder, real CFG "
+           "and SD3's points).", (0, below(shared.latent)), size=NOTE_SIZE)
     return g
 
 
@@ -639,6 +668,12 @@ WORKFLOWS = {
         "tag": "Qwen-Image", "purpose": "Qwen-Image at SD3's point: one seed with and without",
         "columns": [("baseline", "unpatched"), ("Skew Circulation", "α 0.95, β 3")],
         "settings": "SD3's point · CFG 2.5 · shift 3.1 · 20 steps"}),
+    # "Z Image", not "Z-Image": the card's description turns a hyphen into a space
+    "Z Image Turbo Skew Circulation vs baseline": (z_image_skew, {
+        "tag": "Z-Image Turbo",
+        "purpose": "Z-Image Turbo at a starting point: one seed with and without",
+        "columns": [("baseline", "unpatched"), ("Skew Circulation", "α 0.94, β 3.5")],
+        "settings": "no paper point · CFG 1 · shift 3 · 8 steps · 1024²"}),
 }
 
 

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 # the first word of a title names the model family (a file name has no hyphen: "Qwen Image";
 # nor a dot, which frontend 1.27 cuts a template's name at: "Flux 2"), with a version number
-FAMILIES = ("SDXL", "SD3", "Flux", "Flux 2", "Chroma", "Qwen")
+# or, for a one-letter name, the word after it ("Z Image")
+FAMILIES = ("SDXL", "SD3", "Flux", "Flux 2", "Chroma", "Qwen", "Z Image")
 SKEW = "HopfieldCirculation_SkewCirculation"
 ADAPTIVE = "HopfieldCirculation_AdaptiveCirculation"
 # loader -> (the widgets that name its files, the folder under ComfyUI/models they go to)
@@ -40,7 +41,7 @@ def source(workflow: dict, node: dict, input_name: str) -> dict:
 
 def family(path: Path) -> str:
     words = path.stem.split()
-    return " ".join(words[:2]) if words[1].isdigit() else words[0]
+    return " ".join(words[:2]) if words[1].isdigit() or len(words[0]) == 1 else words[0]
 
 
 def generator():
@@ -110,12 +111,17 @@ def test_loaders_say_where_to_download_their_model(path):
 
 
 # Each DiT family as ComfyUI loads it: text encoder loader and its type, the sampler's CFG,
-# how the negative is made, what sits on the model before the branches, latent size
+# how the negative is made, what sits on the model before the branches, latent size, sampler
 DIT = {
-    "Flux": ("DualCLIPLoader", "flux", 1.0, "ConditioningZeroOut", "UNETLoader", 1024),
-    "Chroma": ("CLIPLoader", "chroma", 4.0, "CLIPTextEncode", "UNETLoader", 1024),
-    "Qwen": ("CLIPLoader", "qwen_image", 2.5, "CLIPTextEncode", "ModelSamplingAuraFlow", 1328),
+    "Flux": ("DualCLIPLoader", "flux", 1.0, "ConditioningZeroOut", "UNETLoader", 1024, "euler"),
+    "Chroma": ("CLIPLoader", "chroma", 4.0, "CLIPTextEncode", "UNETLoader", 1024, "euler"),
+    "Qwen": ("CLIPLoader", "qwen_image", 2.5, "CLIPTextEncode", "ModelSamplingAuraFlow", 1328,
+             "euler"),
+    # Z-Image Turbo as ComfyUI's template samples it: 8 steps of res_multistep, shift 3
+    "Z Image": ("CLIPLoader", "lumina2", 1.0, "ConditioningZeroOut", "ModelSamplingAuraFlow",
+                1024, "res_multistep"),
 }
+SHIFTS = {"Qwen": 3.1, "Z Image": 3.0}
 DIT_WORKFLOWS = [p for p in WORKFLOWS if family(p) in DIT]
 # Flux.2 samples as ComfyUI's own Flux.2 template does (a guider and SamplerCustomAdvanced)
 FLUX2 = ROOT / "workflows" / "Flux 2 Skew Circulation vs baseline.json"
@@ -156,7 +162,7 @@ def test_flux2_workflow_samples_as_comfyuis_flux2_template():
 
 @pytest.mark.parametrize("path", DIT_WORKFLOWS, ids=[p.stem for p in DIT_WORKFLOWS])
 def test_dit_workflows_load_and_sample_their_family_as_comfyui_does(path):
-    clip_loader, clip_type, cfg, negative, model_source, size = DIT[family(path)]
+    clip_loader, clip_type, cfg, negative, model_source, size, sampler = DIT[family(path)]
     workflow = load(path)
     nodes = workflow["nodes"]
     (clip,) = [n for n in nodes if n["type"] == clip_loader]
@@ -169,7 +175,7 @@ def test_dit_workflows_load_and_sample_their_family_as_comfyui_does(path):
     assert len(samplers) == 2
     for ks in samplers:
         assert ks["widgets_values"][3] == cfg
-        assert ks["widgets_values"][4:6] == ["euler", "simple"]
+        assert ks["widgets_values"][4:6] == [sampler, "simple"]
         assert source(workflow, ks, "negative")["type"] == negative
         model = source(workflow, ks, "model")
         if model["type"] == SKEW:
@@ -178,20 +184,23 @@ def test_dit_workflows_load_and_sample_their_family_as_comfyui_does(path):
     positive = source(workflow, samplers[0], "positive")
     if family(path) == "Flux":  # guidance-distilled: guidance 3.5 on the positive, CFG 1
         assert positive["type"] == "FluxGuidance" and positive["widgets_values"] == [3.5]
-        zeroed = source(workflow, source(workflow, samplers[0], "negative"), "conditioning")
-        assert zeroed is source(workflow, positive, "conditioning")  # the positive, zeroed
+        positive = source(workflow, positive, "conditioning")
     else:
         assert positive["type"] == "CLIPTextEncode" and positive["title"] == "Positive prompt"
-    if family(path) == "Qwen":
+    if negative == "ConditioningZeroOut":  # the positive, zeroed
+        zeroed = source(workflow, source(workflow, samplers[0], "negative"), "conditioning")
+        assert zeroed is positive
+    if family(path) in SHIFTS:
         (shift,) = [n for n in nodes if n["type"] == "ModelSamplingAuraFlow"]
-        assert shift["widgets_values"] == [3.1]
+        assert shift["widgets_values"] == [SHIFTS[family(path)]]
 
 
 def readme_starting_points() -> dict[str, list[tuple[float, float]]]:
     """The 'Supported models' table's starting (α, β) for each family the paper did not test."""
     text = (ROOT / "README.md").read_text()
     table = text[text.index("## Supported models"):text.index("What is steered and probed")]
-    rows = {"Flux": "| Flux:", "Chroma": "| Chroma,", "Qwen": "| Qwen-Image,"}
+    rows = {"Flux": "| Flux:", "Chroma": "| Chroma,", "Qwen": "| Qwen-Image,",
+            "Z Image": "| Lumina 2"}
     points = {}
     for name, start in rows.items():
         row = next(line for line in table.splitlines() if line.startswith(start))
@@ -217,11 +226,12 @@ def test_dit_workflows_start_from_the_readme_range_and_say_so(path):
     text = note["widgets_values"][0]
     assert "operating points for SDXL and SD3 only" in text
     assert "starting point" in text and "Stability Probe" in text
-    if family(path).startswith("Flux"):
+    if family(path).startswith("Flux") or family(path) == "Z Image":
         assert "one (cond) branch" in text
+    if family(path).startswith("Flux"):
         assert all(f"'{name}'" in text for name in ("double", "single", "early", "middle",
                                                      "late"))
-    if family(path) == "Flux":
+    if family(path) in ("Flux", "Z Image"):
         assert "CFG 1" in text
 
 

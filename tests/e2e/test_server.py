@@ -54,7 +54,7 @@ def test_object_info_lists_every_node_with_tooltips(object_info):
 def test_workflow_templates_lists_every_bundled_workflow(server):
     templates = server.get("/workflow_templates")
     assert sorted(templates[PACK_DIR_NAME]) == WORKFLOWS
-    assert len(WORKFLOWS) == 9
+    assert len(WORKFLOWS) == 10
 
 
 # loader -> the inputs that name its model files (absent on the test server)

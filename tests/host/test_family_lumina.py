@@ -82,7 +82,7 @@ def test_layer_map_at_the_real_block_counts(nodes, lumina_host, kind, count, lab
     model = build(layers=count, width=64 if kind == "lumina2" else 256)  # Z-Image's
     # modulation needs the full 256-wide timestep embedding
     layer_map = adapter_for(model).layer_map
-    assert layer_map.family == "lumina2" and layer_map.aliases == {}
+    assert layer_map.family == kind and layer_map.aliases == {}
     assert [layer.index for layer in layer_map.layers] == list(range(count))
     assert {layer.kind for layer in layer_map.layers} == {"joint"}
     assert Counter(layer.group for layer in layer_map.layers) == dict(
@@ -149,6 +149,19 @@ def test_z_image_reference_tokens_come_first_and_stay_off_the_grid(nodes, models
     assert max(err for err, _ in results) < 1e-3
 
 
+@pytest.mark.parametrize("kind, title", [("lumina2", "Lumina 2"), ("z-image", "Z-Image")])
+def test_paper_point_says_there_is_none_for_the_model(nodes, models, kind, title):
+    """The paper measured SDXL and SD3 only: the default operating point falls back to the α,
+    β inputs and says so, naming the model."""
+    from hopfield_circulation.nodes.operating_points import PAPER_POINT
+
+    out = nodes.SkewCirculation.execute(models[kind], 0.94, 3.5, 0.0, 1.0, "all", "both",
+                                        "value", PAPER_POINT)
+    (used,) = out.ui["hopfield_operating_point"]
+    assert (used["alpha"], used["beta"]) == (0.94, 3.5)
+    assert f"the paper gives no point for {title} models" in used["why"]
+
+
 def test_input_space_is_refused_with_the_reason(nodes, models):
     with pytest.raises(ValueError, match="Lumina 2 or Z-Image blocks. Use 'value'"):
         skew(nodes, models["lumina2"], space="input")
@@ -192,8 +205,8 @@ def test_probe_against_the_literal_reference(probe_nodes, models, kind):
                                rtol=1e-4, atol=1e-6)
     report = probe_nodes.StabilityReport.execute(handle, {"samples": latent}, True, "hc/lumina")
     text = report.result[6]
-    assert "LUMINA" in text and "Saved: " in text
-    assert report.ui["hopfield_align_chart"][0]["family"] == "lumina2"
+    assert f"({kind.upper()})" in text and "Saved: " in text
+    assert report.ui["hopfield_align_chart"][0]["family"] == kind
 
 
 def test_change_per_call_against_sdxl(models, sdxl, sampling):
