@@ -162,6 +162,20 @@ def test_paper_point_says_there_is_none_for_the_model(nodes, models, kind, title
     assert f"the paper gives no point for {title} models" in used["why"]
 
 
+def test_z_image_pixel_space_is_placed_on_its_patch_grid(nodes, models):
+    """Z-Image in pixel space: 16 x 16 pixel patches, so a 64 x 80 image is a 4 x 5 grid,
+    20 tokens padded to 32 after the 32 of text; every main block matches the formula."""
+    model = tiny_models.tiny_z_image_pixel()
+    m, calls = record_calls(skew(nodes, model, alpha=0.95))
+    checked, results = compare_with_formula(m, 0.95, 3.0, steered=main_block)
+    out = tiny_models.sample_latent(checked, conditioning(1), conditioning(2),
+                                    torch.zeros(1, 3, 64, 80))
+    assert out.shape == (1, 3, 64, 80) and torch.isfinite(out).all()
+    assert len(calls) == len(results) == BLOCKS * 2
+    assert {(q.shape[-2], text, grid) for _, q, _, _, text, grid in calls} == {(64, 32, (4, 5))}
+    assert max(err for err, _ in results) < 1e-3
+
+
 def test_input_space_is_refused_with_the_reason(nodes, models):
     with pytest.raises(ValueError, match="Lumina 2 or Z-Image blocks. Use 'value'"):
         skew(nodes, models["lumina2"], space="input")

@@ -451,6 +451,14 @@ def tiny_z_image(seed: int = 0, layers: int = 4, width: int = 256):
     return _build("ZImage", dict(Z_IMAGE, n_layers=layers, dim=width, axes_dims=axes), seed)
 
 
+def tiny_z_image_pixel(seed: int = 0):
+    """Z-Image's pixel-space variant (``NextDiTPixelSpace``: RGB in 16 x 16 pixel patches and
+    a small MLP decoder in place of the final layer), 4 blocks."""
+    unet = dict(Z_IMAGE, image_model="zimage_pixel", in_channels=3, patch_size=16,
+                decoder_hidden_size=64, decoder_num_res_blocks=1, decoder_max_freqs=4)
+    return _build("ZImagePixelSpace", unet, seed)
+
+
 def tiny_sd35(variant: str, seed: int = 0):
     """``model_base.SD3`` shaped as SD3.5 Large (38 blocks) or Medium (24, image self-attention
     in blocks 0-12), with rms qk-norm."""
