@@ -404,7 +404,8 @@ def test_bad_use_fails_clearly(nodes, sdxl, sd3, comfy_host):
         skew(nodes, sdxl, alpha=float("nan"))
     with pytest.raises(ValueError, match="beta must be a finite"):
         adaptive(nodes, sdxl, beta=float("inf"))
-    with pytest.raises(ValueError, match="supports SDXL.*Qwen-Image models.*WanModel"):
+    refused = r"supports SDXL.*Qwen-Image and Lumina 2 \(and Z-Image\) models.*WanModel"
+    with pytest.raises(ValueError, match=refused):
         skew(nodes, tiny_unsupported("wan"))
 
     class NotADiffusionModel(torch.nn.Module):

@@ -176,6 +176,24 @@ def test_z_image_pixel_space_is_placed_on_its_patch_grid(nodes, models):
     assert max(err for err, _ in results) < 1e-3
 
 
+def test_newbie_pooled_text_changes_nothing_in_the_placement(nodes, lumina_host):
+    """NewBie: Lumina 2 with a pooled CLIP text projection into the modulation (ComfyUI builds
+    it as Lumina 2); its main blocks are steered as Lumina 2's."""
+    model = tiny_models.tiny_lumina2(newbie=True)
+    m, calls = record_calls(skew(nodes, model, alpha=0.95))
+    checked, results = compare_with_formula(m, 0.95, 3.0, steered=main_block)
+
+    def pooled(seed):
+        positive = conditioning(seed)
+        gen = torch.Generator().manual_seed(seed)
+        positive[0][1]["pooled_output"] = torch.randn(1, 32, generator=gen)
+        return positive
+
+    out = tiny_models.sample_latent(checked, pooled(1), pooled(2), torch.zeros(1, 16, 10, 12))
+    assert torch.isfinite(out).all() and len(calls) == len(results) == BLOCKS * 2
+    assert max(err for err, _ in results) < 1e-3
+
+
 def test_input_space_is_refused_with_the_reason(nodes, models):
     with pytest.raises(ValueError, match="Lumina 2 or Z-Image blocks. Use 'value'"):
         skew(nodes, models["lumina2"], space="input")

@@ -1,6 +1,6 @@
-"""Tiny SDXL, SD1.x, SD3/SD3.5, Flux (Flux.1 and Flux.2), Chroma and Qwen-Image models (and
-unsupported ones) built in-process with real ComfyUI classes, random conditioning for them, and
-tiny checkpoints on disk (no downloaded weights anywhere).
+"""Tiny SDXL, SD1.x, SD3/SD3.5, Flux (Flux.1 and Flux.2), Chroma, Qwen-Image, Lumina 2 and
+Z-Image models (and unsupported ones) built in-process with real ComfyUI classes, random
+conditioning for them, and tiny checkpoints on disk (no downloaded weights anywhere).
 
 Sizes follow ../shared/notes/comfyui-host.md §5: a 4.5 M-parameter SDXL UNet (transformers at
 two levels plus the middle block) and a 1.1 M-parameter two-block MMDiT. ComfyUI creates layers
@@ -437,11 +437,14 @@ def host_has_z_image() -> bool:
     return hasattr(comfy.supported_models, "ZImage")
 
 
-def tiny_lumina2(seed: int = 0, layers: int = 4, width: int = 256):
+def tiny_lumina2(seed: int = 0, layers: int = 4, width: int = 256, newbie: bool = False):
     """``model_base.Lumina2`` with ``layers`` main blocks (26 in the real model). ``width`` 64
-    gives head dim 32 at little cost."""
+    gives head dim 32 at little cost. ``newbie``: NewBie's pooled CLIP text projection."""
     axes = [32, 48, 48] if width == 256 else [8, 12, 12]
-    return _build("Lumina2", dict(LUMINA2, n_layers=layers, dim=width, axes_dims=axes), seed)
+    unet = dict(LUMINA2, n_layers=layers, dim=width, axes_dims=axes)
+    if newbie:
+        unet["clip_text_dim"] = 32
+    return _build("Lumina2", unet, seed)
 
 
 def tiny_z_image(seed: int = 0, layers: int = 4, width: int = 256):
