@@ -77,6 +77,13 @@ class FamilyAdapter(ABC):
         cross-attention, or not known): where a call the pack cannot place belongs."""
         return None
 
+    def first_reachable(self) -> int:
+        """The first layer in forward order that no other patch has made unreachable (-1:
+        none): where a compiled graph marks, once, that our hooks ran and placed its calls.
+        Asked in a trace only, where the layers before it have been met already."""
+        return next((layer.index for layer in self.layer_map.layers
+                     if layer.index not in self.unreachable), -1)
+
     def note_unreachable(self, layer: LayerId, n_q: int, n_k: int) -> None:
         """Say once per layer that another patch changed its self-attention's tokens, so it
         is left to the host (ToMe merges a UNet's attn1 queries, HyperTile tiles them)."""

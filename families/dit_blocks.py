@@ -55,13 +55,16 @@ def _publishing_patch(block_type: str, index: int, previous):
     """A dit replace that tells attention which block runs, then runs it as before."""
 
     def publish_dit_block(args, extra, **kwargs):
-        options = args["transformer_options"]
-        if "txt" in args:
-            # A double block sees the context apart; the single blocks after it get
-            # [txt; img; ref] joined and cannot tell. The length holds for this whole model
-            # call, so it goes into the call's own options (fresh for every model call).
-            options[TEXT_KEY] = args["txt"].shape[1]
-        args = {**args, "transformer_options": {**options, BLOCK_KEY: (block_type, index)}}
+        options = args.get("transformer_options")
+        # A pack's copy of the model's loop (a step cache's) may pass no options: its blocks
+        # then call attention without the model's patches, which intact.py reports
+        if options is not None:
+            if "txt" in args:
+                # A double block sees the context apart; the single blocks after it get
+                # [txt; img; ref] joined and cannot tell. The length holds for this whole
+                # model call, so it goes into the call's own options (fresh for every call).
+                options[TEXT_KEY] = args["txt"].shape[1]
+            args = {**args, "transformer_options": {**options, BLOCK_KEY: (block_type, index)}}
         if previous is not None:
             return previous(args, extra, **kwargs)
         return extra["original_block"](args)

@@ -62,8 +62,11 @@ def _block_index_patch(index: int, previous, run_block):
     ``run_block`` as its original."""
 
     def publish_block_index(args, extra, **kwargs):
-        args = dict(args)
-        args["transformer_options"] = {**args["transformer_options"], BLOCK_KEY: index}
+        options = args.get("transformer_options")
+        if options is None:  # a pack's copy of the model's loop: nothing to publish into
+            return (previous(args, extra, **kwargs) if previous is not None
+                    else extra["original_block"](args))
+        args = {**args, "transformer_options": {**options, BLOCK_KEY: index}}
         # A compiled graph pays no host time per block, and dynamo cannot trace the model
         # reached through our closure while it traces it as the caller's ``self``
         if (run_block is not None and not torch.compiler.is_compiling()

@@ -1,7 +1,7 @@
 """Never steer (or record) nothing in silence: check, at every model call of a model we patched,
-that one of this pack's hooks ran in it.
+that one of this pack's hooks ran in it and placed its calls in the model's layers.
 
-Two things can keep them from running:
+Three things can keep them from running:
 
 - ComfyUI has one ``optimized_attention_override`` slot per model. Our hook chains whatever was
   there before it, but a node placed *after* ours that writes the slot without chaining (an
@@ -11,11 +11,16 @@ Two things can keep them from running:
   model patches live, and torch.compile shares its graphs between all compiles of one module
   with the same settings. A graph compiled for another model of the same checkpoint, one
   without our patches (the baseline beside a steered run), then runs this model's calls too.
+- A pack that runs the model's blocks with its own copy of the model's loop (a step cache:
+  TeaCache, First Block Cache) may call them without the options that carry the model's
+  patches, so attention never reaches ours; or with them, but without what tells attention
+  which block runs (the host's block index, our block replaces), so no call can be placed.
 
 The user would get an unsteered image and a report blaming the sampler. The step wrapper
-(schedule.py) keeps a ModelCall for each model call; our hooks set its ``hook_ran`` (in a
-compiled graph, through an op that does it each time the graph runs), and ``confirm`` raises,
-saying which of the two happened, when a model with our patches ran none.
+(schedule.py) keeps a ModelCall for each model call; our hooks set its ``hook_ran`` and, once
+they place a call, its ``placed`` (in a compiled graph, through an op that sets both each time
+the graph runs), and ``confirm`` raises, saying which happened, when a model with our patches
+ran none, or placed none.
 
 Both show in a run's first model call. Later calls may legitimately run no attention at all:
 EasyCache skips the diffusion model's computation in calls whose input moved little, handing
@@ -33,6 +38,7 @@ from .host_ops import SINK, register_python_op
 
 OVERRIDE_KEY = "optimized_attention_override"
 HOOK_MARK = "hopfield_circulation_hook"  # set on our override functions
+COMPILE_WRAPPER = "torch.compile"  # TorchCompileModel's APPLY_MODEL wrapper key (0.3.64 on)
 
 
 def mark(override) -> None:
@@ -44,19 +50,20 @@ def is_ours(override) -> bool:
 
 
 def mark_run_in_graph() -> None:
-    """In a trace: the op that sets the running ModelCall's ``hook_ran`` each time the graph
-    runs (our hooks put one in a graph, not one per call: each costs host time)."""
+    """In a trace: the op that sets the running ModelCall's ``hook_ran`` and ``placed`` each
+    time the graph runs (our hooks put one in a graph, at the first call they place, not one
+    per call: each costs host time)."""
     _OP(SINK)
 
 
 def confirm(call, transformer_options: dict) -> None:
     """After a model call (``call``: its ModelCall): raise when the model carries our patches
-    and none of our hooks ran, in the run's first model call or any later one of a run our
-    hooks have not reached."""
+    and none of our hooks ran or placed a call, in the run's first model call or any later
+    one of a run our hooks have not reached."""
     if not call.patch:
         return
     run = transformer_options.get("sample_sigmas")  # one tensor for a whole sampling run
-    if call.hook_ran:
+    if call.placed:
         if run is not None:
             _reached(run)
         return
@@ -66,7 +73,29 @@ def confirm(call, transformer_options: dict) -> None:
         # the diffusion model), never a graph or an override that bypasses ours, which would
         # have bypassed them in the run's first call too
         return
+    if call.hook_ran:
+        raise RuntimeError(
+            "Hopfield Circulation: this model's attention reached Skew Circulation / Adaptive "
+            "Circulation / Stability Probe, but none of its self-attention calls could be "
+            "placed in a layer, so nothing was steered or recorded. A node that runs the "
+            "model's blocks its own way (a step cache such as TeaCache or First Block Cache, "
+            "or another pack's copy of the model's loop) does not tell attention which block "
+            "runs, or another patch changed the tokens of every self-attention (ToMe or "
+            "HyperTile on every level: the warnings above name the layers). Fix: take that "
+            "node off this model's path (ComfyUI's own EasyCache works with these nodes)."
+        )
     override = transformer_options.get(OVERRIDE_KEY)
+    wrappers = transformer_options.get("wrappers") or {}
+    if is_ours(override) and COMPILE_WRAPPER not in (wrappers.get("apply_model") or {}):
+        raise RuntimeError(
+            "Hopfield Circulation: none of this model's attention calls reached Skew "
+            "Circulation / Adaptive Circulation / Stability Probe, although its attention "
+            "override is theirs, so nothing was steered or recorded. A node that runs the "
+            "model's blocks its own way (a step cache such as TeaCache or First Block Cache, "
+            "or another pack's copy of the model's loop) calls them without the options that "
+            "carry the model's patches. Fix: take that node off this model's path (ComfyUI's "
+            "own EasyCache works with these nodes)."
+        )
     if is_ours(override):
         raise RuntimeError(
             "Hopfield Circulation: this model ran a compiled graph that was traced for another "
@@ -107,12 +136,12 @@ def _was_reached(run: torch.Tensor) -> bool:
 
 
 def _hook_ran(sink) -> None:
-    """The op, each time a graph with our hooks runs."""
+    """The op, each time a graph with our hooks runs (traced where they placed a call)."""
     from .schedule import running_call  # here: schedule imports this module
 
     call = running_call()
     if call is not None:
-        call.hook_ran = True
+        call.hook_ran = call.placed = True
 
 
 _OP = register_python_op("hook_ran", "(Tensor(a!) sink) -> ()", _hook_ran, lambda sink: None)

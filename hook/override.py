@@ -184,7 +184,8 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
 
     def hopfield_attention_override(func, *args, **kwargs):
         running = running_call()
-        if torch.compiler.is_compiling():
+        tracing = torch.compiler.is_compiling()
+        if tracing:
             # Read in a trace, the model call's patch number guards the graph on this model's
             # patches of ours (schedule.ModelCall); the latest of them tells intact it ran
             latest = running is not None and running.patch == patch
@@ -212,8 +213,11 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
         call = place_call(adapter, args, kwargs, running)
         if call is None:
             return baseline.output()
-        if latest and call.layer.index == 0:  # once per graph (each op costs host time)
-            intact.mark_run_in_graph()
+        if not tracing:
+            if running is not None:
+                running.placed = True
+        elif latest and call.layer.index == adapter.first_reachable():
+            intact.mark_run_in_graph()  # once per graph: each op costs host time
         if restricted(args, kwargs):
             return baseline.output()
         if call.query_rows is not None:  # the square call, its cached references' rows too

@@ -94,10 +94,11 @@ class ModelCall:
     model call to the next without cause (the step and the model call's number do: they are
     read only when a graph runs, through running_step()).
 
-    ``hook_ran``: set when one of our hooks runs in this call (intact.py).
+    ``hook_ran``: set when one of our hooks runs in this call; ``placed``: when one of them
+    placed a call in a layer of the model (intact.py).
     """
 
-    __slots__ = ("step", "cond_or_uncond", "latent_shape", "patch", "hook_ran")
+    __slots__ = ("step", "cond_or_uncond", "latent_shape", "patch", "hook_ran", "placed")
 
     def __init__(self, step: StepInfo = UNREAD, cond_or_uncond: tuple[int, ...] = (0,),
                  latent_shape: tuple[int, ...] | None = None, patch: int = 0):
@@ -106,6 +107,7 @@ class ModelCall:
         self.latent_shape = latent_shape
         self.patch = patch  # the model's PATCH_KEY; 0: none of ours
         self.hook_ran = False
+        self.placed = False
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""Host-tier fixtures: the pack's circulation nodes and tiny models (built once per module)."""
+"""Host-tier fixtures: the pack's circulation and probe nodes and tiny models (built once per
+module)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ def nodes(comfy_host):
     from hopfield_circulation.nodes import circulation_nodes
 
     return circulation_nodes
+
+
+@pytest.fixture(scope="module")
+def probe_nodes(comfy_host, tmp_path_factory):
+    """The probe nodes, their reports saved under a temporary output folder."""
+    import folder_paths
+    from hopfield_circulation.nodes import probe_nodes
+
+    folder_paths.set_output_directory(str(tmp_path_factory.mktemp("output")))
+    return probe_nodes
 
 
 @pytest.fixture(scope="module")

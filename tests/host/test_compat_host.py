@@ -145,6 +145,88 @@ def test_layers_another_patch_changes_the_tokens_of_are_named_and_left_alone(
     assert not torch.equal(out, sampling["sd15"](token_patch(patch, sd15), steps=2))
 
 
+@pytest.mark.parametrize("patch", ["tome", "hypertile"])
+def test_a_compiled_model_with_its_first_layer_changed_by_another_patch_runs(
+        nodes, sampling, patch):
+    """Under TorchCompileModel the graph marks once that our hooks ran, at the first call they
+    place. That was layer 0's, which ToMe and HyperTile make unplaceable on SD1.x: a run with
+    ToMe then stopped with the message for a graph traced for another model. (ToMe merges
+    tokens at random, eager and compiled alike, so only HyperTile's sample is compared.)"""
+    from host import tiny_models
+
+    model = skew(nodes, token_patch(patch, tiny_models.tiny_sd15()), alpha=1.1)
+    eager = sampling["sd15"](model, steps=2)
+    torch._dynamo.reset()
+    try:
+        compiled = sampling["sd15"](torch_compiled(model), steps=2)
+    finally:
+        torch._dynamo.reset()
+    assert torch.isfinite(compiled).all()
+    if patch == "hypertile":
+        assert (compiled - eager).abs().max() <= COMPILE_TOLERANCE
+
+
+class WithoutBlockIdentity(dict):
+    """Transformer options in which nothing says which block runs: what a pack's copy of the
+    model's loop (TeaCache's, a first-block cache's) may hand its blocks."""
+
+    def __setitem__(self, key, value):
+        if key not in ("block_index", "block_type"):
+            super().__setitem__(key, value)
+
+
+def own_loop(model, keep_options: bool):
+    """``model`` with its Flux loop run as such a pack runs it: with the call's options less
+    the block replaces (ours publish the block) and without the block index newer hosts set
+    (``keep_options``), or with no options at all, so attention gets none of the model's
+    patches."""
+    import inspect
+
+    m = model.clone()
+    net = m.get_model_object("diffusion_model")
+    host_loop = type(net).forward_orig
+    signature = inspect.signature(host_loop)  # 0.3.64 passes the options by position
+
+    def cached_loop(*args, **kwargs):
+        call = signature.bind(net, *args, **kwargs)
+        given = call.arguments.get("transformer_options") or {}
+        call.arguments["transformer_options"] = WithoutBlockIdentity(
+            {k: v for k, v in given.items() if k != "patches_replace"}) if keep_options else {}
+        return host_loop(*call.args, **call.kwargs)
+
+    m.add_object_patch("diffusion_model.forward_orig", cached_loop)
+    return m
+
+
+@pytest.mark.parametrize("node", ["skew", "probe"])
+@pytest.mark.parametrize("keep_options", [True, False], ids=["no-block-identity", "no-options"])
+def test_a_pack_running_the_blocks_its_own_way_is_a_clear_error(nodes, flux, node, keep_options):
+    """Steering nothing in silence is an error: a loop that tells attention no block (nothing
+    placed), or calls it without the model's patches (nothing reached), says so and names the
+    likely node. Before, the first ran unsteered without a word and the second was blamed on
+    TorchCompileModel."""
+    from host import tiny_models
+
+    said = "could be placed in a layer" if keep_options else "although its attention override"
+    model = patched_with(nodes, node, own_loop(flux, keep_options))
+    with pytest.raises(RuntimeError, match=said) as stopped:
+        tiny_models.sample_flux(model, cfg=1.0, steps=1)
+    assert "TeaCache" in str(stopped.value)
+
+
+def test_a_block_replace_given_no_options_runs_the_block_as_given(comfy_host):
+    """A pack's loop that hands the block replaces no transformer options (TeaCache's copy of
+    Flux's and SD3's loops): ours run the block as they are given it, rather than failing on
+    the missing key (the attention then reaches none of our hooks: the case above)."""
+    from hopfield_circulation.families.dit_blocks import _publishing_patch
+    from hopfield_circulation.families.mmdit import _block_index_patch
+
+    args = {"img": torch.ones(1), "txt": torch.zeros(1)}
+    extra = {"original_block": lambda a: {"img": a["img"] + 1, "txt": a["txt"]}}
+    for patch in (_publishing_patch("double", 0, None), _block_index_patch(0, None, None)):
+        assert torch.equal(patch(args, extra)["img"], torch.full((1,), 2.0))
+
+
 @pytest.mark.parametrize("nag_first", [True, False], ids=["nag-first", "ours-first"])
 def test_normalized_attention_guidance_runs_on_the_steered_retrieval(nodes, sdxl, nag_first):
     """NAGuidance (newer ComfyUI) rewrites attn1's output after the call, in place: every

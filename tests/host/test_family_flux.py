@@ -183,15 +183,6 @@ def test_input_space_is_refused(nodes, flux):
         skew(nodes, flux["dev"], space="input")
 
 
-@pytest.fixture(scope="module")
-def probe_nodes(comfy_host, tmp_path_factory):
-    import folder_paths
-    from hopfield_circulation.nodes import probe_nodes
-
-    folder_paths.set_output_directory(str(tmp_path_factory.mktemp("output")))
-    return probe_nodes
-
-
 @pytest.mark.parametrize("kontext", [False, True])
 def test_probe_against_the_literal_reference(probe_nodes, flux, kontext):
     """One step at CFG 1: each layer's E, r, Align, eta equal the literal L x L measures of its

@@ -91,15 +91,6 @@ def test_reference_images_are_steered_but_off_the_grid(nodes, flux2):
     assert max(err for err, _ in results) < 1e-3
 
 
-@pytest.fixture(scope="module")
-def probe_nodes(comfy_host, tmp_path_factory):
-    import folder_paths
-    from hopfield_circulation.nodes import probe_nodes
-
-    folder_paths.set_output_directory(str(tmp_path_factory.mktemp("output")))
-    return probe_nodes
-
-
 @pytest.mark.parametrize("with_reference", [False, True])
 def test_probe_against_the_literal_reference(probe_nodes, flux2, with_reference):
     """One step at CFG 1: each layer's E, r, Align, eta equal the literal L x L measures of its

@@ -199,15 +199,6 @@ def test_input_space_is_refused_with_the_reason(nodes, models):
         skew(nodes, models["lumina2"], space="input")
 
 
-@pytest.fixture(scope="module")
-def probe_nodes(comfy_host, tmp_path_factory):
-    import folder_paths
-    from hopfield_circulation.nodes import probe_nodes
-
-    folder_paths.set_output_directory(str(tmp_path_factory.mktemp("output")))
-    return probe_nodes
-
-
 @pytest.mark.parametrize("kind", ["lumina2", "z-image"])
 def test_probe_against_the_literal_reference(probe_nodes, models, kind):
     """One step at CFG: each main block's E, r, Align, eta (cond branch) equal the literal
