@@ -166,6 +166,17 @@ def test_a_compiled_model_with_its_first_layer_changed_by_another_patch_runs(
         assert (compiled - eager).abs().max() <= COMPILE_TOLERANCE
 
 
+def test_every_self_attention_taken_by_another_patch_is_a_clear_error(nodes, sampling):
+    """HyperTile down to every level of the tiny SD1.x UNet (depth 1) tiles every attn1 call:
+    nothing can be steered, and sampling says so rather than running unsteered."""
+    from comfy_extras.nodes_hypertile import HyperTile
+    from host import tiny_models
+
+    tiled = HyperTile.execute(tiny_models.tiny_sd15(), 32, 2, 1, False)[0]
+    with pytest.raises(RuntimeError, match="could be placed in a layer"):
+        sampling["sd15"](skew(nodes, tiled, alpha=1.1), steps=1, size=64)
+
+
 class WithoutBlockIdentity(dict):
     """Transformer options in which nothing says which block runs: what a pack's copy of the
     model's loop (TeaCache's, a first-block cache's) may hand its blocks."""
