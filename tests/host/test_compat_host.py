@@ -185,6 +185,9 @@ class WithoutBlockIdentity(dict):
         if key not in ("block_index", "block_type"):
             super().__setitem__(key, value)
 
+    def copy(self):  # newer hosts' loops copy the options before they write the block
+        return WithoutBlockIdentity(self)
+
 
 def own_loop(model, keep_options: bool):
     """``model`` with its Flux loop run as such a pack runs it: with the call's options less
