@@ -178,6 +178,23 @@ def test_kontext_reference_tokens_are_steered_but_off_the_grid(nodes, flux):
     assert max(err for err, _ in results) < 1e-3
 
 
+@pytest.mark.parametrize("name", ["longcat", "ovis"])
+def test_models_comfyui_builds_as_flux_are_steered_as_flux(nodes, comfy_host, name):
+    """LongCat-Image and Ovis-Image (newer ComfyUI builds both as its Flux class) run real
+    CFG: every call of both branches is the formula over [text; image], placed as Flux's."""
+    if not tiny_models.host_has_flux_class_models():
+        pytest.skip(tiny_models.NO_FLUX_CLASS_MODELS)
+    model = tiny_models.tiny_flux_class_model(name)
+    m, calls = record_calls(skew(nodes, model, alpha=0.9))
+    checked, results = compare_with_formula(m, 0.9, 3.0)
+    positive, negative = (tiny_models.qwen_image_conditioning(seed) for seed in (1, 2))
+    out = tiny_models.sample_latent(checked, positive, negative, torch.zeros(1, 16, 16, 16))
+    assert torch.isfinite(out).all() and len(calls) == len(results) == BLOCKS * 2
+    assert {(q.shape[0], q.shape[-2], text, grid) for _, q, _, _, text, grid in calls} == {
+        (2, 8 + 64, 8, (8, 8))}
+    assert max(err for err, _ in results) < 1e-3
+
+
 def test_input_space_is_refused(nodes, flux):
     with pytest.raises(ValueError, match="double blocks project text and image"):
         skew(nodes, flux["dev"], space="input")

@@ -14,6 +14,7 @@ UNet (a test-only model config at the front of comfy.supported_models.models).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -356,7 +357,6 @@ PARAMS_CLASSES = {
 
 def _for_this_host(unet: dict) -> dict:
     """``unet`` plus the fields this host's parameter class requires that it lacks."""
-    import dataclasses
     import importlib
 
     where = PARAMS_CLASSES.get(unet.get("image_model"))
@@ -412,6 +412,32 @@ def tiny_flux2(seed: int = 0, depth: int = 3, single: int = 4, width: int = 256,
     unet = dict(FLUX2, depth=depth, depth_single_blocks=single, hidden_size=width,
                 axes_dim=axes, guidance_embed=guidance)
     return _build("Flux2", unet, seed)
+
+
+# Models newer ComfyUI builds as its Flux class, by their model config (real CFG, no pooled
+# vector, text positions on two RoPE axes): LongCat-Image, and Ovis-Image (gated MLPs, a norm on
+# the text)
+FLUX_CLASS_MODELS = {
+    "longcat": ("LongCatImage", dict(FLUX_DEV, guidance_embed=False, vec_in_dim=None,
+                                     txt_ids_dims=[1, 2])),
+    "ovis": ("Flux", dict(FLUX_DEV, guidance_embed=False, vec_in_dim=None, yak_mlp=True,
+                          txt_norm=True, txt_ids_dims=[1, 2])),
+}
+NO_FLUX_CLASS_MODELS = ("this host builds neither LongCat-Image nor Ovis-Image (ComfyUI 0.3.64 "
+                        "predates them; 0.33.0 builds both as Flux)")
+
+
+def host_has_flux_class_models() -> bool:
+    import comfy.supported_models
+    from comfy.ldm.flux.model import FluxParams
+
+    return hasattr(comfy.supported_models, "LongCatImage") and "yak_mlp" in {
+        f.name for f in dataclasses.fields(FluxParams)}
+
+
+def tiny_flux_class_model(name: str, seed: int = 0):
+    """LongCat-Image or Ovis-Image at Flux dev's tiny size (``FLUX_CLASS_MODELS``)."""
+    return _build(*FLUX_CLASS_MODELS[name], seed)
 
 
 def tiny_chroma(seed: int = 0, radiance: bool = False):
