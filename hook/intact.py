@@ -22,7 +22,7 @@ they place a call, its ``placed`` (in a compiled graph, through an op that sets 
 the graph runs), and ``confirm`` raises, saying which happened, when a model with our patches
 ran none, or placed none.
 
-Both show in a run's first model call. Later calls may legitimately run no attention at all:
+All three show in a run's first model call. Later calls may legitimately run no attention at all:
 EasyCache skips the diffusion model's computation in calls whose input moved little, handing
 back the last computed output shifted by the input's change. So a call that ran none of our
 hooks is an error only in a run none of them has reached yet.
