@@ -79,8 +79,8 @@ def test_layer_map_at_the_real_block_counts(nodes, lumina_host, kind, count, lab
     if kind == "z-image" and not tiny_models.host_has_z_image():
         pytest.skip(tiny_models.NO_Z_IMAGE)
     build = tiny_models.tiny_lumina2 if kind == "lumina2" else tiny_models.tiny_z_image
-    model = build(layers=count, width=64 if kind == "lumina2" else 256)  # Z-Image's
-    # modulation needs the full 256-wide timestep embedding
+    width = 64 if kind == "lumina2" else 256  # Z-Image's modulation takes 256 wide timesteps
+    model = build(layers=count, width=width)
     layer_map = adapter_for(model).layer_map
     assert layer_map.family == kind and layer_map.aliases == {}
     assert [layer.index for layer in layer_map.layers] == list(range(count))
