@@ -5,6 +5,7 @@ so a node never silently does nothing on an unsupported model.
 
 from __future__ import annotations
 
+from .anima import AnimaFamily
 from .base import FamilyAdapter, InputSpace, Placement, UnsupportedModelError
 from .flux import ChromaFamily, FluxFamily
 from .lumina import LuminaFamily
@@ -13,7 +14,7 @@ from .qwen_image import QwenImageFamily
 from .unet import UNetFamily
 
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (
-    UNetFamily, MMDiTFamily, FluxFamily, ChromaFamily, QwenImageFamily, LuminaFamily,
+    UNetFamily, MMDiTFamily, FluxFamily, ChromaFamily, QwenImageFamily, LuminaFamily, AnimaFamily,
 )
 
 

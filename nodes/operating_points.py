@@ -19,7 +19,8 @@ OPERATING_POINTS = (PAPER_POINT, CUSTOM)
 ABSENT = CUSTOM  # what a prompt without the input means (prompts from before the input existed)
 
 # How the report and the node name a family (the adapter's name -> words).
-FAMILY_TITLES = {"sdxl": "SDXL", "sd3": "SD3", "lumina2": "Lumina 2", "z-image": "Z-Image"}
+FAMILY_TITLES = {"sdxl": "SDXL", "sd3": "SD3", "lumina2": "Lumina 2", "z-image": "Z-Image",
+                 "anima": "Anima"}
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from host.node_calls import adaptive, skew
 pytestmark = pytest.mark.host
 
 SUPPORTED = ("SDXL (and SD1.x/SD2.x UNets), SD3/SD3.5 MMDiT, Flux (Flux.1 dev, schnell, "
-             "Kontext; Flux.2), Chroma (and Chroma Radiance), Qwen-Image and Lumina 2 (and "
-             "Z-Image) models")
+             "Kontext; Flux.2), Chroma (and Chroma Radiance), Qwen-Image, Lumina 2 (and "
+             "Z-Image) and Anima models")
 
 
 @pytest.mark.parametrize("name, backbone", [

@@ -454,6 +454,32 @@ def tiny_qwen_image(seed: int = 0, layers: int = 6, width: int = 256):
     return _build("QwenImage", unet, seed)
 
 
+# Anima (newer hosts: Cosmos Predict2's MiniTrainDIT with an LLM adapter for its text), as
+# 0.33's model detection configures it, at tiny width: head dim 128, 3-D RoPE, AdaLN-LoRA; the
+# text context fed to it directly (32 channels), as when no token ids come with it
+ANIMA = dict(
+    image_model="anima", max_img_h=240, max_img_w=240, max_frames=128, in_channels=16,
+    out_channels=16, patch_spatial=2, patch_temporal=1, model_channels=256,
+    concat_padding_mask=True, crossattn_emb_channels=32, pos_emb_cls="rope3d",
+    pos_emb_learnable=True, pos_emb_interpolation="crop", min_fps=1, max_fps=30,
+    use_adaln_lora=True, adaln_lora_dim=64, num_blocks=4, num_heads=2,
+    extra_per_block_abs_pos_emb=False, rope_h_extrapolation_ratio=4.0,
+    rope_w_extrapolation_ratio=4.0, rope_t_extrapolation_ratio=1.0,
+)
+NO_ANIMA = "this host has no Anima (ComfyUI 0.3.64 predates it; 0.33.0 builds it)"
+
+
+def host_has_anima() -> bool:
+    import comfy.supported_models
+
+    return hasattr(comfy.supported_models, "Anima")
+
+
+def tiny_anima(seed: int = 0, layers: int = 4):
+    """``model_base.Anima`` with ``layers`` blocks."""
+    return _build("Anima", dict(ANIMA, num_blocks=layers), seed)
+
+
 NO_Z_IMAGE = "this host has no Z-Image (ComfyUI 0.3.64 predates it; 0.33.0 builds it)"
 
 
