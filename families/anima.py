@@ -23,7 +23,7 @@ import math
 from ..hook.layers import LayerId, LayerMap
 from .base import FamilyAdapter, Placement, UnsupportedModelError
 from .dit_blocks import GROUPS
-from .unet_attn1 import MARKER_ATTR, Attn1Marker, block_key
+from .unet_attn1 import MARKER_ATTR, Attn1Marker, block_key, installed_marker
 
 OLD_HOST = (
     "Anima can be steered and probed on ComfyUI versions whose Cosmos blocks tell attention "
@@ -49,11 +49,9 @@ def host_marks_blocks() -> bool:
 def anima_marker(model_patcher) -> Attn1Marker:
     """The self-attention marker on ``model_patcher``, its two patches installed once per
     model lineage."""
-    patches = model_patcher.model_options.get("transformer_options", {}).get("patches", {})
-    for patch in patches.get("attn1_patch", ()):
-        marker = getattr(patch, MARKER_ATTR, None)
-        if marker is not None:
-            return marker
+    marker = installed_marker(model_patcher)
+    if marker is not None:
+        return marker
     marker = Attn1Marker()
 
     def mark_self_attention(q, k, v, extra_options=None, **kwargs):

@@ -40,13 +40,21 @@ def block_key(options: dict) -> tuple:
     return tuple(options.get("block") or ()), options.get("block_index", 0)
 
 
-def unet_attn1_marker(model_patcher) -> Attn1Marker:
-    """The marker on ``model_patcher``, installing its two patches once per model lineage."""
+def installed_marker(model_patcher) -> Attn1Marker | None:
+    """The marker an attn1 patch of ours on ``model_patcher`` carries (None: none yet)."""
     patches = model_patcher.model_options.get("transformer_options", {}).get("patches", {})
     for patch in patches.get("attn1_patch", ()):
         marker = getattr(patch, MARKER_ATTR, None)
         if marker is not None:
             return marker
+    return None
+
+
+def unet_attn1_marker(model_patcher) -> Attn1Marker:
+    """The marker on ``model_patcher``, installing its two patches once per model lineage."""
+    marker = installed_marker(model_patcher)
+    if marker is not None:
+        return marker
     marker = Attn1Marker()
 
     def mark_attn1(n, context_attn1, value_attn1, extra_options, **kwargs):

@@ -138,3 +138,23 @@ def relative_change(patcher, sample, alpha, beta, **sample_kw) -> float:
     checked, results = compare_with_formula(steered, alpha, beta)
     sample(checked, **sample_kw)
     return float(torch.tensor([size for _, size in results]).median())
+
+
+def assert_one_graph_equal_to_eager(steered, unpatched, sample, steps: int = 3, **sample_kw):
+    """TorchCompileModel (inductor) after ``steered``'s patches: the whole model one graph for
+    the run, no graph break, and the compiled sample the eager one up to the compiler's
+    rounding (a steered sample that differs from ``unpatched``'s, so the check means
+    something)."""
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    eager = sample(steered, steps=steps, **sample_kw)
+    assert (eager - sample(unpatched, steps=steps, **sample_kw)).abs().max() > 1e-2
+    compiled = TorchCompileModel.execute(steered, "inductor").result[0]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    try:
+        assert (sample(compiled, steps=steps, **sample_kw) - eager).abs().max() <= 1e-3
+        counters = torch._dynamo.utils.counters
+        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    finally:
+        torch._dynamo.reset()

@@ -17,6 +17,7 @@ import pytest
 import torch
 from host import tiny_models
 from host.family_checks import (
+    assert_one_graph_equal_to_eager,
     compare_with_formula,
     image_map,
     literal_stability,
@@ -136,17 +137,4 @@ def test_change_per_call_against_sdxl(flux2, sdxl, sampling):
 def test_torch_compile_is_one_graph_equal_to_eager(nodes, flux2):
     """TorchCompileModel (inductor) after Skew: the whole DiT is one graph for the run, and the
     compiled sample is the eager one up to the compiler's rounding."""
-    from comfy_extras.nodes_torch_compile import TorchCompileModel
-
-    steered = skew(nodes, flux2, alpha=0.9)
-    eager = sample(steered, steps=3)
-    assert (eager - sample(flux2, steps=3)).abs().max() > 1e-2
-    compiled = TorchCompileModel.execute(steered, "inductor").result[0]
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    try:
-        assert (sample(compiled, steps=3) - eager).abs().max() <= 1e-3
-        counters = torch._dynamo.utils.counters
-        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
-    finally:
-        torch._dynamo.reset()
+    assert_one_graph_equal_to_eager(skew(nodes, flux2, alpha=0.9), flux2, sample)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from host import tiny_models
 from host.family_checks import (
+    assert_one_graph_equal_to_eager,
     compare_with_formula,
     image_map,
     literal_stability,
@@ -253,20 +254,8 @@ def test_torch_compile_is_one_graph_equal_to_eager(nodes, models):
     """TorchCompileModel (inductor) after Skew on Z-Image: the whole DiT, refiners included,
     is one graph for the run, and the compiled sample is the eager one up to the compiler's
     rounding."""
-    from comfy_extras.nodes_torch_compile import TorchCompileModel
-
-    steered = skew(nodes, models["z-image"], alpha=0.9)
-    eager = sample(steered, steps=3, cfg=1.0)
-    assert (eager - sample(models["z-image"], steps=3, cfg=1.0)).abs().max() > 1e-2
-    compiled = TorchCompileModel.execute(steered, "inductor").result[0]
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    try:
-        assert (sample(compiled, steps=3, cfg=1.0) - eager).abs().max() <= 1e-3
-        counters = torch._dynamo.utils.counters
-        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
-    finally:
-        torch._dynamo.reset()
+    model = models["z-image"]
+    assert_one_graph_equal_to_eager(skew(nodes, model, alpha=0.9), model, sample, cfg=1.0)
 
 
 def test_refused_on_a_host_that_names_no_block(nodes, comfy_host):
