@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 
 from ..hook.layers import LayerId, LayerMap
-from .base import FamilyAdapter, Placement, UnsupportedModelError
-from .dit_blocks import GROUPS
+from .base import FamilyAdapter, Placement, UnsupportedModelError, code_constants
+from .dit_blocks import GROUPS, third_of
 from .unet_attn1 import MARKER_ATTR, Attn1Marker, block_key, installed_marker
 
 OLD_HOST = (
@@ -32,18 +32,13 @@ OLD_HOST = (
 )
 
 
-def _constants(function) -> tuple:
-    code = getattr(function, "__code__", None)
-    return code.co_consts if code is not None else ()
-
-
 def host_marks_blocks() -> bool:
     """Whether the host's MiniTrainDIT names the running block and its attention calls the
     attn1/attn2 patches (read from their code's constants, once per patch)."""
     from comfy.ldm.cosmos import predict2
 
-    return ("block_index" in _constants(predict2.MiniTrainDIT._forward)
-            and "attn1_patch" in _constants(predict2.Attention.compute_qkv))
+    return ("block_index" in code_constants(predict2.MiniTrainDIT._forward)
+            and "attn1_patch" in code_constants(predict2.Attention.compute_qkv))
 
 
 def anima_marker(model_patcher) -> Attn1Marker:
@@ -95,7 +90,7 @@ class AnimaFamily(FamilyAdapter):
         depth = len(net.blocks)
         layers, by_key = [], {}
         for i in range(depth):
-            layer = LayerId(self.name, i, GROUPS[min(3 * i // max(depth, 1), 2)], "self")
+            layer = LayerId(self.name, i, third_of(i, depth), "self")
             layers.append(layer)
             by_key[(i,)] = layer
         return LayerMap(

@@ -52,6 +52,14 @@ class InputSpace(ABC):
         return frozenset()
 
 
+def code_constants(function) -> tuple:
+    """The constants a host function's code uses (its string keys among them), or () where it
+    has no code object: what an adapter reads, without a source file, to know whether the
+    host's model names the running block."""
+    code = getattr(function, "__code__", None)
+    return code.co_consts if code is not None else ()
+
+
 def no_block_input(why: str) -> str:
     """The refusal of the input space for a model whose attention has no single block input X
     (``why``: what it projects differently)."""

@@ -23,6 +23,12 @@ TEXT_KEY = "hopfield_circulation_text_tokens"  # context tokens at the head of t
 BLOCK_KINDS: dict[str, LayerKind] = {"double": "joint", "single": "single"}
 
 
+def third_of(index: int, total: int) -> str:
+    """The group ("early", "middle", "late") of layer ``index`` among ``total`` in forward
+    order."""
+    return GROUPS[min(3 * index // max(total, 1), 2)]
+
+
 def dit_layer_map(family: str, label: str, counts: dict[str, int], aliases: bool) -> LayerMap:
     """Layers numbered over all blocks in forward order (``counts``: block type -> how many,
     in order), grouped into thirds of that order; ``aliases`` lets a `layers` setting name
@@ -31,8 +37,7 @@ def dit_layer_map(family: str, label: str, counts: dict[str, int], aliases: bool
     layers, by_key, names, index = [], {}, {}, 0
     for block_type, count in counts.items():
         for i in range(count):
-            group = GROUPS[min(3 * index // max(total, 1), 2)]
-            layer = LayerId(family, index, group, BLOCK_KINDS[block_type])
+            layer = LayerId(family, index, third_of(index, total), BLOCK_KINDS[block_type])
             layers.append(layer)
             by_key[(block_type, i)] = layer
             index += 1

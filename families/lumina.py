@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 from ..hook.layers import LayerId, LayerMap
-from .base import FamilyAdapter, Placement, UnsupportedModelError
+from .base import FamilyAdapter, Placement, UnsupportedModelError, code_constants
 from .dit_blocks import dit_layer_map, joint_layer, running_block
 
 OLD_HOST = (
@@ -39,8 +39,7 @@ OLD_HOST = (
 def host_names_blocks(net_class) -> bool:
     """Whether the host's NextDiT puts ``block_index`` in the options its blocks see (0.5.0
     and later). Read from its forward's constants, once per patch: no source file needed."""
-    code = getattr(getattr(net_class, "_forward", None), "__code__", None)
-    return code is not None and "block_index" in code.co_consts
+    return "block_index" in code_constants(getattr(net_class, "_forward", None))
 
 
 class LuminaFamily(FamilyAdapter):

@@ -27,8 +27,8 @@ import torch
 
 from ..hook.layers import LayerId, LayerMap
 from .base import FamilyAdapter, Placement, no_block_input
+from .dit_blocks import GROUPS, third_of
 
-GROUPS = ("early", "middle", "late")
 BLOCK_KEY = "hopfield_circulation_block"  # the joint block index, published per block
 
 
@@ -36,7 +36,7 @@ def mmdit_layer_map(depth: int) -> LayerMap:
     """Layer map of an MMDiT with ``depth`` joint blocks, grouped into thirds."""
     layers, by_key = [], {}
     for i in range(depth):
-        layer = LayerId("sd3", i, GROUPS[min(3 * i // max(depth, 1), 2)], "joint")
+        layer = LayerId("sd3", i, third_of(i, depth), "joint")
         layers.append(layer)
         by_key[(i,)] = layer
     return LayerMap(

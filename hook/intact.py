@@ -39,6 +39,10 @@ from .host_ops import SINK, register_python_op
 OVERRIDE_KEY = "optimized_attention_override"
 HOOK_MARK = "hopfield_circulation_hook"  # set on our override functions
 COMPILE_WRAPPER = "torch.compile"  # TorchCompileModel's APPLY_MODEL wrapper key (0.3.64 on)
+OWN_LOOP = ("A node that runs the model's blocks its own way (a step cache such as TeaCache or "
+            "First Block Cache, or another pack's copy of the model's loop)")
+TAKE_IT_OFF = ("Fix: take that node off this model's path (ComfyUI's own EasyCache works with "
+               "these nodes).")
 
 
 def mark(override) -> None:
@@ -77,26 +81,21 @@ def confirm(call, transformer_options: dict) -> None:
         raise RuntimeError(
             "Hopfield Circulation: this model's attention reached Skew Circulation / Adaptive "
             "Circulation / Stability Probe, but none of its self-attention calls could be "
-            "placed in a layer, so nothing was steered or recorded. A node that runs the "
-            "model's blocks its own way (a step cache such as TeaCache or First Block Cache, "
-            "or another pack's copy of the model's loop) does not tell attention which block "
-            "runs, or another patch changed the tokens of every self-attention (ToMe or "
-            "HyperTile on every level: the warnings above name the layers). Fix: take that "
-            "node off this model's path (ComfyUI's own EasyCache works with these nodes)."
+            f"placed in a layer, so nothing was steered or recorded. {OWN_LOOP} does not tell "
+            "attention which block runs, or another patch changed the tokens of every "
+            "self-attention (ToMe or HyperTile on every level: the warnings above name the "
+            f"layers). {TAKE_IT_OFF}"
         )
     override = transformer_options.get(OVERRIDE_KEY)
-    wrappers = transformer_options.get("wrappers") or {}
-    if is_ours(override) and COMPILE_WRAPPER not in (wrappers.get("apply_model") or {}):
-        raise RuntimeError(
-            "Hopfield Circulation: none of this model's attention calls reached Skew "
-            "Circulation / Adaptive Circulation / Stability Probe, although its attention "
-            "override is theirs, so nothing was steered or recorded. A node that runs the "
-            "model's blocks its own way (a step cache such as TeaCache or First Block Cache, "
-            "or another pack's copy of the model's loop) calls them without the options that "
-            "carry the model's patches. Fix: take that node off this model's path (ComfyUI's "
-            "own EasyCache works with these nodes)."
-        )
     if is_ours(override):
+        wrappers = (transformer_options.get("wrappers") or {}).get("apply_model") or {}
+        if COMPILE_WRAPPER not in wrappers:
+            raise RuntimeError(
+                "Hopfield Circulation: none of this model's attention calls reached Skew "
+                "Circulation / Adaptive Circulation / Stability Probe, although its attention "
+                f"override is theirs, so nothing was steered or recorded. {OWN_LOOP} calls "
+                f"them without the options that carry the model's patches. {TAKE_IT_OFF}"
+            )
         raise RuntimeError(
             "Hopfield Circulation: this model ran a compiled graph that was traced for another "
             "model, one without Skew Circulation / Adaptive Circulation / Stability Probe, so "
