@@ -8,6 +8,7 @@ from __future__ import annotations
 from .anima import AnimaFamily
 from .base import FamilyAdapter, InputSpace, Placement, UnsupportedModelError
 from .flux import ChromaFamily, FluxFamily
+from .hidream import HiDreamFamily
 from .lumina import LuminaFamily
 from .mmdit import MMDiTFamily
 from .qwen_image import QwenImageFamily
@@ -15,6 +16,7 @@ from .unet import UNetFamily
 
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (
     UNetFamily, MMDiTFamily, FluxFamily, ChromaFamily, QwenImageFamily, LuminaFamily, AnimaFamily,
+    HiDreamFamily,
 )
 
 

@@ -30,7 +30,10 @@ class Placement:
     """Where a self-attention call sits: its layer and where its image tokens are."""
 
     layer: LayerId
-    token_grid: tuple[int, int]  # (h, w) of the image tokens, row-major
+    # (h, w) of the image tokens, row-major; (h, w, n) where each row of the sequence holds n
+    # tokens of which the image's are the first w (HiDream-E1's reference follows them);
+    # None: not known (the call is steered, the probe keeps no map of it)
+    token_grid: tuple[int, ...] | None
     text_tokens: int = 0  # joint attention: context tokens come first in the sequence
 
 

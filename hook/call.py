@@ -78,7 +78,7 @@ class AttentionCall:
     def __init__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
                  layer: LayerId, step_info: StepInfo, cond_or_uncond: tuple[int, ...],
                  text_tokens: int = 0,
-                 token_grid: tuple[int, int] | None = None,
+                 token_grid: tuple[int, ...] | None = None,
                  transformer_options: dict[str, Any] | None = None, *,
                  host_heads_first: bool = True, output_heads_first: bool = True,
                  latent_shape: tuple[int, ...] | None = None, query_rows: int | None = None):
@@ -99,7 +99,7 @@ class AttentionCall:
         self.step_info = step_info
         self.cond_or_uncond = cond_or_uncond  # one entry per batch chunk: 0 cond, 1 uncond
         self.text_tokens = text_tokens  # joint attention: context tokens come first
-        self.token_grid = token_grid  # (h, w) of the image tokens, row-major
+        self.token_grid = token_grid  # (h, w[, tokens per row]): families/base.Placement
         self.transformer_options = {} if transformer_options is None else transformer_options
         self.host_heads_first, self.output_heads_first = host_heads_first, output_heads_first
         self.latent_shape = latent_shape

@@ -88,7 +88,8 @@ class Measurement(NamedTuple):
     index: int  # layer
     kind: LayerKind
     group: str  # the layer's block group
-    grid: tuple[int, int] | None  # (h, w) of the image tokens; None: no lambda map kept
+    # (h, w[, tokens per row]) of the image tokens (families/base.Placement); None: no map kept
+    grid: tuple[int, ...] | None
     text_tokens: int  # joint attention: the map's image tokens start after these
     chunks: tuple[tuple[int, int, int], ...]  # (CFG branch, first row, end row) in packed
     step: int | None
@@ -199,9 +200,11 @@ class ProbeRun:
                 self.counts[key] = self.counts.get(key, 0) + count
                 if grid is None:
                     continue
-                h, w = grid
-                mkey = MapKey(group, branch, grid)
-                summed = total[start:end, 4 + text:4 + text + h * w]
+                h, w, row = (*grid, grid[1])[:3]
+                mkey = MapKey(group, branch, (h, w))
+                summed = total[start:end, 4 + text:4 + text + h * row]
+                if row != w:  # the image's own columns of each row
+                    summed = summed.unflatten(-1, (h, row))[..., :w].flatten(-2)
                 self.maps[mkey] = self.maps[mkey] + summed if mkey in self.maps else summed
                 self.map_counts[mkey] = self.map_counts.get(mkey, 0) + count
         for m, values in zip(pending, values_of, strict=True):

@@ -319,6 +319,17 @@ LUMINA2 = dict(
 Z_IMAGE = dict(LUMINA2, n_kv_heads=2, z_image_modulation=True, time_scale=1000.0,
                rope_theta=256.0, pad_tokens_multiple=32)
 
+# HiDream (I1) as ComfyUI's model detection configures it, at tiny width: head dim 128, RoPE
+# over (64, 32, 32) of it, mixture-of-experts feed-forwards (4 routed, 2 active), 2 double and
+# 4 single blocks (16 and 32 in the real model), each block fed one of 4 Llama layers (32)
+HIDREAM = dict(
+    image_model="hidream", attention_head_dim=128, axes_dims_rope=[64, 32, 32],
+    caption_channels=[32, 32], max_resolution=[128, 128], in_channels=16, out_channels=16,
+    num_attention_heads=2, num_routed_experts=4, num_activated_experts=2, num_layers=2,
+    num_single_layers=4, patch_size=2, text_emb_dim=32,
+)
+HIDREAM_LLAMA_LAYERS = 4
+
 # SD3.5 at their real block counts and qk-norm; width 64 * depth = 128 (2 heads of 64)
 SD35 = {
     "large": dict(SD3_MMDIT, depth=2, num_blocks=38, qk_norm="rms"),
@@ -514,6 +525,19 @@ def tiny_z_image_pixel(seed: int = 0):
     return _build("ZImagePixelSpace", unet, seed)
 
 
+def tiny_hidream(seed: int = 0, double: int = 2, single: int = 4, head_dim: int = 128,
+                 experts: int = 4):
+    """``model_base.HiDream`` with ``double`` and ``single`` blocks. ``head_dim`` 32 gives the
+    real block counts (16, 32) at little cost; ``experts`` 0: plain feed-forwards (the routed
+    experts' data-dependent indexing breaks a compiled graph, as on the real model)."""
+    blocks = double + single
+    axes = [64, 32, 32] if head_dim == 128 else [16, 8, 8]
+    unet = dict(HIDREAM, num_layers=double, num_single_layers=single, attention_head_dim=head_dim,
+                axes_dims_rope=axes, num_routed_experts=experts,
+                llama_layers=[min(i, HIDREAM_LLAMA_LAYERS - 1) for i in range(blocks)])
+    return _build("HiDream", unet, seed)
+
+
 def tiny_sd35(variant: str, seed: int = 0):
     """``model_base.SD3`` shaped as SD3.5 Large (38 blocks) or Medium (24, image self-attention
     in blocks 0-12), with rms qk-norm."""
@@ -539,6 +563,19 @@ def flux_conditioning(seed: int = 1, batch: int = 1, tokens: int = 8, guidance: 
 def qwen_image_conditioning(seed: int = 1, batch: int = 1, tokens: int = 8, reference=None):
     gen = torch.Generator().manual_seed(seed)
     extra = {} if reference is None else {"reference_latents": list(reference)}
+    return [[torch.randn(batch, tokens, 32, generator=gen), extra]]
+
+
+def hidream_conditioning(seed: int = 1, batch: int = 1, tokens: int = 8, reference=None):
+    """HiDream's text: T5 as the context, the pooled CLIP embeddings, and the hidden states of
+    every Llama layer [B, layers, tokens, C]; ``reference``: HiDream-E1's input image latent
+    (concat_latent_image, as InstructPixToPixConditioning sets it)."""
+    gen = torch.Generator().manual_seed(seed)
+    extra = {"pooled_output": torch.randn(batch, 32, generator=gen),
+             "conditioning_llama3": torch.randn(batch, HIDREAM_LLAMA_LAYERS, tokens, 32,
+                                                generator=gen)}
+    if reference is not None:
+        extra["concat_latent_image"] = reference
     return [[torch.randn(batch, tokens, 32, generator=gen), extra]]
 
 

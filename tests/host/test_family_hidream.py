@@ -1,0 +1,218 @@
+"""HiDream (I1; E1's side-by-side reference) through real ComfyUI sampling.
+
+The tiny model has the real layout at tiny width: head dim 128, qk-norm and RoPE, routed
+experts, 2 double and 4 single blocks; the image's tokens come first, the text (T5 and one
+Llama layer per block) after them. No host names these blocks to attention: each block's
+processor is wrapped by an object patch (families/hidream.py), so the tests also check that the
+patch leaves the model as it was and chains a processor another pack put there.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from host import tiny_models
+from host.family_checks import (
+    assert_one_graph_equal_to_eager,
+    compare_with_formula,
+    image_map,
+    literal_stability,
+    record_calls,
+    relative_change,
+)
+from host.node_calls import adaptive, record_layers, skew
+
+pytestmark = pytest.mark.host
+
+BLOCKS = 6  # 2 double, 4 single
+IMAGE, TEXT = 30, 24  # a 5 x 6 token grid; 8 T5 tokens, then 8 + 8 of two Llama layers
+
+
+@pytest.fixture(scope="module")
+def hidream(comfy_host):
+    return tiny_models.tiny_hidream()
+
+
+def sample(model, batch=1, height=10, width=12, reference=None, **kw):
+    """A 10 x 12 latent: a 5 x 6 token grid. ``reference``: E1's input image latent."""
+    return tiny_models.sample_latent(
+        model, tiny_models.hidream_conditioning(1, batch, reference=reference),
+        tiny_models.hidream_conditioning(2, batch, reference=reference),
+        torch.zeros(batch, 16, height, width), **kw)
+
+
+def test_layer_map_at_the_real_block_counts(nodes, comfy_host):
+    from hopfield_circulation.families import adapter_for
+
+    model = tiny_models.tiny_hidream(double=16, single=32, head_dim=32)
+    layer_map = adapter_for(model).layer_map
+    assert layer_map.family == "hidream"
+    assert [layer.index for layer in layer_map.layers] == list(range(48))
+    assert Counter(layer.kind for layer in layer_map.layers) == {"joint": 16, "single": 32}
+    assert Counter(layer.group for layer in layer_map.layers) == {
+        "early": 16, "middle": 16, "late": 16}
+    assert layer_map.aliases == {"double": frozenset(range(16)),
+                                 "single": frozenset(range(16, 48))}
+    assert ("HiDream layers are the double blocks 0-15, then the single blocks 16-47"
+            in layer_map.index_hint)
+    m, seen = record_layers(skew(nodes, model, layers="late, 3"))
+    sample(m, steps=1)
+    assert Counter(index for index, _, _ in seen) == {i: 1 for i in range(48)}
+    assert {index for index, _, hit in seen if hit} == {3} | set(range(32, 48))
+
+
+def test_identity_settings_are_bit_identical_and_the_model_stays_unpatched(nodes, hidream):
+    """α = 1 or β = 0 give the unpatched model's sample bit for bit, and after a steered run
+    the model itself samples as before (the object patches are the clone's alone)."""
+    base = sample(hidream)
+    for alpha, beta in ((1.0, 3.0), (1.05, 0.0)):
+        assert torch.equal(sample(skew(nodes, hidream, alpha=alpha, beta=beta)), base)
+        assert torch.equal(sample(adaptive(nodes, hidream, alpha=alpha, beta=beta)), base)
+    assert not torch.equal(sample(skew(nodes, hidream)), base)
+    assert torch.equal(sample(hidream), base)
+    assert not hidream.object_patches
+
+
+@pytest.mark.parametrize("mode", ["skew", "adaptive"])
+def test_every_block_matches_the_float64_formula(nodes, hidream, mode):
+    """Batch 2 at CFG: every double and single block's call is the formula over the whole
+    sequence [image; text], placed on the image's grid at the head of the sequence."""
+    node = skew if mode == "skew" else adaptive
+    alpha, beta = (1.05, 3.0) if mode == "skew" else (1.2, 5.0)
+    m, calls = record_calls(node(nodes, hidream, alpha=alpha, beta=beta))
+    checked, results = compare_with_formula(m, alpha, beta, adaptive=mode == "adaptive")
+    out = sample(checked, batch=2)
+    assert torch.isfinite(out).all() and not torch.equal(out, sample(hidream, batch=2))
+    assert len(results) == len(calls) == BLOCKS * 2
+    assert max(err for err, _ in results) < 1e-3, results
+    assert {(q.shape[-2], text, grid) for _, q, _, _, text, grid in calls} == {
+        (IMAGE + TEXT, 0, (5, 6))}
+    assert Counter(layer.kind for layer, *_ in calls) == {"joint": 4, "single": 8}
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("double", {0, 1}), ("single", {2, 3, 4, 5}), ("early", {0, 1}), ("0, 5", {0, 5}),
+])
+def test_layer_selection_hits_exactly(nodes, hidream, spec, expected):
+    m, seen = record_layers(skew(nodes, hidream, layers=spec))
+    sample(m)
+    assert Counter(index for index, _, _ in seen) == {i: 2 for i in range(BLOCKS)}
+    assert {index for index, _, hit in seen if hit} == expected
+
+
+def test_e1_reference_columns_are_steered_but_off_the_map(nodes, hidream):
+    """HiDream-E1 puts its input image to the right of the latent: each row of image tokens
+    holds the generated row, then the reference's. All of it is steered (the formula over the
+    whole sequence); the grid names the generated image's 6 columns of each 12."""
+    reference = torch.randn(1, 16, 10, 12, generator=torch.Generator().manual_seed(3))
+    m, calls = record_calls(skew(nodes, hidream))
+    checked, results = compare_with_formula(m, 1.05, 3.0)
+    out = sample(checked, reference=reference)
+    base = sample(hidream, reference=reference)
+    assert torch.isfinite(out).all() and not torch.equal(out, base)
+    assert not torch.equal(base, sample(hidream))  # the reference takes part
+    assert len(calls) == len(results) == BLOCKS * 2
+    assert {(q.shape[-2], text, grid) for _, q, _, _, text, grid in calls} == {
+        (2 * IMAGE + TEXT, 0, (5, 6, 12))}
+    assert max(err for err, _ in results) < 1e-3
+
+
+def test_a_processor_another_pack_put_there_is_chained_once(nodes, hidream):
+    """An object patch on a block's processor made before ours still runs, once per call
+    however many of our nodes are stacked, and every block is still placed."""
+    from hopfield_circulation.families.hidream import processor_path
+
+    ran = []
+    path = processor_path("single", 1)
+    original = hidream.get_model_object(path)
+
+    def earlier_processor(attn, *args, **kwargs):
+        ran.append(1)
+        return original(attn, *args, **kwargs)
+
+    m = hidream.clone()
+    m.add_object_patch(path, earlier_processor)
+    sample(m)
+    n_plain = len(ran)
+    ran.clear()
+    stacked, seen = record_layers(skew(nodes, skew(nodes, m, alpha=0.95)))
+    assert stacked.object_patches[path].__wrapped__ is earlier_processor
+    sample(stacked)
+    assert len(ran) == n_plain > 0
+    assert Counter(index for index, _, hit in seen if hit) == {i: 2 for i in range(BLOCKS)}
+
+
+def test_paper_point_says_there_is_none_for_the_model(nodes, hidream):
+    from hopfield_circulation.nodes.operating_points import PAPER_POINT
+
+    out = nodes.SkewCirculation.execute(hidream, 0.96, 3.0, 0.0, 1.0, "all", "both", "value",
+                                        PAPER_POINT)
+    (used,) = out.ui["hopfield_operating_point"]
+    assert (used["alpha"], used["beta"]) == (0.96, 3.0)
+    assert "the paper gives no point for HiDream models" in used["why"]
+
+
+def test_input_space_is_refused_with_the_reason(nodes, hidream):
+    with pytest.raises(ValueError, match="HiDream's double blocks project text and image"):
+        skew(nodes, hidream, space="input")
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["i1", "e1"])
+def test_probe_against_the_literal_reference(probe_nodes, hidream, reference):
+    """One step at CFG: each block's E, r, Align, eta (cond branch) equal the literal L x L
+    measures of its call, the lambda map is the mean over layers of the generated image's
+    tokens (E1: the left half of each row) on the latent grid, and the report names the
+    family."""
+    from hopfield_circulation.probe import find_run, probe_state
+    from hopfield_circulation.probe.registry import LayerKey
+    from hopfield_circulation.probe.summary import summarise
+
+    image = torch.randn(1, 16, 10, 12, generator=torch.Generator().manual_seed(3))
+    image = image if reference else None
+    probed, handle = probe_nodes.StabilityProbe.execute(
+        hidream, "value", 64, 0.0, 1.0, "cond", "all").result
+    m, calls = record_calls(probed)
+    latent = sample(m, steps=1, reference=image)
+    run = find_run(handle, latent)
+    assert len(calls) == BLOCKS
+    cond = slice(1, 2)  # uncond first in the batched call; the probe records cond
+    maps = []
+    for layer, q, k, out, text, grid in calls:
+        assert (text, grid) == ((0, (5, 6, 12)) if reference else (0, (5, 6)))
+        values, lam = literal_stability(q, k, out)
+        got = run.sums[LayerKey(layer.index, layer.kind, 0)].double()
+        torch.testing.assert_close(got, values[:, cond], rtol=2e-4, atol=2e-5)
+        rows = lam[cond, :5 * grid[-1]].unflatten(-1, (5, grid[-1]))[..., :6].flatten(-2)
+        maps.append(image_map(rows, (5, 6), (10, 12), 0))
+    summary = summarise(probe_state(handle), run)
+    torch.testing.assert_close(summary.maps["all"].double(), torch.stack(maps).mean(0),
+                               rtol=1e-4, atol=1e-6)
+    report = probe_nodes.StabilityReport.execute(handle, {"samples": latent}, True, "hc/hidream")
+    assert "(HIDREAM)" in report.result[6]
+    assert report.ui["hopfield_align_chart"][0]["family"] == "hidream"
+
+
+def test_change_per_call_against_sdxl(hidream, sdxl, sampling):
+    """The README's starting range, on a 16 x 16 latent (an 8 x 8 token grid, as the other
+    DiT rows): at the same (alpha, beta) HiDream moves about 0.6x as much as SDXL; (0.92, 3)
+    and (1.08, 3) bring it to SDXL's paper point."""
+    def larger(model, **kw):
+        return sample(model, height=16, width=16, **kw)
+
+    sdxl_change = relative_change(sdxl, sampling["sdxl"], 1.05, 3.0)
+    same = relative_change(hidream, larger, 1.05, 3.0) / sdxl_change
+    assert 0.45 < same < 0.75, same
+    for alpha in (0.92, 1.08):
+        matched = relative_change(hidream, larger, alpha, 3.0) / sdxl_change
+        assert 0.85 < matched < 1.15, (alpha, matched)
+
+
+def test_torch_compile_is_one_graph_equal_to_eager(nodes, comfy_host):
+    """TorchCompileModel (inductor) after Skew: the whole DiT is one graph for the run (with
+    plain feed-forwards: the routed experts' data-dependent indexing breaks the host's own
+    graph, steered or not), and the compiled sample is the eager one up to the compiler's
+    rounding."""
+    model = tiny_models.tiny_hidream(experts=0)
+    assert_one_graph_equal_to_eager(skew(nodes, model), model, sample)
