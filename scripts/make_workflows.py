@@ -43,6 +43,10 @@ FLUX2_TE = "mistral_3_small_flux2_bf16.safetensors"
 FLUX2_VAE = "flux2-vae.safetensors"
 Z_IMAGE_UNET = "z_image_turbo_bf16.safetensors"
 Z_IMAGE_TE = "qwen_3_4b.safetensors"
+HIDREAM_UNET = "hidream_i1_full_fp8.safetensors"
+HIDREAM_TES = ("clip_l_hidream.safetensors", "clip_g_hidream.safetensors",
+               "t5xxl_fp8_e4m3fn_scaled.safetensors",
+               "llama_3.1_8b_instruct_fp8_scaled.safetensors")
 # What the frontend offers to download when a loader's model is missing (properties.models):
 # file name -> (url, folder under ComfyUI/models). The Flux and Qwen-Image files are the ones
 # ComfyUI's own templates download (Comfy-Org/workflow_templates); Chroma1-HD is its authors'
@@ -52,6 +56,7 @@ FLUX_TE = HF + "comfyanonymous/flux_text_encoders/resolve/main/"
 QWEN_REPO = HF + "Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files/"
 FLUX2_REPO = HF + "Comfy-Org/flux2-dev/resolve/main/split_files/"
 Z_IMAGE_REPO = HF + "Comfy-Org/z_image_turbo/resolve/main/split_files/"
+HIDREAM_REPO = HF + "Comfy-Org/HiDream-I1_ComfyUI/resolve/main/split_files/"
 MODELS = {
     SDXL_CKPT: (HF + "stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
                 "sd_xl_base_1.0.safetensors", "checkpoints"),
@@ -81,6 +86,10 @@ MODELS = {
     Z_IMAGE_UNET: (Z_IMAGE_REPO + "diffusion_models/z_image_turbo_bf16.safetensors",
                    "diffusion_models"),
     Z_IMAGE_TE: (Z_IMAGE_REPO + "text_encoders/qwen_3_4b.safetensors", "text_encoders"),
+    # HiDream-I1 Full (fp8) and its four text encoders as ComfyUI's own template loads them
+    HIDREAM_UNET: (HIDREAM_REPO + "diffusion_models/hidream_i1_full_fp8.safetensors",
+                   "diffusion_models"),
+    **{name: (HIDREAM_REPO + "text_encoders/" + name, "text_encoders") for name in HIDREAM_TES},
 }
 # Node types a workflow needs that older ComfyUI lacks -> what brought them (the tests skip such
 # a workflow, with this reason, on a host without them)
@@ -101,8 +110,10 @@ OUTPUTS = {
     "UNETLoader": [("MODEL", "MODEL")],
     "CLIPLoader": [("CLIP", "CLIP")],
     "DualCLIPLoader": [("CLIP", "CLIP")],
+    "QuadrupleCLIPLoader": [("CLIP", "CLIP")],
     "VAELoader": [("VAE", "VAE")],
     "ModelSamplingAuraFlow": [("MODEL", "MODEL")],
+    "ModelSamplingSD3": [("MODEL", "MODEL")],
     "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
     "FluxGuidance": [("CONDITIONING", "CONDITIONING")],
     "ConditioningZeroOut": [("CONDITIONING", "CONDITIONING")],
@@ -127,6 +138,7 @@ OUTPUTS = {
 }
 INPUTS = {
     "ModelSamplingAuraFlow": [("model", "MODEL")],
+    "ModelSamplingSD3": [("model", "MODEL")],
     "CLIPTextEncode": [("clip", "CLIP")],
     "FluxGuidance": [("conditioning", "CONDITIONING")],
     "ConditioningZeroOut": [("conditioning", "CONDITIONING")],
@@ -156,6 +168,7 @@ HEIGHT = {"CheckpointLoaderSimple": 140, "EmptyLatentImage": 130, "EmptySD3Laten
           PROBE: 270, "PreviewAny": 150, RANK: 330,
           # measured with the model files absent (a loader then shows an "Issues" footer)
           "UNETLoader": 130, "CLIPLoader": 140, "DualCLIPLoader": 170, "VAELoader": 100,
+          "QuadrupleCLIPLoader": 170, "ModelSamplingSD3": 80,
           "ModelSamplingAuraFlow": 80, "FluxGuidance": 80, "ConditioningZeroOut": 50,
           "EmptyFlux2LatentImage": 130, "RandomNoise": 90, "KSamplerSelect": 70,
           "Flux2Scheduler": 130, "BasicGuider": 60, "SamplerCustomAdvanced": 130}
@@ -236,20 +249,25 @@ def checkpoint(ckpt):
     return load
 
 
-def split_files(unet, text_encoders, clip_type, vae, shift=None):
+CLIP_LOADERS = {1: "CLIPLoader", 2: "DualCLIPLoader", 4: "QuadrupleCLIPLoader"}
+
+
+def split_files(unet, text_encoders, clip_type, vae, shift=None,
+                shift_node="ModelSamplingAuraFlow"):
     """The diffusion model, its text encoder(s) and VAE as separate files (Flux, Chroma,
-    Qwen-Image), with ModelSamplingAuraFlow on the model when ``shift`` is given: the model
-    every branch samples, patched or not."""
+    Qwen-Image, HiDream), with ``shift_node`` on the model when ``shift`` is given: the model
+    every branch samples, patched or not. ``clip_type`` None: a loader that takes no type
+    (HiDream's four encoders)."""
     def load(g):
         unet_node = g.node("UNETLoader", (0, 0), [unet, "default"], properties=models_of(unet))
         model, y = (unet_node, 0), below(unet_node)
         if shift is not None:
-            sampling = g.node("ModelSamplingAuraFlow", (0, y), [shift])
+            sampling = g.node(shift_node, (0, y), [shift])
             g.link(unet_node, 0, sampling, "model")
             model, y = (sampling, 0), below(sampling)
-        kind = "CLIPLoader" if len(text_encoders) == 1 else "DualCLIPLoader"
-        clip = g.node(kind, (0, y), [*text_encoders, clip_type, "default"],
-                      properties=models_of(*text_encoders))
+        kind = CLIP_LOADERS[len(text_encoders)]
+        widgets = [*text_encoders] if clip_type is None else [*text_encoders, clip_type, "default"]
+        clip = g.node(kind, (0, y), widgets, properties=models_of(*text_encoders))
         vae_node = g.node("VAELoader", (0, below(clip)), [vae], properties=models_of(vae))
         return Loaded(model, (clip, 0), (vae_node, 0), below(vae_node))
     return load
@@ -488,6 +506,7 @@ FLUX_SAMPLING = (20, 1.0, "euler", "simple")
 CHROMA_SAMPLING = (26, 4.0, "euler", "simple")
 QWEN_SAMPLING = (20, 2.5, "euler", "simple")
 Z_IMAGE_SAMPLING = (8, 1.0, "res_multistep", "simple")  # ComfyUI's Z-Image Turbo template
+HIDREAM_SAMPLING = (50, 5.0, "uni_pc", "simple")  # ComfyUI's HiDream-I1 Full template
 DIT_NEGATIVE = "blurry, low quality, bad anatomy, extra limbs"
 UNTESTED = ("The paper gives operating points for SDXL and SD3 only. α {a}, β {b} is a starting "
             "point from the README's range for {family} ({why}), not a measured setting: "
@@ -564,6 +583,31 @@ def z_image_skew():
            "layers: 'early' / 'middle' / 'late' thirds of blocks 0-29, or indices. Z-Image "
            "Base and Lumina 2 load the same way (Lumina 2 with its own text encoder, real CFG "
            "and SD3's points).", (0, below(shared.latent)), size=NOTE_SIZE)
+    return g
+
+
+def hidream_skew():
+    """HiDream-I1 Full as ComfyUI's own template samples it: shift 3 (ModelSamplingSD3), 50
+    steps of uni_pc at CFG 5 with a negative prompt, so both branches are steered."""
+    g = Graph()
+    load = split_files(HIDREAM_UNET, HIDREAM_TES, None, FLUX_VAE, shift=3.0,
+                       shift_node="ModelSamplingSD3")
+    shared = common(g, load, SDXL_PROMPT, DIT_NEGATIVE, HIDREAM_SAMPLING,
+                    latent="EmptySD3LatentImage")
+    skew_vs_baseline(g, shared, 0.92, 3.0)
+    g.note("HiDream-I1 Full (17B; 16 double-stream and 32 single-stream blocks over [image; "
+           "text], its text from CLIP-L, CLIP-G, T5 and Llama 3.1 in QuadrupleCLIPLoader) "
+           "samples with real CFG 5 and a negative prompt on the flow shift 3 that "
+           "ModelSamplingSD3 sets on the model both columns sample: branch 'both' steers the "
+           "cond and uncond calls. "
+           + UNTESTED.format(a="0.92", b="3", family="HiDream",
+                             why="about SDXL's per-call change at its paper point",
+                             mirror="the mirrored α 1.08") +
+           "layers: 'double' (double blocks 0-15), 'single' (single blocks 16-47), "
+           "'early' / 'middle' / 'late' thirds of all 48, or indices. Dev and Fast load the "
+           "same way (shift 6 and 3, lcm, CFG 1: one branch); E1's reference image is "
+           "steered with the sequence and kept off the probe's maps.",
+           (0, below(shared.latent)), size=(WIDTH, 460))
     return g
 
 
@@ -674,6 +718,11 @@ WORKFLOWS = {
         "purpose": "Z-Image Turbo at a starting point: one seed with and without",
         "columns": [("baseline", "unpatched"), ("Skew Circulation", "α 0.94, β 3.5")],
         "settings": "no paper point · CFG 1 · shift 3 · 8 steps · 1024²"}),
+    "HiDream I1 Skew Circulation vs baseline": (hidream_skew, {
+        "tag": "HiDream-I1",
+        "purpose": "HiDream-I1 Full at a starting point: one seed with and without",
+        "columns": [("baseline", "unpatched"), ("Skew Circulation", "α 0.92, β 3")],
+        "settings": "no paper point · CFG 5 · shift 3 · 50 steps · 1024²"}),
 }
 
 

@@ -15,7 +15,7 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 # the first word of a title names the model family (a file name has no hyphen: "Qwen Image";
 # nor a dot, which frontend 1.27 cuts a template's name at: "Flux 2"), with a version number
 # or, for a one-letter name, the word after it ("Z Image")
-FAMILIES = ("SDXL", "SD3", "Flux", "Flux 2", "Chroma", "Qwen", "Z Image")
+FAMILIES = ("SDXL", "SD3", "Flux", "Flux 2", "Chroma", "Qwen", "Z Image", "HiDream")
 SKEW = "HopfieldCirculation_SkewCirculation"
 ADAPTIVE = "HopfieldCirculation_AdaptiveCirculation"
 # loader -> (the widgets that name its files, the folder under ComfyUI/models they go to)
@@ -24,6 +24,7 @@ LOADERS = {
     "UNETLoader": (1, "diffusion_models"),
     "CLIPLoader": (1, "text_encoders"),
     "DualCLIPLoader": (2, "text_encoders"),
+    "QuadrupleCLIPLoader": (4, "text_encoders"),
     "VAELoader": (1, "vae"),
 }
 
@@ -96,7 +97,8 @@ def test_loaders_say_where_to_download_their_model(path):
         assert kinds == {"CheckpointLoaderSimple"}
     else:
         assert kinds in ({"UNETLoader", "CLIPLoader", "VAELoader"},
-                         {"UNETLoader", "DualCLIPLoader", "VAELoader"})
+                         {"UNETLoader", "DualCLIPLoader", "VAELoader"},
+                         {"UNETLoader", "QuadrupleCLIPLoader", "VAELoader"})
     for loader in loaders:
         files, directory = LOADERS[loader["type"]]
         models = loader["properties"]["models"]
@@ -110,8 +112,9 @@ def test_loaders_say_where_to_download_their_model(path):
             assert "/resolve/" in model["url"]  # the file itself, not its page (/blob/)
 
 
-# Each DiT family as ComfyUI loads it: text encoder loader and its type, the sampler's CFG,
-# how the negative is made, what sits on the model before the branches, latent size, sampler
+# Each DiT family as ComfyUI loads it: text encoder loader and its type (None: the loader takes
+# none), the sampler's CFG, how the negative is made, what sits on the model before the
+# branches, latent size, sampler
 DIT = {
     "Flux": ("DualCLIPLoader", "flux", 1.0, "ConditioningZeroOut", "UNETLoader", 1024, "euler"),
     "Chroma": ("CLIPLoader", "chroma", 4.0, "CLIPTextEncode", "UNETLoader", 1024, "euler"),
@@ -120,8 +123,11 @@ DIT = {
     # Z-Image Turbo as ComfyUI's template samples it: 8 steps of res_multistep, shift 3
     "Z Image": ("CLIPLoader", "lumina2", 1.0, "ConditioningZeroOut", "ModelSamplingAuraFlow",
                 1024, "res_multistep"),
+    # HiDream-I1 Full as ComfyUI's template samples it: 50 steps of uni_pc, CFG 5, shift 3
+    "HiDream": ("QuadrupleCLIPLoader", None, 5.0, "CLIPTextEncode", "ModelSamplingSD3", 1024,
+                "uni_pc"),
 }
-SHIFTS = {"Qwen": 3.1, "Z Image": 3.0}
+SHIFTS = {"Qwen": 3.1, "Z Image": 3.0, "HiDream": 3.0}
 DIT_WORKFLOWS = [p for p in WORKFLOWS if family(p) in DIT]
 # Flux.2 samples as ComfyUI's own Flux.2 template does (a guider and SamplerCustomAdvanced)
 FLUX2 = ROOT / "workflows" / "Flux 2 Skew Circulation vs baseline.json"
@@ -166,7 +172,10 @@ def test_dit_workflows_load_and_sample_their_family_as_comfyui_does(path):
     workflow = load(path)
     nodes = workflow["nodes"]
     (clip,) = [n for n in nodes if n["type"] == clip_loader]
-    assert clip["widgets_values"][-2:] == [clip_type, "default"]  # type, device
+    if clip_type is None:  # file names only
+        assert len(clip["widgets_values"]) == LOADERS[clip_loader][0]
+    else:
+        assert clip["widgets_values"][-2:] == [clip_type, "default"]  # type, device
     (unet,) = [n for n in nodes if n["type"] == "UNETLoader"]
     assert unet["widgets_values"][1] == "default"  # weight_dtype: as the file stores it
     (latent,) = [n for n in nodes if n["type"] == "EmptySD3LatentImage"]  # 16-channel latent
@@ -191,7 +200,7 @@ def test_dit_workflows_load_and_sample_their_family_as_comfyui_does(path):
         zeroed = source(workflow, source(workflow, samplers[0], "negative"), "conditioning")
         assert zeroed is positive
     if family(path) in SHIFTS:
-        (shift,) = [n for n in nodes if n["type"] == "ModelSamplingAuraFlow"]
+        (shift,) = [n for n in nodes if n["type"] == model_source]
         assert shift["widgets_values"] == [SHIFTS[family(path)]]
 
 
@@ -200,7 +209,7 @@ def readme_starting_points() -> dict[str, list[tuple[float, float]]]:
     text = (ROOT / "README.md").read_text()
     table = text[text.index("## Supported models"):text.index("What is steered and probed")]
     rows = {"Flux": "| Flux:", "Chroma": "| Chroma,", "Qwen": "| Qwen-Image,",
-            "Z Image": "| Lumina 2"}
+            "Z Image": "| Lumina 2", "HiDream": "| HiDream-I1"}
     points = {}
     for name, start in rows.items():
         row = next(line for line in table.splitlines() if line.startswith(start))
