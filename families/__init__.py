@@ -6,6 +6,7 @@ so a node never silently does nothing on an unsupported model.
 from __future__ import annotations
 
 from .anima import AnimaFamily
+from .auraflow import AuraFlowFamily
 from .base import FamilyAdapter, InputSpace, Placement, UnsupportedModelError
 from .flux import ChromaFamily, FluxFamily
 from .hidream import HiDreamFamily
@@ -16,7 +17,7 @@ from .unet import UNetFamily
 
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (
     UNetFamily, MMDiTFamily, FluxFamily, ChromaFamily, QwenImageFamily, LuminaFamily, AnimaFamily,
-    HiDreamFamily,
+    HiDreamFamily, AuraFlowFamily,
 )
 
 

@@ -330,6 +330,11 @@ HIDREAM = dict(
 )
 HIDREAM_LLAMA_LAYERS = 4
 
+# AuraFlow (v0.3, Pony V7) at tiny width: its real head width 256 (2 heads), 8 register tokens
+# before the text, 2 double and 4 single blocks (4 and 32 in the real model)
+AURAFLOW = dict(cond_seq_dim=32, max_seq=1024, n_double_layers=2, n_layers=6, dim=512,
+                n_heads=2, global_conddim=512)
+
 # SD3.5 at their real block counts and qk-norm; width 64 * depth = 128 (2 heads of 64)
 SD35 = {
     "large": dict(SD3_MMDIT, depth=2, num_blocks=38, qk_norm="rms"),
@@ -536,6 +541,14 @@ def tiny_hidream(seed: int = 0, double: int = 2, single: int = 4, head_dim: int 
                 axes_dims_rope=axes, num_routed_experts=experts,
                 llama_layers=[min(i, HIDREAM_LLAMA_LAYERS - 1) for i in range(blocks)])
     return _build("HiDream", unet, seed)
+
+
+def tiny_auraflow(seed: int = 0, double: int = 2, single: int = 4, width: int = 512):
+    """``model_base.AuraFlow`` with ``double`` and ``single`` blocks; ``width`` 64 (head dim
+    32) gives the real block counts (4, 32) at little cost."""
+    unet = dict(AURAFLOW, n_double_layers=double, n_layers=double + single, dim=width,
+                global_conddim=width)
+    return _build("AuraFlow", unet, seed)
 
 
 def tiny_sd35(variant: str, seed: int = 0):
