@@ -10,6 +10,7 @@ from .auraflow import AuraFlowFamily
 from .base import FamilyAdapter, InputSpace, Placement, UnsupportedModelError
 from .flux import ChromaFamily, FluxFamily
 from .hidream import HiDreamFamily
+from .krea2 import Krea2Family
 from .lumina import LuminaFamily
 from .mmdit import MMDiTFamily
 from .qwen_image import QwenImageFamily
@@ -17,7 +18,7 @@ from .unet import UNetFamily
 
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (
     UNetFamily, MMDiTFamily, FluxFamily, ChromaFamily, QwenImageFamily, LuminaFamily, AnimaFamily,
-    HiDreamFamily, AuraFlowFamily,
+    HiDreamFamily, AuraFlowFamily, Krea2Family,
 )
 
 

@@ -335,6 +335,12 @@ HIDREAM_LLAMA_LAYERS = 4
 AURAFLOW = dict(cond_seq_dim=32, max_seq=1024, n_double_layers=2, n_layers=6, dim=512,
                 n_heads=2, global_conddim=512)
 
+# Krea 2 (newer hosts) at tiny width: head dim 128, 2 query heads over 1 key head, 4 blocks (28
+# in the real model), its text-fusion transformer over 3 text-encoder layers of 32 channels
+KREA2 = dict(image_model="krea2", features=256, channels=16, patch=2, layers=4, heads=2,
+             kvheads=1, txtlayers=3, txtdim=32, txtheads=2, txtkvheads=2)
+NO_KREA2 = "this host has no Krea 2 (ComfyUI 0.3.64 predates it; 0.33.0 builds it)"
+
 # SD3.5 at their real block counts and qk-norm; width 64 * depth = 128 (2 heads of 64)
 SD35 = {
     "large": dict(SD3_MMDIT, depth=2, num_blocks=38, qk_norm="rms"),
@@ -549,6 +555,27 @@ def tiny_auraflow(seed: int = 0, double: int = 2, single: int = 4, width: int = 
     unet = dict(AURAFLOW, n_double_layers=double, n_layers=double + single, dim=width,
                 global_conddim=width)
     return _build("AuraFlow", unet, seed)
+
+
+def host_has_krea2() -> bool:
+    import comfy.supported_models
+
+    return hasattr(comfy.supported_models, "Krea2")
+
+
+def tiny_krea2(seed: int = 0, layers: int = 4, width: int = 256):
+    """``model_base.Krea2`` with ``layers`` blocks; ``width`` 64 (head dim 32 over 2 heads,
+    1 key head) gives the real block count at little cost."""
+    return _build("Krea2", dict(KREA2, layers=layers, features=width), seed)
+
+
+def krea2_conditioning(seed: int = 1, batch: int = 1, tokens: int = 8, reference=None):
+    """Krea 2's text: every text-encoder layer's hidden states side by side [B, tokens,
+    layers x 32]; ``reference``: reference latents (ReferenceLatent)."""
+    gen = torch.Generator().manual_seed(seed)
+    extra = {} if reference is None else {"reference_latents": list(reference)}
+    context = torch.randn(batch, tokens, KREA2["txtlayers"] * KREA2["txtdim"], generator=gen)
+    return [[context, extra]]
 
 
 def tiny_sd35(variant: str, seed: int = 0):
