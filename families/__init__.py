@@ -13,12 +13,12 @@ from .hidream import HiDreamFamily
 from .krea2 import Krea2Family
 from .lumina import LuminaFamily
 from .mmdit import MMDiTFamily
-from .qwen_image import QwenImageFamily
+from .qwen_image import MageFlowFamily, QwenImageFamily
 from .unet import UNetFamily
 
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (
     UNetFamily, MMDiTFamily, FluxFamily, ChromaFamily, QwenImageFamily, LuminaFamily, AnimaFamily,
-    HiDreamFamily, AuraFlowFamily, Krea2Family,
+    HiDreamFamily, AuraFlowFamily, Krea2Family, MageFlowFamily,
 )
 
 

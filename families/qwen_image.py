@@ -5,6 +5,10 @@ as [B, L, H*d] and the mask as the fifth argument; 0.3.64 always passes None the
 steers calls whose mask is None or lets every token attend everywhere (all True, or an all-zero
 bias), and leaves calls with a real mask untouched. Edit's reference-image tokens follow the
 image tokens: steered with the sequence, kept out of the probe's token grid.
+
+Mage-Flow (newer ComfyUI) runs 12 of Qwen-Image's blocks on a Flux.2 latent, one token per
+latent pixel (patch size 1, read from the model), its text unrotated: the same adapter, its
+own class and name.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from .dit_blocks import dit_layer_map, install_block_patches, joint_layer, place
 
 class QwenImageFamily(FamilyAdapter):
     name = "qwen-image"
+    label = "Qwen-Image"
     supported = "Qwen-Image"
     input_space_refusal = no_block_input("Qwen-Image projects text and image with different W_v")
 
@@ -30,7 +35,7 @@ class QwenImageFamily(FamilyAdapter):
         net = model_patcher.get_model_object("diffusion_model")
         self.patch_size = int(net.patch_size)
         # Its blocks are "double_block" replaces to the host; one kind, so no aliases
-        return dit_layer_map(self.name, "Qwen-Image", {"double": len(net.transformer_blocks)},
+        return dit_layer_map(self.name, self.label, {"double": len(net.transformer_blocks)},
                              aliases=False)
 
     def install(self, model_patcher) -> None:
@@ -43,3 +48,20 @@ class QwenImageFamily(FamilyAdapter):
     def place(self, options: dict, n_q: int, n_k: int,
               latent_shape: tuple[int, ...] | None) -> Placement | None:
         return place_joint(self.layer_map, self.patch_size, options, n_q, latent_shape)
+
+
+class MageFlowFamily(QwenImageFamily):
+    """Mage-Flow's own class (Qwen-Image's blocks, patch size 1, 128 latent channels)."""
+
+    name = "mage-flow"
+    label = "Mage-Flow"
+    supported = "Mage-Flow"
+    input_space_refusal = no_block_input("Mage-Flow projects text and image with different W_v")
+
+    @staticmethod
+    def matches(diffusion_model) -> bool:
+        try:
+            from comfy.ldm.mage_flow.model import MageFlowTransformer2DModel
+        except ImportError:  # hosts older than Mage-Flow
+            return False
+        return isinstance(diffusion_model, MageFlowTransformer2DModel)

@@ -21,7 +21,8 @@ ABSENT = CUSTOM  # what a prompt without the input means (prompts from before th
 # How the report and the node name a family (the adapter's name -> words).
 FAMILY_TITLES = {"sdxl": "SDXL", "sd3": "SD3", "lumina2": "Lumina 2", "z-image": "Z-Image",
                  "anima": "Anima", "hidream": "HiDream",
-                 "auraflow": "AuraFlow", "krea2": "Krea 2"}
+                 "auraflow": "AuraFlow", "krea2": "Krea 2",
+                 "mage-flow": "Mage-Flow"}
 
 
 @dataclass(frozen=True)

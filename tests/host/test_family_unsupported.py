@@ -12,7 +12,8 @@ pytestmark = pytest.mark.host
 
 SUPPORTED = ("SDXL (and SD1.x/SD2.x UNets), SD3/SD3.5 MMDiT, Flux (Flux.1 dev, schnell, "
              "Kontext; Flux.2), Chroma (and Chroma Radiance), Qwen-Image, Lumina 2 (and "
-             "Z-Image), Anima, HiDream (I1, E1), AuraFlow (and Pony V7) and Krea 2 models")
+             "Z-Image), Anima, HiDream (I1, E1), AuraFlow (and Pony V7), Krea 2 and "
+             "Mage-Flow models")
 
 
 @pytest.mark.parametrize("name, backbone", [

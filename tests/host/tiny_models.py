@@ -341,6 +341,12 @@ KREA2 = dict(image_model="krea2", features=256, channels=16, patch=2, layers=4, 
              kvheads=1, txtlayers=3, txtdim=32, txtheads=2, txtkvheads=2)
 NO_KREA2 = "this host has no Krea 2 (ComfyUI 0.3.64 predates it; 0.33.0 builds it)"
 
+# Mage-Flow (newer hosts): Qwen-Image's blocks at tiny width (head dim 128, 2 heads), 4 of them
+# (12 in the real model), on a Flux.2 latent with one token per latent pixel
+MAGE_FLOW = dict(image_model="mage_flow", in_channels=128, num_layers=4, attention_head_dim=128,
+                 num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(16, 56, 56))
+NO_MAGE_FLOW = "this host has no Mage-Flow (ComfyUI 0.3.64 predates it; 0.33.0 builds it)"
+
 # SD3.5 at their real block counts and qk-norm; width 64 * depth = 128 (2 heads of 64)
 SD35 = {
     "large": dict(SD3_MMDIT, depth=2, num_blocks=38, qk_norm="rms"),
@@ -576,6 +582,20 @@ def krea2_conditioning(seed: int = 1, batch: int = 1, tokens: int = 8, reference
     extra = {} if reference is None else {"reference_latents": list(reference)}
     context = torch.randn(batch, tokens, KREA2["txtlayers"] * KREA2["txtdim"], generator=gen)
     return [[context, extra]]
+
+
+def host_has_mage_flow() -> bool:
+    import comfy.supported_models
+
+    return hasattr(comfy.supported_models, "MageFlow")
+
+
+def tiny_mage_flow(seed: int = 0, layers: int = 4, width: int = 256):
+    """``model_base.MageFlow`` with ``layers`` blocks; ``width`` 64 (head dim 32) gives the
+    real block count at little cost."""
+    unet = dict(MAGE_FLOW, num_layers=layers, attention_head_dim=width // 2,
+                axes_dims_rope=(16, 56, 56) if width == 256 else (8, 12, 12))
+    return _build("MageFlow", unet, seed)
 
 
 def tiny_sd35(variant: str, seed: int = 0):
