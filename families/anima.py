@@ -21,7 +21,13 @@ from __future__ import annotations
 import math
 
 from ..hook.layers import LayerId, LayerMap
-from .base import FamilyAdapter, Placement, UnsupportedModelError, code_constants
+from .base import (
+    FamilyAdapter,
+    Placement,
+    UnsupportedModelError,
+    capture_in_unets_only,
+    code_constants,
+)
 from .dit_blocks import GROUPS, third_of
 from .unet_attn1 import MARKER_ATTR, Attn1Marker, block_key, installed_marker
 
@@ -66,10 +72,7 @@ def anima_marker(model_patcher) -> Attn1Marker:
 class AnimaFamily(FamilyAdapter):
     name = "anima"
     supported = "Anima"
-    input_space_refusal = (
-        "space='input' (the authors' input-space formulation) and basis='input' exist for "
-        "UNet (SDXL) self-attention only: the pack captures the block input X of UNet "
-        "attention alone, not of Anima's blocks. Use 'value'.")
+    input_space_refusal = capture_in_unets_only("Anima's blocks")
 
     @staticmethod
     def matches(diffusion_model) -> bool:

@@ -71,6 +71,14 @@ def no_block_input(why: str) -> str:
             "Use 'value'.")
 
 
+def capture_in_unets_only(blocks: str) -> str:
+    """The refusal of the input space for a model whose blocks do have one block input X (one
+    projection for every token) but which the pack does not capture: ``blocks`` names them."""
+    return ("space='input' (the authors' input-space formulation) and basis='input' exist for "
+            "UNet (SDXL) self-attention only: the pack captures the block input X of UNet "
+            f"attention alone, not of {blocks}. Use 'value'.")
+
+
 class FamilyAdapter(ABC):
     """One architecture, bound to one model (a clone lineage)."""
 

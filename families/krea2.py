@@ -16,17 +16,14 @@ sequence and kept off the probe's grid, as Kontext's are.
 from __future__ import annotations
 
 from ..hook.layers import LayerId, LayerMap
-from .base import FamilyAdapter, Placement
+from .base import FamilyAdapter, Placement, capture_in_unets_only
 from .dit_blocks import dit_layer_map, joint_layer, place_joint
 
 
 class Krea2Family(FamilyAdapter):
     name = "krea2"
     supported = "Krea 2"
-    input_space_refusal = (
-        "space='input' (the authors' input-space formulation) and basis='input' exist for "
-        "UNet (SDXL) self-attention only: the pack captures the block input X of UNet "
-        "attention alone, not of Krea 2's blocks. Use 'value'.")
+    input_space_refusal = capture_in_unets_only("Krea 2's blocks")
 
     @staticmethod
     def matches(diffusion_model) -> bool:

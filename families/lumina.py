@@ -26,7 +26,13 @@ from __future__ import annotations
 import math
 
 from ..hook.layers import LayerId, LayerMap
-from .base import FamilyAdapter, Placement, UnsupportedModelError, code_constants
+from .base import (
+    FamilyAdapter,
+    Placement,
+    UnsupportedModelError,
+    capture_in_unets_only,
+    code_constants,
+)
 from .dit_blocks import dit_layer_map, joint_layer, running_block
 
 OLD_HOST = (
@@ -45,10 +51,7 @@ def host_names_blocks(net_class) -> bool:
 class LuminaFamily(FamilyAdapter):
     name = "lumina2"  # ComfyUI's image_model for both; a Z-Image model's adapter says "z-image"
     supported = "Lumina 2 (and Z-Image)"
-    input_space_refusal = (
-        "space='input' (the authors' input-space formulation) and basis='input' exist for "
-        "UNet (SDXL) self-attention only: the pack captures the block input X of UNet "
-        "attention alone, not of Lumina 2 or Z-Image blocks. Use 'value'.")
+    input_space_refusal = capture_in_unets_only("Lumina 2 or Z-Image blocks")
 
     @staticmethod
     def matches(diffusion_model) -> bool:

@@ -404,7 +404,7 @@ def test_bad_use_fails_clearly(nodes, sdxl, sd3, comfy_host):
         skew(nodes, sdxl, alpha=float("nan"))
     with pytest.raises(ValueError, match="beta must be a finite"):
         adaptive(nodes, sdxl, beta=float("inf"))
-    refused = r"supports SDXL.*Lumina 2 \(and Z-Image\) and Anima models.*WanModel"
+    refused = r"supports SDXL.* models; this model is WAN21 with a WanModel backbone"
     with pytest.raises(ValueError, match=refused):
         skew(nodes, tiny_unsupported("wan"))
 
