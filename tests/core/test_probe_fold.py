@@ -11,9 +11,11 @@ from hopfield_circulation.probe import registry
 from hopfield_circulation.probe.registry import LayerKey, MapKey, Measurement, ProbeRun
 
 # (layer index, kind, group, grid, text tokens): a UNet-like level, a joint-attention block
-# (text tokens first) and a layer recorded without a map
+# (text tokens first), a layer recorded without a map, and HiDream-E1's image first with a
+# reference to the right of each row (2 rows of 5 tokens, the image's 3 first; text after)
 LAYERS = [(0, "self", "down", (4, 4), 0), (3, "joint", "up", (2, 3), 5),
-          (7, "self", "mid", None, 0)]
+          (7, "self", "mid", None, 0), (9, "joint", "late", (2, 3, 5), 0)]
+TEXT_AFTER = 4  # the tokens after the image rows of a (h, w, row) grid
 # chunk layouts: both branches in one batch, cond alone, uncond measured on its own rows
 CHUNKS = [((1, 0, 2), (0, 2, 4)), ((0, 0, 2),), ((1, 0, 1),)]
 
@@ -26,7 +28,12 @@ def measurements(seed: int, evaluations: int = 6) -> list[Measurement]:
         for index, kind, group, grid, text in LAYERS:
             chunks = CHUNKS[rng.randrange(len(CHUNKS))] if index else CHUNKS[0]
             rows = max(end for _, _, end in chunks)
-            tokens = text + (grid[0] * grid[1] if grid else 9)
+            if grid is None:
+                tokens = text + 9
+            elif len(grid) == 3:
+                tokens = text + grid[0] * grid[2] + TEXT_AFTER
+            else:
+                tokens = text + grid[0] * grid[1]
             packed = torch.randn(rows, 4 + tokens, generator=gen, dtype=torch.float64)
             made.append(Measurement(index, kind, group, grid, text, chunks, evaluation,
                                     1.0 - evaluation / evaluations, evaluation, packed))
@@ -45,8 +52,13 @@ def added_as_they_came(made: list[Measurement]) -> ProbeRun:
             run.series.append(registry.SeriesEntry(m.step, m.sigma, m.index, m.kind, branch,
                                                    values, m.evaluation))
             if m.grid is not None:
-                mkey = MapKey(m.group, branch, m.grid)
+                h, w = m.grid[:2]
+                mkey = MapKey(m.group, branch, (h, w))
                 image = m.packed[start:end, 4 + m.text_tokens:]
+                if len(m.grid) == 3:  # each row's first w tokens, literally
+                    row = m.grid[2]
+                    image = torch.stack([image[:, r * row + c] for r in range(h)
+                                         for c in range(w)], dim=1)
                 run.maps[mkey] = run.maps.get(mkey, 0) + image
                 run.map_counts[mkey] = run.map_counts.get(mkey, 0) + 1
     return run
