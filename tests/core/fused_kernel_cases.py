@@ -460,6 +460,27 @@ def test_flux_shaped_joint_call_at_head_dim_128(dtype):
     assert err < 1.3 * floor and err < 0.04, f"Δ error {err:.4f}, rounding floor {floor:.4f}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_major_call_at_head_dim_128(dtype):
+    """HiDream's layout: q, k, v handed over as [B, L, H*d] with ``heads`` (the hook's
+    [B, H, L, d] views of them), head dim 128, 30 image tokens then 24 text tokens; the output
+    comes back token-major, so the host's [B, L, H*d] is a view of it."""
+    (q, k, v), _ = qkv(2, 2, 54, 128, seed=83, dtype=dtype)
+    q, k, v = (t.transpose(1, 2).contiguous().view(2, 54, 2, 128).transpose(1, 2)
+               for t in (q, k, v))
+    q64, k64, v64 = (t.double() for t in (q, k, v))
+    want, base = expected(q64, k64, v64, 1.08, 3.0)
+    got = fused_skew_circulation(q, k, v, 1.08, 3.0, config=SMALL)
+    assert got.dtype == dtype and got.transpose(1, 2).is_contiguous()
+    if dtype == torch.float32:
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=2e-5)
+        return
+    delta = want - base
+    err = ((got.double() - want).norm() / delta.norm()).item()
+    floor = ((want.to(dtype).double() - want).norm() / delta.norm()).item()
+    assert err < 1.3 * floor and err < 0.04, f"Δ error {err:.4f}, rounding floor {floor:.4f}"
+
+
 @pytest.mark.parametrize("dtype, joint, d", [(torch.float16, False, 64), (torch.bfloat16, True, 64),
                                              (torch.bfloat16, False, 128)])
 def test_every_row_of_the_gpu_benchmark_runs(dtype, joint, d):
