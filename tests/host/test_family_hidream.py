@@ -144,6 +144,24 @@ def test_a_processor_another_pack_put_there_is_chained_once(nodes, hidream):
     assert Counter(index for index, _, hit in seen if hit) == {i: 2 for i in range(BLOCKS)}
 
 
+def test_blocks_without_a_processor_are_refused_before_anything_is_patched(nodes, hidream):
+    """A host whose HiDream blocks call attention without the processor attribute (here one
+    block's taken away) gives no call a block: the nodes refuse the model, saying where, and
+    the adapter patches no block before it finds out."""
+    from hopfield_circulation.families import UnsupportedModelError, adapter_for
+    from hopfield_circulation.families.hidream import processor_path
+
+    path = processor_path("single", 2)
+    m = hidream.clone()
+    m.add_object_patch(path, None)
+    said = r"no attention processor at diffusion_model\.single_stream_blocks\.2\.block\."
+    with pytest.raises(UnsupportedModelError, match=said):
+        skew(nodes, m)
+    with pytest.raises(UnsupportedModelError, match=said):
+        adapter_for(m).install(m)
+    assert list(m.object_patches) == [path]
+
+
 def test_paper_point_says_there_is_none_for_the_model(nodes, hidream):
     from hopfield_circulation.nodes.operating_points import PAPER_POINT
 
