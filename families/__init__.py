@@ -10,6 +10,7 @@ from .auraflow import AuraFlowFamily
 from .base import FamilyAdapter, InputSpace, Placement, UnsupportedModelError
 from .flux import ChromaFamily, FluxFamily
 from .hidream import HiDreamFamily
+from .kandinsky5 import Kandinsky5Family
 from .krea2 import Krea2Family
 from .lumina import LuminaFamily
 from .mmdit import MMDiTFamily
@@ -18,7 +19,7 @@ from .unet import UNetFamily
 
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (
     UNetFamily, MMDiTFamily, FluxFamily, ChromaFamily, QwenImageFamily, LuminaFamily, AnimaFamily,
-    HiDreamFamily, AuraFlowFamily, Krea2Family, MageFlowFamily,
+    HiDreamFamily, AuraFlowFamily, Krea2Family, MageFlowFamily, Kandinsky5Family,
 )
 
 

@@ -31,7 +31,7 @@ def _shared_inputs(alpha: float, beta: float) -> list:
         io.Model.Input("model", tooltip="The diffusion model to steer: SDXL, SD1.x/2.x, SD3/SD3.5, "
                        "Flux (Flux.1 dev, schnell, Kontext; Flux.2), Chroma, Qwen-Image, "
                        "Lumina 2, Z-Image, Anima, HiDream (I1, E1), AuraFlow (and Pony V7), "
-                       "Krea 2 or Mage-Flow."),
+                       "Krea 2, Mage-Flow or Kandinsky 5 Image."),
         io.Float.Input(
             "alpha", default=alpha, min=-4.0, max=4.0, step=0.01, round=0.001,
             tooltip="Circulation scale α: the skew-symmetric part of the attention logits is "
@@ -58,8 +58,9 @@ def _shared_inputs(alpha: float, beta: float) -> list:
             tooltip="Which self-attention layers: 'all'; SDXL groups 'down', 'mid', 'up' or the "
             "paper's module index 0–139 (self-attention = even indices; e.g. '0-47, 68-139'); "
             "every DiT (SD3, SD3.5, Flux, Chroma, Qwen-Image, Lumina 2, Z-Image, Anima, HiDream, "
-            "AuraFlow, Krea 2, Mage-Flow) 'early', 'middle', 'late' or block indices (e.g. "
-            "'0-11'); Flux, Chroma, HiDream and AuraFlow also 'double', 'single'.",
+            "AuraFlow, Krea 2, Mage-Flow, Kandinsky 5) 'early', 'middle', 'late' or block "
+            "indices (e.g. '0-11'); Flux, Chroma, HiDream and AuraFlow also 'double', "
+            "'single'.",
         ),
         io.Combo.Input(
             "branch", options=list(STEER_BRANCHES), default="both",

@@ -22,7 +22,7 @@ ABSENT = CUSTOM  # what a prompt without the input means (prompts from before th
 FAMILY_TITLES = {"sdxl": "SDXL", "sd3": "SD3", "lumina2": "Lumina 2", "z-image": "Z-Image",
                  "anima": "Anima", "hidream": "HiDream",
                  "auraflow": "AuraFlow", "krea2": "Krea 2",
-                 "mage-flow": "Mage-Flow"}
+                 "mage-flow": "Mage-Flow", "kandinsky5": "Kandinsky 5"}
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ class StabilityProbe(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="The model to probe: SDXL, SD1.x/2.x, SD3/SD3.5, "
                                "Flux, Chroma, Qwen-Image, Lumina 2, Z-Image, Anima, "
-                               "HiDream, AuraFlow, Krea 2 or Mage-Flow."),
+                               "HiDream, AuraFlow, Krea 2, Mage-Flow or Kandinsky 5 "
+                               "Image."),
                 io.Combo.Input(
                     "basis", options=list(FEATURE_SPACES), default="value",
                     display_name="basis (value: attention output, input: block input X)",
@@ -101,8 +102,8 @@ class StabilityProbe(io.ComfyNode):
                     tooltip="Layers to record, same syntax as the circulation nodes: 'all', "
                     "'down'/'mid'/'up' or the paper's 0–139 index (SDXL), 'early'/'middle'/"
                     "'late' or block indices (SD3, SD3.5, Flux, Chroma, Qwen-Image, Lumina 2, "
-                    "Z-Image, Anima, HiDream, AuraFlow, Krea 2, Mage-Flow; Flux, Chroma, "
-                    "HiDream and AuraFlow also 'double', 'single').",
+                    "Z-Image, Anima, HiDream, AuraFlow, Krea 2, Mage-Flow, Kandinsky 5; Flux, "
+                    "Chroma, HiDream and AuraFlow also 'double', 'single').",
                 ),
             ],
             outputs=[

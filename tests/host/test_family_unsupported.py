@@ -12,8 +12,8 @@ pytestmark = pytest.mark.host
 
 SUPPORTED = ("SDXL (and SD1.x/SD2.x UNets), SD3/SD3.5 MMDiT, Flux (Flux.1 dev, schnell, "
              "Kontext; Flux.2), Chroma (and Chroma Radiance), Qwen-Image, Lumina 2 (and "
-             "Z-Image), Anima, HiDream (I1, E1), AuraFlow (and Pony V7), Krea 2 and "
-             "Mage-Flow models")
+             "Z-Image), Anima, HiDream (I1, E1), AuraFlow (and Pony V7), Krea 2, "
+             "Mage-Flow and Kandinsky 5 Image models")
 
 
 @pytest.mark.parametrize("name, backbone", [

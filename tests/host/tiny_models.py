@@ -347,6 +347,13 @@ MAGE_FLOW = dict(image_model="mage_flow", in_channels=128, num_layers=4, attenti
                  num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(16, 56, 56))
 NO_MAGE_FLOW = "this host has no Mage-Flow (ComfyUI 0.3.64 predates it; 0.33.0 builds it)"
 
+# Kandinsky 5 Image (Lite; newer hosts) at tiny width: head dim 128 (RoPE over 32 + 48 + 48), 2
+# heads, 2 text blocks and 4 visual blocks (32 in the real model)
+KANDINSKY5 = dict(image_model="kandinsky5", model_dim=256, visual_embed_dim=64, time_dim=64,
+                  ff_dim=512, in_text_dim=32, in_text_dim2=32, axes_dims=(32, 48, 48),
+                  rope_scale_factor=(1.0, 1.0, 1.0), num_text_blocks=2, num_visual_blocks=4)
+NO_KANDINSKY5 = "this host has no Kandinsky 5 (ComfyUI 0.3.64 predates it; 0.33.0 builds it)"
+
 # SD3.5 at their real block counts and qk-norm; width 64 * depth = 128 (2 heads of 64)
 SD35 = {
     "large": dict(SD3_MMDIT, depth=2, num_blocks=38, qk_norm="rms"),
@@ -596,6 +603,19 @@ def tiny_mage_flow(seed: int = 0, layers: int = 4, width: int = 256):
     unet = dict(MAGE_FLOW, num_layers=layers, attention_head_dim=width // 2,
                 axes_dims_rope=(16, 56, 56) if width == 256 else (8, 12, 12))
     return _build("MageFlow", unet, seed)
+
+
+def host_has_kandinsky5() -> bool:
+    import comfy.supported_models
+
+    return hasattr(comfy.supported_models, "Kandinsky5Image")
+
+
+def tiny_kandinsky5(seed: int = 0, blocks: int = 4, video: bool = False):
+    """``model_base.Kandinsky5Image`` with ``blocks`` visual blocks (``video``: the video
+    models' ``Kandinsky5``, which the pack refuses)."""
+    return _build("Kandinsky5" if video else "Kandinsky5Image",
+                  dict(KANDINSKY5, num_visual_blocks=blocks), seed)
 
 
 def tiny_sd35(variant: str, seed: int = 0):
