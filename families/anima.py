@@ -28,7 +28,7 @@ from .base import (
     capture_in_unets_only,
     code_constants,
 )
-from .dit_blocks import GROUPS, third_of
+from .dit_blocks import self_attention_layer_map
 from .unet_attn1 import MARKER_ATTR, Attn1Marker, block_key, installed_marker
 
 OLD_HOST = (
@@ -90,19 +90,7 @@ class AnimaFamily(FamilyAdapter):
         net = model_patcher.get_model_object("diffusion_model")
         self.patch = (int(net.patch_temporal), int(net.patch_spatial))
         self.marker: Attn1Marker | None = None
-        depth = len(net.blocks)
-        layers, by_key = [], {}
-        for i in range(depth):
-            layer = LayerId(self.name, i, third_of(i, depth), "self")
-            layers.append(layer)
-            by_key[(i,)] = layer
-        return LayerMap(
-            self.name, tuple(layers), by_key, GROUPS, last_index=depth - 1,
-            index_hint=f"Anima layers are the blocks 0-{depth - 1}; groups with no block on a "
-            "shallow model select nothing",
-            report_note="Anima: align_down, align_mid and align_up carry the early, middle and "
-            "late thirds of the blocks.",
-        )
+        return self_attention_layer_map(self.name, "Anima", len(net.blocks), "blocks")
 
     def install(self, model_patcher) -> None:
         self.marker = anima_marker(model_patcher)

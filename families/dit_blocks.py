@@ -56,6 +56,24 @@ def dit_layer_map(family: str, label: str, counts: dict[str, int], aliases: bool
     )
 
 
+def self_attention_layer_map(family: str, label: str, depth: int, blocks: str) -> LayerMap:
+    """Layers 0..depth-1 keyed (i,), one self-attention over the image's tokens per block (a
+    cross-attention to the text beside it is no layer), in thirds; ``blocks`` names them in
+    messages ("blocks", "visual blocks")."""
+    layers, by_key = [], {}
+    for i in range(depth):
+        layer = LayerId(family, i, third_of(i, depth), "self")
+        layers.append(layer)
+        by_key[(i,)] = layer
+    return LayerMap(
+        family, tuple(layers), by_key, GROUPS, last_index=depth - 1,
+        index_hint=f"{label} layers are the {blocks} 0-{depth - 1}; groups with no block on a "
+        "shallow model select nothing",
+        report_note=f"{label}: align_down, align_mid and align_up carry the early, middle and "
+        f"late thirds of the {blocks}.",
+    )
+
+
 def _publishing_patch(block_type: str, index: int, previous):
     """A dit replace that tells attention which block runs, then runs it as before."""
 

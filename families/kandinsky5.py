@@ -23,7 +23,7 @@ import math
 
 from ..hook.layers import LayerId, LayerMap
 from .base import FamilyAdapter, Placement, UnsupportedModelError, capture_in_unets_only
-from .dit_blocks import GROUPS, third_of
+from .dit_blocks import self_attention_layer_map
 
 SELF_KEY = "hopfield_circulation_self_attention"  # set on a visual block's self-attention
 VIDEO = ("Kandinsky 5's video models are not supported (video models such as Wan and "
@@ -66,19 +66,8 @@ class Kandinsky5Family(FamilyAdapter):
             raise UnsupportedModelError(VIDEO)
         net = model_patcher.get_model_object("diffusion_model")
         self.patch = tuple(int(p) for p in net.patch_size)  # (frames, rows, columns)
-        depth = len(net.visual_transformer_blocks)
-        layers, by_key = [], {}
-        for i in range(depth):
-            layer = LayerId(self.name, i, third_of(i, depth), "self")
-            layers.append(layer)
-            by_key[(i,)] = layer
-        return LayerMap(
-            self.name, tuple(layers), by_key, GROUPS, last_index=depth - 1,
-            index_hint=f"Kandinsky 5 layers are the visual blocks 0-{depth - 1}; groups with "
-            "no block on a shallow model select nothing",
-            report_note="Kandinsky 5: align_down, align_mid and align_up carry the early, "
-            "middle and late thirds of the visual blocks.",
-        )
+        return self_attention_layer_map(self.name, "Kandinsky 5",
+                                        len(net.visual_transformer_blocks), "visual blocks")
 
     def install(self, model_patcher) -> None:
         for (index,) in self.layer_map.by_key:

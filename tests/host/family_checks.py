@@ -158,3 +158,52 @@ def assert_one_graph_equal_to_eager(steered, unpatched, sample, steps: int = 3, 
         assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
     finally:
         torch._dynamo.reset()
+
+
+def assert_probe_matches_literal(probe_nodes, model, sample, *, blocks: int, family: str,
+                                 latent_hw, text: int, grid, **sample_kw):
+    """One probed step at CFG (the cond branch recorded): each of the ``blocks`` placed calls
+    has ``text`` tokens before the image's and ``grid``, its E, r, Align, eta equal the literal
+    L x L measures of the call, the lambda map is the mean over layers of the generated
+    image's tokens on the latent grid (an (h, w, row) grid: each row's first w), and the saved
+    report names the family."""
+    from hopfield_circulation.probe import find_run, probe_state
+    from hopfield_circulation.probe.registry import LayerKey
+    from hopfield_circulation.probe.summary import summarise
+
+    probed, handle = probe_nodes.StabilityProbe.execute(
+        model, "value", 64, 0.0, 1.0, "cond", "all").result
+    m, calls = record_calls(probed)
+    latent = sample(m, steps=1, **sample_kw)
+    run = find_run(handle, latent)
+    assert len(calls) == blocks
+    cond = slice(1, 2)  # uncond first in the batched call; the probe records cond
+    h, w = grid[:2]
+    row = grid[2] if len(grid) == 3 else w
+    maps = []
+    for layer, q, k, out, call_text, call_grid in calls:
+        assert (call_text, call_grid) == (text, grid)
+        values, lam = literal_stability(q, k, out)
+        got = run.sums[LayerKey(layer.index, layer.kind, 0)].double()
+        torch.testing.assert_close(got, values[:, cond], rtol=2e-4, atol=2e-5)
+        image = lam[cond, text:text + h * row].unflatten(-1, (h, row))[..., :w].flatten(-2)
+        maps.append(image_map(image, (h, w), latent_hw, 0))
+    summary = summarise(probe_state(handle), run)
+    torch.testing.assert_close(summary.maps["all"].double(), torch.stack(maps).mean(0),
+                               rtol=1e-4, atol=1e-6)
+    report = probe_nodes.StabilityReport.execute(handle, {"samples": latent}, True,
+                                                 f"hc/{family}")
+    assert f"({family.upper()})" in report.result[6] and "Saved: " in report.result[6]
+    assert report.ui["hopfield_align_chart"][0]["family"] == family
+
+
+def assert_paper_point_names(nodes, model, alpha: float, beta: float, title: str) -> None:
+    """The paper measured SDXL and SD3 only: on ``model`` the default operating point falls
+    back to the α, β inputs and says so, naming the model."""
+    from hopfield_circulation.nodes.operating_points import PAPER_POINT
+
+    out = nodes.SkewCirculation.execute(model, alpha, beta, 0.0, 1.0, "all", "both", "value",
+                                        PAPER_POINT)
+    (used,) = out.ui["hopfield_operating_point"]
+    assert (used["alpha"], used["beta"]) == (alpha, beta)
+    assert f"the paper gives no point for {title} models" in used["why"]

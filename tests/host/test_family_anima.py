@@ -17,9 +17,8 @@ import torch
 from host import tiny_models
 from host.family_checks import (
     assert_one_graph_equal_to_eager,
+    assert_probe_matches_literal,
     compare_with_formula,
-    image_map,
-    literal_stability,
     record_calls,
     relative_change,
 )
@@ -102,32 +101,10 @@ def test_input_space_is_refused_with_the_reason(nodes, anima):
 
 
 def test_probe_against_the_literal_reference(probe_nodes, anima):
-    """One step at CFG: each block's E, r, Align, eta (cond branch) equal the literal L x L
-    measures of its self-attention, the lambda map is their mean on the latent grid, and the
-    report names the family."""
-    from hopfield_circulation.probe import find_run, probe_state
-    from hopfield_circulation.probe.registry import LayerKey
-    from hopfield_circulation.probe.summary import summarise
-
-    probed, handle = probe_nodes.StabilityProbe.execute(
-        anima, "value", 64, 0.0, 1.0, "cond", "all").result
-    m, calls = record_calls(probed)
-    latent = sample(m, steps=1)
-    run = find_run(handle, latent)
-    assert len(calls) == BLOCKS
-    cond = slice(1, 2)  # uncond first in the batched call; the probe records cond
-    maps = []
-    for layer, q, k, out, text, grid in calls:
-        values, lam = literal_stability(q, k, out)
-        got = run.sums[LayerKey(layer.index, layer.kind, 0)].double()
-        torch.testing.assert_close(got, values[:, cond], rtol=2e-4, atol=2e-5)
-        maps.append(image_map(lam[cond], grid, (10, 12), text))
-    summary = summarise(probe_state(handle), run)
-    torch.testing.assert_close(summary.maps["all"].double(), torch.stack(maps).mean(0),
-                               rtol=1e-4, atol=1e-6)
-    report = probe_nodes.StabilityReport.execute(handle, {"samples": latent}, True, "hc/anima")
-    assert "(ANIMA)" in report.result[6]
-    assert report.ui["hopfield_align_chart"][0]["family"] == "anima"
+    """Each block's self-attention measured as the literal reference has it (family_checks),
+    the image's tokens the whole sequence."""
+    assert_probe_matches_literal(probe_nodes, anima, sample, blocks=BLOCKS, family="anima",
+                                 latent_hw=(10, 12), text=0, grid=(5, 6))
 
 
 def test_change_per_call_against_sdxl(anima, sdxl, sampling):

@@ -16,9 +16,9 @@ import torch
 from host import tiny_models
 from host.family_checks import (
     assert_one_graph_equal_to_eager,
+    assert_paper_point_names,
+    assert_probe_matches_literal,
     compare_with_formula,
-    image_map,
-    literal_stability,
     record_calls,
     relative_change,
 )
@@ -163,13 +163,7 @@ def test_blocks_without_a_processor_are_refused_before_anything_is_patched(nodes
 
 
 def test_paper_point_says_there_is_none_for_the_model(nodes, hidream):
-    from hopfield_circulation.nodes.operating_points import PAPER_POINT
-
-    out = nodes.SkewCirculation.execute(hidream, 0.96, 3.0, 0.0, 1.0, "all", "both", "value",
-                                        PAPER_POINT)
-    (used,) = out.ui["hopfield_operating_point"]
-    assert (used["alpha"], used["beta"]) == (0.96, 3.0)
-    assert "the paper gives no point for HiDream models" in used["why"]
+    assert_paper_point_names(nodes, hidream, 0.96, 3.0, "HiDream")
 
 
 def test_input_space_is_refused_with_the_reason(nodes, hidream):
@@ -179,37 +173,13 @@ def test_input_space_is_refused_with_the_reason(nodes, hidream):
 
 @pytest.mark.parametrize("reference", [False, True], ids=["i1", "e1"])
 def test_probe_against_the_literal_reference(probe_nodes, hidream, reference):
-    """One step at CFG: each block's E, r, Align, eta (cond branch) equal the literal L x L
-    measures of its call, the lambda map is the mean over layers of the generated image's
-    tokens (E1: the left half of each row) on the latent grid, and the report names the
-    family."""
-    from hopfield_circulation.probe import find_run, probe_state
-    from hopfield_circulation.probe.registry import LayerKey
-    from hopfield_circulation.probe.summary import summarise
-
+    """The Probe's measures and lambda map against the literal reference (family_checks): the
+    image's tokens first; E1's map keeps the generated image's half of each row."""
     image = torch.randn(1, 16, 10, 12, generator=torch.Generator().manual_seed(3))
-    image = image if reference else None
-    probed, handle = probe_nodes.StabilityProbe.execute(
-        hidream, "value", 64, 0.0, 1.0, "cond", "all").result
-    m, calls = record_calls(probed)
-    latent = sample(m, steps=1, reference=image)
-    run = find_run(handle, latent)
-    assert len(calls) == BLOCKS
-    cond = slice(1, 2)  # uncond first in the batched call; the probe records cond
-    maps = []
-    for layer, q, k, out, text, grid in calls:
-        assert (text, grid) == ((0, (5, 6, 12)) if reference else (0, (5, 6)))
-        values, lam = literal_stability(q, k, out)
-        got = run.sums[LayerKey(layer.index, layer.kind, 0)].double()
-        torch.testing.assert_close(got, values[:, cond], rtol=2e-4, atol=2e-5)
-        rows = lam[cond, :5 * grid[-1]].unflatten(-1, (5, grid[-1]))[..., :6].flatten(-2)
-        maps.append(image_map(rows, (5, 6), (10, 12), 0))
-    summary = summarise(probe_state(handle), run)
-    torch.testing.assert_close(summary.maps["all"].double(), torch.stack(maps).mean(0),
-                               rtol=1e-4, atol=1e-6)
-    report = probe_nodes.StabilityReport.execute(handle, {"samples": latent}, True, "hc/hidream")
-    assert "(HIDREAM)" in report.result[6]
-    assert report.ui["hopfield_align_chart"][0]["family"] == "hidream"
+    assert_probe_matches_literal(
+        probe_nodes, hidream, sample, blocks=BLOCKS, family="hidream", latent_hw=(10, 12),
+        text=0, grid=(5, 6, 12) if reference else (5, 6),
+        reference=image if reference else None)
 
 
 def test_change_per_call_against_sdxl(hidream, sdxl, sampling):

@@ -18,9 +18,9 @@ import torch
 from host import tiny_models
 from host.family_checks import (
     assert_one_graph_equal_to_eager,
+    assert_paper_point_names,
+    assert_probe_matches_literal,
     compare_with_formula,
-    image_map,
-    literal_stability,
     record_calls,
     relative_change,
 )
@@ -121,42 +121,14 @@ def test_video_models_are_refused(nodes, kandinsky5):
 
 
 def test_paper_point_and_input_space(nodes, kandinsky5):
-    from hopfield_circulation.nodes.operating_points import PAPER_POINT
-
-    out = nodes.SkewCirculation.execute(kandinsky5, 0.7, 4.0, 0.0, 1.0, "all", "both",
-                                        "value", PAPER_POINT)
-    (used,) = out.ui["hopfield_operating_point"]
-    assert (used["alpha"], used["beta"]) == (0.7, 4.0)
-    assert "the paper gives no point for Kandinsky 5 models" in used["why"]
+    assert_paper_point_names(nodes, kandinsky5, 0.7, 4.0, "Kandinsky 5")
     with pytest.raises(ValueError, match="Kandinsky 5's blocks. Use 'value'"):
         skew(nodes, kandinsky5, space="input")
 
 
 def test_probe_against_the_literal_reference(probe_nodes, kandinsky5):
-    from hopfield_circulation.probe import find_run, probe_state
-    from hopfield_circulation.probe.registry import LayerKey
-    from hopfield_circulation.probe.summary import summarise
-
-    probed, handle = probe_nodes.StabilityProbe.execute(
-        kandinsky5, "value", 64, 0.0, 1.0, "cond", "all").result
-    m, calls = record_calls(probed)
-    latent = sample(m, steps=1)
-    run = find_run(handle, latent)
-    assert len(calls) == BLOCKS
-    cond = slice(1, 2)  # uncond first in the batched call; the probe records cond
-    maps = []
-    for layer, q, k, out, text, grid in calls:
-        assert (text, grid) == (0, (5, 6))
-        values, lam = literal_stability(q, k, out)
-        got = run.sums[LayerKey(layer.index, layer.kind, 0)].double()
-        torch.testing.assert_close(got, values[:, cond], rtol=2e-4, atol=2e-5)
-        maps.append(image_map(lam[cond], grid, (10, 12), text))
-    summary = summarise(probe_state(handle), run)
-    torch.testing.assert_close(summary.maps["all"].double(), torch.stack(maps).mean(0),
-                               rtol=1e-4, atol=1e-6)
-    report = probe_nodes.StabilityReport.execute(handle, {"samples": latent}, True, "hc/k5")
-    assert "(KANDINSKY5)" in report.result[6]
-    assert report.ui["hopfield_align_chart"][0]["family"] == "kandinsky5"
+    assert_probe_matches_literal(probe_nodes, kandinsky5, sample, blocks=BLOCKS,
+                                 family="kandinsky5", latent_hw=(10, 12), text=0, grid=(5, 6))
 
 
 def test_change_per_call_against_sdxl(kandinsky5, sdxl, sampling):

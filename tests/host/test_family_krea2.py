@@ -16,9 +16,9 @@ import torch
 from host import tiny_models
 from host.family_checks import (
     assert_one_graph_equal_to_eager,
+    assert_paper_point_names,
+    assert_probe_matches_literal,
     compare_with_formula,
-    image_map,
-    literal_stability,
     record_calls,
     relative_change,
 )
@@ -125,13 +125,7 @@ def test_reference_latents_are_steered_but_off_the_grid(nodes, krea2, method):
 
 
 def test_paper_point_says_there_is_none_for_the_model(nodes, krea2):
-    from hopfield_circulation.nodes.operating_points import PAPER_POINT
-
-    out = nodes.SkewCirculation.execute(krea2, 0.95, 2.0, 0.0, 1.0, "all", "both", "value",
-                                        PAPER_POINT)
-    (used,) = out.ui["hopfield_operating_point"]
-    assert (used["alpha"], used["beta"]) == (0.95, 2.0)
-    assert "the paper gives no point for Krea 2 models" in used["why"]
+    assert_paper_point_names(nodes, krea2, 0.95, 2.0, "Krea 2")
 
 
 def test_input_space_is_refused_with_the_reason(nodes, krea2):
@@ -140,33 +134,8 @@ def test_input_space_is_refused_with_the_reason(nodes, krea2):
 
 
 def test_probe_against_the_literal_reference(probe_nodes, krea2):
-    """One step at CFG: each block's E, r, Align, eta (cond branch) equal the literal L x L
-    measures of its call, the lambda map is the mean over layers of the image's tokens on the
-    latent grid, and the report names the family."""
-    from hopfield_circulation.probe import find_run, probe_state
-    from hopfield_circulation.probe.registry import LayerKey
-    from hopfield_circulation.probe.summary import summarise
-
-    probed, handle = probe_nodes.StabilityProbe.execute(
-        krea2, "value", 64, 0.0, 1.0, "cond", "all").result
-    m, calls = record_calls(probed)
-    latent = sample(m, steps=1)
-    run = find_run(handle, latent)
-    assert len(calls) == BLOCKS
-    cond = slice(1, 2)  # uncond first in the batched call; the probe records cond
-    maps = []
-    for layer, q, k, out, text, grid in calls:
-        assert (text, grid) == (TEXT, (5, 6))
-        values, lam = literal_stability(q, k, out)
-        got = run.sums[LayerKey(layer.index, layer.kind, 0)].double()
-        torch.testing.assert_close(got, values[:, cond], rtol=2e-4, atol=2e-5)
-        maps.append(image_map(lam[cond], grid, (10, 12), text))
-    summary = summarise(probe_state(handle), run)
-    torch.testing.assert_close(summary.maps["all"].double(), torch.stack(maps).mean(0),
-                               rtol=1e-4, atol=1e-6)
-    report = probe_nodes.StabilityReport.execute(handle, {"samples": latent}, True, "hc/krea2")
-    assert "(KREA2)" in report.result[6]
-    assert report.ui["hopfield_align_chart"][0]["family"] == "krea2"
+    assert_probe_matches_literal(probe_nodes, krea2, sample, blocks=BLOCKS, family="krea2",
+                                 latent_hw=(10, 12), text=TEXT, grid=(5, 6))
 
 
 def test_change_per_call_against_sdxl(krea2, sdxl, sampling):

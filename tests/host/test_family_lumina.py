@@ -17,9 +17,9 @@ import torch
 from host import tiny_models
 from host.family_checks import (
     assert_one_graph_equal_to_eager,
+    assert_paper_point_names,
+    assert_probe_matches_literal,
     compare_with_formula,
-    image_map,
-    literal_stability,
     record_calls,
     relative_change,
 )
@@ -152,15 +152,7 @@ def test_z_image_reference_tokens_come_first_and_stay_off_the_grid(nodes, models
 
 @pytest.mark.parametrize("kind, title", [("lumina2", "Lumina 2"), ("z-image", "Z-Image")])
 def test_paper_point_says_there_is_none_for_the_model(nodes, models, kind, title):
-    """The paper measured SDXL and SD3 only: the default operating point falls back to the α,
-    β inputs and says so, naming the model."""
-    from hopfield_circulation.nodes.operating_points import PAPER_POINT
-
-    out = nodes.SkewCirculation.execute(models[kind], 0.94, 3.5, 0.0, 1.0, "all", "both",
-                                        "value", PAPER_POINT)
-    (used,) = out.ui["hopfield_operating_point"]
-    assert (used["alpha"], used["beta"]) == (0.94, 3.5)
-    assert f"the paper gives no point for {title} models" in used["why"]
+    assert_paper_point_names(nodes, models[kind], 0.94, 3.5, title)
 
 
 def test_z_image_pixel_space_is_placed_on_its_patch_grid(nodes, models):
@@ -202,35 +194,10 @@ def test_input_space_is_refused_with_the_reason(nodes, models):
 
 @pytest.mark.parametrize("kind", ["lumina2", "z-image"])
 def test_probe_against_the_literal_reference(probe_nodes, models, kind):
-    """One step at CFG: each main block's E, r, Align, eta (cond branch) equal the literal
-    L x L measures of its call, the lambda map is the mean over layers of the image's tokens
-    (Z-Image's padding after them left out) on the latent grid, and the report names the
-    family."""
-    from hopfield_circulation.probe import find_run, probe_state
-    from hopfield_circulation.probe.registry import LayerKey
-    from hopfield_circulation.probe.summary import summarise
-
-    probed, handle = probe_nodes.StabilityProbe.execute(
-        models[kind], "value", 64, 0.0, 1.0, "cond", "all").result
-    m, calls = record_calls(probed)
-    latent = sample(m, steps=1)
-    run = find_run(handle, latent)
-    assert len(calls) == BLOCKS
-    cond = slice(1, 2)  # uncond first in the batched call; the probe records cond
-    maps = []
-    for layer, q, k, out, text, grid in calls:
-        assert (text, grid) == (SEQUENCE[kind][1], (5, 6))
-        values, lam = literal_stability(q, k, out)
-        got = run.sums[LayerKey(layer.index, layer.kind, 0)].double()
-        torch.testing.assert_close(got, values[:, cond], rtol=2e-4, atol=2e-5)
-        maps.append(image_map(lam[cond], grid, (10, 12), text))
-    summary = summarise(probe_state(handle), run)
-    torch.testing.assert_close(summary.maps["all"].double(), torch.stack(maps).mean(0),
-                               rtol=1e-4, atol=1e-6)
-    report = probe_nodes.StabilityReport.execute(handle, {"samples": latent}, True, "hc/lumina")
-    text = report.result[6]
-    assert f"({kind.upper()})" in text and "Saved: " in text
-    assert report.ui["hopfield_align_chart"][0]["family"] == kind
+    """Each main block measured as the literal reference has it (family_checks), the map
+    the image's tokens after the text (Z-Image's padding after them left out)."""
+    assert_probe_matches_literal(probe_nodes, models[kind], sample, blocks=BLOCKS, family=kind,
+                                 latent_hw=(10, 12), text=SEQUENCE[kind][1], grid=(5, 6))
 
 
 def test_change_per_call_against_sdxl(models, sdxl, sampling):

@@ -14,9 +14,9 @@ import pytest
 import torch
 from host import tiny_models
 from host.family_checks import (
+    assert_paper_point_names,
+    assert_probe_matches_literal,
     compare_with_formula,
-    image_map,
-    literal_stability,
     record_calls,
     relative_change,
 )
@@ -96,42 +96,14 @@ def test_reference_latents_are_steered_but_off_the_grid(nodes, mage_flow):
 
 
 def test_paper_point_and_input_space(nodes, mage_flow):
-    from hopfield_circulation.nodes.operating_points import PAPER_POINT
-
-    out = nodes.SkewCirculation.execute(mage_flow, 0.95, 3.0, 0.0, 1.0, "all", "both", "value",
-                                        PAPER_POINT)
-    (used,) = out.ui["hopfield_operating_point"]
-    assert (used["alpha"], used["beta"]) == (0.95, 3.0)
-    assert "the paper gives no point for Mage-Flow models" in used["why"]
+    assert_paper_point_names(nodes, mage_flow, 0.95, 3.0, "Mage-Flow")
     with pytest.raises(ValueError, match="Mage-Flow projects text and image"):
         skew(nodes, mage_flow, space="input")
 
 
 def test_probe_against_the_literal_reference(probe_nodes, mage_flow):
-    from hopfield_circulation.probe import find_run, probe_state
-    from hopfield_circulation.probe.registry import LayerKey
-    from hopfield_circulation.probe.summary import summarise
-
-    probed, handle = probe_nodes.StabilityProbe.execute(
-        mage_flow, "value", 64, 0.0, 1.0, "cond", "all").result
-    m, calls = record_calls(probed)
-    latent = sample(m, steps=1)
-    run = find_run(handle, latent)
-    assert len(calls) == BLOCKS
-    cond = slice(1, 2)  # uncond first in the batched call; the probe records cond
-    maps = []
-    for layer, q, k, out, text, grid in calls:
-        assert (text, grid) == (TEXT, (5, 6))
-        values, lam = literal_stability(q, k, out)
-        got = run.sums[LayerKey(layer.index, layer.kind, 0)].double()
-        torch.testing.assert_close(got, values[:, cond], rtol=2e-4, atol=2e-5)
-        maps.append(image_map(lam[cond], grid, (5, 6), text))
-    summary = summarise(probe_state(handle), run)
-    torch.testing.assert_close(summary.maps["all"].double(), torch.stack(maps).mean(0),
-                               rtol=1e-4, atol=1e-6)
-    report = probe_nodes.StabilityReport.execute(handle, {"samples": latent}, True, "hc/mage")
-    assert "(MAGE-FLOW)" in report.result[6]
-    assert report.ui["hopfield_align_chart"][0]["family"] == "mage-flow"
+    assert_probe_matches_literal(probe_nodes, mage_flow, sample, blocks=BLOCKS,
+                                 family="mage-flow", latent_hw=(5, 6), text=TEXT, grid=(5, 6))
 
 
 def test_change_per_call_against_sdxl(mage_flow, sdxl, sampling):
