@@ -1,6 +1,8 @@
 """The full-size model configurations the GPU tier and benchmarks/bench_e2e_gpu.py build
 (tests/gpu/full_size_models.py), checked here without a GPU: each builds in ComfyUI on the meta
-device (no weights) at its released size, and the pack's family adapter places its layers."""
+device (no weights) at its released size, and the pack's family adapter places its layers. So
+do the released configurations of families the GPU runs do not build (HiDream-I1, AuraFlow),
+as ComfyUI's model detection sets them up."""
 
 from __future__ import annotations
 
@@ -39,3 +41,39 @@ def test_full_size_config_builds_and_is_placed(comfy_host, name):
     adapter = adapter_for(comfy.model_patcher.ModelPatcher(model, load_device=meta,
                                                            offload_device=meta))
     assert adapter.name == family and len(adapter.layer_map.layers) == layers
+
+
+# name: (config class, unet config as ComfyUI's model detection gives the released checkpoint,
+#        parameters in billions, family, layers, the layer map's words for them)
+RELEASED = {
+    "hidream-i1": ("HiDream", dict(
+        image_model="hidream", attention_head_dim=128, axes_dims_rope=[64, 32, 32],
+        caption_channels=[4096, 4096], max_resolution=[128, 128], in_channels=16,
+        llama_layers=list(range(32)) + [31] * 16, num_attention_heads=20,
+        num_routed_experts=4, num_activated_experts=2, num_layers=16, num_single_layers=32,
+        out_channels=16, patch_size=2, text_emb_dim=2048),
+        17.11, "hidream", 48, "the double blocks 0-15, then the single blocks 16-47"),
+    # max_seq: its positional table (64 x 64 tokens)
+    "auraflow-0.3": ("AuraFlow", dict(max_seq=4096, cond_seq_dim=2048, n_double_layers=4,
+                                      n_layers=36),
+                     6.84, "auraflow", 36, "the double blocks 0-3, then the single blocks 4-35"),
+}
+
+
+@pytest.mark.parametrize("name", list(RELEASED))
+def test_released_config_builds_and_is_placed(comfy_host, name):
+    import comfy.model_patcher
+    import comfy.supported_models
+    from hopfield_circulation.families import adapter_for
+
+    config_class, unet, billions, family, layers, words = RELEASED[name]
+    config = getattr(comfy.supported_models, config_class)(dict(unet))
+    config.set_inference_dtype(torch.bfloat16, None)
+    meta = torch.device("meta")
+    with meta:
+        model = config.get_model({}, device=meta)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == billions
+    adapter = adapter_for(comfy.model_patcher.ModelPatcher(model, load_device=meta,
+                                                           offload_device=meta))
+    assert adapter.name == family and len(adapter.layer_map.layers) == layers
+    assert words in adapter.layer_map.index_hint
