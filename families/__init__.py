@@ -23,6 +23,19 @@ ADAPTERS: tuple[type[FamilyAdapter], ...] = (
 )
 
 
+# Why some backbones the pack refuses are not supported (the host's class name -> the reason),
+# said after the refusal
+VIDEO = "a video model: the pack steers image models"
+REFUSED_WHY = {
+    "WanModel": VIDEO,
+    "HunyuanVideo": VIDEO,
+    "HiDreamO1Transformer": (
+        "HiDream-O1's attention hands over the generated tokens' queries alone: its prompt is "
+        "a causal prefix attended by SDPA directly and cached across steps, so the square "
+        "logit matrix the paper splits into symmetric and skew parts never reaches a hook"),
+}
+
+
 def adapter_for(model_patcher) -> FamilyAdapter:
     """The adapter of this model's family, bound to it; raises UnsupportedModelError."""
     net = model_patcher.get_model_object("diffusion_model")
@@ -31,9 +44,11 @@ def adapter_for(model_patcher) -> FamilyAdapter:
             return adapter(model_patcher)
     names = [a.supported for a in ADAPTERS]
     supported = ", ".join(names[:-1]) + " and " + names[-1]
+    backbone = type(net).__name__
+    why = f" ({REFUSED_WHY[backbone]})" if backbone in REFUSED_WHY else ""
     raise UnsupportedModelError(
         f"Hopfield Circulation supports {supported} models; this model is "
-        f"{type(model_patcher.model).__name__} with a {type(net).__name__} backbone"
+        f"{type(model_patcher.model).__name__} with a {backbone} backbone{why}"
     )
 
 

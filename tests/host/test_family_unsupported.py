@@ -1,6 +1,6 @@
-"""Families the pack does not support are refused at patch time, naming the supported ones:
-video models (Wan, HunyuanVideo, whose blocks look like Flux's). Lumina 2 on a host that names
-no block: test_family_lumina.py."""
+"""Families the pack does not support are refused at patch time, naming the supported ones and,
+where known, why: video models (Wan, HunyuanVideo, whose blocks look like Flux's) and
+HiDream-O1. Lumina 2 on a host that names no block: test_family_lumina.py."""
 
 from __future__ import annotations
 
@@ -31,4 +31,26 @@ def test_refused_with_the_supported_families(nodes, comfy_host, name, backbone):
             patch()
         assert str(refused.value).endswith(  # after the node's name
             f"Hopfield Circulation supports {SUPPORTED}; this model is "
-            f"{type(model.model).__name__} with a {backbone} backbone")
+            f"{type(model.model).__name__} with a {backbone} backbone (a video model: the "
+            "pack steers image models)")
+
+
+def test_hidream_o1_is_refused_with_the_reason(nodes, comfy_host):
+    """HiDream-O1 (newer hosts; built at its released size on the meta device): its attention
+    never sees the square logit matrix, and the refusal says why."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    import torch
+    from hopfield_circulation.families import UnsupportedModelError, adapter_for
+
+    if not hasattr(comfy.supported_models, "HiDreamO1"):
+        pytest.skip("this host has no HiDream-O1 (ComfyUI 0.3.64 predates it; 0.33.0 builds it)")
+    config = comfy.supported_models.HiDreamO1({"image_model": "hidream_o1"})
+    config.set_inference_dtype(torch.bfloat16, None)
+    meta = torch.device("meta")
+    with meta:
+        model = config.get_model({}, device=meta)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=meta, offload_device=meta)
+    with pytest.raises(UnsupportedModelError, match="HiDreamO1Transformer backbone "
+                       r"\(HiDream-O1's attention hands over the generated tokens' queries"):
+        adapter_for(patcher)
