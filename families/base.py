@@ -63,6 +63,22 @@ def code_constants(function) -> tuple:
     return code.co_consts if code is not None else ()
 
 
+def callable_to_wrap(model_patcher, path: str, what: str):
+    """The callable at ``path`` on the model (its object patches applied), which an adapter
+    wraps to name the running block to attention; refuses the model, saying where it looked,
+    on a host whose ``what`` has none there (a host calling attention another way)."""
+    try:
+        found = model_patcher.get_model_object(path)
+    except AttributeError:
+        found = None
+    if not callable(found):
+        raise UnsupportedModelError(
+            f"this ComfyUI's {what} have nothing to wrap at {path} for the pack to name the "
+            "running block to attention, so no call could be placed. Update Hopfield "
+            "Circulation (or report the ComfyUI version)")
+    return found
+
+
 def no_block_input(why: str) -> str:
     """The refusal of the input space for a model whose attention has no single block input X
     (``why``: what it projects differently)."""

@@ -23,18 +23,13 @@ from __future__ import annotations
 import math
 
 from ..hook.layers import LayerId, LayerMap
-from .base import FamilyAdapter, Placement, UnsupportedModelError, no_block_input
+from .base import FamilyAdapter, Placement, callable_to_wrap, no_block_input
 from .dit_blocks import BLOCK_KEY, dit_layer_map, joint_layer, running_block
 
 # The image's token count (E1: generated and reference columns), set by each double block in
 # the model call's options
 IMAGE_KEY = "hopfield_circulation_image_tokens"
 STREAMS = {"double": "double_stream_blocks", "single": "single_stream_blocks"}
-NO_PROCESSOR = (
-    "this ComfyUI's HiDream blocks have no attention processor at {path} for the pack to name "
-    "the block to, so no call could be placed. Update Hopfield Circulation (or report the "
-    "ComfyUI version)"
-)
 
 
 def processor_path(block_type: str, index: int) -> str:
@@ -82,15 +77,10 @@ class HiDreamFamily(FamilyAdapter):
         return dit_layer_map(self.name, "HiDream", counts, aliases=True)
 
     def install(self, model_patcher) -> None:
-        processors = {}
-        for block in self.layer_map.by_key:
-            path = processor_path(*block)
-            try:
-                processors[path] = (block, model_patcher.get_model_object(path))
-            except AttributeError:
-                processors[path] = (block, None)
-            if not callable(processors[path][1]):  # blocks that call attention another way
-                raise UnsupportedModelError(NO_PROCESSOR.format(path=path))
+        # Every processor first: a host lacking one refuses the model before any is patched
+        processors = {processor_path(*block): (block, callable_to_wrap(
+            model_patcher, processor_path(*block), "HiDream blocks' attention processors"))
+            for block in self.layer_map.by_key}
         for path, (block, previous) in processors.items():
             if getattr(previous, "hopfield_hidream_block", None) == block:
                 continue  # an earlier node of ours already publishes it

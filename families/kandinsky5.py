@@ -22,7 +22,13 @@ from __future__ import annotations
 import math
 
 from ..hook.layers import LayerId, LayerMap
-from .base import FamilyAdapter, Placement, UnsupportedModelError, capture_in_unets_only
+from .base import (
+    FamilyAdapter,
+    Placement,
+    UnsupportedModelError,
+    callable_to_wrap,
+    capture_in_unets_only,
+)
 from .dit_blocks import self_attention_layer_map
 
 SELF_KEY = "hopfield_circulation_self_attention"  # set on a visual block's self-attention
@@ -70,9 +76,11 @@ class Kandinsky5Family(FamilyAdapter):
                                         len(net.visual_transformer_blocks), "visual blocks")
 
     def install(self, model_patcher) -> None:
-        for (index,) in self.layer_map.by_key:
-            path = self_attention_path(index)
-            previous = model_patcher.get_model_object(path)
+        # Every forward first: a host lacking one refuses the model before any is patched
+        forwards = {self_attention_path(i): callable_to_wrap(
+            model_patcher, self_attention_path(i), "Kandinsky 5 visual blocks' self-attention")
+            for (i,) in self.layer_map.by_key}
+        for path, previous in forwards.items():
             if getattr(previous, "hopfield_self_attention", False):
                 continue  # an earlier node of ours already marks it
             model_patcher.add_object_patch(path, _marking_forward(previous))

@@ -154,7 +154,7 @@ def test_blocks_without_a_processor_are_refused_before_anything_is_patched(nodes
     path = processor_path("single", 2)
     m = hidream.clone()
     m.add_object_patch(path, None)
-    said = r"no attention processor at diffusion_model\.single_stream_blocks\.2\.block\."
+    said = r"nothing to wrap at diffusion_model\.single_stream_blocks\.2\.block\.attn1\."
     with pytest.raises(UnsupportedModelError, match=said):
         skew(nodes, m)
     with pytest.raises(UnsupportedModelError, match=said):

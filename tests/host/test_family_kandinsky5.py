@@ -120,6 +120,19 @@ def test_video_models_are_refused(nodes, kandinsky5):
         skew(nodes, tiny_models.tiny_kandinsky5(video=True))
 
 
+def test_blocks_without_a_self_attention_forward_are_refused(nodes, kandinsky5):
+    """A host whose visual blocks call self-attention another way (here one block's forward
+    taken away) gives no self-attention its mark: the nodes refuse the model, saying where."""
+    from hopfield_circulation.families import UnsupportedModelError
+    from hopfield_circulation.families.kandinsky5 import self_attention_path
+
+    m = kandinsky5.clone()
+    m.add_object_patch(self_attention_path(2), None)
+    with pytest.raises(UnsupportedModelError, match=r"nothing to wrap at diffusion_model\."
+                       r"visual_transformer_blocks\.2\.self_attention\.forward"):
+        skew(nodes, m)
+
+
 def test_paper_point_and_input_space(nodes, kandinsky5):
     assert_paper_point_names(nodes, kandinsky5, 0.7, 4.0, "Kandinsky 5")
     with pytest.raises(ValueError, match="Kandinsky 5's blocks. Use 'value'"):
