@@ -27,6 +27,7 @@ from .base import (
     UnsupportedModelError,
     capture_in_unets_only,
     code_constants,
+    patch_grid,
 )
 from .dit_blocks import self_attention_layer_map
 from .unet_attn1 import MARKER_ATTR, Attn1Marker, block_key, installed_marker
@@ -106,8 +107,7 @@ class AnimaFamily(FamilyAdapter):
         if layer is None or latent_shape is None:
             return None
         frames = math.ceil(latent_shape[-3] / self.patch[0]) if len(latent_shape) == 5 else 1
-        grid = (math.ceil(latent_shape[-2] / self.patch[1]),
-                math.ceil(latent_shape[-1] / self.patch[1]))
+        grid = patch_grid(latent_shape, self.patch[1])
         if frames != 1 or n_q != grid[0] * grid[1]:
             return None  # several frames: a video latent
         return Placement(layer, grid)

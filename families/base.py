@@ -9,6 +9,7 @@ listed in ``families.ADAPTERS``.
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -53,6 +54,14 @@ class InputSpace(ABC):
         """The widths C the model's block inputs have (what may be made per width in advance;
         empty: not known before the calls)."""
         return frozenset()
+
+
+def patch_grid(latent_shape: tuple[int, ...], patch: int,
+               column_patch: int | None = None) -> tuple[int, int]:
+    """(h, w) of the image tokens of a latent the model pads to whole patches (ceil, as the
+    host's own token grid); ``column_patch``: a patch width other than its height."""
+    return (math.ceil(latent_shape[-2] / patch),
+            math.ceil(latent_shape[-1] / (column_patch or patch)))
 
 
 def code_constants(function) -> tuple:

@@ -10,12 +10,11 @@ block's transformer_options (as ``mmdit.py`` does for SD3). Newer hosts set ``bl
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 from ..hook.layers import LayerId, LayerMap
 from ..vocabulary import LayerKind
-from .base import Placement
+from .base import Placement, patch_grid
 
 GROUPS = ("early", "middle", "late")
 BLOCK_KEY = "hopfield_circulation_dit_block"  # ("double" | "single", i) of the running block
@@ -139,14 +138,10 @@ def place_joint(layer_map: LayerMap, patch_size: int, options: dict, n_q: int,
     """A call over [text; image; reference images] placed on the generated image's token grid:
     the reference tokens of Kontext/Qwen-Image-Edit follow the image tokens and are left out
     of the grid (they still take part in the steered attention, like the text)."""
-    block = running_block(options)
-    if block is None or latent is None:
+    layer = joint_layer(layer_map, options)
+    if layer is None or latent is None:
         return None
-    layer = layer_map.by_key.get(tuple(block))
-    if layer is None:
-        return None
-    # The model pads the latent to whole patches: ceil, as the host's own token grid
-    grid = (math.ceil(latent[-2] / patch_size), math.ceil(latent[-1] / patch_size))
+    grid = patch_grid(latent, patch_size)
     image_tokens = grid[0] * grid[1]
     text = _text_tokens(options, n_q, image_tokens)
     if text < 0 or text + image_tokens > n_q:

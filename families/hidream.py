@@ -20,11 +20,9 @@ joined. The processor itself runs as before (a previous object patch on it is ch
 
 from __future__ import annotations
 
-import math
-
 from ..hook.layers import LayerId, LayerMap
-from .base import FamilyAdapter, Placement, callable_to_wrap, no_block_input
-from .dit_blocks import BLOCK_KEY, dit_layer_map, joint_layer, running_block
+from .base import FamilyAdapter, Placement, callable_to_wrap, no_block_input, patch_grid
+from .dit_blocks import BLOCK_KEY, dit_layer_map, joint_layer
 
 # The image's token count (E1: generated and reference columns), set by each double block in
 # the model call's options
@@ -91,15 +89,10 @@ class HiDreamFamily(FamilyAdapter):
 
     def place(self, options: dict, n_q: int, n_k: int,
               latent_shape: tuple[int, ...] | None) -> Placement | None:
-        block = running_block(options)
-        if block is None or latent_shape is None:
+        layer = self.self_attention_layer(options)
+        if layer is None or latent_shape is None:
             return None
-        layer = self.layer_map.by_key.get(tuple(block))
-        if layer is None:
-            return None
-        # The model pads the latent to whole patches: ceil, as its own token grid
-        rows = math.ceil(latent_shape[-2] / self.patch_size)
-        columns = math.ceil(latent_shape[-1] / self.patch_size)
+        rows, columns = patch_grid(latent_shape, self.patch_size)
         image = int(options.get(IMAGE_KEY) or rows * columns)
         row_tokens = image // rows  # E1: the reference's columns follow each row's own
         if image > n_q or image % rows or row_tokens < columns:

@@ -19,8 +19,6 @@ other video models are.
 
 from __future__ import annotations
 
-import math
-
 from ..hook.layers import LayerId, LayerMap
 from .base import (
     FamilyAdapter,
@@ -28,6 +26,7 @@ from .base import (
     UnsupportedModelError,
     callable_to_wrap,
     capture_in_unets_only,
+    patch_grid,
 )
 from .dit_blocks import self_attention_layer_map
 
@@ -95,8 +94,7 @@ class Kandinsky5Family(FamilyAdapter):
         layer = self.self_attention_layer(options)
         if layer is None or latent_shape is None:
             return None
-        grid = (math.ceil(latent_shape[-2] / self.patch[1]),
-                math.ceil(latent_shape[-1] / self.patch[2]))
+        grid = patch_grid(latent_shape, self.patch[1], self.patch[2])
         frames = latent_shape[-3] if len(latent_shape) == 5 else 1
         if frames != 1 or n_q != grid[0] * grid[1]:
             return Placement(layer, None)  # steered; no map of tokens it cannot place

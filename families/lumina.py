@@ -23,8 +23,6 @@ one, so a call could not be placed: the adapter refuses the model there, naming 
 
 from __future__ import annotations
 
-import math
-
 from ..hook.layers import LayerId, LayerMap
 from .base import (
     FamilyAdapter,
@@ -32,8 +30,9 @@ from .base import (
     UnsupportedModelError,
     capture_in_unets_only,
     code_constants,
+    patch_grid,
 )
-from .dit_blocks import dit_layer_map, joint_layer, running_block
+from .dit_blocks import dit_layer_map, joint_layer
 
 OLD_HOST = (
     "Lumina 2 and Z-Image can be steered and probed on ComfyUI 0.5.0 and later, which tells "
@@ -82,15 +81,11 @@ class LuminaFamily(FamilyAdapter):
 
     def place(self, options: dict, n_q: int, n_k: int,
               latent_shape: tuple[int, ...] | None) -> Placement | None:
-        block = running_block(options)
-        if block is None or latent_shape is None:
+        layer = self.self_attention_layer(options)
+        if layer is None or latent_shape is None:
             return None  # a refiner's call (one part of the sequence), or no latent
-        layer = self.layer_map.by_key.get(tuple(block))
-        if layer is None:
-            return None
         # The model pads the latent to whole patches, then (Z-Image) the tokens to a multiple
-        grid = (math.ceil(latent_shape[-2] / self.patch_size),
-                math.ceil(latent_shape[-1] / self.patch_size))
+        grid = patch_grid(latent_shape, self.patch_size)
         image_tokens = grid[0] * grid[1]
         padded = image_tokens + (-image_tokens) % self.pad_multiple
         text = n_q - padded

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 
 import torch
 
 from ..hook.layers import LayerId, LayerMap
-from .base import FamilyAdapter, Placement, no_block_input
+from .base import FamilyAdapter, Placement, no_block_input, patch_grid
 from .dit_blocks import GROUPS, third_of
 
 BLOCK_KEY = "hopfield_circulation_block"  # the joint block index, published per block
@@ -174,8 +173,7 @@ class MMDiTFamily(FamilyAdapter):
         layer = self.layer_map.by_key.get((index,))
         if layer is None:
             return None
-        patch = self.patch_size
-        grid = (math.ceil(latent_shape[-2] / patch), math.ceil(latent_shape[-1] / patch))  # padded
+        grid = patch_grid(latent_shape, self.patch_size)
         image_tokens = grid[0] * grid[1]
         if n_q == image_tokens:  # SD3.5-M's extra image-only self-attention in the same block
             return Placement(LayerId("sd3", layer.index, layer.group, "image_self"), grid)

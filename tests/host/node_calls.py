@@ -80,3 +80,13 @@ def compare_rows_with_host(patcher):
     m = patcher.clone()
     m.model_options["transformer_options"]["optimized_attention_override"] = compare_with_host
     return m, rows
+
+
+def steered_layers(nodes, model, sample, layers: str, **sample_kw):
+    """One sampling of ``model`` under Skew Circulation on ``layers``: (calls per layer index,
+    the indices whose calls were steered)."""
+    from collections import Counter
+
+    m, seen = record_layers(skew(nodes, model, layers=layers))
+    sample(m, **sample_kw)
+    return Counter(index for index, _, _ in seen), {index for index, _, hit in seen if hit}

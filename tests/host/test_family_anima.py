@@ -22,7 +22,7 @@ from host.family_checks import (
     record_calls,
     relative_change,
 )
-from host.node_calls import adaptive, record_layers, skew
+from host.node_calls import adaptive, skew, steered_layers
 
 pytestmark = pytest.mark.host
 
@@ -64,10 +64,9 @@ def test_layer_map_and_selection(nodes, anima):
     assert Counter(layer.group for layer in layer_map.layers) == {
         "early": 10, "middle": 9, "late": 9}
     assert "Anima layers are the blocks 0-27" in layer_map.index_hint
-    m, seen = record_layers(skew(nodes, model, layers="late, 3"))
-    sample(m, steps=1)
-    assert Counter(index for index, _, _ in seen) == {i: 1 for i in range(28)}
-    assert {index for index, _, hit in seen if hit} == {3} | set(range(19, 28))
+    counts, steered = steered_layers(nodes, model, sample, "late, 3", steps=1)
+    assert counts == {i: 1 for i in range(28)}
+    assert steered == {3} | set(range(19, 28))
 
 
 def test_identity_settings_are_bit_identical(nodes, anima):

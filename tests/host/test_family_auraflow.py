@@ -21,7 +21,7 @@ from host.family_checks import (
     record_calls,
     relative_change,
 )
-from host.node_calls import adaptive, record_layers, skew
+from host.node_calls import adaptive, skew, steered_layers
 
 pytestmark = pytest.mark.host
 
@@ -55,10 +55,9 @@ def test_layer_map_at_the_real_block_counts(nodes, comfy_host):
                                  "single": frozenset(range(4, 36))}
     assert ("AuraFlow layers are the double blocks 0-3, then the single blocks 4-35"
             in layer_map.index_hint)
-    m, seen = record_layers(skew(nodes, model, layers="late, 3"))
-    sample(m, steps=1)
-    assert Counter(index for index, _, _ in seen) == {i: 1 for i in range(36)}
-    assert {index for index, _, hit in seen if hit} == {3} | set(range(24, 36))
+    counts, steered = steered_layers(nodes, model, sample, "late, 3", steps=1)
+    assert counts == {i: 1 for i in range(36)}
+    assert steered == {3} | set(range(24, 36))
 
 
 def test_identity_settings_are_bit_identical(nodes, auraflow):
@@ -91,10 +90,9 @@ def test_every_block_matches_the_float64_formula(nodes, auraflow, mode):
     ("double", {0, 1}), ("single", {2, 3, 4, 5}), ("late", {4, 5}), ("0, 5", {0, 5}),
 ])
 def test_layer_selection_hits_exactly(nodes, auraflow, spec, expected):
-    m, seen = record_layers(skew(nodes, auraflow, layers=spec))
-    sample(m)
-    assert Counter(index for index, _, _ in seen) == {i: 2 for i in range(BLOCKS)}
-    assert {index for index, _, hit in seen if hit} == expected
+    counts, steered = steered_layers(nodes, auraflow, sample, spec)
+    assert counts == {i: 2 for i in range(BLOCKS)}
+    assert steered == expected
 
 
 def test_paper_point_says_there_is_none_for_the_model(nodes, auraflow):

@@ -22,7 +22,7 @@ from host.family_checks import (
     record_calls,
     relative_change,
 )
-from host.node_calls import adaptive, record_layers, skew
+from host.node_calls import adaptive, record_layers, skew, steered_layers
 
 pytestmark = pytest.mark.host
 
@@ -57,10 +57,9 @@ def test_layer_map_at_the_real_block_counts(nodes, comfy_host):
                                  "single": frozenset(range(16, 48))}
     assert ("HiDream layers are the double blocks 0-15, then the single blocks 16-47"
             in layer_map.index_hint)
-    m, seen = record_layers(skew(nodes, model, layers="late, 3"))
-    sample(m, steps=1)
-    assert Counter(index for index, _, _ in seen) == {i: 1 for i in range(48)}
-    assert {index for index, _, hit in seen if hit} == {3} | set(range(32, 48))
+    counts, steered = steered_layers(nodes, model, sample, "late, 3", steps=1)
+    assert counts == {i: 1 for i in range(48)}
+    assert steered == {3} | set(range(32, 48))
 
 
 def test_identity_settings_are_bit_identical_and_the_model_stays_unpatched(nodes, hidream):
@@ -96,10 +95,9 @@ def test_every_block_matches_the_float64_formula(nodes, hidream, mode):
     ("double", {0, 1}), ("single", {2, 3, 4, 5}), ("early", {0, 1}), ("0, 5", {0, 5}),
 ])
 def test_layer_selection_hits_exactly(nodes, hidream, spec, expected):
-    m, seen = record_layers(skew(nodes, hidream, layers=spec))
-    sample(m)
-    assert Counter(index for index, _, _ in seen) == {i: 2 for i in range(BLOCKS)}
-    assert {index for index, _, hit in seen if hit} == expected
+    counts, steered = steered_layers(nodes, hidream, sample, spec)
+    assert counts == {i: 2 for i in range(BLOCKS)}
+    assert steered == expected
 
 
 def test_e1_reference_columns_are_steered_but_off_the_map(nodes, hidream):

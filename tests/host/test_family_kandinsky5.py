@@ -24,7 +24,7 @@ from host.family_checks import (
     record_calls,
     relative_change,
 )
-from host.node_calls import adaptive, record_layers, skew
+from host.node_calls import adaptive, skew, steered_layers
 
 pytestmark = pytest.mark.host
 
@@ -68,10 +68,9 @@ def test_layer_map_at_the_real_block_count(nodes, kandinsky5):
     assert Counter(layer.group for layer in layer_map.layers) == {
         "early": 11, "middle": 11, "late": 10}
     assert "Kandinsky 5 layers are the visual blocks 0-31" in layer_map.index_hint
-    m, seen = record_layers(skew(nodes, model, layers="late, 3"))
-    sample(m, steps=1)
-    assert Counter(index for index, _, _ in seen) == {i: 1 for i in range(32)}
-    assert {index for index, _, hit in seen if hit} == {3} | set(range(22, 32))
+    counts, steered = steered_layers(nodes, model, sample, "late, 3", steps=1)
+    assert counts == {i: 1 for i in range(32)}
+    assert steered == {3} | set(range(22, 32))
 
 
 def test_identity_settings_are_bit_identical_and_the_model_stays_unpatched(nodes, kandinsky5):
@@ -107,10 +106,9 @@ def test_every_self_attention_matches_the_formula_and_nothing_else_moves(nodes, 
     ("early", {0, 1}), ("late", {3}), ("0, 2-3", {0, 2, 3}),
 ])
 def test_layer_selection_hits_exactly(nodes, kandinsky5, spec, expected):
-    m, seen = record_layers(skew(nodes, kandinsky5, layers=spec))
-    sample(m)
-    assert Counter(index for index, _, _ in seen) == {i: 2 for i in range(BLOCKS)}
-    assert {index for index, _, hit in seen if hit} == expected
+    counts, steered = steered_layers(nodes, kandinsky5, sample, spec)
+    assert counts == {i: 2 for i in range(BLOCKS)}
+    assert steered == expected
 
 
 def test_video_models_are_refused(nodes, kandinsky5):

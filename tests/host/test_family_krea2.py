@@ -22,7 +22,7 @@ from host.family_checks import (
     record_calls,
     relative_change,
 )
-from host.node_calls import adaptive, record_layers, skew
+from host.node_calls import adaptive, skew, steered_layers
 
 pytestmark = pytest.mark.host
 
@@ -67,10 +67,9 @@ def test_layer_map_at_the_real_block_count(nodes, krea2):
     assert Counter(layer.group for layer in layer_map.layers) == {
         "early": 10, "middle": 9, "late": 9}
     assert "Krea 2 layers are the transformer blocks 0-27" in layer_map.index_hint
-    m, seen = record_layers(skew(nodes, model, layers="late, 3"))
-    sample(m, steps=1)
-    assert Counter(index for index, _, _ in seen) == {i: 1 for i in range(28)}
-    assert {index for index, _, hit in seen if hit} == {3} | set(range(19, 28))
+    counts, steered = steered_layers(nodes, model, sample, "late, 3", steps=1)
+    assert counts == {i: 1 for i in range(28)}
+    assert steered == {3} | set(range(19, 28))
 
 
 def test_identity_settings_are_bit_identical(nodes, krea2):
@@ -101,10 +100,9 @@ def test_every_block_matches_the_float64_formula(nodes, krea2, mode):
     ("early", {0, 1}), ("late", {3}), ("0, 2-3", {0, 2, 3}),
 ])
 def test_layer_selection_hits_exactly(nodes, krea2, spec, expected):
-    m, seen = record_layers(skew(nodes, krea2, layers=spec))
-    sample(m)
-    assert Counter(index for index, _, _ in seen) == {i: 2 for i in range(BLOCKS)}
-    assert {index for index, _, hit in seen if hit} == expected
+    counts, steered = steered_layers(nodes, krea2, sample, spec)
+    assert counts == {i: 2 for i in range(BLOCKS)}
+    assert steered == expected
 
 
 @pytest.mark.parametrize("method", ["index", "index_timestep_zero"])

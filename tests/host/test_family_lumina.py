@@ -23,7 +23,7 @@ from host.family_checks import (
     record_calls,
     relative_change,
 )
-from host.node_calls import adaptive, record_layers, skew
+from host.node_calls import adaptive, skew, steered_layers
 
 pytestmark = pytest.mark.host
 
@@ -89,10 +89,9 @@ def test_layer_map_at_the_real_block_counts(nodes, lumina_host, kind, count, lab
     assert Counter(layer.group for layer in layer_map.layers) == dict(
         zip(("early", "middle", "late"), thirds, strict=True))
     assert f"{label} layers are the transformer blocks 0-{count - 1}" in layer_map.index_hint
-    m, seen = record_layers(skew(nodes, model, layers="late, 3"))
-    sample(m, steps=1)
-    assert Counter(index for index, _, _ in seen) == {i: 1 for i in range(count)}
-    assert {index for index, _, hit in seen if hit} == {3} | set(range(count - thirds[2], count))
+    counts, steered = steered_layers(nodes, model, sample, "late, 3", steps=1)
+    assert counts == {i: 1 for i in range(count)}
+    assert steered == {3} | set(range(count - thirds[2], count))
 
 
 @pytest.mark.parametrize("kind", ["lumina2", "z-image"])
@@ -126,10 +125,9 @@ def test_every_main_block_matches_the_float64_formula(nodes, models, kind, mode)
     ("early", {0, 1}), ("late", {3}), ("0, 2-3", {0, 2, 3}),
 ])
 def test_layer_selection_hits_exactly(nodes, models, spec, expected):
-    m, seen = record_layers(skew(nodes, models["z-image"], layers=spec))
-    sample(m)
-    assert Counter(index for index, _, _ in seen) == {i: 2 for i in range(BLOCKS)}
-    assert {index for index, _, hit in seen if hit} == expected
+    counts, steered = steered_layers(nodes, models["z-image"], sample, spec)
+    assert counts == {i: 2 for i in range(BLOCKS)}
+    assert steered == expected
 
 
 def test_z_image_reference_tokens_come_first_and_stay_off_the_grid(nodes, models):

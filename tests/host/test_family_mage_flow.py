@@ -20,7 +20,7 @@ from host.family_checks import (
     record_calls,
     relative_change,
 )
-from host.node_calls import adaptive, record_layers, skew
+from host.node_calls import adaptive, skew, steered_layers
 
 pytestmark = pytest.mark.host
 
@@ -52,10 +52,9 @@ def test_layer_map_at_the_real_block_count(nodes, mage_flow):
     assert Counter(layer.group for layer in layer_map.layers) == {
         "early": 4, "middle": 4, "late": 4}
     assert "Mage-Flow layers are the transformer blocks 0-11" in layer_map.index_hint
-    m, seen = record_layers(skew(nodes, model, layers="late, 3"))
-    sample(m, steps=1)
-    assert Counter(index for index, _, _ in seen) == {i: 1 for i in range(12)}
-    assert {index for index, _, hit in seen if hit} == {3, 8, 9, 10, 11}
+    counts, steered = steered_layers(nodes, model, sample, "late, 3", steps=1)
+    assert counts == {i: 1 for i in range(12)}
+    assert steered == {3, 8, 9, 10, 11}
 
 
 def test_identity_settings_are_bit_identical(nodes, mage_flow):
