@@ -2,6 +2,7 @@
 
     python benchmarks/bench_gpu.py              # needs CUDA and Triton; about a minute
     python benchmarks/bench_gpu.py --sweep      # also the fused kernel's tiles, the token chunks
+    python benchmarks/bench_gpu.py --sweep-only # those alone
     python benchmarks/bench_gpu.py --quick      # fewer repetitions
     python benchmarks/bench_gpu.py --shapes d128 --sweep   # Flux's head width instead
 
@@ -314,6 +315,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--sweep", action="store_true", help="time the tile candidates too")
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="the sweeps without the table of paths (a step of its own after "
+                        "the table, so that a time limit on one keeps the other)")
     parser.add_argument("--shapes", choices=("d64", "d128"), default="d64",
                         help="d64: SDXL and SD3 (default); d128: Flux")
     args = parser.parse_args()
@@ -326,14 +330,15 @@ def main():
     print(f"Device: {props.name} ({props.multi_processor_count} SMs, "
           f"{props.total_memory / 2**30:.0f} GiB); torch {torch.__version__}, CUDA "
           f"{torch.version.cuda}, Triton {triton.__version__}")
-    print("| shape | dtype | path | ms | × baseline | device ms | × baseline | fused TFLOP/s "
-          "| peak extra MiB | check | Δ err α 0.97 | Δ err α 1.05 |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with torch.inference_mode():
-        for name, spec in shapes.items():
-            for dtype_name in DTYPES:
-                bench_shape(name, spec, dtype_name, args)
-        if args.sweep:
+        if not args.sweep_only:
+            print("| shape | dtype | path | ms | × baseline | device ms | × baseline | fused "
+                  "TFLOP/s | peak extra MiB | check | Δ err α 0.97 | Δ err α 1.05 |")
+            print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for name, spec in shapes.items():
+                for dtype_name in DTYPES:
+                    bench_shape(name, spec, dtype_name, args)
+        if args.sweep or args.sweep_only:
             print("\nFused kernel tile candidates (ms as issued and device ms, each × baseline "
                   "SDPA of the same shape):")
             print("| shape | dtype | BLOCK_M x BLOCK_N, warps, stages | ms | × baseline | "
