@@ -175,11 +175,13 @@ def settle(device: torch.device) -> None:
     device (Triton's presence, half-precision products into fp32, tensor cores), so that a
     compile trace, which finds an unasked question answered no and takes a slower path, reads
     the answers. Each node calls this when it patches a model."""
+    from .skew import narrow_values
     from .symmetry import half_into_fp32
 
     facts()
     half_into_fp32(device)
     tensor_core_dots(device)
+    narrow_values(device, 64)
 
 
 def auto_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:

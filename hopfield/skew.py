@@ -26,6 +26,11 @@ Other value widths (the input space's X) keep q~ and k~, and v goes as attend_an
 
 For a Python alpha >= -1/2, c1 goes into the attention's scale (c1 / sqrt(d)) and Z holds
 [v, q, k, (c2 / c1) q]: the same logits with one multiply fewer per call.
+
+On a Hopper GPU at d = 64 the values stay at their own width (v~ = Z[:, 0:d], ``narrow_values``):
+SDPA then hands the call to its memory-efficient kernel, which takes a value width other than
+q's, instead of flash over values twice as wide (measured there: ``bench_gpu.py``'s rows
+concat_narrow_v and concat_wide_v).
 """
 
 from __future__ import annotations
@@ -76,11 +81,40 @@ def folds_c1(alpha: Scalar) -> bool:
     return not isinstance(alpha, torch.Tensor) and alpha >= FOLD_MIN_ALPHA
 
 
+# Where the values keep their own width in the concat trick: Hopper (compute capability 9.x)
+# at d = 64, where an H200 ran that retrieval in 6-9 % less device time than with the values
+# widened for flash (SDXL 64 x 64 and SD3 1024², fp16 and bf16; third lent session). Other GPUs
+# and widths were not measured and keep the widened values.
+NARROW_VALUES_MAJOR = 9
+NARROW_VALUES_WIDTHS = (64,)
+_NARROW_VALUES: dict[int, bool] = {}
+
+
+def narrow_values(device: torch.device, d: int) -> bool:
+    """Whether the concat trick's retrieval takes v at its own width d on ``device``. Asked
+    once per CUDA device, outside any compile trace (fused_triton.settle asks when a node
+    patches a model; a trace that finds it unasked keeps the widened values)."""
+    if device.type != "cuda" or d not in NARROW_VALUES_WIDTHS:
+        return False
+    found = _NARROW_VALUES.get(device.index)
+    if found is None:
+        if torch.compiler.is_compiling():
+            return False
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        found = _NARROW_VALUES[index] = \
+            torch.cuda.get_device_capability(index)[0] == NARROW_VALUES_MAJOR
+    return found
+
+
 def attend_concat(z: torch.Tensor, scale: float) -> torch.Tensor:
     """The concat trick's attention over one buffer z = [v, a, k, b] of width 4d (a, b: q
-    times c1 and c2, or q and (c2 / c1) q with c1 in ``scale``): v~ = [v, a], q~ = [a, k],
-    k~ = [k, b]; returns softmax(q~ k~^T * scale) v, [B, H, L, d]."""
+    times c1 and c2, or q and (c2 / c1) q with c1 in ``scale``): v~ = [v, a] (or v alone,
+    where ``narrow_values``), q~ = [a, k], k~ = [k, b]; returns softmax(q~ k~^T * scale) v,
+    [B, H, L, d]."""
     d = z.shape[-1] // 4
+    if narrow_values(z.device, d):
+        return F.scaled_dot_product_attention(z[..., d:3 * d], z[..., 2 * d:], z[..., :d],
+                                              scale=scale)
     out = F.scaled_dot_product_attention(z[..., d:3 * d], z[..., 2 * d:], z[..., :2 * d],
                                          scale=scale)
     return out[..., :d]

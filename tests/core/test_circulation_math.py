@@ -51,6 +51,21 @@ def test_concat_logits_are_the_scaled_decomposition(alpha):
     torch.testing.assert_close(q_cat @ k_cat.transpose(-1, -2) / 8**0.5, m_sym + alpha * m_skew)
 
 
+@pytest.mark.parametrize("alpha", [1.05, 0.5, -2.0])  # c1 folded into the scale, and not
+def test_values_at_their_own_width_give_the_same_retrieval(monkeypatch, alpha):
+    """Where the concat trick keeps v at its own width (skew.narrow_values: Hopper, d = 64),
+    the retrieval is the literal one, as with the values widened to 2d."""
+    from hopfield_circulation.hopfield import skew
+
+    q, k, v = qkv((2, 3, 77, 64), seed=11)
+    widened = skew_scaled_attention(q, k, v, alpha)
+    monkeypatch.setattr(skew, "narrow_values", lambda device, d: True)
+    narrow = skew_scaled_attention(q, k, v, alpha)
+    torch.testing.assert_close(narrow, ref.skew_scaled_attention(q, k, v, alpha), rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(narrow, widened, rtol=1e-10, atol=1e-12)
+
+
 def test_per_sample_alpha_tensor():
     q, k, v = qkv((3, 2, 41, 16), seed=5)
     alphas = torch.tensor([1.05, 0.9, -1.0], dtype=F64)

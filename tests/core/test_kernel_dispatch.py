@@ -149,6 +149,26 @@ def test_gpus_older_than_ampere_keep_to_the_two_call_and_torch_paths(monkeypatch
     assert not fused_triton.tensor_core_dots(torch.device("cpu"))
 
 
+def test_values_keep_their_width_on_hopper_at_d_64_only(monkeypatch):
+    """The concat trick's retrieval takes v at its own width where that was measured faster
+    (an H200 at d = 64): Hopper only, d = 64 only, asked once per device, never in a trace."""
+    from hopfield_circulation.hopfield import skew
+
+    asked = []
+    capabilities = {0: (9, 0), 1: (8, 9), 2: (10, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: asked.append(
+        index) or capabilities[index])
+    monkeypatch.setattr(skew, "_NARROW_VALUES", {})
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not skew.narrow_values(torch.device("cuda", 0), 64) and not asked  # a trace
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    for index, narrow in ((0, True), (1, False), (2, False), (0, True)):
+        assert skew.narrow_values(torch.device("cuda", index), 64) == narrow
+        assert not skew.narrow_values(torch.device("cuda", index), 128)
+    assert asked == [0, 1, 2]  # once per device
+    assert not skew.narrow_values(torch.device("cpu"), 64)
+
+
 @pytest.mark.parametrize("which", ["eta", "stability"])
 def test_the_eta_and_probe_kernels_hand_over_to_torch_once_they_fail(monkeypatch, which):
     """Eligible but failing (no C compiler, out of resources): one warning, the torch path's
