@@ -93,6 +93,44 @@ def probe_with_fold(call, state):
     return probed_call
 
 
+def probe_parts(override, host, args: tuple, kwargs: dict, state) -> dict:
+    """The Stability Probe's call in parts, as functions to time: the hook with the recorder
+    swapped for an observer that does nothing, the recorder alone on one call the hook placed
+    (its records folded every PROBED_STEPS calls), and the recorder's planned launches alone
+    (where the call took a plan). What the probe's own cost is made of, per probed call."""
+    from hopfield_circulation.hook.call import OBSERVERS_KEY
+    from hopfield_circulation.hopfield import stability_triton
+    from hopfield_circulation.probe.registry import ALL_ROWS
+
+    options = kwargs["transformer_options"]
+    recorder = options[OBSERVERS_KEY][0]
+    seen = []
+    capture = {**kwargs, "transformer_options": {
+        **options, OBSERVERS_KEY: [lambda call, out, steering: seen.append((call, out))]}}
+    idle = {**kwargs, "transformer_options": {
+        **options, OBSERVERS_KEY: [lambda call, out, steering: None]}}
+    override(host, *args, **capture)
+    call, out = seen[0]
+    parts = {"hook and placement, the recorder swapped for a no-op (the host's call included)":
+             lambda: override(host, *args, **idle),
+             "the recorder alone, on one placed call": probe_with_fold(
+                 lambda: recorder(call, out, None), state)}
+    views = (call.heads, call.host_heads_first, call.output_heads_first)
+    for rows in (ALL_ROWS, slice(0, call.batch // 2)):
+        if rows == ALL_ROWS:
+            key = stability_triton.host_layout(call.host_q, call.host_k, out, *views)
+            launch = lambda key=key: stability_triton.run_planned(  # noqa: E731
+                key, call.host_q, call.host_k, out)
+        else:
+            key = stability_triton.rows_layout(rows, call.host_q, call.host_k, out, *views)
+            launch = lambda key=key, rows=rows: stability_triton.run_planned_rows(  # noqa: E731
+                key, rows, call.host_q, call.host_k, out)
+        if launch() is not None:  # planned (the probe's kernels run on this device)
+            branches = "both branches" if rows == ALL_ROWS else "one branch"
+            parts[f"its planned launches alone ({branches})"] = launch
+    return parts
+
+
 def per_call_us(fns: dict, rounds: int = 9, calls: int = 300, sync=lambda: None) -> dict:
     """Median µs per call of each function, the functions taking turns round by round (so a
     busy machine slows them alike and the ratios hold). ``sync`` waits for the device."""
@@ -253,6 +291,14 @@ def main():
         times = per_call_us(calls, sync=sync)
         for name, fn in calls.items():
             counted[name] = ops_of(fn)
+    probe_row = f"{PROBE_ROWS['cond']}{' (fp32 inputs)' if cli.stub_kernels else ''}"
+    override, call_args, call_kwargs = attn1_call(
+        variants[PROBE_ROWS["cond"]], device, torch.float32 if cli.stub_kernels else dtype)
+    with running(model_call()):
+        parts = probe_parts(override, host, call_args, call_kwargs, states[PROBE_ROWS["cond"]])
+        host_row = HOST_FP32 if cli.stub_kernels else "ComfyUI attention_pytorch (the host's call)"
+        part_times = per_call_us({"the probed call (cond)": calls[probe_row],
+                                  "the host's call": calls[host_row], **parts}, sync=sync)
     base_us = times["ComfyUI attention_pytorch (the host's call)"]
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU, 1 thread"
     print(f"Host cost per attention call, {where}, q/k/v [{BATCH}, {TOKENS}, "
@@ -271,6 +317,7 @@ def main():
             own = times[probe] - host_us
             print(f"| the probe's own work, {branch} (its row less the host's fp32 call) | "
                   f"{own:.1f} | {own / host_us:.2f} | {counted[probe] - counted[HOST_FP32]} |")
+        print_parts(part_times)
         return
     print("| call | µs per call | × host's call | aten ops |")
     print("|---|---:|---:|---:|")
@@ -279,6 +326,17 @@ def main():
     floor = base_us + times["one SDPA at width 2d alone"]
     print(f"| floor of a two-call steering: the host's call + one SDPA at 2d | {floor:.1f} | "
           f"{floor / base_us:.2f} | |")
+    print_parts(part_times)
+
+
+def print_parts(times: dict) -> None:
+    """The probe's call in parts, timed in turns in one run (probe_parts)."""
+    host_us = times["the host's call"]
+    print("\nThe Stability Probe's call in parts (branch cond), timed in turns:")
+    print("| part | µs per call | × the host's call |")
+    print("|---|---:|---:|")
+    for name, us in times.items():
+        print(f"| {name} | {us:.1f} | {us / host_us:.2f} |")
 
 
 if __name__ == "__main__":
