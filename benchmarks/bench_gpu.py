@@ -311,6 +311,13 @@ def sweep_chunks(name, spec, args):
                   f"{ratio(ms, base[0])} | {shown(gpu)} | {ratio(gpu, base[1])} |", flush=True)
 
 
+def each_shape_and_dtype(shapes: dict, run, args) -> None:
+    """``run(name, spec, dtype name, args)`` for every shape, in each of DTYPES."""
+    for name, spec in shapes.items():
+        for dtype_name in DTYPES:
+            run(name, spec, dtype_name, args)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -335,18 +342,14 @@ def main():
             print("| shape | dtype | path | ms | × baseline | device ms | × baseline | fused "
                   "TFLOP/s | peak extra MiB | check | Δ err α 0.97 | Δ err α 1.05 |")
             print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-            for name, spec in shapes.items():
-                for dtype_name in DTYPES:
-                    bench_shape(name, spec, dtype_name, args)
+            each_shape_and_dtype(shapes, bench_shape, args)
         if args.sweep or args.sweep_only:
             print("\nFused kernel tile candidates (ms as issued and device ms, each × baseline "
                   "SDPA of the same shape):")
             print("| shape | dtype | BLOCK_M x BLOCK_N, warps, stages | ms | × baseline | "
                   "device ms | × baseline |")
             print("|---|---|---|---:|---:|---:|---:|")
-            for name, spec in shapes.items():
-                for dtype_name in DTYPES:
-                    sweep_shape(name, spec, dtype_name, args)
+            each_shape_and_dtype(shapes, sweep_shape, args)
             print("\nToken chunks of the probe's and eta's kernels, fp16 (ms as issued and "
                   "device ms, each × baseline SDPA):")
             print("| shape | kernel | chunks | tokens per chunk | ms | × baseline | device ms | "

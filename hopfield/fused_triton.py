@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from . import fused_tiles, torch_ops
+from .device_facts import asked_once
 from .fused_tiles import TUNE_ENV, LaunchConfig
 from .triton_launch import launcher_of
 
@@ -158,16 +159,8 @@ def tensor_core_dots(device: torch.device) -> bool:
     at 8 TFLOP/s where the host's attention gets its tensor cores' 65. Asked once per device,
     outside any torch.compile trace (the circulation asks when it patches a model; a trace that
     finds it unasked answers no, and takes the two-call path every device can run)."""
-    if device.type != "cuda":
-        return False
-    found = _TENSOR_CORE_DOTS.get(device.index)
-    if found is None:
-        if torch.compiler.is_compiling():
-            return False
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        found = _TENSOR_CORE_DOTS[index] = \
-            torch.cuda.get_device_capability(device) >= TENSOR_CORE_CAPABILITY
-    return found
+    return asked_once(_TENSOR_CORE_DOTS, device,
+                      lambda capability: capability >= TENSOR_CORE_CAPABILITY)
 
 
 def settle(device: torch.device) -> None:

@@ -38,6 +38,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .device_facts import asked_once
+
 Scalar = float | torch.Tensor
 
 
@@ -94,16 +96,8 @@ def narrow_values(device: torch.device, d: int) -> bool:
     """Whether the concat trick's retrieval takes v at its own width d on ``device``. Asked
     once per CUDA device, outside any compile trace (fused_triton.settle asks when a node
     patches a model; a trace that finds it unasked keeps the widened values)."""
-    if device.type != "cuda" or d not in NARROW_VALUES_WIDTHS:
-        return False
-    found = _NARROW_VALUES.get(device.index)
-    if found is None:
-        if torch.compiler.is_compiling():
-            return False
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        found = _NARROW_VALUES[index] = \
-            torch.cuda.get_device_capability(index)[0] == NARROW_VALUES_MAJOR
-    return found
+    return d in NARROW_VALUES_WIDTHS and asked_once(
+        _NARROW_VALUES, device, lambda capability: capability[0] == NARROW_VALUES_MAJOR)
 
 
 def attend_concat(z: torch.Tensor, scale: float) -> torch.Tensor:

@@ -156,8 +156,8 @@ def test_values_keep_their_width_on_hopper_at_d_64_only(monkeypatch):
 
     asked = []
     capabilities = {0: (9, 0), 1: (8, 9), 2: (10, 0)}
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: asked.append(
-        index) or capabilities[index])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: asked.append(
+        device.index) or capabilities[device.index])
     monkeypatch.setattr(skew, "_NARROW_VALUES", {})
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not skew.narrow_values(torch.device("cuda", 0), 64) and not asked  # a trace
