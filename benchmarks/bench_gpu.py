@@ -31,11 +31,12 @@ Paths, each timed as what the attention override costs per steered call:
   calls it on CUDA (one launch, one program per (sample, head): splitting the tokens measured
   slower), by the same kernels with the tokens split into 7 chunks and a second launch that
   sums them, and by torch ops (one concatenation and two fp32-accumulated Gram products).
-- concat_wide_v, concat_narrow_v: the two-call path's perturbed retrieval alone (alpha 1.05),
-  as it runs now, V widened to 2d so that q~, k~ and v~ share one width (a flash kernel's
-  condition: hopfield/skew.py), and with q~, k~ of width 2d but V as it is, which SDPA hands to
-  a kernel that takes another value width (the memory-efficient one, a quarter fewer products
-  and half the output): whether the two-call path should take it on this device.
+- concat_wide_v, concat_narrow_v: the two-call path's perturbed retrieval alone (alpha 1.05,
+  the concat trick's one buffer either way), V widened to 2d so that q~, k~ and v~ share one
+  width (a flash kernel's condition: hopfield/skew.py), and V at its own width, which SDPA
+  hands to a kernel that takes another value width (the memory-efficient one, a quarter fewer
+  products and half the output). The path takes the narrow form on Hopper at d = 64
+  (skew.narrow_values, from an H200's rows); elsewhere these rows say whether it should.
 - probe_kernel, probe_unsplit, probe_torch: the Stability Probe's measures of one call in the
   value basis (E, r, Align, eta, lambda map), by its Triton kernels (tokens split into chunks,
   hopfield/token_chunks.py), by the same kernels with one chunk per (sample, head) (what
@@ -152,15 +153,14 @@ def extra_paths(q, k, v):
     Circulation's eta_M and the Stability Probe's measures (value basis), each by its Triton
     kernel and by torch ops."""
     from hopfield_circulation.hopfield import eta_triton
-    from hopfield_circulation.hopfield.skew import concat_features, skew_scaled_attention
+    from hopfield_circulation.hopfield.skew import skew_scaled_attention
     from hopfield_circulation.hopfield.stability import layer_stability_torch
     from hopfield_circulation.hopfield.stability_triton import stability_triton
     from hopfield_circulation.hopfield.symmetry import symmetry_index_torch
 
     x = F.scaled_dot_product_attention(q, k, v)  # the value basis: the call's own output
-    return {"concat_wide_v": lambda: skew_scaled_attention(q, k, v, 1.05),
-            "concat_narrow_v": lambda: F.scaled_dot_product_attention(
-                *concat_features(q, k, 1.05), v, scale=q.shape[-1]**-0.5),
+    return {"concat_wide_v": lambda: skew_scaled_attention(q, k, v, 1.05, narrow=False),
+            "concat_narrow_v": lambda: skew_scaled_attention(q, k, v, 1.05, narrow=True),
             "eta_kernel": lambda: eta_triton.symmetry_index_triton(q, k),
             "eta_split": lambda: eta_triton.symmetry_index_triton(q, k, splits=7),
             "eta_torch": lambda: symmetry_index_torch(q, k),

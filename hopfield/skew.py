@@ -100,13 +100,13 @@ def narrow_values(device: torch.device, d: int) -> bool:
         _NARROW_VALUES, device, lambda capability: capability[0] == NARROW_VALUES_MAJOR)
 
 
-def attend_concat(z: torch.Tensor, scale: float) -> torch.Tensor:
+def attend_concat(z: torch.Tensor, scale: float, narrow: bool | None = None) -> torch.Tensor:
     """The concat trick's attention over one buffer z = [v, a, k, b] of width 4d (a, b: q
     times c1 and c2, or q and (c2 / c1) q with c1 in ``scale``): v~ = [v, a] (or v alone,
-    where ``narrow_values``), q~ = [a, k], k~ = [k, b]; returns softmax(q~ k~^T * scale) v,
-    [B, H, L, d]."""
+    where ``narrow``, by default ``narrow_values``), q~ = [a, k], k~ = [k, b]; returns
+    softmax(q~ k~^T * scale) v, [B, H, L, d]."""
     d = z.shape[-1] // 4
-    if narrow_values(z.device, d):
+    if narrow_values(z.device, d) if narrow is None else narrow:
         return F.scaled_dot_product_attention(z[..., d:3 * d], z[..., 2 * d:], z[..., :d],
                                               scale=scale)
     out = F.scaled_dot_product_attention(z[..., d:3 * d], z[..., 2 * d:], z[..., :2 * d],
@@ -156,11 +156,14 @@ def attend_any_width(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def skew_scaled_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: Scalar
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, alpha: Scalar,
+    narrow: bool | None = None,
 ) -> torch.Tensor:
     """softmax((M_sym + alpha M_skew)) V for q, k, v of shape [B, H, L, d]; returns [B, H, L, d_v].
 
     Needs a square logit matrix (same L for q and k): the decomposition is only defined there.
+    ``narrow``: v at its own width in the attention (``attend_concat``; by default where
+    ``narrow_values`` says; benchmarks time both).
     """
     if q.shape[-2] != k.shape[-2]:
         raise ValueError(
@@ -173,7 +176,8 @@ def skew_scaled_attention(
         return attend_any_width(q_cat, k_cat, v, d**-0.5)
     c1, c2 = skew_coefficients(alpha, q)
     if folds_c1(alpha):
-        return attend_concat(torch.cat((v, q, k, q * (c2 / c1)), dim=-1), c1 * d**-0.5)
+        return attend_concat(torch.cat((v, q, k, q * (c2 / c1)), dim=-1), c1 * d**-0.5,
+                             narrow)
     if isinstance(c1, torch.Tensor):  # cast so the attention runs in the model's dtype
         c1, c2 = c1.to(q.dtype), c2.to(q.dtype)
-    return attend_concat(torch.cat((v, q * c1, k, q * c2), dim=-1), d**-0.5)
+    return attend_concat(torch.cat((v, q * c1, k, q * c2), dim=-1), d**-0.5, narrow)

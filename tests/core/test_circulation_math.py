@@ -64,6 +64,10 @@ def test_values_at_their_own_width_give_the_same_retrieval(monkeypatch, alpha):
     torch.testing.assert_close(narrow, ref.skew_scaled_attention(q, k, v, alpha), rtol=1e-10,
                                atol=1e-12)
     torch.testing.assert_close(narrow, widened, rtol=1e-10, atol=1e-12)
+    # asked for by name (the benchmark's rows), whatever the device says
+    assert torch.equal(skew_scaled_attention(q, k, v, alpha, narrow=True), narrow)
+    monkeypatch.undo()
+    assert torch.equal(skew_scaled_attention(q, k, v, alpha, narrow=False), widened)
 
 
 def test_per_sample_alpha_tensor():
