@@ -207,3 +207,19 @@ def assert_paper_point_names(nodes, model, alpha: float, beta: float, title: str
     (used,) = out.ui["hopfield_operating_point"]
     assert (used["alpha"], used["beta"]) == (alpha, beta)
     assert f"the paper gives no point for {title} models" in used["why"]
+
+
+# α = 1 (no circulation change) and β = 0 (no blend): each must leave the model as it was
+IDENTITY_SETTINGS = ((1.0, 3.0), (1.05, 0.0))
+
+
+def assert_identity_settings_bit_identical(nodes, model, sample) -> torch.Tensor:
+    """Skew and Adaptive Circulation at IDENTITY_SETTINGS sample ``model``'s own result bit for
+    bit; returns that result (``sample(model)``)."""
+    from host.node_calls import adaptive, skew
+
+    base = sample(model)
+    for alpha, beta in IDENTITY_SETTINGS:
+        assert torch.equal(sample(skew(nodes, model, alpha=alpha, beta=beta)), base)
+        assert torch.equal(sample(adaptive(nodes, model, alpha=alpha, beta=beta)), base)
+    return base

@@ -14,6 +14,7 @@ import pytest
 import torch
 from host import tiny_models
 from host.family_checks import (
+    assert_identity_settings_bit_identical,
     assert_one_graph_equal_to_eager,
     assert_paper_point_names,
     assert_probe_matches_literal,
@@ -61,10 +62,7 @@ def test_layer_map_at_the_real_block_counts(nodes, comfy_host):
 
 
 def test_identity_settings_are_bit_identical(nodes, auraflow):
-    base = sample(auraflow)
-    for alpha, beta in ((1.0, 3.0), (1.05, 0.0)):
-        assert torch.equal(sample(skew(nodes, auraflow, alpha=alpha, beta=beta)), base)
-        assert torch.equal(sample(adaptive(nodes, auraflow, alpha=alpha, beta=beta)), base)
+    base = assert_identity_settings_bit_identical(nodes, auraflow, sample)
     assert not torch.equal(sample(skew(nodes, auraflow)), base)
     assert torch.equal(sample(auraflow), base)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from host import tiny_models
 from host.family_checks import (
+    assert_identity_settings_bit_identical,
     compare_with_formula,
     image_map,
     literal_stability,
@@ -49,10 +50,7 @@ def test_layer_map(chroma):
 @pytest.mark.parametrize("variant", ["chroma", "radiance"])
 def test_identity_settings_are_bit_identical(nodes, chroma, variant):
     model = chroma[variant]
-    base = sample(model, variant)
-    for alpha, beta in ((1.0, 3.0), (1.05, 0.0)):
-        assert torch.equal(sample(skew(nodes, model, alpha=alpha, beta=beta), variant), base)
-        assert torch.equal(sample(adaptive(nodes, model, alpha=alpha, beta=beta), variant), base)
+    assert_identity_settings_bit_identical(nodes, model, lambda m: sample(m, variant))
 
 
 @pytest.mark.parametrize("variant", ["chroma", "radiance"])

@@ -15,6 +15,7 @@ import pytest
 import torch
 from host import tiny_models
 from host.family_checks import (
+    assert_identity_settings_bit_identical,
     assert_one_graph_equal_to_eager,
     assert_paper_point_names,
     assert_probe_matches_literal,
@@ -73,10 +74,7 @@ def test_layer_map_at_the_real_block_count(nodes, krea2):
 
 
 def test_identity_settings_are_bit_identical(nodes, krea2):
-    base = sample(krea2)
-    for alpha, beta in ((1.0, 3.0), (1.05, 0.0)):
-        assert torch.equal(sample(skew(nodes, krea2, alpha=alpha, beta=beta)), base)
-        assert torch.equal(sample(adaptive(nodes, krea2, alpha=alpha, beta=beta)), base)
+    assert_identity_settings_bit_identical(nodes, krea2, sample)
 
 
 @pytest.mark.parametrize("mode", ["skew", "adaptive"])

@@ -16,6 +16,7 @@ import pytest
 import torch
 from host import tiny_models
 from host.family_checks import (
+    assert_identity_settings_bit_identical,
     assert_one_graph_equal_to_eager,
     assert_paper_point_names,
     assert_probe_matches_literal,
@@ -97,10 +98,7 @@ def test_layer_map_at_the_real_block_counts(nodes, lumina_host, kind, count, lab
 @pytest.mark.parametrize("kind", ["lumina2", "z-image"])
 def test_identity_settings_are_bit_identical(nodes, models, kind):
     model = models[kind]
-    base = sample(model)
-    for alpha, beta in ((1.0, 3.0), (1.05, 0.0)):
-        assert torch.equal(sample(skew(nodes, model, alpha=alpha, beta=beta)), base)
-        assert torch.equal(sample(adaptive(nodes, model, alpha=alpha, beta=beta)), base)
+    assert_identity_settings_bit_identical(nodes, model, sample)
 
 
 @pytest.mark.parametrize("kind", ["lumina2", "z-image"])

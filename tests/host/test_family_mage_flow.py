@@ -14,6 +14,7 @@ import pytest
 import torch
 from host import tiny_models
 from host.family_checks import (
+    assert_identity_settings_bit_identical,
     assert_paper_point_names,
     assert_probe_matches_literal,
     compare_with_formula,
@@ -58,10 +59,7 @@ def test_layer_map_at_the_real_block_count(nodes, mage_flow):
 
 
 def test_identity_settings_are_bit_identical(nodes, mage_flow):
-    base = sample(mage_flow)
-    for alpha, beta in ((1.0, 3.0), (1.05, 0.0)):
-        assert torch.equal(sample(skew(nodes, mage_flow, alpha=alpha, beta=beta)), base)
-        assert torch.equal(sample(adaptive(nodes, mage_flow, alpha=alpha, beta=beta)), base)
+    assert_identity_settings_bit_identical(nodes, mage_flow, sample)
 
 
 @pytest.mark.parametrize("mode", ["skew", "adaptive"])
