@@ -36,13 +36,15 @@ import is lazy.
 from __future__ import annotations
 
 import math
+import operator
+import threading
 from typing import NamedTuple
 
 import torch
 
 from . import eta_triton, fused_plan, fused_triton, torch_ops
 from .token_chunks import token_chunks
-from .triton_launch import launcher_of
+from .triton_launch import hook_set, launcher_of
 
 STABILITY_DTYPES = (torch.float16, torch.bfloat16)
 # (head dim d, feature width m) -> (tokens per tile, warps, pipeline stages), from
@@ -217,18 +219,51 @@ def _tensor_args(stage: str) -> int:
         else STAGE_TENSOR_ARGS[stage]
 
 
+# The addresses a planned call hands its launches, in this order (ProbePlan.orders)
+PLANNED_ADDRESSES = ("q", "k", "retrieval", "work", "out", "eta", "eta_work")
+
+
 class ProbePlan:
     """A call layout's launches prepared once (hopfield/fused_plan.py's ``prepare``): later
-    calls of the layout launch the compiled kernels with only their own tensors (the inputs,
-    a fresh workspace and output) given by their addresses, without the geometry, the
-    argument lists or the cached launcher's key."""
+    calls of the layout launch the compiled kernels with only their own tensors (the inputs
+    and the output) given by their addresses, without the geometry, the argument lists or the
+    cached launcher's key.
 
-    __slots__ = ("launches", "device", "torch_device", "geometry", "out_shape")
+    The workspace is the plan's own, one per thread and stream, kept from call to call: the
+    launches of one stream run in order, so a call's stages never meet the next call's (two
+    threads on one stream each have their own). Under CUDA graph capture each call takes a
+    fresh one, as the general path does, from the graph's memory."""
+
+    __slots__ = ("launches", "device", "torch_device", "geometry", "out_shape", "launchers",
+                 "hooks", "orders", "workspaces")
 
     def __init__(self, launches: list, device: torch.device, g: Geometry):
         self.launches, self.torch_device, self.geometry = launches, device, g
         self.device = device.index if device.type == "cuda" else -1  # as get_device() says
         self.out_shape = (g.batch, 4 + g.length)
+        # what each call checks: every launcher once, and their hooks (Triton's runtime
+        # knobs: one object for all of them, once they have launched)
+        launchers = {id(launch.launcher): launch.launcher for _, launch in launches}
+        self.launchers = tuple(launchers.values())
+        self.hooks = tuple({id(lr.hooks): lr.hooks for lr in self.launchers}.values())
+        # each launch with what picks its tensors' addresses out of PLANNED_ADDRESSES
+        positions = range(len(PLANNED_ADDRESSES))
+        self.orders = tuple(
+            (launch, _picker(stage_tensors(stage, *positions[:5], tuple(positions[5:]))))
+            for stage, launch in launches)
+        self.workspaces: dict = {}  # (thread, stream) -> (workspace, its regions' addresses)
+
+    def ready(self) -> bool:
+        """The launches would go as planned now: their launchers enabled, no profiler's
+        hook, no kernel failed, the planned device current."""
+        for launcher in self.launchers:
+            if not launcher.enabled:
+                return False
+        for hooks in self.hooks:
+            if hook_set(hooks.launch_enter_hook) or hook_set(hooks.launch_exit_hook):
+                return False
+        return not _FAILED and not fused_triton.disabled() \
+            and (self.device < 0 or self.device == torch.cuda.current_device())
 
     def run(self, q, k, retrieval):
         """The call's packed [B, 4 + L] result, or None where the general path must run (a
@@ -239,22 +274,47 @@ class ProbePlan:
 
     def run_at(self, q: int, k: int, retrieval: int):
         """``run`` on the tensors at these addresses (laid out as planned)."""
-        device, g = self.device, self.geometry
-        if _FAILED or not fused_plan.launchable(device, None,
-                                                *(launch for _, launch in self.launches)):
+        if not self.ready():
             return None
-        work_tensor = torch.empty(g.work, dtype=torch.float32, device=self.torch_device)
-        out_tensor = torch.empty(self.out_shape, dtype=torch.float32, device=self.torch_device)
-        work, out = work_tensor.data_ptr(), out_tensor.data_ptr()
-        if not fused_plan.aligned_addresses(q, k, retrieval, work, out):
-            return None
-        eta = g.eta_addresses(work) if not g.with_eta else ()
-        stream = self.launches[0][1].launcher.stream(device)  # one driver: one current stream
-        for stage, launch in self.launches:
-            if not launch.on_stream(stream, stage_tensors(stage, q, k, retrieval, work, out,
-                                                          eta)):
-                return None
-        return out_tensor
+        out = torch.empty(self.out_shape, dtype=torch.float32, device=self.torch_device)
+        return out if self.launch_into(q, k, retrieval, out.data_ptr()) else None
+
+    def launch_into(self, q: int, k: int, retrieval: int, out: int) -> bool:
+        """Launch on the tensors at these addresses, the result written at ``out`` ([B, 4 + L]
+        fp32, contiguous), once ``ready`` said yes; False where nothing could launch (an
+        address off 16 bytes, a refusal)."""
+        if (q | k | retrieval | out) & 15:
+            return False
+        stream = self.launchers[0].stream(self.device)  # one driver: one current stream
+        fresh = self.device >= 0 and torch.cuda.is_current_stream_capturing()
+        workspace = self._workspace(stream, fresh)
+        work, eta, eta_work = workspace[1]
+        addresses = (q, k, retrieval, work, out, eta, eta_work)
+        for launch, pick in self.orders:
+            if not launch.on_stream(stream, pick(addresses)):
+                return False
+        return True
+
+    def _workspace(self, stream, fresh: bool) -> tuple:
+        """(workspace, (its address, eta's, eta's own workspace's)) for this thread and
+        stream; ``fresh``: one for this call only (a CUDA graph capture)."""
+        key = (threading.get_ident(), stream)
+        found = None if fresh else self.workspaces.get(key)
+        if found is None:
+            g = self.geometry
+            work = torch.empty(g.work, dtype=torch.float32, device=self.torch_device)
+            at = work.data_ptr()
+            found = (work, (at, *(g.eta_addresses(at) if not g.with_eta else (at, at))))
+            if not fresh:
+                self.workspaces[key] = found
+        return found
+
+
+def _picker(positions: tuple[int, ...]):
+    """What picks these positions of a tuple, as a tuple (one position included)."""
+    if len(positions) == 1:
+        return lambda values, at=positions[0]: (values[at],)
+    return operator.itemgetter(*positions)
 
 
 _plans: dict[tuple, ProbePlan | None] = {}  # call layout -> its plan (None: none to make)
@@ -341,9 +401,27 @@ def run_planned_rows(key: tuple, rows: slice, q: torch.Tensor, k: torch.Tensor,
     plan = _plans.get(key)
     if plan is None:
         return None
-    first = rows.start
-    return plan.run_at(*(t.data_ptr() + first * t.stride(0) * t.element_size()
-                         for t in (q, k, retrieval)))
+    return plan.run_at(*row_addresses(rows, q, k, retrieval))
+
+
+def ready_plan(key: tuple) -> ProbePlan | None:
+    """The plan kept under ``key`` (``host_layout``'s or ``rows_layout``'s), if it would
+    launch as planned now (``ProbePlan.ready``): a caller with an output of its own to write
+    into calls its ``launch_into``."""
+    plan = _plans.get(key)
+    return plan if plan is not None and plan.ready() else None
+
+
+def row_addresses(rows: slice, q: torch.Tensor, k: torch.Tensor, retrieval: torch.Tensor,
+                  addresses: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+    """The addresses of ``q[rows]``, ``k[rows]`` and ``retrieval[rows]`` (``rows``: start and
+    stop within the first dimension), without the slices; ``addresses``: the whole tensors',
+    where the caller has them."""
+    qa, ka, ra = addresses or (q.data_ptr(), k.data_ptr(), retrieval.data_ptr())
+    first = rows.start or 0
+    return (qa + first * q.stride(0) * q.element_size(),
+            ka + first * k.stride(0) * k.element_size(),
+            ra + first * retrieval.stride(0) * retrieval.element_size())
 
 
 def _make_plan(launches: list, device: torch.device, g: Geometry) -> ProbePlan | None:

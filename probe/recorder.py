@@ -37,7 +37,7 @@ from ..hook.schedule import (
 from ..hopfield import fused_triton
 from ..hopfield.input_space import channel_subset, input_retrieval, steered_input_retrieval
 from ..hopfield.stability import layer_stability
-from ..hopfield.stability_triton import host_layout, rows_layout, run_planned, run_planned_rows
+from ..hopfield.stability_triton import host_layout, ready_plan, row_addresses, rows_layout
 from .registry import (
     ALL_ROWS,
     Measurement,
@@ -45,6 +45,7 @@ from .registry import (
     ProbeRun,
     ProbeSettings,
     ProbeState,
+    Slot,
     chunk_placements,
     new_run,
     register,
@@ -85,8 +86,9 @@ def patch_probe(model_patcher, settings: ProbeSettings):
         if not wanted:
             return
         if torch.compiler.is_compiling():  # a trace: measure in the graph, keep as it runs
-            packed = [_measure(call, out, steering, rows, basis, planned=False)
-                      for rows, _ in _placements(call, wanted)]
+            packed = [_measure(call, out, steering, rows, basis)
+                      for rows, _ in chunk_placements(call.batch, len(call.cond_or_uncond),
+                                                      wanted)]
             return record_in_graph(state.probe_id, call, steering, wanted, packed)
         run = state.current
         if run is None:
@@ -204,29 +206,45 @@ def _steered(steering: Steering, q, k, x, subset, rows):
     return torch.where(keep, blended, retrieved.to(blended.dtype))
 
 
-def _placements(call: AttentionCall, chunks: list[tuple[int, int]]) -> list:
-    return chunk_placements(call.batch, len(call.cond_or_uncond), chunks)
+_PLACEMENTS: dict = {}  # (batch, chunk count, chunks) -> chunk_placements' answer
+
+
+def _placements(call: AttentionCall, chunks: list[tuple[int, int]]) -> tuple:
+    """chunk_placements for this eager call, worked out once per batch and chunks."""
+    key = (call.host_q.shape[0], len(call.cond_or_uncond), *chunks)
+    found = _PLACEMENTS.get(key)
+    if found is None:
+        if len(_PLACEMENTS) >= 256:  # a few per CFG layout: bounded all the same
+            _PLACEMENTS.clear()
+        found = _PLACEMENTS[key] = tuple(chunk_placements(key[0], key[1], chunks))
+    return found
 
 
 def _measure(call: AttentionCall, out: torch.Tensor, steering: Steering | None, rows: slice,
-             basis, planned: bool = True) -> torch.Tensor:
-    """The packed measures (LayerStability.packed) of ``rows`` of one call. ``planned``: a
-    value-basis call may launch a planned layout on the host's q, k and output as they are, or
-    at their rows' addresses (where the [B, H, L, d] views of the rows take three ops each, a
-    slice one: the planned launches read addresses, at the same strides); never in a compile
-    trace, which calls layer_stability (on CUDA its kernels' registered op, elsewhere the
-    torch ops)."""
+             basis, run: ProbeRun | None = None) -> torch.Tensor | Slot:
+    """The packed measures (LayerStability.packed) of ``rows`` of one call. With ``run``, a
+    value-basis call whose layout is planned launches on the host's q, k and output as they
+    are, or at their rows' addresses (where the [B, H, L, d] views of the rows take three ops
+    each, a slice one: the planned launches read addresses, at the same strides), and writes
+    into a slot of the run's output blocks (ProbeRun.next_slot: no allocation per call).
+    Without, or where it can't, it calls layer_stability (on CUDA its kernels' registered op
+    in a compile trace, which is never given the run; elsewhere the torch ops)."""
     plan_key = None
-    if planned and basis is _value_basis:
+    if run is not None and basis is _value_basis:
         views = (call.heads, call.host_heads_first, call.output_heads_first)
-        if rows == ALL_ROWS:
-            plan_key = host_layout(call.host_q, call.host_k, out, *views)
-            packed = run_planned(plan_key, call.host_q, call.host_k, out)
-        else:
-            plan_key = rows_layout(rows, call.host_q, call.host_k, out, *views)
-            packed = run_planned_rows(plan_key, rows, call.host_q, call.host_k, out)
-        if packed is not None:
-            return packed
+        q, k = call.host_q, call.host_k
+        whole = rows == ALL_ROWS
+        plan_key = host_layout(q, k, out, *views) if whole else \
+            rows_layout(rows, q, k, out, *views)
+        plan = ready_plan(plan_key)
+        if plan is not None:
+            slot = run.next_slot((call.layer.index, rows.start, rows.stop, plan), plan.out_shape,
+                                 plan.torch_device)
+            addresses = (q.data_ptr(), k.data_ptr(), out.data_ptr())
+            if not whole:
+                addresses = row_addresses(rows, q, k, out, addresses)
+            if plan.launch_into(*addresses, slot.address):
+                return slot
     return layer_stability(_rows(call.q, rows), _rows(call.k, rows),
                            basis(call, out, steering, rows), plan_key).packed
 
@@ -242,6 +260,6 @@ def _record(run: ProbeRun, call: AttentionCall, out: torch.Tensor, steering: Ste
         run.latent_shape = tuple(latent)
     evaluation = run.evaluation
     for rows, placed in _placements(call, chunks):
-        packed = _measure(call, out, steering, rows, basis)
+        packed = _measure(call, out, steering, rows, basis, run)
         run.record(Measurement(layer.index, layer.kind, layer.group, grid, call.text_tokens,
                                placed, call.step, call.sigma, evaluation, packed))

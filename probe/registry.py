@@ -95,7 +95,66 @@ class Measurement(NamedTuple):
     step: int | None
     sigma: float | None
     evaluation: int | None
-    packed: torch.Tensor  # [rows, 4 + L]: MEASURES, then lambda per token (LayerStability)
+    # [rows, 4 + L]: MEASURES, then lambda per token (LayerStability); a Slot where the
+    # probe's planned kernels wrote it into one of the run's output blocks
+    packed: torch.Tensor | Slot
+
+
+class Slot(NamedTuple):
+    """Where the probe's planned kernels wrote one measurement: a row of one of the run's
+    output blocks (ProbeRun.next_slot), at ``address``. A probed call then allocates no
+    tensor of its own (an allocation costs host time on the device, in every probed call),
+    and a fold finds a layer's measurements side by side in its block: a view, no copy."""
+
+    block: torch.Tensor  # [slots, floats per slot], fp32
+    index: int
+    shape: tuple[int, int]  # (rows, 4 + L)
+    address: int
+
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+
+# A lane's first output block holds as many slots as the run has steps (one per step, two
+# for Heun-type samplers: a second block, twice as large), at least SLOTS_FIRST and at most
+# SLOTS_MAX; each slot's floats are padded to a multiple of four, so that every slot's
+# address is 16-byte aligned, as the kernels' launches take them.
+SLOTS_FIRST = 8
+SLOTS_MAX = 256
+
+
+class Lane:
+    """A lane's current output block and how many of its slots are given out
+    (ProbeRun.next_slot)."""
+
+    __slots__ = ("block", "used", "address", "slot_bytes")
+
+    def __init__(self, block: torch.Tensor, slot_floats: int):
+        self.block, self.used = block, 0
+        self.address, self.slot_bytes = block.data_ptr(), 4 * slot_floats
+
+
+def stacked(values: list) -> torch.Tensor:
+    """[n, rows, 4 + L]: the measurements' values (tensors or Slots of one shape) in order;
+    consecutive slots of one block as one view of it, so that a layer whose block holds them
+    all is no copy at all."""
+    parts = []
+    i = 0
+    while i < len(values):
+        first = values[i]
+        if not isinstance(first, Slot):
+            parts.append(first.unsqueeze(0))
+            i += 1
+            continue
+        end = i + 1
+        while end < len(values) and isinstance(values[end], Slot) \
+                and values[end].block is first.block \
+                and values[end].index == first.index + end - i:
+            end += 1
+        rows = first.block[first.index:first.index + end - i, :first.numel()]
+        parts.append(rows.unflatten(1, first.shape))
+        i = end
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 ALL_ROWS = slice(None)  # a whole-batch measurement
@@ -160,6 +219,29 @@ class ProbeRun:
     # Newer ComfyUI's MultiGPU CFG split records the cond and uncond calls from two threads:
     # a fold must not take the pending list while the other thread adds to it
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # Output blocks of the probe's planned kernels, per lane (a layer's rows in one layout),
+    # until the next fold: each probed call writes into a slot of its lane's (next_slot)
+    lanes: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def next_slot(self, lane, shape: tuple[int, int], device: torch.device) -> Slot:
+        """A fresh slot for a [rows, 4 + L] measurement of ``lane`` (any hashable key of a
+        layer's rows in one layout) on ``device``: a new block only when its lane's is full
+        (SLOTS_FIRST, or as many as the run's schedule has steps, then twice the last)."""
+        with self.lock:
+            found = self.lanes.get(lane)
+            if found is None or found.used == found.block.shape[0]:
+                if found is not None:
+                    slots = min(2 * found.block.shape[0], SLOTS_MAX)
+                elif self.schedule is not None:
+                    slots = min(max(self.schedule.numel() - 1, SLOTS_FIRST), SLOTS_MAX)
+                else:
+                    slots = SLOTS_FIRST
+                floats = -(-shape[0] * shape[1] // 4) * 4  # 16-byte slots
+                found = self.lanes[lane] = Lane(
+                    torch.empty((slots, floats), dtype=torch.float32, device=device), floats)
+            index = found.used
+            found.used = index + 1
+        return Slot(found.block, index, shape, found.address + index * found.slot_bytes)
 
     def record(self, measurement: Measurement) -> None:
         """Keep one probed call's measurement; no tensor work until enough are kept."""
@@ -178,17 +260,19 @@ class ProbeRun:
 
     def _fold(self) -> None:
         pending, self.pending, self.pending_values = self.pending, [], 0
+        self.lanes = {}  # the blocks go with the measurements they hold: new ones from here
         by_layer = defaultdict(list)  # -> positions in pending
         for position, m in enumerate(pending):
             by_layer[(m.index, m.kind, m.group, m.grid, m.text_tokens, m.chunks,
                       m.packed.shape)].append(position)
         values_of = [None] * len(pending)  # position -> each chunk's [4, rows] measures
         for (index, kind, group, grid, text, chunks, _), positions in by_layer.items():
-            block = torch.stack([pending[p].packed for p in positions])  # [n, rows, 4 + L]
+            block = stacked([pending[p].packed for p in positions])  # [n, rows, 4 + L]
             total = block.sum(dim=0)
             measures = block[:, :, :4].transpose(1, 2)  # [n, 4, rows]
             # the series' own compact copies (not views of the maps), made per chunk at once
-            per_chunk = [measures[:, :, start:end].contiguous().unbind(0)
+            per_chunk = [measures[:, :, start:end].clone(memory_format=torch.contiguous_format)
+                         .unbind(0)
                          for _, start, end in chunks]
             for j, p in enumerate(positions):
                 values_of[p] = [values[j] for values in per_chunk]

@@ -281,6 +281,21 @@ def test_no_adaptive_plan_where_the_general_path_takes_torch_ops(recorder, monke
     assert fused_plan.make_adaptive_plan(q, k, v, 1.2, 5.0, True, True, None) is None
 
 
+def record_probe_launches(recorder, monkeypatch) -> None:
+    """The probe's stages (and eta's, at d = 128) recorded into ``recorder.launches``, one
+    sequence, every layout planned afresh."""
+    from core.launch_recorder import Recorder
+    from hopfield_circulation.hopfield import stability_triton
+
+    for stage, tensors in stability_triton.STAGE_TENSOR_ARGS.items():
+        stand_in = Recorder(kernel=stability_triton._kernel(stage), tensors=tensors)
+        stand_in.launches = recorder.launches
+        monkeypatch.setitem(stability_triton._launchers, stage,
+                            lambda stand_in=stand_in: stand_in.launcher)
+    recorder.eta.launches = recorder.eta_reduce.launches = recorder.launches
+    monkeypatch.setattr(stability_triton, "_plans", {})
+
+
 @pytest.mark.parametrize("layout, dtype, d", [(host_layout, torch.float16, 64),
                                               (joint_layout, torch.bfloat16, 64),
                                               (host_layout, torch.float16, 128)])
@@ -289,16 +304,9 @@ def test_the_probes_plan_launches_what_its_general_path_launches(recorder, monke
     """The Stability Probe's four launches (five at d = 128, with eta's), planned per call
     layout in hopfield/stability_triton.py: the same launches as the general path's, and the
     general path again where the plan cannot launch as planned."""
-    from core.launch_recorder import Recorder
     from hopfield_circulation.hopfield import stability_triton
 
-    for stage, tensors in stability_triton.STAGE_TENSOR_ARGS.items():
-        stand_in = Recorder(kernel=stability_triton._kernel(stage), tensors=tensors)
-        stand_in.launches = recorder.launches  # one sequence, with the eta kernel's
-        monkeypatch.setitem(stability_triton._launchers, stage,
-                            lambda stand_in=stand_in: stand_in.launcher)
-    recorder.eta.launches = recorder.eta_reduce.launches = recorder.launches
-    monkeypatch.setattr(stability_triton, "_plans", {})
+    record_probe_launches(recorder, monkeypatch)
     q, k, x = layout(2, 37, 3, d, dtype)
     stability_triton.stability_triton(q, k, x)  # Triton's own path once; plans the layout
     (layout_key, plan), = stability_triton._plans.items()
@@ -375,3 +383,52 @@ def test_the_probes_plan_under_the_callers_key_launches_on_unviewed_tensors(reco
             views(t)[rows].data_ptr() for t in host]
     assert keys[0] == keys[1] != stability_triton.rows_layout(slice(0, 2), *host, 3)
     assert stability_triton.rows_layout(slice(0, 1), *host, 4) != keys[0]  # other heads
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_the_probes_plan_keeps_a_workspace_per_thread_and_stream(recorder, monkeypatch, d):
+    """A planned probe call allocates no workspace: the plan keeps one per thread and stream
+    (a stream runs its launches in order; two threads on one stream each get their own), and
+    under CUDA graph capture takes a fresh one per call, as the general path does. At d = 128
+    eta's launches write into it too."""
+    import threading
+
+    from hopfield_circulation.hopfield import stability_triton
+
+    record_probe_launches(recorder, monkeypatch)
+    q, k, x = host_layout(2, 37, 3, d, torch.float16)
+    stability_triton.stability_triton(q, k, x)  # Triton's own path once; plans the layout
+    plan, = set(stability_triton._plans.values())
+    launches = len(plan.launches)
+
+    def work_addresses() -> set:  # every workspace address the last call's launches took
+        last = recorder.launches[-launches:]
+        return {launch[9 + position] for launch, (stage, _) in zip(last, plan.launches,
+                                                                    strict=True)
+                for position, name in enumerate(stage_names(stage)) if name == "work"}
+
+    plan.run(q, k, x)
+    first = work_addresses()
+    plan.run(q, k, x)
+    assert work_addresses() == first and len(first) == 1
+    assert len(plan.workspaces) == 1
+    elsewhere = []
+    thread = threading.Thread(target=lambda: (plan.run(q, k, x),
+                                              elsewhere.append(work_addresses())))
+    thread.start()
+    thread.join()
+    assert elsewhere[0] != first and len(plan.workspaces) == 2
+    # capturing a CUDA graph: a fresh workspace per call, none kept
+    monkeypatch.setattr(plan, "device", 0)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    captured = [plan.run(q, k, x) is not None and work_addresses() for _ in range(2)]
+    assert all(captured) and first not in captured and len(plan.workspaces) == 2
+
+
+def stage_names(stage: str) -> tuple:
+    """The names of a probe stage's leading tensor arguments, in order."""
+    from hopfield_circulation.hopfield import stability_triton
+
+    names = stability_triton.PLANNED_ADDRESSES
+    return stability_triton.stage_tensors(stage, *names[:5], names[5:])

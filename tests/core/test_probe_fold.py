@@ -143,3 +143,58 @@ def test_two_threads_recording_at_once_lose_nothing(monkeypatch):
     assert len(run.series) == len(want.series)
     for key, value in want.sums.items():
         torch.testing.assert_close(run.sums[key], value, rtol=1e-10, atol=1e-10)
+
+
+def in_slots(run: ProbeRun, made: list[Measurement], every: int = 1) -> list[Measurement]:
+    """``made`` with every ``every``-th measurement's values written into a slot of the run's
+    output blocks, as the probe's planned kernels write them (one lane per layer and rows)."""
+    moved = []
+    for position, m in enumerate(made):
+        if position % every:
+            moved.append(m)
+            continue
+        slot = run.next_slot((m.index, m.packed.shape), tuple(m.packed.shape), "cpu")
+        assert slot.address % 16 == 0
+        slot.block[slot.index, :slot.numel()] = m.packed.flatten()
+        moved.append(m._replace(packed=slot))
+    return moved
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_measurements_in_the_runs_blocks_fold_as_tensors_do(every, monkeypatch):
+    """Slots of the run's output blocks (all of them, or mixed with tensors of their own),
+    with blocks filling up and folds while sampling: the same sums, maps and series."""
+    monkeypatch.setattr(registry, "SLOTS_FIRST", 2)  # blocks fill up: new ones, twice as large
+    monkeypatch.setattr(registry, "FOLD_VALUES", 2000)
+    made = [m._replace(packed=m.packed.float()) for m in measurements(11, evaluations=12)]
+    run = ProbeRun(1)
+    for m in in_slots(run, made, every):
+        run.record(m)
+    run.fold()
+    want = added_as_they_came(made)
+    assert run.counts == want.counts and run.map_counts == want.map_counts
+    for key, value in want.sums.items():
+        torch.testing.assert_close(run.sums[key], value)
+    for key, value in want.maps.items():
+        torch.testing.assert_close(run.maps[key], value)
+    assert [e[:5] + e[6:] for e in run.series] == [e[:5] + e[6:] for e in want.series]
+    for entry, expected in zip(run.series, want.series, strict=True):
+        assert torch.equal(entry.values, expected.values)
+        assert entry.values.untyped_storage().nbytes() < 4 * 4 * 4 * len(made)  # a copy
+    assert not run.lanes  # the blocks went with the fold
+
+
+def test_a_lane_holds_the_schedules_steps_in_one_block():
+    """A lane's first block holds a slot per step of the run's schedule (at least
+    SLOTS_FIRST): a layer's measurements of a whole run fold as one view of it."""
+    run = ProbeRun(1)
+    run.begin_evaluation(torch.tensor([14.6]), torch.linspace(14.6, 0.0, 31))
+    slots = [run.next_slot("layer", (1, 4100), "cpu") for _ in range(30)]
+    assert {slot.block.data_ptr() for slot in slots} == {slots[0].block.data_ptr()}
+    assert slots[0].block.shape == (30, 4100)
+    assert [s.address - slots[0].address for s in slots] == [16400 * i for i in range(30)]
+    view = registry.stacked(slots)
+    assert view.shape == (30, 1, 4100) and view.data_ptr() == slots[0].block.data_ptr()
+    odd = run.next_slot("other", (1, 4254), "cpu")  # SD3's 4,250 tokens: padded to 16 bytes
+    assert odd.block.shape == (30, 4256) and run.next_slot("other", (1, 4254), "cpu").address \
+        == odd.address + 4 * 4256

@@ -437,6 +437,36 @@ def test_probe_plan_on_a_chunks_host_rows_measures_what_its_views_measure(dtype)
 
 
 @needs_triton
+@pytest.mark.parametrize("d", [64, 128])
+def test_probe_plan_writing_into_a_runs_slots_measures_what_fresh_tensors_do(d):
+    """The probe's planned calls write into slots of a run's output blocks and keep the
+    plan's workspace from call to call: each call, on new inputs, gives bit for bit what the
+    general path gives it with a fresh workspace and output; the run folds the slots."""
+    from hopfield_circulation.hopfield import stability_triton
+    from hopfield_circulation.probe.registry import ProbeRun, stacked
+
+    cases = [inputs(2, 10 if d == 64 else 6, 1024, d, torch.float16, seed=40 + seed)
+             for seed in range(4)]
+    fresh = []
+    for q, k, x in cases:  # the general path each time: a workspace and output of its own
+        stability_triton._plans.clear()
+        fresh.append(stability_triton.stability_packed(q, k, x))
+    stability_triton._plans.clear()
+    key = stability_triton.host_layout(*cases[0])
+    stability_triton.stability_packed(*cases[0], plan_key=key)  # plans the layout
+    plan = stability_triton.ready_plan(key)
+    assert plan is not None
+    run = ProbeRun(1)
+    slots = []
+    for q, k, x in cases:
+        slot = run.next_slot("layer", plan.out_shape, plan.torch_device)
+        assert plan.launch_into(q.data_ptr(), k.data_ptr(), x.data_ptr(), slot.address)
+        slots.append(slot)
+    assert len(plan.workspaces) == 1
+    assert torch.equal(stacked(slots), torch.stack(fresh))
+
+
+@needs_triton
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_compiled_probe_measures_are_the_eager_kernels(dtype):
     """Under torch.compile (inductor, fullgraph) an eligible call is the registered op, which

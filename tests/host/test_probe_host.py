@@ -215,17 +215,11 @@ def test_bad_use_fails_clearly(env):
         probe(env, env["sdxl"], layers="everything")
 
 
-@pytest.mark.parametrize("branch", ["cond", "both"])
-def test_probed_calls_launch_their_plan_on_the_hosts_own_rows(env, monkeypatch, branch):
-    """On CUDA a probed call's four launches are planned per call layout
-    (hopfield/stability_triton.py): after a layout's first call, the probe hands the plan the
-    host's q, k and output as they are, or for one CFG chunk (the default branch) the
-    addresses of its rows, where views of the chunk cost three ops a tensor and a slice one.
-    Recorded, not run: the kernels need a GPU."""
+def record_probe_launches(monkeypatch) -> list:
+    """The probe's four launches recorded, not run (the kernels need a GPU): every layout
+    planned afresh, CPU tensors taken as CUDA ones."""
     from core.launch_recorder import Recorder
-    from hopfield_circulation.hook.schedule import StepInfo
     from hopfield_circulation.hopfield import stability_triton
-    from hopfield_circulation.probe.registry import new_run, probe_state
 
     launches = []
     for stage, tensors in stability_triton.STAGE_TENSOR_ARGS.items():
@@ -236,12 +230,25 @@ def test_probed_calls_launch_their_plan_on_the_hosts_own_rows(env, monkeypatch, 
     monkeypatch.setattr(stability_triton, "_plans", {})
     monkeypatch.setattr(stability_triton, "_FAILED", [])
     monkeypatch.setattr(stability_triton, "eligible", lambda q, k, x: True)
+    return launches
 
+
+@pytest.mark.parametrize("branch", ["cond", "both"])
+def test_probed_calls_launch_their_plan_on_the_hosts_own_rows(env, monkeypatch, branch):
+    """On CUDA a probed call's four launches are planned per call layout
+    (hopfield/stability_triton.py): after a layout's first call, the probe hands the plan the
+    host's q, k and output as they are, or for one CFG chunk (the default branch) the
+    addresses of its rows, where views of the chunk cost three ops a tensor and a slice one.
+    Recorded, not run: the kernels need a GPU."""
+    from hopfield_circulation.hook.schedule import StepInfo
+    from hopfield_circulation.probe.registry import new_run, probe_state
+
+    launches = record_probe_launches(monkeypatch)
     patched, handle = probe(env, env["sdxl"], branch=branch)
     state = probe_state(handle)
     state.current = new_run(state)
     attn1 = sdxl_attn1_override(patched, StepInfo(10.0, 0, 0.0, 1), (2, 4, 8, 8))
-    for seed in range(3):  # Triton's own launches, then the views' plan, then the host's
+    for seed in range(3):  # Triton's own launches, then the plan's, on the host's tensors
         gen = torch.Generator().manual_seed(seed)
         q, k, v = (torch.randn(2, 16, 640, generator=gen).half() for _ in range(3))
         out = attn1(q, k, v)
@@ -249,3 +256,51 @@ def test_probed_calls_launch_their_plan_on_the_hosts_own_rows(env, monkeypatch, 
     rows = slice(1, 2) if branch == "cond" else slice(0, 2)  # [uncond, cond]
     assert list(grams) == [t[rows].data_ptr() for t in (q, k, out)]
     state.current = None
+
+
+@pytest.mark.parametrize("branch", ["cond", "both"])
+def test_planned_probe_calls_write_into_the_runs_blocks(env, monkeypatch, branch):
+    """A planned probed call allocates nothing: its launches write the measurement into the
+    next slot of its layer's output block in the run (ProbeRun.next_slot), reuse the plan's
+    workspace, and the run's fold reads the slots where the kernels wrote them, the same
+    sums and series as from tensors of their own."""
+    from hopfield_circulation.hook.schedule import StepInfo
+    from hopfield_circulation.probe.registry import LayerKey, Slot, new_run, probe_state
+
+    launches = record_probe_launches(monkeypatch)
+    patched, handle = probe(env, env["sdxl"], branch=branch)
+    state = probe_state(handle)
+    run = state.current = new_run(state)
+    attn1 = sdxl_attn1_override(patched, StepInfo(10.0, 0, 0.0, 1), (2, 4, 8, 8))
+    calls = 5
+    for seed in range(calls):
+        gen = torch.Generator().manual_seed(seed)
+        attn1(*(torch.randn(2, 16, 640, generator=gen).half() for _ in range(3)))
+    state.current = None
+    packed = [m.packed for m in run.pending]
+    assert len(packed) == calls and isinstance(packed[0], torch.Tensor)  # the general path
+    slots = packed[1:]
+    assert all(isinstance(slot, Slot) for slot in slots)
+    assert all(slot.block is slots[0].block for slot in slots)
+    assert [slot.index for slot in slots] == list(range(calls - 1))
+    rows = 1 if branch == "cond" else 2
+    assert all(slot.shape == (rows, 4 + 16) for slot in slots)
+    # the first call went through Triton's own launches (not recorded), the others planned
+    planned = [launches[i:i + 4] for i in range(0, len(launches), 4)]
+    assert len(planned) == calls - 1
+    for slot, (grams, weights, field, finish) in zip(slots, planned, strict=True):
+        assert finish[10] == slot.address and slot.address % 16 == 0  # (work, out)
+        assert grams[12] == weights[9] == field[12] == finish[9] == planned[0][0][12]
+    # what the kernels would have written, then the fold
+    gen = torch.Generator().manual_seed(9)
+    values = [torch.randn(rows, 4 + 16, generator=gen) for _ in range(calls)]
+    packed[0].copy_(values[0])
+    for slot, written in zip(slots, values[1:], strict=True):
+        slot.block[slot.index, :slot.numel()] = written.flatten()
+    run.fold()
+    chunk = 0 if branch == "cond" else 1  # the cond rows within the measurement
+    key = next(key for key in run.sums if isinstance(key, LayerKey) and key.branch == 0)
+    torch.testing.assert_close(run.sums[key], sum(v[chunk:chunk + 1, :4].T for v in values))
+    series = [entry.values for entry in run.series if entry.branch == 0]
+    assert all(torch.equal(got, v[chunk:chunk + 1, :4].T) for got, v in
+               zip(series, values, strict=True))
