@@ -27,6 +27,7 @@ def blend_retrievals(
     ratio_min: float = RATIO_MIN,
     ratio_max: float = RATIO_MAX,
     unscale: torch.Tensor | None = None,
+    scaled_by: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     in_fp16: bool = False,
 ) -> torch.Tensor:
@@ -39,6 +40,9 @@ def blend_retrievals(
     two-call path's exact fp16 scaling); the blend scales with them exactly, so it is computed
     as they are and unscaled once, in the norm match's own multiply (the norm floor scaled
     alike): the same result, bit for bit, as unscaling both retrievals first.
+    ``scaled_by``: 1 / unscale, where the caller has it (the two-call path's powers of two):
+    the norm floor is then one multiply, not a reciprocal and a multiply (the same bits,
+    powers of two scaling exactly).
     ``out_dtype``: that last multiply rounds into it (computed in fp32 all the same, the same
     bits as rounding the fp32 result afterwards; on accelerators as it stores), and the zeroing
     of non-finite values runs on the rounded output, so neither makes a full fp32 pass of its
@@ -68,7 +72,10 @@ def blend_retrievals(
             return _scaled(new, unscale, out_dtype)
         want = out_dtype or torch.promote_types(new.dtype, torch.float32)
         return new if want == new.dtype else new.to(want)
-    eps = NORM_EPS if unscale is None else NORM_EPS / unscale
+    if unscale is None:
+        eps = NORM_EPS
+    else:
+        eps = NORM_EPS / unscale if scaled_by is None else scaled_by * NORM_EPS
     sums = torch.promote_types(new.dtype, torch.float32)  # fp16 read into fp32 sums
     ref = torch.linalg.vector_norm(pert, dim=-1, keepdim=True, dtype=sums).clamp_min(eps)
     cur = torch.linalg.vector_norm(new, dim=-1, keepdim=True, dtype=sums).clamp_min(eps)

@@ -63,9 +63,10 @@ def two_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, base: torch.Tens
     if own_baseline(q):
         compute = bf16_compute or (torch.float32 if q.device.type == "cpu" else torch.float16)
         if compute == torch.float16:
-            base, perturbed, v_unscale = _retrievals_in_fp16(q, k, v, alpha, v_top_log2(beta))
+            base, perturbed, v_scale = _retrievals_in_fp16(q, k, v, alpha, v_top_log2(beta))
             return blend_retrievals(base, perturbed, beta, norm_match=norm_match,
-                                    unscale=v_unscale, out_dtype=out_dtype,
+                                    unscale=v_scale[1], scaled_by=v_scale[0],
+                                    out_dtype=out_dtype,
                                     in_fp16=not isinstance(beta, torch.Tensor))
         q, k, v = q.to(compute), k.to(compute), v.to(compute)
         base = F.scaled_dot_product_attention(q, k, v)
@@ -114,10 +115,10 @@ def _exponent_map(device: torch.device, v_top: float) -> tuple:
 
 
 def _retrievals_in_fp16(q, k, v, alpha, v_top=FP16_TOP_LOG2):
-    """(baseline, perturbed, unscale) of bf16 inputs computed in fp16: both retrievals in fp16
-    and still scaled by V's power of two (max |v| at most 2^v_top), which ``unscale`` (a power
-    of two, fp32 on the device) undoes; blend_retrievals applies it once to the blend, which
-    scales exactly.
+    """(baseline, perturbed, (scale, unscale)) of bf16 inputs computed in fp16: both retrievals
+    in fp16 and still scaled by V's power of two ``scale`` (max |v| at most 2^v_top), which
+    ``unscale`` (its inverse; both fp32 on the device) undoes; blend_retrievals applies it
+    once to the blend, which scales exactly.
 
     Powers of two keep every conversion exact: q is divided and k multiplied by the same 2^a
     (every logit, of either term of the concat trick, is unchanged), V is scaled by 2^b and the
@@ -137,7 +138,7 @@ def _retrievals_in_fp16(q, k, v, alpha, v_top=FP16_TOP_LOG2):
         perturbed = skew_scaled_attention(q16, k16, v16, alpha)
     else:
         (q16, k16, v16), perturbed = _fp16_buffer(q, k, v, alpha, powers)
-    return F.scaled_dot_product_attention(q16, k16, v16), perturbed, powers[3]
+    return F.scaled_dot_product_attention(q16, k16, v16), perturbed, powers[2:]
 
 
 def _fp16_buffer(q, k, v, alpha, scales):

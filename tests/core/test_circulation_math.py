@@ -272,6 +272,25 @@ def test_blend_into_the_model_dtype_rounds_the_fp32_result(out_dtype, norm_match
         assert want[0, 0, 0, 1] > 65504 and got[0, 0, 0, 1] == 0  # zeroed, not inf
 
 
+@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
+@pytest.mark.parametrize("power", [-7, 0, 9])
+def test_the_norm_floor_from_the_scale_is_the_floor_from_its_inverse(power, device):
+    """scaled_by (1 / unscale, the two-call path's power of two) makes the norm floor in one
+    multiply: the same bits as NORM_EPS / unscale, a zero token and one at the floor
+    included."""
+    base = rand(2, 3, 29, 16, seed=63, dtype=torch.float32).half()
+    perturbed = (base.float() + 0.05 * rand(2, 3, 29, 16, seed=64, dtype=torch.float32)).half()
+    base[0, 0, 0] = perturbed[0, 0, 0] = 0.0
+    base[0, 0, 1] = perturbed[0, 0, 1] = 2.0**-24  # norms at the floor's scale
+    base, perturbed = base.to(device), perturbed.to(device)
+    unscale = torch.tensor(2.0**power, device=device)
+    for beta in (3.0, torch.tensor([3.0, 0.5], device=device).reshape(2, 1, 1, 1)):
+        want = blend_retrievals(base, perturbed, beta, unscale=unscale)
+        got = blend_retrievals(base, perturbed, beta, unscale=unscale,
+                               scaled_by=torch.tensor(2.0**-power, device=device))
+        assert torch.equal(got, want)
+
+
 def test_norm_ratio_is_clamped():
     base = torch.ones(1, 1, 1, 4, dtype=F64)
     perturbed = 1.001 * base  # new = base + 3 * 0.001 * base: ratio ~1, no clamp
