@@ -119,15 +119,22 @@ def probe_parts(override, host, args: tuple, kwargs: dict, state) -> dict:
     for rows in (ALL_ROWS, slice(0, call.batch // 2)):
         if rows == ALL_ROWS:
             key = stability_triton.host_layout(call.host_q, call.host_k, out, *views)
-            launch = lambda key=key: stability_triton.run_planned(  # noqa: E731
-                key, call.host_q, call.host_k, out)
+            addresses = (call.host_q.data_ptr(), call.host_k.data_ptr(), out.data_ptr())
         else:
             key = stability_triton.rows_layout(rows, call.host_q, call.host_k, out, *views)
-            launch = lambda key=key, rows=rows: stability_triton.run_planned_rows(  # noqa: E731
-                key, rows, call.host_q, call.host_k, out)
-        if launch() is not None:  # planned (the probe's kernels run on this device)
-            branches = "both branches" if rows == ALL_ROWS else "one branch"
-            parts[f"its planned launches alone ({branches})"] = launch
+            addresses = stability_triton.row_addresses(rows, call.host_q, call.host_k, out)
+        plan = stability_triton.ready_plan(key)
+        if plan is None:  # the probe's kernels do not run on this device
+            continue
+        # as the recorder launches them: into an output of the run's (one slot, reused here)
+        slot = torch.empty(plan.out_shape, dtype=torch.float32, device=plan.torch_device)
+        at = (*addresses, slot.data_ptr())
+
+        def launch(key=key, at=at, slot=slot):  # slot: kept alive with the function
+            return stability_triton.ready_plan(key).launch_into(*at)
+
+        branches = "both branches" if rows == ALL_ROWS else "one branch"
+        parts[f"its planned launches alone ({branches})"] = launch
     return parts
 
 
