@@ -120,6 +120,15 @@ def _square_queries(adapter: FamilyAdapter, options: dict, q: torch.Tensor, k: t
     return None
 
 
+def fewer_keys(args: tuple, kwargs: dict) -> bool:
+    """Whether the call has fewer keys than queries: a cross-attention, never placed
+    (``place_call``), asked first so that it costs the hook no more than this."""
+    if len(args) < 2:
+        return False
+    axis = -2 if kwargs.get("skip_reshape") else 1
+    return args[0].shape[axis] > args[1].shape[axis]
+
+
 def place_call(adapter: FamilyAdapter, args: tuple, kwargs: dict,
                running: ModelCall | None) -> AttentionCall | None:
     """The self-attention call in SDPA layout, or None for calls this pack leaves alone
@@ -193,6 +202,10 @@ def install_attention_hook(model_patcher, handler: Handler | None = None,
             latest = False
             if running is not None:
                 running.hook_ran = True
+        if fewer_keys(args, kwargs):  # a cross-attention (every other call of a UNet): the
+            # host's, at once (place_call turns it away; no observer sees it)
+            return func(*args, **kwargs) if previous is None else \
+                previous(func, *args, **kwargs)
         call_options = kwargs.get("transformer_options")
         # Only a model with observers needs the call's scope: the outermost of our hooks makes
         # it, and hands it to the hooks it chains in a copy of the call's options. A write

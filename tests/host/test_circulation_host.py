@@ -483,10 +483,13 @@ def quantized_linear(weight, bias):
     return layer
 
 
-def test_cross_attention_costs_the_hook_no_op_of_its_own(nodes, sdxl):
+@pytest.mark.parametrize("queries", [16, 96])
+def test_cross_attention_costs_the_hook_no_op_of_its_own(nodes, sdxl, monkeypatch, queries):
     """Every other UNet call is cross-attention: the hook turns it away from the host's own
-    tensor shapes, before any view, so the call dispatches exactly the host's ops."""
+    tensor shapes, before any view, so the call dispatches exactly the host's ops; with more
+    queries than keys (every SDXL level: 1,024 or 4,096 against 77) before it is placed."""
     import comfy.ldm.modules.attention as host_attention
+    from hopfield_circulation.hook import override as hook
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Ops(TorchDispatchMode):
@@ -501,9 +504,11 @@ def test_cross_attention_costs_the_hook_no_op_of_its_own(nodes, sdxl):
     options = dict(skew(nodes, sdxl).model_options["transformer_options"])
     override = options.pop("optimized_attention_override")
     host = host_attention.attention_pytorch.__wrapped__
-    q, context = torch.randn(2, 16, 64), torch.randn(2, 77, 64)  # 2 heads of 32, 77 tokens
+    q, context = torch.randn(2, queries, 64), torch.randn(2, 77, 64)  # 2 heads of 32
     with Ops() as own:
         want = host(q, context, context, 2, transformer_options=options)
+    if queries > 77:
+        monkeypatch.setattr(hook, "place_call", lambda *args: pytest.fail("placed"))
     with Ops() as hooked:
         got = override(host, q, context, context, 2, transformer_options=options)
     assert torch.equal(got, want) and hooked.seen == own.seen
