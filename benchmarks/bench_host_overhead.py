@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import conftest  # noqa: E402  (registers the pack; loads ComfyUI on the CPU)
 
 BATCH, HEADS, TOKENS, HEAD_DIM = 2, 10, 16, 64
+CROSS_KEYS = 8  # a cross-attention call's keys: fewer than its queries, as in SDXL
 HOST_FP32 = "ComfyUI attention_pytorch in fp32 (the host's call, dispatch-bound)"
 PROBE_ROWS = {"both": "Stability Probe (value, both branches)",
               "cond": "Stability Probe (value, cond: the default)"}
@@ -277,8 +278,9 @@ def main():
                 probe_with_fold(call, states[name])
         else:
             calls[f"{name} ({path})"] = call
-    # A cross-attention call (every other call of a UNet), which the hook hands to the host.
-    context = torch.randn(BATCH, 77, HEADS * HEAD_DIM, generator=gen).to(device, dtype)
+    # A cross-attention call (every other call of a UNet), which the hook hands to the host:
+    # more queries than keys, as at every SDXL level (1,024 or 4,096 queries against 77 keys)
+    context = torch.randn(BATCH, CROSS_KEYS, HEADS * HEAD_DIM, generator=gen).to(device, dtype)
     cross = (args[0], context, context, HEADS)
     skew_override, _, skew_kwargs = attn1_call(variants["Skew Circulation"], device, dtype)
     marker = unet_attn1_marker(variants["Skew Circulation"])
@@ -291,7 +293,7 @@ def main():
         finally:
             marker.key = attn1
 
-    calls["ComfyUI attention_pytorch, cross-attention (77 keys)"] = \
+    calls[f"ComfyUI attention_pytorch, cross-attention ({TOKENS} queries, {CROSS_KEYS} keys)"] = \
         lambda: wrapped(*cross, **plain)
     calls["Skew Circulation on that cross-attention call (handed on)"] = skew_cross_attention
     with running(model_call()):
