@@ -89,7 +89,10 @@ def prepare(launcher, grid: tuple, args: tuple, constexprs: dict,
 def launchable(device: int, active: torch.Tensor | None, *launches: PreparedLaunch) -> bool:
     """A plan's launches would go as planned now: their launchers ready, no kernel failed,
     the tensors' device current, the steered rows as the kernel reads them."""
-    return all(launch.ready() for launch in launches) and not fused_triton.disabled() \
+    for launch in launches:  # a loop, not all() over a generator: host time in every call
+        if not launch.ready():
+            return False
+    return not fused_triton.disabled() \
         and (device < 0 or device == torch.cuda.current_device()) \
         and (active is None or active.is_contiguous())
 

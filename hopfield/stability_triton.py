@@ -44,7 +44,7 @@ import torch
 
 from . import eta_triton, fused_plan, fused_triton, torch_ops
 from .token_chunks import token_chunks
-from .triton_launch import hook_set, launcher_of
+from .triton_launch import launcher_of
 
 STABILITY_DTYPES = (torch.float16, torch.bfloat16)
 # (head dim d, feature width m) -> (tokens per tile, warps, pipeline stages), from
@@ -234,18 +234,14 @@ class ProbePlan:
     threads on one stream each have their own). Under CUDA graph capture each call takes a
     fresh one, as the general path does, from the graph's memory."""
 
-    __slots__ = ("launches", "device", "torch_device", "geometry", "out_shape", "launchers",
-                 "hooks", "orders", "workspaces")
+    __slots__ = ("launches", "device", "torch_device", "geometry", "out_shape", "prepared",
+                 "orders", "workspaces")
 
     def __init__(self, launches: list, device: torch.device, g: Geometry):
         self.launches, self.torch_device, self.geometry = launches, device, g
         self.device = device.index if device.type == "cuda" else -1  # as get_device() says
         self.out_shape = (g.batch, 4 + g.length)
-        # what each call checks: every launcher once, and their hooks (Triton's runtime
-        # knobs: one object for all of them, once they have launched)
-        launchers = {id(launch.launcher): launch.launcher for _, launch in launches}
-        self.launchers = tuple(launchers.values())
-        self.hooks = tuple({id(lr.hooks): lr.hooks for lr in self.launchers}.values())
+        self.prepared = tuple(launch for _, launch in launches)
         # each launch with what picks its tensors' addresses out of PLANNED_ADDRESSES
         positions = range(len(PLANNED_ADDRESSES))
         self.orders = tuple(
@@ -254,16 +250,9 @@ class ProbePlan:
         self.workspaces: dict = {}  # (thread, stream) -> (workspace, its regions' addresses)
 
     def ready(self) -> bool:
-        """The launches would go as planned now: their launchers enabled, no profiler's
-        hook, no kernel failed, the planned device current."""
-        for launcher in self.launchers:
-            if not launcher.enabled:
-                return False
-        for hooks in self.hooks:
-            if hook_set(hooks.launch_enter_hook) or hook_set(hooks.launch_exit_hook):
-                return False
-        return not _FAILED and not fused_triton.disabled() \
-            and (self.device < 0 or self.device == torch.cuda.current_device())
+        """The launches would go as planned now (fused_plan.launchable) and no probe kernel
+        failed in this process."""
+        return not _FAILED and fused_plan.launchable(self.device, None, *self.prepared)
 
     def run(self, q, k, retrieval):
         """The call's packed [B, 4 + L] result, or None where the general path must run (a
@@ -285,7 +274,7 @@ class ProbePlan:
         address off 16 bytes, a refusal)."""
         if (q | k | retrieval | out) & 15:
             return False
-        stream = self.launchers[0].stream(self.device)  # one driver: one current stream
+        stream = self.prepared[0].launcher.stream(self.device)  # one driver: one stream
         fresh = self.device >= 0 and torch.cuda.is_current_stream_capturing()
         workspace = self._workspace(stream, fresh)
         work, eta, eta_work = workspace[1]
