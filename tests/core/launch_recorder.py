@@ -150,3 +150,14 @@ def record_fused_launches(monkeypatch) -> Recorder:
     monkeypatch.setattr(fused_triton, "auto_eligible",
                         lambda q, k, v: fused_triton.supports(q, k, v))
     return recording
+
+
+def record_probe_stages(monkeypatch, launches: list) -> None:
+    """The Stability Probe's four stages recorded into ``launches`` (one sequence) for the rest
+    of a test, every layout planned afresh."""
+    for stage, tensors in stability_triton.STAGE_TENSOR_ARGS.items():
+        stand_in = Recorder(kernel=stability_triton._kernel(stage), tensors=tensors)
+        stand_in.launches = launches
+        monkeypatch.setitem(stability_triton._launchers, stage,
+                            lambda stand_in=stand_in: stand_in.launcher)
+    monkeypatch.setattr(stability_triton, "_plans", {})

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from core.launch_recorder import address, fused_at, record_fused_launches
+from core.launch_recorder import address, fused_at, record_fused_launches, record_probe_stages
 from hopfield_circulation.hopfield import fused_plan, fused_tiles, fused_triton
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
@@ -284,16 +284,8 @@ def test_no_adaptive_plan_where_the_general_path_takes_torch_ops(recorder, monke
 def record_probe_launches(recorder, monkeypatch) -> None:
     """The probe's stages (and eta's, at d = 128) recorded into ``recorder.launches``, one
     sequence, every layout planned afresh."""
-    from core.launch_recorder import Recorder
-    from hopfield_circulation.hopfield import stability_triton
-
-    for stage, tensors in stability_triton.STAGE_TENSOR_ARGS.items():
-        stand_in = Recorder(kernel=stability_triton._kernel(stage), tensors=tensors)
-        stand_in.launches = recorder.launches
-        monkeypatch.setitem(stability_triton._launchers, stage,
-                            lambda stand_in=stand_in: stand_in.launcher)
+    record_probe_stages(monkeypatch, recorder.launches)
     recorder.eta.launches = recorder.eta_reduce.launches = recorder.launches
-    monkeypatch.setattr(stability_triton, "_plans", {})
 
 
 @pytest.mark.parametrize("layout, dtype, d", [(host_layout, torch.float16, 64),
@@ -336,16 +328,10 @@ def test_the_probes_plan_under_the_callers_key_launches_on_unviewed_tensors(reco
     (probe/recorder.py): a later call launches it on those tensors, with no [B, H, L, d]
     views made, exactly what the views' launches were, and on one CFG chunk's rows of them
     likewise; a key never planned launches nothing."""
-    from core.launch_recorder import Recorder
     from hopfield_circulation.hopfield import stability_triton
     from hopfield_circulation.hopfield.stability import layer_stability
 
-    for stage, tensors in stability_triton.STAGE_TENSOR_ARGS.items():
-        stand_in = Recorder(kernel=stability_triton._kernel(stage), tensors=tensors)
-        stand_in.launches = recorder.launches
-        monkeypatch.setitem(stability_triton._launchers, stage,
-                            lambda stand_in=stand_in: stand_in.launcher)
-    monkeypatch.setattr(stability_triton, "_plans", {})
+    record_probe_stages(monkeypatch, recorder.launches)
     monkeypatch.setattr(stability_triton, "eligible", lambda q, k, x: True)
     gen = torch.Generator().manual_seed(3)
     host = [torch.randn(2, 37, 3 * 64, generator=gen).half() for _ in range(3)]

@@ -218,16 +218,11 @@ def test_bad_use_fails_clearly(env):
 def record_probe_launches(monkeypatch) -> list:
     """The probe's four launches recorded, not run (the kernels need a GPU): every layout
     planned afresh, CPU tensors taken as CUDA ones."""
-    from core.launch_recorder import Recorder
+    from core.launch_recorder import record_probe_stages
     from hopfield_circulation.hopfield import stability_triton
 
     launches = []
-    for stage, tensors in stability_triton.STAGE_TENSOR_ARGS.items():
-        stand_in = Recorder(kernel=stability_triton._kernel(stage), tensors=tensors)
-        stand_in.launches = launches
-        monkeypatch.setitem(stability_triton._launchers, stage,
-                            lambda stand_in=stand_in: stand_in.launcher)
-    monkeypatch.setattr(stability_triton, "_plans", {})
+    record_probe_stages(monkeypatch, launches)
     monkeypatch.setattr(stability_triton, "_FAILED", [])
     monkeypatch.setattr(stability_triton, "eligible", lambda q, k, x: True)
     return launches
