@@ -90,3 +90,18 @@ def steered_layers(nodes, model, sample, layers: str, **sample_kw):
     m, seen = record_layers(skew(nodes, model, layers=layers))
     sample(m, **sample_kw)
     return Counter(index for index, _, _ in seen), {index for index, _, hit in seen if hit}
+
+
+def built_on_meta(config_class: str, unet: dict, dtype: torch.dtype):
+    """(model, patcher): ComfyUI's ``config_class`` (comfy.supported_models) built from
+    ``unet`` at its full size on the meta device, no weights, as its model detection sets it
+    up."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = getattr(comfy.supported_models, config_class)(dict(unet))
+    config.set_inference_dtype(dtype, None)
+    meta = torch.device("meta")
+    with meta:
+        model = config.get_model({}, device=meta)
+    return model, comfy.model_patcher.ModelPatcher(model, load_device=meta, offload_device=meta)

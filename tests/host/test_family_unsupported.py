@@ -38,19 +38,14 @@ def test_refused_with_the_supported_families(nodes, comfy_host, name, backbone):
 def test_hidream_o1_is_refused_with_the_reason(nodes, comfy_host):
     """HiDream-O1 (newer hosts; built at its released size on the meta device): its attention
     never sees the square logit matrix, and the refusal says why."""
-    import comfy.model_patcher
     import comfy.supported_models
     import torch
     from hopfield_circulation.families import UnsupportedModelError, adapter_for
+    from host.node_calls import built_on_meta
 
     if not hasattr(comfy.supported_models, "HiDreamO1"):
         pytest.skip("this host has no HiDream-O1 (ComfyUI 0.3.64 predates it; 0.33.0 builds it)")
-    config = comfy.supported_models.HiDreamO1({"image_model": "hidream_o1"})
-    config.set_inference_dtype(torch.bfloat16, None)
-    meta = torch.device("meta")
-    with meta:
-        model = config.get_model({}, device=meta)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=meta, offload_device=meta)
+    _, patcher = built_on_meta("HiDreamO1", {"image_model": "hidream_o1"}, torch.bfloat16)
     with pytest.raises(UnsupportedModelError, match="HiDreamO1Transformer backbone "
                        r"\(HiDream-O1's attention hands over the generated tokens' queries"):
         adapter_for(patcher)

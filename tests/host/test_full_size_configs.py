@@ -23,23 +23,16 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_full_size_config_builds_and_is_placed(comfy_host, name):
-    import comfy.model_patcher
-    import comfy.supported_models
     from gpu.full_size_models import MODELS
     from hopfield_circulation.families import adapter_for
+    from host.node_calls import built_on_meta
 
-    config_class, unet = MODELS[name]
-    config = getattr(comfy.supported_models, config_class)(dict(unet))
-    config.set_inference_dtype(torch.float16, None)
-    meta = torch.device("meta")
-    with meta:
-        model = config.get_model({}, device=meta)
+    model, patcher = built_on_meta(*MODELS[name], torch.float16)
     billions, family, layers, image_only = EXPECTED[name]
     assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == billions
     blocks = getattr(model.diffusion_model, "joint_blocks", [])
     assert sum(bool(getattr(b.x_block, "x_block_self_attn", False)) for b in blocks) == image_only
-    adapter = adapter_for(comfy.model_patcher.ModelPatcher(model, load_device=meta,
-                                                           offload_device=meta))
+    adapter = adapter_for(patcher)
     assert adapter.name == family and len(adapter.layer_map.layers) == layers
 
 
@@ -62,18 +55,12 @@ RELEASED = {
 
 @pytest.mark.parametrize("name", list(RELEASED))
 def test_released_config_builds_and_is_placed(comfy_host, name):
-    import comfy.model_patcher
-    import comfy.supported_models
     from hopfield_circulation.families import adapter_for
+    from host.node_calls import built_on_meta
 
     config_class, unet, billions, family, layers, words = RELEASED[name]
-    config = getattr(comfy.supported_models, config_class)(dict(unet))
-    config.set_inference_dtype(torch.bfloat16, None)
-    meta = torch.device("meta")
-    with meta:
-        model = config.get_model({}, device=meta)
+    model, patcher = built_on_meta(config_class, unet, torch.bfloat16)
     assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == billions
-    adapter = adapter_for(comfy.model_patcher.ModelPatcher(model, load_device=meta,
-                                                           offload_device=meta))
+    adapter = adapter_for(patcher)
     assert adapter.name == family and len(adapter.layer_map.layers) == layers
     assert words in adapter.layer_map.index_hint
